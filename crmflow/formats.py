@@ -1,0 +1,183 @@
+"""The canonical formats of what comes in: customers and events.
+
+These pydantic models are the single description of a customer row and an event, used by the
+file importers, the API and (later) the rules. Validation normalises on the way in: phone
+numbers to E.164 (default region from the validation context), e-mail addresses through
+email-validator (no DNS), timestamps must carry a zone and are kept in UTC.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import re
+from datetime import UTC, datetime
+from typing import Annotated, Any, Literal
+from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
+
+import phonenumbers
+from email_validator import EmailNotValidError, validate_email
+from pydantic import (
+    AfterValidator,
+    BaseModel,
+    ConfigDict,
+    Field,
+    StringConstraints,
+    ValidationError,
+    ValidationInfo,
+    field_validator,
+)
+
+LifecycleStage = Literal["lead", "prospect", "customer", "member"]
+LIFECYCLE_STAGES: tuple[str, ...] = ("lead", "prospect", "customer", "member")
+
+Identifier = Annotated[
+    str,
+    StringConstraints(strip_whitespace=True, min_length=1, max_length=200),
+]
+_NAME = re.compile(r"^[a-z][a-z0-9_.:-]{0,63}$")
+
+
+def _name(value: str) -> str:
+    if not _NAME.match(value):
+        raise ValueError(
+            f"{value!r} is not a name; expected lower case letters, digits and _ . : - "
+            "starting with a letter (such as purchase or sign_in), at most 64 characters"
+        )
+    return value
+
+
+Name = Annotated[str, AfterValidator(_name)]
+
+
+def _aware_utc(value: datetime) -> datetime:
+    if value.tzinfo is None or value.utcoffset() is None:
+        raise ValueError(
+            "timestamp has no time zone; expected ISO 8601 with an offset, "
+            "such as 2026-11-20T10:00:00+08:00 or 2026-11-20T02:00:00Z"
+        )
+    return value.astimezone(UTC)
+
+
+AwareTimestamp = Annotated[datetime, AfterValidator(_aware_utc)]
+
+
+class Event(BaseModel):
+    """Something a customer did: `{"event_id", "customer_id", "type", "occurred_at", ...}`."""
+
+    model_config = ConfigDict(extra="forbid", str_strip_whitespace=True)
+
+    event_id: Identifier = Field(description="Idempotency key: the same id twice has one effect")
+    customer_id: Identifier
+    type: Name = Field(description="Event type, lower case: purchase, sign_in, unsubscribed …")
+    occurred_at: AwareTimestamp
+    properties: dict[str, Any] = Field(default_factory=dict)
+
+    @field_validator("properties")
+    @classmethod
+    def _json_properties(cls, v: dict[str, Any]) -> dict[str, Any]:
+        try:
+            json.dumps(v, allow_nan=False)
+        except (TypeError, ValueError) as exc:
+            raise ValueError(f"properties must be plain JSON values ({exc})") from exc
+        return v
+
+
+class Customer(BaseModel):
+    """A customer profile row as imported: contact details, consent and free attributes."""
+
+    model_config = ConfigDict(extra="forbid", str_strip_whitespace=True)
+
+    customer_id: Identifier
+    name: str | None = Field(None, max_length=200)
+    email: str | None = None
+    phone: str | None = None
+    timezone: str | None = Field(None, description="IANA zone; unset keeps the stored one (UTC)")
+    locale: str | None = Field(None, pattern=r"^[a-z]{2,3}([-_][A-Za-z0-9]{2,8})*$")
+    consent: dict[Name, bool] = Field(
+        default_factory=dict, description="Marketing consent per channel: email, sms, wechat …"
+    )
+    lifecycle_stage: LifecycleStage | None = Field(
+        None, description="lead → prospect → customer → member; unset keeps the stored one"
+    )
+    owner: str | None = Field(None, max_length=200, description="Sales owner; empty = pool")
+    attributes: dict[str, Any] = Field(default_factory=dict)
+
+    @field_validator(
+        "name", "email", "phone", "owner", "locale", "timezone", "lifecycle_stage", mode="before"
+    )
+    @classmethod
+    def _blank_is_none(cls, v: Any) -> Any:
+        return None if isinstance(v, str) and not v.strip() else v
+
+    @field_validator("email")
+    @classmethod
+    def _email(cls, v: str | None) -> str | None:
+        if v is None:
+            return None
+        try:
+            return validate_email(v, check_deliverability=False).normalized
+        except EmailNotValidError as exc:
+            raise ValueError(f"not a valid e-mail address: {exc}") from exc
+
+    @field_validator("phone")
+    @classmethod
+    def _phone(cls, v: str | None, info: ValidationInfo) -> str | None:
+        if v is None:
+            return None
+        region = (info.context or {}).get("phone_region", "CN")
+        try:
+            number = phonenumbers.parse(v, region)
+        except phonenumbers.NumberParseException as exc:
+            raise ValueError(f"not a phone number ({exc}); expected e.g. +86 139 1234 5678") from exc
+        if not phonenumbers.is_valid_number(number):
+            raise ValueError(
+                f"not a valid phone number for region {region}; "
+                "write it with its country code, e.g. +86 139 1234 5678"
+            )
+        return phonenumbers.format_number(number, phonenumbers.PhoneNumberFormat.E164)
+
+    @field_validator("timezone")
+    @classmethod
+    def _timezone(cls, v: str | None) -> str | None:
+        if v is None:
+            return None
+        try:
+            ZoneInfo(v)
+        except (ZoneInfoNotFoundError, ValueError) as exc:
+            raise ValueError(
+                f"unknown time zone {v!r}; expected an IANA name such as Asia/Shanghai"
+            ) from exc
+        return v
+
+    @field_validator("attributes")
+    @classmethod
+    def _json_attributes(cls, v: dict[str, Any]) -> dict[str, Any]:
+        try:
+            json.dumps(v, allow_nan=False)
+        except (TypeError, ValueError) as exc:
+            raise ValueError(f"attributes must be plain JSON values ({exc})") from exc
+        return v
+
+    def content_hash(self) -> str:
+        """A digest of the imported fields: an unchanged row re-imported changes nothing."""
+        payload = json.dumps(self.model_dump(mode="json"), sort_keys=True, separators=(",", ":"))
+        return hashlib.blake2b(payload.encode(), digest_size=16).hexdigest()
+
+
+def describe_errors(exc: ValidationError) -> str:
+    """One line per problem, naming the field and what was expected."""
+    parts = []
+    for err in exc.errors(include_url=False):
+        msg = err["msg"]
+        if msg.startswith("Value error, "):
+            msg = msg[len("Value error, ") :]
+        if err["type"] == "extra_forbidden":
+            msg = "unknown field"
+        if err["type"] == "missing":
+            msg = "required field is missing"
+        where = ".".join(str(p) for p in err["loc"])
+        parts.append(f"field '{where}': {msg}" if where else f"row: {msg}")
+    return "; ".join(parts)
+
+
