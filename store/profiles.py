@@ -1,0 +1,74 @@
+"""Read one customer's profile with its tags, points, tier history and event counts."""
+
+from __future__ import annotations
+
+from sqlalchemy import Connection, func, select
+
+from crmflow.formats import CustomerProfile, PointsLotView, TagView, TierChangeView
+from store.models import CustomerRow, EventRow, PointsLotRow, TagRow, TierHistoryRow
+
+
+def load_profile(conn: Connection, customer_id: str, lots: int = 5) -> CustomerProfile | None:
+    c = conn.execute(
+        select(CustomerRow.__table__).where(CustomerRow.customer_id == customer_id)
+    ).first()
+    if c is None:
+        return None
+    tags = conn.execute(
+        select(TagRow.tag, TagRow.source, TagRow.expires_at)
+        .where(TagRow.customer_id == customer_id)
+        .order_by(TagRow.tag)
+    ).all()
+    open_lots = conn.execute(
+        select(PointsLotRow.earned, PointsLotRow.remaining, PointsLotRow.earned_at,
+               PointsLotRow.expires_at)
+        .where(PointsLotRow.customer_id == customer_id, PointsLotRow.remaining > 0)
+        .order_by(PointsLotRow.expires_at.is_(None), PointsLotRow.expires_at, PointsLotRow.id)
+    ).all()
+    history = conn.execute(
+        select(TierHistoryRow.from_tier, TierHistoryRow.to_tier, TierHistoryRow.changed_at,
+               TierHistoryRow.reason, TierHistoryRow.event_id)
+        .where(TierHistoryRow.customer_id == customer_id)
+        .order_by(TierHistoryRow.changed_at, TierHistoryRow.id)
+    ).all()
+    by_type = dict(
+        conn.execute(
+            select(EventRow.type, func.count())
+            .where(EventRow.customer_id == customer_id)
+            .group_by(EventRow.type)
+        ).all()
+    )
+    last = conn.execute(
+        select(func.max(EventRow.occurred_at)).where(EventRow.customer_id == customer_id)
+    ).scalar_one()
+    return CustomerProfile(
+        customer_id=c.customer_id,
+        name=c.name,
+        email=c.email,
+        phone=c.phone,
+        timezone=c.timezone,
+        locale=c.locale,
+        consent=c.consent or {},
+        lifecycle_stage=c.lifecycle_stage,
+        owner=c.owner,
+        attributes=c.attributes or {},
+        tier=c.tier,
+        is_stub=c.is_stub,
+        created_at=c.created_at,
+        updated_at=c.updated_at,
+        tags=[TagView(tag=t, source=s, expires_at=e) for t, s, e in tags],
+        points_balance=float(sum((lot.remaining for lot in open_lots), 0)),
+        expiring_lots=[
+            PointsLotView(
+                earned=float(e), remaining=float(r), earned_at=at, expires_at=exp
+            )
+            for e, r, at, exp in open_lots[:lots]
+        ],
+        tier_history=[
+            TierChangeView(from_tier=f, to_tier=t, changed_at=at, reason=r, event_id=ev)
+            for f, t, at, r, ev in history
+        ],
+        events=sum(by_type.values()),
+        last_event_at=last,
+        events_by_type=by_type,
+    )

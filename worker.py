@@ -1,0 +1,73 @@
+"""Run one crmflow worker against the Temporal cluster and database the settings name.
+
+    python worker.py            # or: crmflow worker
+
+Start as many as you like, on as many machines: they share the task queue. Stops cleanly on
+Ctrl-C or SIGTERM, letting running activities finish first.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import signal
+from datetime import timedelta
+from concurrent.futures import ThreadPoolExecutor
+
+from sqlalchemy import Engine
+from temporalio.client import Client
+from temporalio.worker import Worker
+
+from activities.store_activities import StoreActivities
+from crmflow.settings import Settings, get_settings
+from crmflow.temporal import connect
+from store.db import make_engine
+from workflows.registry import WORKFLOWS
+
+ACTIVITY_THREADS = 16
+
+
+def build_worker(
+    client: Client, settings: Settings, engine: Engine, executor: ThreadPoolExecutor
+) -> Worker:
+    return Worker(
+        client,
+        task_queue=settings.task_queue,
+        workflows=WORKFLOWS,
+        activities=StoreActivities(engine).all(),
+        activity_executor=executor,
+        max_concurrent_activities=ACTIVITY_THREADS,
+        graceful_shutdown_timeout=timedelta(seconds=30),
+    )
+
+
+async def run_worker(client: Client, settings: Settings, stop: asyncio.Event) -> None:
+    """Poll the task queue until `stop` is set, then drain and return."""
+    engine = make_engine(settings.db_url)
+    with ThreadPoolExecutor(max_workers=ACTIVITY_THREADS) as executor:
+        worker = build_worker(client, settings, engine, executor)
+        async with worker:
+            await stop.wait()
+    engine.dispose()
+
+
+def install_stop_handlers(stop: asyncio.Event) -> None:
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        loop.add_signal_handler(sig, stop.set)
+
+
+async def _main() -> None:
+    settings = get_settings()
+    stop = asyncio.Event()
+    install_stop_handlers(stop)
+    client = await connect(settings)
+    print(f"worker polling {settings.task_queue!r} on {settings.temporal_target}; Ctrl-C stops")
+    await run_worker(client, settings, stop)
+
+
+def main() -> None:
+    asyncio.run(_main())
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,1 @@
+"""Temporal workflows: thin and deterministic; they call activities by name."""
