@@ -98,8 +98,11 @@ def show_settings(as_json: JsonFlag = False) -> None:
     """Show the settings in force (environment and crmflow.toml)."""
     s = load_settings()
     data = s.model_dump(mode="json", exclude={"temporal_api_key"})
-    data |= {"effective_database_url": s.db_url, "temporal_target": s.temporal_target,
-             "embedded": s.embedded}
+    data |= {
+        "effective_database_url": s.db_url,
+        "temporal_target": s.temporal_target,
+        "embedded": s.embedded,
+    }
     if as_json:
         emit_json(data)
         return
@@ -198,8 +201,10 @@ def customer_show(
         return
     table = Table("field", "value", title=f"customer {customer_id}", show_header=False)
     for key, value in profile.model_dump(mode="json").items():
-        table.add_row(key, json.dumps(value, ensure_ascii=False) if isinstance(
-            value, dict | list) else str(value))
+        table.add_row(
+            key,
+            json.dumps(value, ensure_ascii=False) if isinstance(value, dict | list) else str(value),
+        )
     console.print(table)
 
 

@@ -10,7 +10,7 @@ from rich.console import Console
 from rich.table import Table
 from sqlalchemy import Engine
 
-from crmflow.ingest import import_file
+from crmflow.ingest import Kind, import_file
 from crmflow.settings import Settings
 from crmflow.stack import run_kpi_snapshot, stack_with_worker
 
@@ -21,12 +21,16 @@ async def run_demo(
     say = (lambda *_a, **_k: None) if as_json else console.print
     say(f"[bold]crmflow demo[/] — database {settings.db_url}")
     reports = []
-    for kind in ("customers", "events"):
+    kinds: tuple[Kind, ...] = ("customers", "events")
+    for kind in kinds:
         path = examples / f"{kind}.jsonl"
         if not path.exists():
             raise SystemExit(f"error: {path} is missing; run the demo from the repository root")
         report = import_file(
-            engine, path, kind, phone_region=settings.default_phone_region  # type: ignore[arg-type]
+            engine,
+            path,
+            kind,
+            phone_region=settings.default_phone_region,
         )
         reports.append(report)
         say(
@@ -48,7 +52,9 @@ async def run_demo(
         }
         sys.stdout.write(json.dumps(data, indent=2) + "\n")
         return
-    table = Table(title=f"Programme in the {snap.window_days} days to {snap.as_of:%Y-%m-%d %H:%M} UTC")
+    table = Table(
+        title=f"Programme in the {snap.window_days} days to {snap.as_of:%Y-%m-%d %H:%M} UTC"
+    )
     table.add_column("figure")
     table.add_column("value", justify="right")
     rows = [

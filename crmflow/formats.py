@@ -129,7 +129,9 @@ class Customer(BaseModel):
         try:
             number = phonenumbers.parse(v, region)
         except phonenumbers.NumberParseException as exc:
-            raise ValueError(f"not a phone number ({exc}); expected e.g. +86 139 1234 5678") from exc
+            raise ValueError(
+                f"not a phone number ({exc}); expected e.g. +86 139 1234 5678"
+            ) from exc
         if not phonenumbers.is_valid_number(number):
             where = "" if v.lstrip().startswith("+") else f" for region {region}"
             raise ValueError(
@@ -180,8 +182,6 @@ def describe_errors(exc: ValidationError) -> str:
         where = ".".join(str(p) for p in err["loc"])
         parts.append(f"field '{where}': {msg}" if where else f"row: {msg}")
     return "; ".join(parts)
-
-
 
 
 class TagView(BaseModel):

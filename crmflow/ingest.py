@@ -9,6 +9,7 @@ nothing: customers are keyed by `customer_id`, events by `event_id`.
 from __future__ import annotations
 
 import csv
+import io
 import json
 import time
 from collections.abc import Callable, Iterator
@@ -153,7 +154,7 @@ def import_file(
         batch.clear()
 
     try:
-        with path.open("r", encoding="utf-8", newline="") as fh:
+        with path.open("rb") as binary, io.TextIOWrapper(binary, "utf-8", newline="") as fh:
             for line, payload, raw in _open_rows(path, fh):
                 report.rows += 1
                 try:
@@ -183,8 +184,8 @@ def import_file(
                 if len(batch) >= chunk_size:
                     flush()
                     if on_progress:
-                        # the raw file's offset: text-mode tell() is off while iterating
-                        on_progress(fh.buffer.raw.tell())
+                        # the binary offset: text-mode tell() is off while iterating
+                        on_progress(binary.tell())
             flush()
     finally:
         if reject_fh is not None:

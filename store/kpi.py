@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from datetime import timedelta
 
-from sqlalchemy import Connection, Float, cast, func, select
+from sqlalchemy import Connection, case, func, select
 
 from crmflow.contracts import KpiRequest, KpiSnapshot
 from store.models import CustomerRow, EventRow
@@ -23,9 +23,7 @@ def kpi_snapshot(conn: Connection, req: KpiRequest) -> KpiSnapshot:
         for channel, given in (doc or {}).items():
             if given:
                 consent[channel] = consent.get(channel, 0) + 1
-    by_type = dict(
-        conn.execute(select(EventRow.type, func.count()).group_by(EventRow.type)).all()
-    )
+    by_type = dict(conn.execute(select(EventRow.type, func.count()).group_by(EventRow.type)).all())
     active = conn.execute(
         select(func.count(func.distinct(EventRow.customer_id))).where(in_window)
     ).scalar_one()
@@ -36,7 +34,7 @@ def kpi_snapshot(conn: Connection, req: KpiRequest) -> KpiSnapshot:
         .subquery()
     )
     buyers, repeat = conn.execute(
-        select(func.count(), func.coalesce(func.sum(cast(purchases.c.n >= 2, Float)), 0))
+        select(func.count(), func.coalesce(func.sum(case((purchases.c.n >= 2, 1), else_=0)), 0))
     ).one()
     revenue = conn.execute(
         select(func.coalesce(func.sum(EventRow.properties["amount"].as_float()), 0.0)).where(

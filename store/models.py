@@ -126,7 +126,7 @@ class PointsLotRow(Base):
 
 
 class PointsLedgerRow(Base):
-    """Every change to a balance: earn (+), debit (−), expire (−), adjust (±)."""
+    """Every change to a balance: earn (+), debit (-), expire (-), adjust (±)."""
 
     __tablename__ = "points_ledger"
 

@@ -20,14 +20,23 @@ def load_profile(conn: Connection, customer_id: str, lots: int = 5) -> CustomerP
         .order_by(TagRow.tag)
     ).all()
     open_lots = conn.execute(
-        select(PointsLotRow.earned, PointsLotRow.remaining, PointsLotRow.earned_at,
-               PointsLotRow.expires_at)
+        select(
+            PointsLotRow.earned,
+            PointsLotRow.remaining,
+            PointsLotRow.earned_at,
+            PointsLotRow.expires_at,
+        )
         .where(PointsLotRow.customer_id == customer_id, PointsLotRow.remaining > 0)
         .order_by(PointsLotRow.expires_at.is_(None), PointsLotRow.expires_at, PointsLotRow.id)
     ).all()
     history = conn.execute(
-        select(TierHistoryRow.from_tier, TierHistoryRow.to_tier, TierHistoryRow.changed_at,
-               TierHistoryRow.reason, TierHistoryRow.event_id)
+        select(
+            TierHistoryRow.from_tier,
+            TierHistoryRow.to_tier,
+            TierHistoryRow.changed_at,
+            TierHistoryRow.reason,
+            TierHistoryRow.event_id,
+        )
         .where(TierHistoryRow.customer_id == customer_id)
         .order_by(TierHistoryRow.changed_at, TierHistoryRow.id)
     ).all()
@@ -59,9 +68,7 @@ def load_profile(conn: Connection, customer_id: str, lots: int = 5) -> CustomerP
         tags=[TagView(tag=t, source=s, expires_at=e) for t, s, e in tags],
         points_balance=float(sum((lot.remaining for lot in open_lots), 0)),
         expiring_lots=[
-            PointsLotView(
-                earned=float(e), remaining=float(r), earned_at=at, expires_at=exp
-            )
+            PointsLotView(earned=float(e), remaining=float(r), earned_at=at, expires_at=exp)
             for e, r, at, exp in open_lots[:lots]
         ],
         tier_history=[

@@ -21,5 +21,5 @@ class KpiSnapshotWorkflow:
             req,
             result_type=KpiSnapshot,
             start_to_close_timeout=timedelta(minutes=5),
-            retry_policy=RetryPolicy(maximum_interval=timedelta(minutes=1)),
+            retry_policy=RetryPolicy(maximum_interval=timedelta(minutes=1), maximum_attempts=5),
         )

@@ -1,0 +1,166 @@
+"""End to end on real servers: `crmflow demo`, `crmflow up` and `python worker.py`."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+import uuid
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+from sqlalchemy import Engine
+from temporalio.testing import WorkflowEnvironment
+
+from crmflow.settings import Settings
+from crmflow.stack import run_kpi_snapshot
+from crmflow.temporal import connect
+from tests.conftest import REPO, free_port
+
+pytestmark = pytest.mark.devserver
+CRMFLOW = str(Path(sys.executable).parent / "crmflow")
+
+
+def stack_env(home: Path) -> dict[str, str]:
+    env = {k: v for k, v in os.environ.items() if not k.startswith("CRMFLOW_")}
+    env |= {
+        "CRMFLOW_HOME": str(home),
+        "CRMFLOW_EMBEDDED_PORT": str(free_port()),
+        "CRMFLOW_EMBEDDED_UI_PORT": str(free_port()),
+        "CRMFLOW_CONFIG": str(home / "none.toml"),
+    }
+    return env
+
+
+def processes_using(path: Path) -> list[str]:
+    out = subprocess.run(["ps", "-eo", "args"], capture_output=True, text=True, check=True)
+    return [line for line in out.stdout.splitlines() if str(path) in line]
+
+
+@pytest.fixture
+def home(tmp_path: Path) -> Iterator[Path]:
+    home = tmp_path / "crmflow-home"
+    yield home
+    assert processes_using(home) == [], "a process of the embedded stack was left running"
+
+
+def test_demo_runs_twice_and_leaves_nothing_running(home: Path) -> None:
+    env = stack_env(home)
+    first = subprocess.run(
+        [CRMFLOW, "demo", "--json"],
+        cwd=REPO,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=180,
+    )
+    assert first.returncode == 0, first.stderr
+    data = json.loads(first.stdout)
+    customers, events = data["imports"]
+    assert customers["inserted"] == customers["rows"] and customers["rejected"] == 0
+    assert events["inserted"] == events["rows"] and events["rejected"] == 0
+    assert data["kpi"]["customers"] == customers["rows"]
+    assert data["kpi"]["events"] == events["rows"]
+    assert (home / "crmflow.db").exists() and (home / "temporal.db").exists()
+    assert processes_using(home) == []
+
+    again = subprocess.run(
+        [CRMFLOW, "demo", "--json"],
+        cwd=REPO,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=180,
+    )
+    assert again.returncode == 0, again.stderr
+    data2 = json.loads(again.stdout)
+    assert [r["inserted"] for r in data2["imports"]] == [0, 0]
+    assert data2["kpi"]["events"] == data["kpi"]["events"]
+    assert data2["workflow_id"] != data["workflow_id"]
+
+
+async def test_up_serves_until_interrupted_and_keeps_history(home: Path) -> None:
+    env = stack_env(home)
+    settings = Settings(
+        home=home,
+        embedded_port=int(env["CRMFLOW_EMBEDDED_PORT"]),
+        embedded_ui_port=int(env["CRMFLOW_EMBEDDED_UI_PORT"]),
+    )
+
+    def start() -> subprocess.Popen[str]:
+        proc = subprocess.Popen(
+            [CRMFLOW, "up"],
+            cwd=REPO,
+            env=env,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            text=True,
+        )
+        assert proc.stdout is not None
+        deadline = time.monotonic() + 120
+        for line in proc.stdout:
+            if "Ctrl-C to stop" in line:
+                return proc
+            assert time.monotonic() < deadline
+        raise AssertionError(
+            f"crmflow up did not start: {proc.stderr.read() if proc.stderr else ''}"
+        )
+
+    def stop(proc: subprocess.Popen[str]) -> None:
+        proc.send_signal(signal.SIGINT)
+        assert proc.wait(timeout=60) == 0
+
+    proc = start()
+    try:
+        client = await connect(settings)
+        wf_id, snap = await run_kpi_snapshot(client, settings, workflow_id=f"kept-{uuid.uuid4()}")
+        assert snap.customers == 0
+    finally:
+        stop(proc)
+    assert processes_using(home) == []
+
+    # the dev server keeps its state in home/temporal.db: the workflow is still there
+    proc = start()
+    try:
+        client = await connect(settings)
+        described = await client.get_workflow_handle(wf_id).describe()
+        assert described.status is not None and described.status.name == "COMPLETED"
+    finally:
+        stop(proc)
+
+
+async def test_worker_py_serves_a_cluster(
+    dev_env: WorkflowEnvironment, engine: Engine, db_url: str, tmp_path: Path
+) -> None:
+    target = dev_env.client.service_client.config.target_host
+    queue = f"ops-{uuid.uuid4()}"
+    env = stack_env(tmp_path) | {
+        "CRMFLOW_TEMPORAL_ADDRESS": target,
+        "CRMFLOW_TASK_QUEUE": queue,
+        "CRMFLOW_DATABASE_URL": db_url,
+    }
+    workers = [
+        subprocess.Popen(
+            [sys.executable, "worker.py"], cwd=REPO, env=env, stdout=subprocess.PIPE, text=True
+        )
+        for _ in range(2)
+    ]
+    try:
+        for w in workers:
+            assert w.stdout is not None
+            assert "worker polling" in w.stdout.readline()
+        settings = Settings(task_queue=queue, temporal_address=target)
+        results = [
+            await run_kpi_snapshot(dev_env.client, settings, workflow_id=f"w-{uuid.uuid4()}")
+            for _ in range(4)
+        ]
+        assert all(snap.customers == 0 for _, snap in results)
+    finally:
+        for w in workers:
+            w.send_signal(signal.SIGTERM)
+        for w in workers:
+            assert w.wait(timeout=60) == 0
