@@ -1,0 +1,1 @@
+"""The journey language: models, validation, and the step interpreter's pure logic."""
