@@ -1,1 +1,4 @@
-"""The rules language: file models, compiler to durable_rules, evaluation (facts in, effects out)."""
+"""The rules language: file models, the compiler to durable_rules, and evaluation.
+
+Facts in, effects out as data; never imports the store, activities or workflows.
+"""
