@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import math
 import re
 from datetime import UTC, datetime
 from typing import Annotated, Any, Literal
@@ -50,6 +51,19 @@ def _name(value: str) -> str:
 Name = Annotated[str, AfterValidator(_name)]
 
 
+def _finite_json(value: Any) -> bool:
+    """True when `value` holds only JSON values (no NaN or infinity, string keys)."""
+    if isinstance(value, float):
+        return math.isfinite(value)
+    if isinstance(value, str | int | bool) or value is None:
+        return True
+    if isinstance(value, dict):
+        return all(isinstance(k, str) and _finite_json(v) for k, v in value.items())
+    if isinstance(value, list):
+        return all(_finite_json(v) for v in value)
+    return False
+
+
 def _aware_utc(value: datetime) -> datetime:
     if value.tzinfo is None or value.utcoffset() is None:
         raise ValueError(
@@ -76,10 +90,8 @@ class Event(BaseModel):
     @field_validator("properties")
     @classmethod
     def _json_properties(cls, v: dict[str, Any]) -> dict[str, Any]:
-        try:
-            json.dumps(v, allow_nan=False)
-        except (TypeError, ValueError) as exc:
-            raise ValueError(f"properties must be plain JSON values ({exc})") from exc
+        if not _finite_json(v):
+            raise ValueError("properties must be plain JSON values (no NaN, infinity or objects)")
         return v
 
 
@@ -156,10 +168,8 @@ class Customer(BaseModel):
     @field_validator("attributes")
     @classmethod
     def _json_attributes(cls, v: dict[str, Any]) -> dict[str, Any]:
-        try:
-            json.dumps(v, allow_nan=False)
-        except (TypeError, ValueError) as exc:
-            raise ValueError(f"attributes must be plain JSON values ({exc})") from exc
+        if not _finite_json(v):
+            raise ValueError("attributes must be plain JSON values (no NaN, infinity or objects)")
         return v
 
     def content_hash(self) -> str:

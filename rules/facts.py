@@ -1,0 +1,207 @@
+"""The facts a rule can test, their types, and how they are computed from a profile and an event.
+
+`ProfileState` is the customer's state as the rules see it (loaded by the store, changed in
+memory by the effects of each event); `build_facts` is a pure function of that state and the
+event. Time is the event's `occurred_at`, never the wall clock, so replaying a stream of
+events gives the same facts.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from datetime import date, datetime, timedelta
+from decimal import Decimal
+from typing import Any, Literal
+from zoneinfo import ZoneInfo
+
+from rules.models import Program
+
+FactKind = Literal["number", "string", "boolean", "list", "any"]
+
+WINDOWS = (30, 90, 365)
+
+# Fixed facts: name -> (type, description). `event.<x>`, `consent.<channel>` and
+# `attributes.<name>` are open families, typed by the programme where it declares them.
+FIXED_FACTS: dict[str, tuple[FactKind, str]] = {
+    "event.type": ("string", "the event's type"),
+    "tier": ("string", "current tier name"),
+    "tier_rank": ("number", "rank of the current tier (the welcome tier's when none)"),
+    "points_balance": ("number", "points remaining in unexpired lots"),
+    "tags": ("list", "current (unexpired) tags; test with contains"),
+    "lifecycle_stage": ("string", "lead, prospect, customer or member"),
+    "owner": ("string", "sales owner; missing when the customer is in the shared pool"),
+    "has_owner": ("boolean", "the customer has a sales owner"),
+    **{f"spend_{d}d": ("number", f"purchase amount over the last {d} days") for d in WINDOWS},
+    **{f"purchases_{d}d": ("number", f"number of purchases in the last {d} days") for d in WINDOWS},
+    "points_earned_365d": ("number", "points earned in the last 365 days"),
+    "days_since_last_purchase": ("number", "days since the latest purchase (0 on a purchase)"),
+    "avg_days_between_purchases": (
+        "number",
+        "the customer's usual gap: mean days between purchases in the last 365 days",
+    ),
+    "purchase_gap_ratio": (
+        "number",
+        "days since the last purchase ÷ the usual gap between purchases (churn signal)",
+    ),
+    "days_since_last_follow_up": (
+        "number",
+        "days since the last sales follow-up (since the profile was created when none)",
+    ),
+    "hours_since_last_follow_up": ("number", "the same, in hours"),
+    "days_since_created": ("number", "days since the profile was created"),
+    "birthday_month": ("boolean", "the event falls in the month of attributes.birthday"),
+}
+
+
+def fact_kind(name: str, program: Program) -> FactKind | None:
+    """The type of fact `name`, or None when there is no such fact."""
+    if name in FIXED_FACTS:
+        return FIXED_FACTS[name][0]
+    head, _, rest = name.partition(".")
+    if not rest:
+        return None
+    if head == "event":
+        declared = program.event_properties.get(rest)
+        return declared
+    if head == "consent":
+        return "boolean"
+    if head == "attributes":
+        return program.attributes.get(rest, "any")
+    return None
+
+
+def known_facts(program: Program) -> list[str]:
+    names = list(FIXED_FACTS)
+    names += [f"event.{p}" for p in program.event_properties]
+    names += ["consent.<channel>", "attributes.<name>"]
+    return names
+
+
+@dataclass
+class Lot:
+    """Points earned together. `key` names a lot before the store has given it an id."""
+
+    key: str
+    remaining: Decimal
+    earned_at: datetime
+    expires_at: datetime | None
+    id: int | None = None
+
+
+@dataclass
+class ProfileState:
+    """A customer as the rules see it. Changed in memory by the effects of each event."""
+
+    customer_id: str
+    created_at: datetime
+    timezone: str = "UTC"
+    tier: str | None = None
+    lifecycle_stage: str = "lead"
+    owner: str | None = None
+    consent: dict[str, bool] = field(default_factory=dict)
+    attributes: dict[str, Any] = field(default_factory=dict)
+    tags: dict[str, datetime | None] = field(default_factory=dict)  # tag -> expires_at
+    lots: list[Lot] = field(default_factory=list)
+    purchases: list[tuple[datetime, float]] = field(default_factory=list)  # sorted by time
+    earnings: list[tuple[datetime, float]] = field(default_factory=list)  # points earned
+    last_follow_up_at: datetime | None = None
+
+    def balance(self, at: datetime) -> Decimal:
+        return sum(
+            (lot.remaining for lot in self.lots if lot.expires_at is None or lot.expires_at > at),
+            Decimal(0),
+        )
+
+    def live_tags(self, at: datetime) -> set[str]:
+        return {t for t, exp in self.tags.items() if exp is None or exp > at}
+
+
+@dataclass(frozen=True)
+class EventFacts:
+    """The part of an event the rules need (plain values, no store types)."""
+
+    event_id: str
+    type: str
+    occurred_at: datetime
+    properties: dict[str, Any]
+
+
+def _days(delta: timedelta) -> float:
+    return round(delta.total_seconds() / 86400, 4)
+
+
+def _birthday_month(state: ProfileState, at: datetime) -> bool | None:
+    raw = state.attributes.get("birthday")
+    if not isinstance(raw, str):
+        return None
+    try:
+        born = date.fromisoformat(raw[:10])
+    except ValueError:
+        return None
+    try:
+        local = at.astimezone(ZoneInfo(state.timezone))
+    except (KeyError, ValueError):
+        local = at
+    return born.month == local.month
+
+
+def record_event(state: ProfileState, event: EventFacts, program: Program) -> None:
+    """Fold the event itself into the state (a purchase counts towards its own facts)."""
+    if event.type == program.purchase_event:
+        amount = event.properties.get(program.spend_property)
+        if isinstance(amount, int | float) and not isinstance(amount, bool):
+            state.purchases.append((event.occurred_at, float(amount)))
+            state.purchases.sort(key=lambda p: p[0])
+    elif event.type == program.follow_up_event and (
+        state.last_follow_up_at is None or event.occurred_at > state.last_follow_up_at
+    ):
+        state.last_follow_up_at = event.occurred_at
+
+
+def build_facts(state: ProfileState, event: EventFacts, program: Program) -> dict[str, Any]:
+    """Every fact for this customer at the event's time; a missing fact is left out."""
+    at = event.occurred_at
+    facts: dict[str, Any] = {"event.type": event.type}
+    for key, value in event.properties.items():
+        if isinstance(value, str | int | float | bool):
+            facts[f"event.{key}"] = value
+    tier = state.tier or program.welcome_tier
+    tier_def = program.tier(tier)
+    if state.tier is not None:
+        facts["tier"] = state.tier
+    facts["tier_rank"] = tier_def.rank if tier_def else 0
+    facts["points_balance"] = float(state.balance(at))
+    facts["tags"] = state.live_tags(at)
+    facts["lifecycle_stage"] = state.lifecycle_stage
+    if state.owner:
+        facts["owner"] = state.owner
+    facts["has_owner"] = bool(state.owner)
+    past = [(t, a) for t, a in state.purchases if t <= at]
+    for d in WINDOWS:
+        since = at - timedelta(days=d)
+        window = [a for t, a in past if t > since]
+        facts[f"spend_{d}d"] = round(sum(window), 2)
+        facts[f"purchases_{d}d"] = len(window)
+    year_ago = at - timedelta(days=365)
+    facts["points_earned_365d"] = round(sum(a for t, a in state.earnings if year_ago < t <= at), 2)
+    if past:
+        facts["days_since_last_purchase"] = _days(at - past[-1][0])
+        recent = [t for t, _ in past if t > year_ago]
+        if len(recent) >= 2:
+            usual = _days(recent[-1] - recent[0]) / (len(recent) - 1)
+            facts["avg_days_between_purchases"] = round(usual, 4)
+            if usual > 0:
+                facts["purchase_gap_ratio"] = round(facts["days_since_last_purchase"] / usual, 4)
+    since_follow_up = at - (state.last_follow_up_at or state.created_at)
+    facts["days_since_last_follow_up"] = _days(since_follow_up)
+    facts["hours_since_last_follow_up"] = round(since_follow_up.total_seconds() / 3600, 3)
+    facts["days_since_created"] = _days(at - state.created_at)
+    birthday = _birthday_month(state, at)
+    if birthday is not None:
+        facts["birthday_month"] = birthday
+    for channel, given in state.consent.items():
+        facts[f"consent.{channel}"] = bool(given)
+    for name, value in state.attributes.items():
+        if isinstance(value, str | int | float | bool):
+            facts[f"attributes.{name}"] = value
+    return facts

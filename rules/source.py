@@ -1,0 +1,159 @@
+"""Reading YAML files with line numbers, so every error names the file and the line.
+
+`load_yaml` returns the data and a map from each node's path (keys and list indexes) to its
+line; `RuleError` carries file, line and message; `errors_from_validation` turns a pydantic
+error into RuleErrors using that map.
+"""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import yaml
+from pydantic import ValidationError
+
+LinePath = tuple[str | int, ...]
+
+
+@dataclass(frozen=True)
+class RuleError:
+    file: str
+    line: int | None
+    message: str
+
+    def __str__(self) -> str:
+        where = f"{self.file}:{self.line}" if self.line else self.file
+        return f"{where}: {self.message}"
+
+
+class RuleFileError(ValueError):
+    """One or more problems in the rule files; `errors` lists each with its file and line."""
+
+    def __init__(self, errors: list[RuleError]) -> None:
+        self.errors = errors
+        super().__init__("\n".join(str(e) for e in errors))
+
+
+@dataclass
+class YamlDoc:
+    path: str
+    data: Any
+    lines: dict[LinePath, int]
+    text: str
+
+    def line_of(self, path: LinePath) -> int | None:
+        """The line of the deepest node on `path` that the file has."""
+        for end in range(len(path), -1, -1):
+            line = self.lines.get(tuple(path[:end]))
+            if line is not None:
+                return line
+        return None
+
+
+def _walk(node: yaml.Node, path: LinePath, lines: dict[LinePath, int]) -> None:
+    lines[path] = node.start_mark.line + 1
+    if isinstance(node, yaml.MappingNode):
+        for key, value in node.value:
+            k = key.value if isinstance(key, yaml.ScalarNode) else str(key)
+            lines[(*path, k)] = key.start_mark.line + 1
+            _walk(value, (*path, k), lines)
+            lines[(*path, k)] = key.start_mark.line + 1
+    elif isinstance(node, yaml.SequenceNode):
+        for i, item in enumerate(node.value):
+            _walk(item, (*path, i), lines)
+
+
+class Yaml12Loader(yaml.SafeLoader):
+    """SafeLoader with YAML 1.2 booleans: only true/false, so `on:` or `no` stay strings."""
+
+
+Yaml12Loader.yaml_implicit_resolvers = {
+    first: [(tag, rx) for tag, rx in resolvers if tag != "tag:yaml.org,2002:bool"]
+    for first, resolvers in yaml.SafeLoader.yaml_implicit_resolvers.items()
+}
+Yaml12Loader.add_implicit_resolver(
+    "tag:yaml.org,2002:bool",
+    re.compile(r"^(?:true|True|TRUE|false|False|FALSE)$"),
+    list("tTfF"),
+)
+
+
+def yaml_load(text: str) -> Any:
+    return yaml.load(text, Loader=Yaml12Loader)
+
+
+def parse_yaml(text: str, path: str) -> YamlDoc:
+    try:
+        node = yaml.compose(text, Loader=Yaml12Loader)
+        data = yaml_load(text)
+    except yaml.YAMLError as exc:
+        mark = getattr(exc, "problem_mark", None)
+        line = mark.line + 1 if mark is not None else None
+        problem = getattr(exc, "problem", None) or str(exc)
+        raise RuleFileError([RuleError(path, line, f"not valid YAML: {problem}")]) from exc
+    lines: dict[LinePath, int] = {}
+    if node is not None:
+        _walk(node, (), lines)
+    return YamlDoc(path=path, data=data, lines=lines, text=text)
+
+
+def load_yaml(path: Path) -> YamlDoc:
+    try:
+        text = path.read_text(encoding="utf-8")
+    except (OSError, UnicodeDecodeError) as exc:
+        raise RuleFileError([RuleError(str(path), None, f"cannot read the file: {exc}")]) from exc
+    return parse_yaml(text, str(path))
+
+
+def _message(err: Any) -> str:
+    msg = str(err["msg"])
+    for prefix in ("Value error, ", "Assertion failed, "):
+        if msg.startswith(prefix):
+            msg = msg[len(prefix) :]
+    kind = err["type"]
+    if kind == "extra_forbidden":
+        return "unknown field"
+    if kind == "missing":
+        return "required field is missing"
+    if kind in ("literal_error", "enum"):
+        return msg.replace("Input should be", "expected")
+    if kind == "string_pattern_mismatch":
+        pattern = err.get("ctx", {}).get("pattern", "")
+        if "a-z" in pattern:
+            return (
+                f"{err['input']!r} is not a valid name; expected lower case letters, digits "
+                "and _ . : - starting with a letter"
+            )
+    return msg
+
+
+def data_path(data: Any, loc: tuple[Any, ...], base: LinePath = ()) -> LinePath:
+    """The part of a pydantic location that exists in the data (union tags left out)."""
+    path: list[str | int] = list(base)
+    node = data
+    for part in loc:
+        if (isinstance(node, dict) and part in node) or (
+            isinstance(node, list) and isinstance(part, int) and 0 <= part < len(node)
+        ):
+            node = node[part]
+        else:
+            continue
+        path.append(part)
+    return tuple(path)
+
+
+def errors_from_validation(
+    doc: YamlDoc, exc: ValidationError, data: Any = None, base: LinePath = ()
+) -> list[RuleError]:
+    """RuleErrors for `exc`, raised validating `data` (default: the whole file) at `base`."""
+    out = []
+    target = doc.data if data is None else data
+    for err in exc.errors(include_url=False):
+        loc = data_path(target, tuple(err["loc"]), base)
+        field = ".".join(str(p) for p in loc)
+        where = f"{field}: " if field else ""
+        out.append(RuleError(doc.path, doc.line_of(loc), f"{where}{_message(err)}"))
+    return out
