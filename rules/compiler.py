@@ -1,0 +1,186 @@
+"""Compile validated rule files into durable_rules ruleset definitions (plain dicts).
+
+Facts travel to the engine as one flat message with short keys (`f3`), booleans as 1/0 and
+list membership as flags (`c2` = "tags contains vip"), because durable_rules compares scalars
+only. durable_rules has no `not`, and its `$nex` hangs when the field is missing, so negation
+is pushed down to the comparisons (De Morgan) and "missing" is a presence flag (`p3` = 0):
+`not (x < 5)` compiles to `x >= 5 or x is missing`.
+"""
+
+from __future__ import annotations
+
+import hashlib
+from dataclasses import dataclass, field
+from typing import Any
+
+from rules.models import All, AnyOf, Compare, Not, Program, Rule
+
+MAX_RULES_PER_RULESET = 400  # durable_rules fails above ~500 rules in one ruleset
+ALWAYS = "_"  # present with value 1 in every message
+
+
+@dataclass
+class CompiledRule:
+    index: int  # position in load order: files sorted by name, then rules in file order
+    rule: Rule
+    file: str
+    facts: list[str]  # the facts its condition reads, for explanations
+    expression: dict[str, Any]
+
+
+@dataclass
+class Keys:
+    """Short message keys for facts, presence flags and membership flags."""
+
+    value: dict[str, str] = field(default_factory=dict)
+    presence: dict[str, str] = field(default_factory=dict)
+    member: dict[tuple[str, str], str] = field(default_factory=dict)
+
+    def value_key(self, fact: str) -> str:
+        return self.value.setdefault(fact, f"f{len(self.value)}")
+
+    def presence_key(self, fact: str) -> str:
+        return self.presence.setdefault(fact, f"p{len(self.presence)}")
+
+    def member_key(self, fact: str, item: str) -> str:
+        return self.member.setdefault((fact, item), f"c{len(self.member)}")
+
+
+def _encode(value: Any) -> Any:
+    return int(value) if isinstance(value, bool) else value
+
+
+def _or(parts: list[dict[str, Any]]) -> dict[str, Any]:
+    return parts[0] if len(parts) == 1 else {"$or": parts}
+
+
+def _and(parts: list[dict[str, Any]]) -> dict[str, Any]:
+    return parts[0] if len(parts) == 1 else {"$and": parts}
+
+
+_OPPOSITE = {"<": ">=", "<=": ">", ">": "<=", ">=": "<"}
+_DR_OP = {"<": "$lt", "<=": "$lte", ">": "$gt", ">=": "$gte"}
+
+
+def compile_condition(cond: Any, keys: Keys, negate: bool = False) -> dict[str, Any]:
+    """The durable_rules expression for `cond` (or for its negation)."""
+    if isinstance(cond, All):
+        parts = [compile_condition(c, keys, negate) for c in cond.all]
+        return _or(parts) if negate else _and(parts)
+    if isinstance(cond, AnyOf):
+        parts = [compile_condition(c, keys, negate) for c in cond.any]
+        return _and(parts) if negate else _or(parts)
+    if isinstance(cond, Not):
+        return compile_condition(cond.not_, keys, not negate)
+    assert isinstance(cond, Compare)
+    op, fact = cond.op, cond.fact
+    # != and not_in are the negations of == and in (true when the fact is missing)
+    if op == "!=":
+        op, negate = "==", not negate
+    elif op == "not_in":
+        op, negate = "in", not negate
+    if op == "contains":
+        return {keys.member_key(fact, str(cond.value)): 0 if negate else 1}
+    if op == "exists":
+        return {keys.presence_key(fact): 0 if negate else 1}
+    k = keys.value_key(fact)
+    if op == "==":
+        v = _encode(cond.value)
+        if negate:
+            return _or([{"$neq": {k: v}}, {keys.presence_key(fact): 0}])
+        return {k: v}
+    if op == "in":
+        values = [_encode(v) for v in cond.value]  # type: ignore[union-attr]
+        if negate:
+            neq = _and([{"$neq": {k: v}} for v in values])
+            return _or([neq, {keys.presence_key(fact): 0}])
+        return _or([{k: v} for v in values])
+    if negate:
+        flipped = {_DR_OP[_OPPOSITE[op]]: {k: _encode(cond.value)}}
+        return _or([flipped, {keys.presence_key(fact): 0}])
+    return {_DR_OP[op]: {k: _encode(cond.value)}}
+
+
+def condition_facts(cond: Any) -> list[str]:
+    if cond is None:
+        return []
+    if isinstance(cond, All):
+        return [f for c in cond.all for f in condition_facts(c)]
+    if isinstance(cond, AnyOf):
+        return [f for c in cond.any for f in condition_facts(c)]
+    if isinstance(cond, Not):
+        return condition_facts(cond.not_)
+    return [cond.fact]
+
+
+def rule_expression(rule: Rule, keys: Keys) -> dict[str, Any]:
+    parts: list[dict[str, Any]] = []
+    types = rule.event_types()
+    if types:
+        parts.append(compile_condition(Compare(fact="event.type", op="in", value=types), keys))
+    if rule.when is not None:
+        parts.append(compile_condition(rule.when, keys))
+    return _and(parts) if parts else {ALWAYS: 1}
+
+
+@dataclass
+class CompiledPack:
+    """A rules version: programme, rules in conflict order, engine definitions, message keys."""
+
+    version: str
+    program: Program
+    rules: list[CompiledRule]
+    keys: Keys
+    rulesets: dict[str, list[CompiledRule]]  # ruleset name -> its rules
+
+    def message(self, facts: dict[str, Any]) -> dict[str, Any]:
+        """The flat durable_rules message for a facts dict (without sid / id)."""
+        msg: dict[str, Any] = {ALWAYS: 1}
+        for fact, key in self.keys.value.items():
+            v = facts.get(fact)
+            if v is not None:
+                msg[key] = _encode(v)
+        for fact, key in self.keys.presence.items():
+            msg[key] = 0 if facts.get(fact) is None else 1
+        for (fact, item), key in self.keys.member.items():
+            container = facts.get(fact)
+            msg[key] = 1 if isinstance(container, set | list | tuple) and item in container else 0
+        return msg
+
+    def ordered(self, indexes: set[int]) -> list[CompiledRule]:
+        """Fired rules in the order their effects apply: priority (high first), then load order."""
+        fired = [r for r in self.rules if r.index in indexes]
+        return sorted(fired, key=lambda r: (-r.rule.priority, r.index))
+
+
+def content_version(program_text: str, files: list[tuple[str, str]]) -> str:
+    """A content hash of the programme and the rule files (name and text), as the version."""
+    h = hashlib.sha256()
+    h.update(program_text.encode())
+    for name, text in sorted(files):
+        h.update(b"\0" + name.encode() + b"\0" + text.encode())
+    return h.hexdigest()[:16]
+
+
+def compile_pack(version: str, program: Program, rules: list[tuple[str, Rule]]) -> CompiledPack:
+    """Compile enabled rules; split into rulesets of at most MAX_RULES_PER_RULESET."""
+    keys = Keys()
+    compiled: list[CompiledRule] = []
+    for index, (file, rule) in enumerate(rules):
+        if not rule.enabled:
+            continue
+        compiled.append(
+            CompiledRule(
+                index=index,
+                rule=rule,
+                file=file,
+                facts=["event.type"] * bool(rule.on) + condition_facts(rule.when),
+                expression=rule_expression(rule, keys),
+            )
+        )
+    rulesets: dict[str, list[CompiledRule]] = {}
+    for n in range(0, max(len(compiled), 1), MAX_RULES_PER_RULESET):
+        rulesets[f"crmflow_{version}_{n // MAX_RULES_PER_RULESET}"] = compiled[
+            n : n + MAX_RULES_PER_RULESET
+        ]
+    return CompiledPack(version, program, compiled, keys, rulesets)

@@ -1,0 +1,232 @@
+"""Load a rules directory: the programme file and the rule files, validated and compiled.
+
+`load_pack(rules_dir)` reads `program.yaml` (in the directory or its parent) and every
+`*.yaml` / `*.yml` rule file in the directory (sorted by name), checks them against the
+models and against each other (unknown facts, operators that do not fit the fact's type,
+undefined tiers, duplicate rule names, expressions that do not parse) and returns the
+compiled pack. Every problem found is reported at once, each with its file and line.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from pydantic import ValidationError
+
+from rules.compiler import CompiledPack, compile_pack, content_version
+from rules.expressions import ExpressionError, parse_expression
+from rules.facts import fact_kind, known_facts
+from rules.models import (
+    All,
+    AnyOf,
+    AwardPoints,
+    Compare,
+    DeductPoints,
+    Not,
+    Program,
+    Rule,
+    RuleFile,
+    SetTier,
+)
+from rules.source import (
+    LinePath,
+    RuleError,
+    RuleFileError,
+    YamlDoc,
+    errors_from_validation,
+    load_yaml,
+    parse_yaml,
+)
+
+PROGRAM_FILE = "program.yaml"
+STAGES = ("lead", "prospect", "customer", "member")
+
+_OPS_FOR = {
+    "number": {"==", "!=", "<", "<=", ">", ">=", "in", "not_in", "exists"},
+    "string": {"==", "!=", "in", "not_in", "exists"},
+    "boolean": {"==", "!=", "exists"},
+    "list": {"contains", "exists"},
+    "any": {"==", "!=", "<", "<=", ">", ">=", "in", "not_in", "exists"},
+}
+
+
+@dataclass
+class PackSource:
+    """The texts a version was built from (stored with the version)."""
+
+    program_path: str
+    program_text: str
+    files: list[tuple[str, str]]  # (file name, text)
+
+
+def find_program(rules_dir: Path, program: Path | None = None) -> Path:
+    if program is not None:
+        return program
+    for candidate in (rules_dir / PROGRAM_FILE, rules_dir.parent / PROGRAM_FILE):
+        if candidate.is_file():
+            return candidate
+    raise RuleFileError(
+        [RuleError(str(rules_dir), None, f"no {PROGRAM_FILE} in this folder or its parent")]
+    )
+
+
+def load_program(doc: YamlDoc) -> Program:
+    try:
+        return Program.model_validate(doc.data)
+    except ValidationError as exc:
+        raise RuleFileError(errors_from_validation(doc, exc)) from exc
+
+
+class _Checker:
+    def __init__(self, program: Program, doc: YamlDoc) -> None:
+        self.program = program
+        self.doc = doc
+        self.errors: list[RuleError] = []
+        self.tiers = [t.name for t in program.tiers]
+
+    def err(self, path: LinePath, message: str) -> None:
+        self.errors.append(RuleError(self.doc.path, self.doc.line_of(path), message))
+
+    def condition(self, cond: Any, path: LinePath) -> None:
+        if isinstance(cond, All):
+            for i, c in enumerate(cond.all):
+                self.condition(c, (*path, "all", i))
+        elif isinstance(cond, AnyOf):
+            for i, c in enumerate(cond.any):
+                self.condition(c, (*path, "any", i))
+        elif isinstance(cond, Not):
+            self.condition(cond.not_, (*path, "not"))
+        elif isinstance(cond, Compare):
+            self.compare(cond, path)
+
+    def compare(self, c: Compare, path: LinePath) -> None:
+        kind = fact_kind(c.fact, self.program)
+        if kind is None:
+            hint = (
+                f"declare it under event_properties in {PROGRAM_FILE}"
+                if c.fact.startswith("event.")
+                else "known facts: " + ", ".join(known_facts(self.program))
+            )
+            self.err(path, f"unknown fact {c.fact!r}; {hint}")
+            return
+        if c.op not in _OPS_FOR[kind]:
+            allowed = " ".join(sorted(_OPS_FOR[kind]))
+            self.err(
+                path, f"operator {c.op!r} does not fit {c.fact} ({kind}); use one of {allowed}"
+            )
+            return
+        values = c.value if isinstance(c.value, list) else [] if c.value is None else [c.value]
+        for v in values:
+            ok = {
+                "number": isinstance(v, int | float) and not isinstance(v, bool),
+                "string": isinstance(v, str),
+                "boolean": isinstance(v, bool),
+                "list": isinstance(v, str),
+                "any": True,
+            }[kind]
+            if not ok:
+                expected = "text" if kind == "list" else f"a {kind}"
+                self.err(path, f"{c.fact} is compared with {v!r}; expected {expected}")
+            elif c.fact == "tier" and v not in self.tiers:
+                self.err(path, f"tier {v!r} is not defined; tiers: {', '.join(self.tiers)}")
+            elif c.fact == "lifecycle_stage" and v not in STAGES:
+                self.err(path, f"stage {v!r} is not one of {', '.join(STAGES)}")
+
+    def amount(self, amount: float | str, path: LinePath) -> None:
+        if not isinstance(amount, str):
+            return
+        try:
+            _, facts = parse_expression(amount)
+        except ExpressionError as exc:
+            self.err(path, str(exc))
+            return
+        for fact in facts:
+            kind = fact_kind(fact, self.program)
+            if kind is None:
+                self.err(path, f"expression {amount!r} reads unknown fact {fact!r}")
+            elif kind not in ("number", "any"):
+                self.err(path, f"expression {amount!r} reads {fact} ({kind}), not a number")
+
+    def rule(self, rule: Rule, path: LinePath) -> None:
+        if rule.when is not None:
+            self.condition(rule.when, (*path, "when"))
+        for i, effect in enumerate(rule.then):
+            epath = (*path, "then", i)
+            if isinstance(effect, SetTier) and effect.set_tier not in self.tiers:
+                self.err(
+                    (*epath, "set_tier"),
+                    f"set_tier: tier {effect.set_tier!r} is not defined; tiers: "
+                    + ", ".join(self.tiers),
+                )
+            elif isinstance(effect, AwardPoints):
+                self.amount(effect.award_points.amount, (*epath, "award_points"))
+            elif isinstance(effect, DeductPoints):
+                self.amount(effect.deduct_points.amount, (*epath, "deduct_points"))
+
+
+def rule_files(rules_dir: Path) -> list[Path]:
+    if not rules_dir.is_dir():
+        raise RuleFileError([RuleError(str(rules_dir), None, "not a folder of rule files")])
+    return sorted(
+        p for p in [*rules_dir.glob("*.yaml"), *rules_dir.glob("*.yml")] if p.name != PROGRAM_FILE
+    )
+
+
+def read_source(rules_dir: Path, program_path: Path | None = None) -> PackSource:
+    """The texts of the programme file and of every rule file in `rules_dir`."""
+    program_file = find_program(rules_dir, program_path)
+    program_text = load_yaml(program_file).text
+    errors: list[RuleError] = []
+    files: list[tuple[str, str]] = []
+    for path in rule_files(rules_dir):
+        try:
+            files.append((path.name, path.read_text(encoding="utf-8")))
+        except (OSError, UnicodeDecodeError) as exc:
+            errors.append(RuleError(str(path), None, f"cannot read the file: {exc}"))
+    if errors:
+        raise RuleFileError(errors)
+    return PackSource(str(program_file), program_text, files)
+
+
+def build_pack(source: PackSource, base_dir: str = "") -> CompiledPack:
+    """Validate and compile; raise RuleFileError listing every problem with file and line."""
+    program_doc = parse_yaml(source.program_text, source.program_path)
+    program = load_program(program_doc)
+    errors: list[RuleError] = []
+    rules: list[tuple[str, Rule]] = []
+    seen: dict[str, str] = {}
+    for name, text in sorted(source.files):
+        try:
+            doc = parse_yaml(text, str(Path(base_dir) / name) if base_dir else name)
+        except RuleFileError as exc:
+            errors += exc.errors
+            continue
+        try:
+            parsed = RuleFile.model_validate(doc.data if doc.data is not None else {})
+        except ValidationError as exc:
+            errors += errors_from_validation(doc, exc)
+            continue
+        checker = _Checker(program, doc)
+        for i, rule in enumerate(parsed.rules):
+            rpath: LinePath = ("rules", i)
+            if rule.name in seen:
+                checker.err(
+                    (*rpath, "name"),
+                    f"duplicate rule name {rule.name!r} (first in {seen[rule.name]})",
+                )
+            else:
+                seen[rule.name] = f"{name}:{doc.line_of((*rpath, 'name'))}"
+            checker.rule(rule, rpath)
+            rules.append((name, rule))
+        errors += checker.errors
+    if errors:
+        raise RuleFileError(errors)
+    return compile_pack(content_version(source.program_text, source.files), program, rules)
+
+
+def load_pack(rules_dir: Path, program_path: Path | None = None) -> tuple[CompiledPack, PackSource]:
+    """Read, validate and compile a rules directory."""
+    source = read_source(rules_dir, program_path)
+    return build_pack(source, str(rules_dir)), source
