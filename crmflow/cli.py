@@ -15,6 +15,7 @@ from rich.progress import BarColumn, DownloadColumn, Progress, TimeRemainingColu
 from rich.table import Table
 from sqlalchemy import Engine
 
+from crmflow.cli_rules import process_command, rules_app
 from crmflow.formats import describe_errors
 from crmflow.ingest import ImportError_, ImportReport, Kind, import_file
 from crmflow.settings import Settings
@@ -26,13 +27,15 @@ app = typer.Typer(
     help="crmflow: customer journeys, loyalty rules and rollout projects on Temporal.",
     no_args_is_help=True,
     add_completion=False,
+    pretty_exceptions_show_locals=False,
 )
 customers_app = typer.Typer(help="Customer profiles: import.", no_args_is_help=True)
-events_app = typer.Typer(help="Customer events: import.", no_args_is_help=True)
+events_app = typer.Typer(help="Customer events: import, process.", no_args_is_help=True)
 customer_app = typer.Typer(help="One customer: show.", no_args_is_help=True)
 app.add_typer(customers_app, name="customers")
 app.add_typer(events_app, name="events")
 app.add_typer(customer_app, name="customer")
+app.add_typer(rules_app, name="rules")
 
 console = Console()
 err = Console(stderr=True)
@@ -181,6 +184,12 @@ def events_import(path: FileArg, as_json: JsonFlag = False) -> None:
     report = _import("events", path, as_json)
     if report.rejected and not report.accepted:
         raise typer.Exit(1)
+
+
+@events_app.command("process")
+def events_process(as_json: JsonFlag = False) -> None:
+    """Run stored events that no rules version has processed yet through the active one."""
+    process_command(as_json)
 
 
 @customer_app.command("show")

@@ -215,6 +215,23 @@ class TierChangeView(BaseModel):
     event_id: str | None = None
 
 
+class AuditView(BaseModel):
+    at: datetime
+    event_id: str | None
+    rule: str
+    rules_version: str | None
+    kind: str
+    detail: dict[str, Any]
+    skipped: str | None = None
+
+
+class CouponView(BaseModel):
+    code: str
+    value: float
+    expires_at: datetime
+    redeemed_at: datetime | None = None
+
+
 class CustomerProfile(BaseModel):
     """What `crmflow customer show` prints: the stored profile and its derived figures."""
 
@@ -241,3 +258,8 @@ class CustomerProfile(BaseModel):
     events: int = 0
     last_event_at: datetime | None = None
     events_by_type: dict[str, int] = Field(default_factory=dict)
+    coupons: list[CouponView] = Field(default_factory=list)
+    history: list[AuditView] = Field(
+        default_factory=list,
+        description="what changed the profile, newest first: rule, rules version, event, time",
+    )

@@ -21,6 +21,7 @@ from pydantic import BaseModel, ValidationError
 from sqlalchemy import Engine
 
 from crmflow.formats import Customer, Event, describe_errors
+from crmflow.processing import active_pack, process_chunk
 from store.db import utcnow
 from store.ingest import WriteCounts, append_events, upsert_customers
 
@@ -53,6 +54,10 @@ class ImportReport:
     unchanged: int = 0
     rejected: int = 0
     rejects_file: str | None = None
+    processed: int = 0
+    rules_fired: int = 0
+    rules_version: str | None = None
+    unprocessed: int = 0  # stored, waiting for a rules version to be deployed
     first_errors: list[Reject] = field(default_factory=list)
     seconds: float = 0.0
 
@@ -131,8 +136,13 @@ def import_file(
     phone_region: str = "CN",
     chunk_size: int = 5000,
     on_progress: Callable[[int], None] | None = None,
+    process: bool = True,
 ) -> ImportReport:
-    """Validate and write every row of `path`; return what happened."""
+    """Validate and write every row of `path`; return what happened.
+
+    New events go through the active rules version in the same transaction that stores
+    them (`process=False` only stores them, for `crmflow events process` later).
+    """
     model: type[BaseModel] = Customer if kind == "customers" else Event
     context = {"phone_region": phone_region}
     report = ImportReport(kind=kind, source=str(path))
@@ -150,7 +160,16 @@ def import_file(
             if kind == "customers":
                 totals.add(upsert_customers(conn, batch, now))
             else:
-                totals.add(append_events(conn, batch, now))
+                counts, new = append_events(conn, batch, now)
+                totals.add(counts)
+                pack = active_pack(conn) if process else None
+                if pack is None:
+                    report.unprocessed += len(new)
+                else:
+                    done = process_chunk(conn, pack, new)
+                    report.processed += done.events
+                    report.rules_fired += done.rules_fired
+                    report.rules_version = pack.version
         batch.clear()
 
     try:

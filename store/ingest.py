@@ -141,8 +141,13 @@ def ensure_customers(conn: Connection, customer_ids: set[str], now: datetime) ->
     return len(missing)
 
 
-def append_events(conn: Connection, rows: list[dict[str, Any]], now: datetime) -> WriteCounts:
-    """Append events not seen before (by `event_id`); a repeat is counted as unchanged."""
+def append_events(
+    conn: Connection, rows: list[dict[str, Any]], now: datetime
+) -> tuple[WriteCounts, list[dict[str, Any]]]:
+    """Append events not seen before (by `event_id`); a repeat is counted as unchanged.
+
+    Returns the counts and the rows that were new.
+    """
     first: dict[str, dict[str, Any]] = {}
     for r in rows:
         first.setdefault(r["event_id"], r)
@@ -151,7 +156,7 @@ def append_events(conn: Connection, rows: list[dict[str, Any]], now: datetime) -
     new = [r for eid, r in first.items() if eid not in stored]
     counts.unchanged += len(first) - len(new)
     if not new:
-        return counts
+        return counts, []
     ensure_customers(conn, {r["customer_id"] for r in new}, now)
     stmt = insert_for(conn, EventRow.__table__).on_conflict_do_nothing(  # type: ignore[arg-type]
         index_elements=["event_id"]
@@ -171,4 +176,4 @@ def append_events(conn: Connection, rows: list[dict[str, Any]], now: datetime) -
         ],
     )
     counts.inserted = len(new)
-    return counts
+    return counts, new

@@ -118,6 +118,8 @@ class PointsLotRow(Base):
     expires_at: Mapped[datetime | None] = mapped_column(UTCDateTime)
     source: Mapped[str | None] = mapped_column(String(200))
     event_id: Mapped[str | None] = mapped_column(String(200))
+    # Names a lot before it has an id (rules plan in memory, the store writes at commit).
+    lot_key: Mapped[str | None] = mapped_column(String(40), unique=True)
 
     __table_args__ = (
         Index("ix_points_lots_customer_earned", "customer_id", "earned_at"),
@@ -178,3 +180,95 @@ class DeliveryRow(Base):
     meta: Mapped[dict[str, Any]] = mapped_column(JSONDoc, default=dict)
     created_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow)
     sent_at: Mapped[datetime | None] = mapped_column(UTCDateTime)
+
+
+class RuleVersionRow(Base):
+    """A deployed rules version: the programme and rule files as deployed, by content hash."""
+
+    __tablename__ = "rule_versions"
+
+    id: Mapped[int] = mapped_column(BigId, primary_key=True, autoincrement=True)
+    version: Mapped[str] = mapped_column(String(64), unique=True)
+    program_path: Mapped[str] = mapped_column(Text)
+    program_text: Mapped[str] = mapped_column(Text)
+    files: Mapped[list[list[str]]] = mapped_column(JSONDoc)  # [[file name, text], ...]
+    source: Mapped[str | None] = mapped_column(Text)  # the folder it was deployed from
+    rule_count: Mapped[int] = mapped_column(Integer, default=0)
+    deployed_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow)
+    active: Mapped[bool] = mapped_column(default=False, index=True)
+
+
+class AuditRow(Base):
+    """What changed a profile: which rule of which version, for which event, and when."""
+
+    __tablename__ = "audit_log"
+
+    id: Mapped[int] = mapped_column(BigId, primary_key=True, autoincrement=True)
+    customer_id: Mapped[str] = mapped_column(
+        ForeignKey("customers.customer_id", ondelete="CASCADE")
+    )
+    at: Mapped[datetime] = mapped_column(UTCDateTime)  # the event's time
+    recorded_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow)
+    event_id: Mapped[str | None] = mapped_column(String(200))
+    rule: Mapped[str] = mapped_column(String(100))
+    rules_version: Mapped[str | None] = mapped_column(String(64))
+    kind: Mapped[str] = mapped_column(String(16))
+    detail: Mapped[dict[str, Any]] = mapped_column(JSONDoc, default=dict)
+    skipped: Mapped[str | None] = mapped_column(Text)
+
+    __table_args__ = (Index("ix_audit_log_customer_at", "customer_id", "at"),)
+
+
+class JourneyCommandRow(Base):
+    """Outbox of journey commands (enroll / event), written with the event's effects and
+    handed to Temporal after commit by the journeys side."""
+
+    __tablename__ = "journey_outbox"
+
+    id: Mapped[int] = mapped_column(BigId, primary_key=True, autoincrement=True)
+    dedupe_key: Mapped[str] = mapped_column(String(250), unique=True)
+    customer_id: Mapped[str] = mapped_column(
+        ForeignKey("customers.customer_id", ondelete="CASCADE")
+    )
+    journey: Mapped[str] = mapped_column(String(64))
+    command: Mapped[str] = mapped_column(String(16))  # enroll, event
+    event: Mapped[str | None] = mapped_column(String(64))
+    data: Mapped[dict[str, Any]] = mapped_column(JSONDoc, default=dict)
+    event_id: Mapped[str | None] = mapped_column(String(200))
+    rule: Mapped[str | None] = mapped_column(String(100))
+    created_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow)
+    dispatched_at: Mapped[datetime | None] = mapped_column(UTCDateTime)
+
+    __table_args__ = (Index("ix_journey_outbox_pending", "dispatched_at", "id"),)
+
+
+class FollowUpTaskRow(Base):
+    __tablename__ = "follow_up_tasks"
+
+    id: Mapped[int] = mapped_column(BigId, primary_key=True, autoincrement=True)
+    customer_id: Mapped[str] = mapped_column(
+        ForeignKey("customers.customer_id", ondelete="CASCADE"), index=True
+    )
+    owner: Mapped[str | None] = mapped_column(String(200), index=True)
+    title: Mapped[str] = mapped_column(Text)
+    due_at: Mapped[datetime] = mapped_column(UTCDateTime)
+    status: Mapped[str] = mapped_column(String(16), default="open")
+    rule: Mapped[str | None] = mapped_column(String(100))
+    event_id: Mapped[str | None] = mapped_column(String(200))
+    created_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow)
+
+
+class CouponRow(Base):
+    __tablename__ = "coupons"
+
+    id: Mapped[int] = mapped_column(BigId, primary_key=True, autoincrement=True)
+    code: Mapped[str] = mapped_column(String(40), unique=True)
+    customer_id: Mapped[str] = mapped_column(
+        ForeignKey("customers.customer_id", ondelete="CASCADE"), index=True
+    )
+    value: Mapped[Decimal] = mapped_column(Points)
+    expires_at: Mapped[datetime] = mapped_column(UTCDateTime)
+    rule: Mapped[str | None] = mapped_column(String(100))
+    event_id: Mapped[str | None] = mapped_column(String(200))
+    created_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow)
+    redeemed_at: Mapped[datetime | None] = mapped_column(UTCDateTime)

@@ -4,11 +4,28 @@ from __future__ import annotations
 
 from sqlalchemy import Connection, func, select
 
-from crmflow.formats import CustomerProfile, PointsLotView, TagView, TierChangeView
-from store.models import CustomerRow, EventRow, PointsLotRow, TagRow, TierHistoryRow
+from crmflow.formats import (
+    AuditView,
+    CouponView,
+    CustomerProfile,
+    PointsLotView,
+    TagView,
+    TierChangeView,
+)
+from store.models import (
+    AuditRow,
+    CouponRow,
+    CustomerRow,
+    EventRow,
+    PointsLotRow,
+    TagRow,
+    TierHistoryRow,
+)
 
 
-def load_profile(conn: Connection, customer_id: str, lots: int = 5) -> CustomerProfile | None:
+def load_profile(
+    conn: Connection, customer_id: str, lots: int = 5, history_limit: int = 50
+) -> CustomerProfile | None:
     c = conn.execute(
         select(CustomerRow.__table__).where(CustomerRow.customer_id == customer_id)
     ).first()
@@ -50,6 +67,25 @@ def load_profile(conn: Connection, customer_id: str, lots: int = 5) -> CustomerP
     last = conn.execute(
         select(func.max(EventRow.occurred_at)).where(EventRow.customer_id == customer_id)
     ).scalar_one()
+    audit = conn.execute(
+        select(
+            AuditRow.at,
+            AuditRow.event_id,
+            AuditRow.rule,
+            AuditRow.rules_version,
+            AuditRow.kind,
+            AuditRow.detail,
+            AuditRow.skipped,
+        )
+        .where(AuditRow.customer_id == customer_id)
+        .order_by(AuditRow.at.desc(), AuditRow.id.desc())
+        .limit(history_limit)
+    ).all()
+    coupons = conn.execute(
+        select(CouponRow.code, CouponRow.value, CouponRow.expires_at, CouponRow.redeemed_at)
+        .where(CouponRow.customer_id == customer_id)
+        .order_by(CouponRow.expires_at)
+    ).all()
     return CustomerProfile(
         customer_id=c.customer_id,
         name=c.name,
@@ -78,4 +114,9 @@ def load_profile(conn: Connection, customer_id: str, lots: int = 5) -> CustomerP
         events=sum(by_type.values()),
         last_event_at=last,
         events_by_type=by_type,
+        coupons=[
+            CouponView(code=c, value=float(v), expires_at=e, redeemed_at=r)
+            for c, v, e, r in coupons
+        ],
+        history=[AuditView(**row._mapping) for row in audit],
     )

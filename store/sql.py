@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Any, cast
 
 from sqlalchemy import Connection, Table
 from sqlalchemy.dialects import postgresql, sqlite
@@ -19,3 +19,8 @@ def insert_for(conn: Connection, table: Table) -> Any:
 
 def chunked(items: list[Any], size: int) -> list[list[Any]]:
     return [items[i : i + size] for i in range(0, len(items), size)]
+
+
+def table_of(model: Any) -> Table:
+    """The Table behind a mapped class, typed as a Table."""
+    return cast(Table, model.__table__)

@@ -1,0 +1,165 @@
+"""Run events through the active rules and apply their effects, chunk by chunk.
+
+For a chunk of events, in one database transaction: load the customers' state the rules
+need (set-based), then for each event in time order: fold it into the state, build the
+facts, ask the engine which rules fire, apply their effects to the in-memory state (so the
+next event of that customer sees them); finally write every change and mark the events
+processed — all or nothing. The processed mark is set only where it was not set yet, and a
+chunk that finds an event already processed by someone else is rolled back, so an event is
+never applied twice.
+"""
+
+from __future__ import annotations
+
+import threading
+from dataclasses import dataclass, field
+from datetime import datetime, timedelta
+from typing import Any
+
+from sqlalchemy import Connection, Engine, String, any_, bindparam, select, update
+from sqlalchemy.dialects.postgresql import ARRAY
+
+from rules.compiler import CompiledPack
+from rules.effects import Outcome, apply_rules
+from rules.engine import RuleEngine, shared_engine
+from rules.facts import EventFacts, ProfileState, build_facts, record_event
+from rules.pack import build_pack
+from store.db import utcnow
+from store.models import EventRow
+from store.rule_state import ChunkWriter, load_states
+from store.rule_versions import active_source
+from store.sql import chunked, table_of
+
+HISTORY_DAYS = 366  # the longest window a fact looks back over, plus a day
+
+
+class ConcurrentProcessing(RuntimeError):
+    """Another process marked some of these events processed first; the chunk was undone."""
+
+
+@dataclass
+class ProcessReport:
+    events: int = 0
+    rules_fired: int = 0
+    changes: int = 0
+    version: str | None = None
+    fired_by_rule: dict[str, int] = field(default_factory=dict)
+
+    def add(self, other: ProcessReport) -> None:
+        self.events += other.events
+        self.rules_fired += other.rules_fired
+        self.changes += other.changes
+        self.version = other.version or self.version
+        for k, v in other.fired_by_rule.items():
+            self.fired_by_rule[k] = self.fired_by_rule.get(k, 0) + v
+
+
+_packs: dict[str, CompiledPack] = {}
+_packs_lock = threading.Lock()
+
+
+def active_pack(conn: Connection) -> CompiledPack | None:
+    """The deployed active rules version, compiled once per process and version."""
+    found = active_source(conn)
+    if found is None:
+        return None
+    version, source = found
+    with _packs_lock:
+        pack = _packs.get(version)
+        if pack is None:
+            pack = build_pack(source)
+            _packs[version] = pack
+    return pack
+
+
+def evaluate_event(
+    pack: CompiledPack,
+    engine: RuleEngine,
+    state: ProfileState,
+    event: EventFacts,
+) -> tuple[dict[str, Any], Outcome]:
+    """One event through the rules: facts, fired rules (in order), effects applied to state."""
+    record_event(state, event, pack.program)
+    facts = build_facts(state, event, pack.program)
+    fired = pack.ordered(engine.fired(pack, facts))
+    explained = dict(facts)
+    return explained, apply_rules(pack, fired, state, event, facts)
+
+
+def process_chunk(
+    conn: Connection,
+    pack: CompiledPack,
+    events: list[dict[str, Any]],
+    engine: RuleEngine | None = None,
+) -> ProcessReport:
+    """Apply the rules to `events` (dicts with event_id, customer_id, type, occurred_at,
+    properties) inside the caller's transaction, and mark them processed."""
+    report = ProcessReport(version=pack.version)
+    if not events:
+        return report
+    engine = engine or shared_engine()
+    ordered = sorted(events, key=lambda e: e["occurred_at"])
+    since = ordered[0]["occurred_at"] - timedelta(days=HISTORY_DAYS)
+    program = pack.program
+    states = load_states(
+        conn,
+        sorted({e["customer_id"] for e in ordered}),
+        since,
+        purchase_event=program.purchase_event,
+        spend_property=program.spend_property,
+        follow_up_event=program.follow_up_event,
+    )
+    now = utcnow()
+    writer = ChunkWriter(rules_version=pack.version, now=now)
+    for e in ordered:
+        state = states[e["customer_id"]]
+        event = EventFacts(e["event_id"], e["type"], e["occurred_at"], e.get("properties") or {})
+        _, outcome = evaluate_event(pack, engine, state, event)
+        report.rules_fired += len(outcome.fired)
+        report.changes += sum(1 for c in outcome.changes if not c.skipped)
+        for name in outcome.fired:
+            report.fired_by_rule[name] = report.fired_by_rule.get(name, 0) + 1
+        writer.add(e["customer_id"], e["event_id"], e["occurred_at"], outcome.changes)
+    writer.write(conn, states)
+    marked = mark_processed(conn, [e["event_id"] for e in ordered], now)
+    if marked != len(ordered):
+        raise ConcurrentProcessing(
+            f"{len(ordered) - marked} of {len(ordered)} events were processed meanwhile"
+        )
+    report.events = len(ordered)
+    return report
+
+
+def mark_processed(conn: Connection, event_ids: list[str], now: datetime) -> int:
+    t = table_of(EventRow)
+    marked = 0
+    if conn.dialect.name == "postgresql":
+        parts = [t.c.event_id == any_(bindparam("ids", event_ids, type_=ARRAY(String)))]
+    else:
+        parts = [t.c.event_id.in_(part) for part in chunked(event_ids, 900)]
+    for where in parts:
+        result = conn.execute(
+            update(t).where(where, t.c.processed_at.is_(None)).values(processed_at=now)
+        )
+        marked += result.rowcount
+    return marked
+
+
+def process_pending(engine: Engine, chunk_size: int = 5000) -> ProcessReport:
+    """Process every stored event not processed yet, oldest first, one chunk per transaction."""
+    total = ProcessReport()
+    e = EventRow
+    while True:
+        with engine.begin() as conn:
+            pack = active_pack(conn)
+            if pack is None:
+                return total
+            rows = conn.execute(
+                select(e.event_id, e.customer_id, e.type, e.occurred_at, e.properties)
+                .where(e.processed_at.is_(None))
+                .order_by(e.id)
+                .limit(chunk_size)
+            ).all()
+            if not rows:
+                return total
+            total.add(process_chunk(conn, pack, [dict(r._mapping) for r in rows]))
