@@ -19,7 +19,7 @@ from temporalio.worker import Worker
 
 from activities.store_activities import StoreActivities
 from crmflow.settings import Settings, get_settings
-from crmflow.temporal import connect
+from crmflow.temporal import connect, exit_skipping_finalizers
 from store.db import make_engine
 from workflows.registry import WORKFLOWS
 
@@ -71,3 +71,4 @@ def main() -> None:
 
 if __name__ == "__main__":
     main()
+    exit_skipping_finalizers(0)

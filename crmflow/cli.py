@@ -19,7 +19,7 @@ from crmflow.cli_rules import process_command, rules_app
 from crmflow.formats import describe_errors
 from crmflow.ingest import ImportError_, ImportReport, Kind, import_file
 from crmflow.settings import Settings
-from crmflow.temporal import TemporalSetupError
+from crmflow.temporal import TemporalSetupError, exit_skipping_finalizers
 from store.db import make_engine
 from store.migrate import current_revision, head_revision, upgrade
 
@@ -227,6 +227,7 @@ def worker() -> None:
         worker_module.main()
     except TemporalSetupError as exc:
         fail(str(exc))
+    exit_skipping_finalizers(0)
 
 
 @app.command()
@@ -240,6 +241,7 @@ def up() -> None:
         asyncio.run(run_up(settings, console))
     except TemporalSetupError as exc:
         fail(str(exc))
+    exit_skipping_finalizers(0)
 
 
 @app.command()
@@ -258,3 +260,5 @@ def demo(
         asyncio.run(run_demo(settings, engine, examples, console, as_json=as_json))
     except TemporalSetupError as exc:
         fail(str(exc))
+    engine.dispose()
+    exit_skipping_finalizers(0)

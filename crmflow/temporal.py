@@ -8,6 +8,7 @@ import sys
 from collections.abc import AsyncIterator, Iterator
 from contextlib import asynccontextmanager, contextmanager
 from pathlib import Path
+from typing import NoReturn
 
 from temporalio.client import Client
 from temporalio.contrib.pydantic import pydantic_data_converter
@@ -118,3 +119,15 @@ async def temporal_for(settings: Settings, *, ui: bool = True) -> AsyncIterator[
             yield client
     else:
         yield await connect(settings)
+
+
+def exit_skipping_finalizers(code: int = 0) -> NoReturn:
+    """End a process that used a Temporal client without interpreter finalisation.
+
+    The SDK's Rust threads can touch the GIL while CPython finalises and abort the process
+    ("PyGILState_Release: thread state … must be current", temporalio/sdk-python#300), so a
+    command that has finished its work flushes its output and leaves at once.
+    """
+    sys.stdout.flush()
+    sys.stderr.flush()
+    os._exit(code)
