@@ -1,12 +1,12 @@
 """Run events through the active rules and apply their effects, chunk by chunk.
 
-For a chunk of events, in one database transaction: load the customers' state the rules
-need (set-based), then for each event in time order: fold it into the state, build the
+For a chunk of events, in one database transaction: lock the chunk's customers (PostgreSQL),
+load the state the rules need (set-based), claim the events (set their processed mark where
+it is not set yet), then for each event in arrival order: fold it into the state, build the
 facts, ask the engine which rules fire, apply their effects to the in-memory state (so the
-next event of that customer sees them); finally write every change and mark the events
-processed — all or nothing. The processed mark is set only where it was not set yet, and a
-chunk that finds an event already processed by someone else is rolled back, so an event is
-never applied twice.
+next event of that customer sees them); finally write every change. All of it commits or
+none of it does. A chunk that finds an event already claimed by someone else is rolled back,
+so an event is never applied twice.
 """
 
 from __future__ import annotations
@@ -25,7 +25,7 @@ from rules.engine import RuleEngine, shared_engine
 from rules.facts import EventFacts, ProfileState, build_facts, record_event
 from rules.pack import build_pack
 from store.db import utcnow
-from store.models import EventRow
+from store.models import CustomerRow, EventRow
 from store.rule_state import ChunkWriter, load_states
 from store.rule_versions import active_source
 from store.sql import chunked, table_of
@@ -98,18 +98,28 @@ def process_chunk(
     if not events:
         return report
     engine = engine or shared_engine()
-    ordered = sorted(events, key=lambda e: e["occurred_at"])
-    since = ordered[0]["occurred_at"] - timedelta(days=HISTORY_DAYS)
+    # Arrival order, not time order: the result must not depend on where chunks are cut.
+    ordered = list(events)
+    since = min(e["occurred_at"] for e in ordered) - timedelta(days=HISTORY_DAYS)
     program = pack.program
+    customer_ids = sorted({e["customer_id"] for e in ordered})
+    lock_customers(conn, customer_ids)
     states = load_states(
         conn,
-        sorted({e["customer_id"] for e in ordered}),
+        customer_ids,
         since,
         purchase_event=program.purchase_event,
         spend_property=program.spend_property,
         follow_up_event=program.follow_up_event,
     )
     now = utcnow()
+    # Claim the events before applying anything: the mark is only set where none is set, so
+    # an event another process got to first shows up here, and the whole chunk is undone.
+    marked = mark_processed(conn, [e["event_id"] for e in ordered], now)
+    if marked != len(ordered):
+        raise ConcurrentProcessing(
+            f"{len(ordered) - marked} of {len(ordered)} events were processed meanwhile"
+        )
     writer = ChunkWriter(rules_version=pack.version, now=now)
     for e in ordered:
         state = states[e["customer_id"]]
@@ -121,13 +131,22 @@ def process_chunk(
             report.fired_by_rule[name] = report.fired_by_rule.get(name, 0) + 1
         writer.add(e["customer_id"], e["event_id"], e["occurred_at"], outcome.changes)
     writer.write(conn, states)
-    marked = mark_processed(conn, [e["event_id"] for e in ordered], now)
-    if marked != len(ordered):
-        raise ConcurrentProcessing(
-            f"{len(ordered) - marked} of {len(ordered)} events were processed meanwhile"
-        )
     report.events = len(ordered)
     return report
+
+
+def lock_customers(conn: Connection, customer_ids: list[str]) -> None:
+    """Serialise chunks that touch the same customers (PostgreSQL row locks, in id order so
+    two chunks cannot deadlock). SQLite has one writer at a time already."""
+    if conn.dialect.name != "postgresql" or not customer_ids:
+        return
+    c = CustomerRow.__table__.c
+    conn.execute(
+        select(c.customer_id)
+        .where(c.customer_id == any_(bindparam("ids", customer_ids, type_=ARRAY(String))))
+        .order_by(c.customer_id)
+        .with_for_update()
+    )
 
 
 def mark_processed(conn: Connection, event_ids: list[str], now: datetime) -> int:

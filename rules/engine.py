@@ -8,7 +8,8 @@ How durable_rules is used, and why (each trap measured, see shared/DESIGN.md):
 - "no rule matched" (`MessageNotHandledException`) is the normal case;
 - a registered ruleset can be neither replaced nor removed: every rules version gets its own
   ruleset names (the content hash), so a new version loads beside the old one, no restart;
-- the host is not thread-safe: every call goes through one lock.
+- the host is not thread-safe: every call goes through one lock, and the host's own
+  background dispatch threads are not started (see `_SynchronousHost`).
 """
 
 from __future__ import annotations
@@ -18,7 +19,6 @@ import threading
 from typing import Any, Protocol
 
 from durable import engine as dr_engine
-from durable.lang import get_host
 
 from rules.compiler import CompiledPack
 
@@ -31,6 +31,18 @@ class RuleEngine(Protocol):
         """The indexes of every rule of `pack` whose condition holds for `facts`."""
 
 
+class _SynchronousHost(dr_engine.Host):
+    """A durable_rules host without its background dispatch threads.
+
+    The stock host starts timer threads that call into every ruleset five times a second,
+    outside any lock of ours (and a new thread each time). crmflow uses no timers or queued
+    actions: every action runs inside `assert_fact`, under our lock, so they are not needed.
+    """
+
+    def _run(self) -> None:
+        return None
+
+
 class DurableRulesEngine:
     """Evaluates facts against compiled packs inside durable_rules' C engine."""
 
@@ -38,7 +50,7 @@ class DurableRulesEngine:
 
     def __init__(self) -> None:
         self._lock = threading.Lock()
-        self._host = get_host()
+        self._host = _SynchronousHost()
         self._loaded: set[str] = set()
         self._hits: list[int] = []
         self._counter = 0
@@ -49,8 +61,6 @@ class DurableRulesEngine:
                 return
             definitions: dict[str, Any] = {}
             for name, rules in pack.rulesets.items():
-                if name in self._host._ruleset_directory:  # loaded by another engine object
-                    continue
                 definitions[name] = {
                     f"r{r.index}": {"all": [{"m": r.expression}], "run": self._callback(r.index)}
                     for r in rules

@@ -1,0 +1,305 @@
+"""Events through the rules into the store, on SQLite and PostgreSQL: effects, atomicity,
+exactly-once, versions without a restart, and properties of the points ledger."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import pytest
+from hypothesis import HealthCheck, Phase, given, settings
+from hypothesis import strategies as st
+from sqlalchemy import Engine, func, select
+
+import crmflow.processing as processing
+from crmflow.ingest import import_file
+from crmflow.processing import ConcurrentProcessing, process_chunk, process_pending
+from rules.pack import load_pack
+from store.models import (
+    AuditRow,
+    CouponRow,
+    CustomerRow,
+    EventRow,
+    FollowUpTaskRow,
+    JourneyCommandRow,
+    PointsLedgerRow,
+    TagRow,
+)
+from store.profiles import load_profile
+from tests.rules_helpers import REPO, deploy_dir, event, import_rows, points, rules_dir, wipe
+
+
+def count(engine: Engine, model: Any, *where: Any) -> int:
+    with engine.connect() as conn:
+        return int(conn.execute(select(func.count()).select_from(model).where(*where)).scalar_one())
+
+
+def test_example_programme_end_to_end(engine: Engine) -> None:
+    version = deploy_dir(engine, REPO / "examples/rules")
+    import_file(engine, REPO / "examples/customers.jsonl", "customers")
+    report = import_file(engine, REPO / "examples/events.jsonl", "events")
+    assert report.processed == report.inserted == report.rows
+    assert report.rules_version == version
+    assert count(engine, EventRow, EventRow.processed_at.is_(None)) == 0
+    with engine.connect() as conn:
+        p = load_profile(conn, "C0002")
+    assert p is not None
+    lots, ledger = points(engine, "C0002")
+    assert p.points_balance == lots == ledger > 0
+    assert p.tier in ("silver", "gold", "platinum")
+    assert p.tier_history and p.tier_history[-1].to_tier == p.tier
+    assert p.history and all(h.rules_version == version for h in p.history)
+    assert {h.rule for h in p.history} >= {"earn-on-purchase", "upgrade-on-spend"}
+
+    # re-importing the same file applies nothing twice
+    ledger_rows = count(engine, PointsLedgerRow)
+    again = import_file(engine, REPO / "examples/events.jsonl", "events")
+    assert (again.inserted, again.processed) == (0, 0)
+    assert count(engine, PointsLedgerRow) == ledger_rows
+    assert process_pending(engine).events == 0
+
+
+def test_a_crash_mid_chunk_leaves_nothing_and_a_retry_applies_once(
+    engine: Engine, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    deploy_dir(engine, REPO / "examples/rules")
+    rows = [event(i, f"C{i % 3}", amount=100.0 + i) for i in range(10)]
+
+    def crash(*_a: Any, **_k: Any) -> int:
+        raise RuntimeError("worker killed")
+
+    monkeypatch.setattr(processing, "mark_processed", crash)
+    with pytest.raises(RuntimeError, match="worker killed"):
+        import_rows(engine, tmp_path / "e.jsonl", rows)
+    assert count(engine, EventRow) == 0  # event and effects share the transaction
+    assert count(engine, PointsLedgerRow) == 0
+    monkeypatch.undo()
+    report = import_rows(engine, tmp_path / "e.jsonl", rows)
+    assert report.processed == 10
+    assert count(engine, PointsLedgerRow, PointsLedgerRow.kind == "earn") == 10
+
+
+def test_an_event_processed_elsewhere_rolls_the_chunk_back(engine: Engine, tmp_path: Path) -> None:
+    deploy_dir(engine, REPO / "examples/rules")
+    import_rows(engine, tmp_path / "e.jsonl", [event(1, "A", amount=50.0)])
+    with engine.connect() as conn:
+        pack = processing.active_pack(conn)
+    assert pack is not None
+    from datetime import UTC, datetime
+
+    again = {
+        "event_id": "e1",
+        "customer_id": "A",
+        "type": "purchase",
+        "occurred_at": datetime(2026, 11, 1, 2, tzinfo=UTC),
+        "properties": {"amount": 50.0},
+    }
+    with pytest.raises(ConcurrentProcessing), engine.begin() as conn:
+        process_chunk(conn, pack, [again])
+    assert count(engine, PointsLedgerRow) == 1
+
+
+def test_events_stored_before_any_rules_are_processed_later_with_the_same_result(
+    engine: Engine, tmp_path: Path
+) -> None:
+    stream = [
+        event(i, f"C{i % 4}", at=f"2026-10-{1 + i:02d}T10:00:00+08:00", amount=float(300 * i))
+        for i in range(1, 20)
+    ]
+    first = import_rows(engine, tmp_path / "e.jsonl", stream)
+    assert (first.processed, first.unprocessed) == (0, 19)
+    deploy_dir(engine, REPO / "examples/rules")
+    assert process_pending(engine, chunk_size=7).events == 19
+
+    def snapshot() -> dict[str, Any]:
+        with engine.connect() as conn:
+            out = {}
+            for c in ("C0", "C1", "C2", "C3"):
+                p = load_profile(conn, c)
+                assert p is not None
+                out[c] = (p.tier, p.points_balance, sorted(t.tag for t in p.tags))
+            return out
+
+    later = snapshot()
+    wipe(engine)
+    deploy_dir(engine, REPO / "examples/rules")
+    import_rows(engine, tmp_path / "e.jsonl", stream, chunk_size=5)
+    assert snapshot() == later
+
+
+RULES_V1 = """
+rules:
+  - name: tag-a
+    on: purchase
+    then: [{add_tag: a}]
+  - name: needs-a
+    on: purchase
+    when: tags contains a
+    then: [{add_tag: saw-a}]
+"""
+RULES_V2 = """
+rules:
+  - name: tag-b
+    on: purchase
+    then: [{add_tag: b}]
+"""
+
+
+def tags_of(engine: Engine, customer: str) -> set[str]:
+    with engine.connect() as conn:
+        return set(conn.execute(select(TagRow.tag).where(TagRow.customer_id == customer)).scalars())
+
+
+@pytest.mark.parametrize("chunk_size", [1, 100])
+def test_effects_are_visible_to_the_next_event(
+    engine: Engine, tmp_path: Path, chunk_size: int
+) -> None:
+    deploy_dir(engine, rules_dir(tmp_path, RULES_V1))
+    rows = [event(1, "A", amount=1.0), event(2, "A", at="2026-11-02T10:00:00+08:00", amount=1.0)]
+    import_rows(engine, tmp_path / "e.jsonl", rows, chunk_size=chunk_size)
+    assert tags_of(engine, "A") == {"a", "saw-a"}
+    with engine.connect() as conn:
+        fired = conn.execute(
+            select(AuditRow.event_id, AuditRow.rule).where(AuditRow.customer_id == "A")
+        ).all()
+    assert ("e1", "needs-a") not in fired  # the first event did not see its own tag yet
+    assert ("e2", "needs-a") in fired
+
+
+def test_a_new_rules_version_loads_without_a_restart(engine: Engine, tmp_path: Path) -> None:
+    v1 = deploy_dir(engine, rules_dir(tmp_path / "one", RULES_V1))
+    import_rows(engine, tmp_path / "1.jsonl", [event(1, "A", amount=1.0)])
+    v2 = deploy_dir(engine, rules_dir(tmp_path / "two", RULES_V2))
+    assert v1 != v2
+    import_rows(engine, tmp_path / "2.jsonl", [event(2, "A", amount=1.0)])
+    assert tags_of(engine, "A") == {"a", "b"}
+    with engine.connect() as conn:
+        versions = dict(conn.execute(select(AuditRow.event_id, AuditRow.rules_version)).all())
+    assert versions == {"e1": v1, "e2": v2}
+
+
+def test_refund_larger_than_the_balance_is_refused_and_fifo_debits(
+    engine: Engine, tmp_path: Path
+) -> None:
+    deploy_dir(engine, REPO / "examples/rules")
+    rows = [
+        event(1, "A", at="2026-01-01T10:00:00+08:00", amount=100.0),
+        event(2, "A", at="2026-02-01T10:00:00+08:00", amount=100.0),
+        event(3, "A", "refund", at="2026-03-01T10:00:00+08:00", amount=150.0),
+        event(4, "A", "refund", at="2026-03-02T10:00:00+08:00", amount=500.0),
+    ]
+    import_rows(engine, tmp_path / "e.jsonl", rows)
+    with engine.connect() as conn:
+        p = load_profile(conn, "A")
+        refused = conn.execute(
+            select(AuditRow.skipped).where(AuditRow.event_id == "e4", AuditRow.kind == "debit")
+        ).scalar_one()
+    assert p is not None
+    assert p.points_balance == 50.0
+    assert [(lot.earned, lot.remaining) for lot in p.expiring_lots] == [(100.0, 50.0)]
+    assert refused == "insufficient points"
+    assert points(engine, "A") == (50.0, 50.0)
+
+
+def test_churn_risk_starts_a_retention_action_and_a_lapsed_lead_returns_to_the_pool(
+    engine: Engine, tmp_path: Path
+) -> None:
+    deploy_dir(engine, REPO / "examples/rules")
+    customers = [
+        {"customer_id": "M", "lifecycle_stage": "member", "owner": "sales.bo"},
+        {"customer_id": "L", "lifecycle_stage": "lead", "owner": "sales.amy"},
+    ]
+    import_rows(engine, tmp_path / "c.jsonl", customers, kind="customers")
+    buys = [event(f"b{m}", "M", at=f"2026-0{m}-01T10:00:00+08:00", amount=100.0) for m in (1, 2, 3)]
+    later = [
+        event("s1", "M", "sign_in", at="2026-08-01T10:00:00+08:00"),
+        event("l1", "L", "page_view", at="2099-01-01T10:00:00+08:00"),
+    ]
+    import_rows(engine, tmp_path / "e.jsonl", buys + later)
+    assert "churn-risk" in tags_of(engine, "M")
+    with engine.connect() as conn:
+        task = conn.execute(select(FollowUpTaskRow.owner, FollowUpTaskRow.title)).one()
+        coupon = conn.execute(select(CouponRow.code, CouponRow.value)).one()
+        outbox = conn.execute(
+            select(JourneyCommandRow.journey, JourneyCommandRow.event).where(
+                JourneyCommandRow.customer_id == "M"
+            )
+        ).all()
+        lead = conn.execute(select(CustomerRow.owner).where(CustomerRow.customer_id == "L")).one()
+    assert task.owner == "sales.bo"
+    assert coupon.code.startswith("BACK-") and float(coupon.value) == 50.0
+    assert ("winback", "churn_risk") in outbox
+    assert lead.owner is None
+    assert "sla-missed" in tags_of(engine, "L")
+
+
+def test_five_thousand_customers_in_one_process(engine: Engine, tmp_path: Path) -> None:
+    deploy_dir(engine, REPO / "examples/rules")
+    rows = [event(i, f"K{i}", amount=float(10 + i % 3000)) for i in range(5000)]
+    report = import_rows(engine, tmp_path / "e.jsonl", rows)
+    assert report.processed == 5000
+    assert count(engine, PointsLedgerRow) == 5000
+    assert count(engine, TagRow, TagRow.tag == "big-spender") == sum(
+        1 for i in range(5000) if 10 + i % 3000 >= 1000
+    )
+
+
+@settings(
+    max_examples=12,
+    deadline=None,
+    phases=[Phase.explicit, Phase.reuse, Phase.generate],
+    suppress_health_check=[HealthCheck.function_scoped_fixture, HealthCheck.too_slow],
+)
+@given(
+    st.lists(
+        st.tuples(
+            st.sampled_from(["A", "B", "C"]),
+            st.sampled_from(["purchase", "refund"]),
+            st.integers(min_value=1, max_value=4000),
+            st.integers(min_value=0, max_value=400),
+        ),
+        min_size=1,
+        max_size=30,
+    )
+)
+def test_ledger_properties_and_replay(
+    engine: Engine, tmp_path: Path, stream: list[tuple[str, str, int, int]]
+) -> None:
+    wipe(engine)
+    deploy_dir(engine, REPO / "examples/rules")
+    rows = [
+        event(n, c, t, at="2026-01-01T00:00:00+00:00", amount=float(a))
+        for n, (c, t, a, _day) in enumerate(stream)
+    ]
+    for n, (_c, _t, _a, day) in enumerate(stream):
+        rows[n]["occurred_at"] = f"2025-{1 + day // 31 % 12:02d}-{1 + day % 28:02d}T10:00:00+00:00"
+    import_rows(engine, tmp_path / "e.jsonl", rows, chunk_size=7)
+
+    def profiles() -> dict[str, tuple[Any, ...]]:
+        out = {}
+        with engine.connect() as conn:
+            for c in sorted({c for c, *_ in stream}):
+                p = load_profile(conn, c)
+                assert p is not None
+                out[c] = (p.tier, p.points_balance, tuple(sorted(t.tag for t in p.tags)))
+        return out
+
+    first = profiles()
+    for c, (_tier, balance, _tags) in first.items():
+        lots, ledger = points(engine, c)
+        assert balance == lots == ledger  # balance is what the lots hold, and the ledger says
+        assert balance >= 0
+    with engine.connect() as conn:
+        assert (
+            conn.execute(
+                select(func.count()).where(
+                    select(PointsLedgerRow.id).where(PointsLedgerRow.amount == 0).exists()
+                )
+            ).scalar_one()
+            == 0
+        )
+    wipe(engine)
+    deploy_dir(engine, REPO / "examples/rules")
+    import_rows(engine, tmp_path / "e.jsonl", rows, chunk_size=3)
+    assert profiles() == first
+    _ = load_pack  # the compiled pack is cached per process and version
