@@ -33,6 +33,14 @@ class KpiSnapshot(BaseModel):
     buyers: int = Field(description="customers with a purchase in the window")
     repeat_buyers: int = Field(description="customers with two or more purchases in the window")
     revenue: float = Field(description="sum of purchase `amount` in the window")
+    tiers: dict[str, int] = Field(default_factory=dict, description="customers per tier")
+    points_issued: float = Field(0.0, description="points earned in the window")
+    points_outstanding: float = Field(0.0, description="points left in all lots")
+    tags: dict[str, int] = Field(default_factory=dict, description="customers per tag (top 10)")
+    open_tasks: int = Field(0, description="open follow-up tasks from retention actions")
+    journey_commands_pending: int = Field(
+        0, description="journey commands in the outbox, not yet handed to Temporal"
+    )
 
     @property
     def repurchase_rate(self) -> float:

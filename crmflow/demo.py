@@ -13,6 +13,8 @@ from sqlalchemy import Engine
 from crmflow.ingest import Kind, import_file
 from crmflow.settings import Settings
 from crmflow.stack import run_kpi_snapshot, stack_with_worker
+from rules.pack import load_pack
+from store.rule_versions import deploy
 
 
 async def run_demo(
@@ -20,6 +22,14 @@ async def run_demo(
 ) -> None:
     say = (lambda *_a, **_k: None) if as_json else console.print
     say(f"[bold]crmflow demo[/] — database {settings.db_url}")
+    rules_dir = examples / "rules"
+    pack, source = load_pack(rules_dir)
+    with engine.begin() as conn:
+        new = deploy(conn, pack.version, source, len(pack.rules), str(rules_dir))
+    say(
+        f"  rules version {pack.version} ({len(pack.rules)} rules from {rules_dir}) "
+        + ("deployed" if new else "already deployed")
+    )
     reports = []
     kinds: tuple[Kind, ...] = ("customers", "events")
     for kind in kinds:
@@ -37,6 +47,10 @@ async def run_demo(
             f"  imported {path}: {report.accepted} rows ({report.inserted} new, "
             f"{report.updated} updated, {report.unchanged} unchanged), {report.rejected} rejected"
         )
+        if kind == "events":
+            say(
+                f"    {report.processed} events through the rules, {report.rules_fired} rules fired"
+            )
         for bad in report.first_errors:
             say(f"    line {bad.line}: {bad.error}", highlight=False)
     where = "the embedded Temporal dev server" if settings.embedded else settings.temporal_target
@@ -68,6 +82,12 @@ async def run_demo(
         ("repeat buyers", snap.repeat_buyers),
         ("repurchase rate", f"{snap.repurchase_rate:.1%}"),
         ("revenue", f"{snap.revenue:,.2f}"),
+        ("members per tier", ", ".join(f"{k} {v}" for k, v in sorted(snap.tiers.items()))),
+        ("points issued", f"{snap.points_issued:,.0f}"),
+        ("points outstanding", f"{snap.points_outstanding:,.0f}"),
+        ("tags", ", ".join(f"{k} {v}" for k, v in snap.tags.items())),
+        ("open retention tasks", snap.open_tasks),
+        ("journey commands queued", snap.journey_commands_pending),
     ]
     for name, value in rows:
         table.add_row(name, str(value))

@@ -7,7 +7,15 @@ from datetime import timedelta
 from sqlalchemy import Connection, case, func, select
 
 from crmflow.contracts import KpiRequest, KpiSnapshot
-from store.models import CustomerRow, EventRow
+from store.models import (
+    CustomerRow,
+    EventRow,
+    FollowUpTaskRow,
+    JourneyCommandRow,
+    PointsLedgerRow,
+    PointsLotRow,
+    TagRow,
+)
 
 
 def kpi_snapshot(conn: Connection, req: KpiRequest) -> KpiSnapshot:
@@ -41,6 +49,36 @@ def kpi_snapshot(conn: Connection, req: KpiRequest) -> KpiSnapshot:
             in_window, EventRow.type == "purchase"
         )
     ).scalar_one()
+    tiers = dict(
+        conn.execute(
+            select(CustomerRow.tier, func.count())
+            .where(CustomerRow.tier.is_not(None))
+            .group_by(CustomerRow.tier)
+        ).all()
+    )
+    issued = conn.execute(
+        select(func.coalesce(func.sum(PointsLedgerRow.amount), 0)).where(
+            PointsLedgerRow.kind == "earn",
+            PointsLedgerRow.at > since,
+            PointsLedgerRow.at <= req.as_of,
+        )
+    ).scalar_one()
+    outstanding = conn.execute(
+        select(func.coalesce(func.sum(PointsLotRow.remaining), 0))
+    ).scalar_one()
+    n = func.count().label("n")
+    tags = {
+        tag: count
+        for tag, count in conn.execute(
+            select(TagRow.tag, n).group_by(TagRow.tag).order_by(n.desc(), TagRow.tag).limit(10)
+        )
+    }
+    open_tasks = conn.execute(
+        select(func.count()).where(FollowUpTaskRow.status == "open")
+    ).scalar_one()
+    pending = conn.execute(
+        select(func.count()).where(JourneyCommandRow.dispatched_at.is_(None))
+    ).scalar_one()
     return KpiSnapshot(
         as_of=req.as_of,
         window_days=req.window_days,
@@ -53,4 +91,10 @@ def kpi_snapshot(conn: Connection, req: KpiRequest) -> KpiSnapshot:
         buyers=buyers,
         repeat_buyers=int(repeat),
         revenue=round(float(revenue), 2),
+        tiers=tiers,
+        points_issued=float(issued),
+        points_outstanding=float(outstanding),
+        tags=tags,
+        open_tasks=open_tasks,
+        journey_commands_pending=pending,
     )

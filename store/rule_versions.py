@@ -40,10 +40,12 @@ def deploy(
             deployed_at=utcnow(),
             active=False,
         )
+        .returning(t.c.id)
     )
+    created = result.first() is not None
     conn.execute(update(t).where(t.c.active.is_(True)).values(active=False))
     conn.execute(update(t).where(t.c.version == version).values(active=True))
-    return bool(result.rowcount)
+    return created
 
 
 def active_source(conn: Connection) -> tuple[str, PackSource] | None:

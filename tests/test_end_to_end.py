@@ -63,6 +63,8 @@ def test_demo_runs_twice_and_leaves_nothing_running(home: Path) -> None:
     customers, events = data["imports"]
     assert customers["inserted"] == customers["rows"] and customers["rejected"] == 0
     assert events["inserted"] == events["rows"] and events["rejected"] == 0
+    assert events["processed"] == events["rows"] and events["rules_fired"] > 0
+    assert data["kpi"]["points_issued"] > 0 and data["kpi"]["tiers"]
     assert data["kpi"]["customers"] == customers["rows"]
     assert data["kpi"]["events"] == events["rows"]
     assert (home / "crmflow.db").exists() and (home / "temporal.db").exists()
@@ -79,6 +81,8 @@ def test_demo_runs_twice_and_leaves_nothing_running(home: Path) -> None:
     assert again.returncode == 0, again.stderr
     data2 = json.loads(again.stdout)
     assert [r["inserted"] for r in data2["imports"]] == [0, 0]
+    assert data2["imports"][1]["processed"] == 0
+    assert data2["kpi"]["points_outstanding"] == data["kpi"]["points_outstanding"]
     assert data2["kpi"]["events"] == data["kpi"]["events"]
     assert data2["workflow_id"] != data["workflow_id"]
 
