@@ -295,3 +295,37 @@ def process_command(as_json: bool) -> None:
             f"{report.rules_fired} rules fired, {report.changes} changes",
             highlight=False,
         )
+
+
+@rules_app.command("facts")
+def facts(
+    program: Annotated[
+        Path, typer.Option("--program", exists=True, dir_okay=False, help="Programme file")
+    ] = Path("examples/program.yaml"),
+    as_json: JsonFlag = False,
+) -> None:
+    """List the facts conditions can test, with their types and operators."""
+    from rules.facts import FIXED_FACTS
+    from rules.pack import OPS_FOR, load_program
+    from rules.source import load_yaml
+
+    prog = load_program(load_yaml(program))
+    rows = [(name, kind, text) for name, (kind, text) in FIXED_FACTS.items()]
+    rows += [
+        (f"event.{p}", k, "declared in event_properties") for p, k in prog.event_properties.items()
+    ]
+    rows += [("consent.<channel>", "boolean", "marketing consent for a channel")]
+    rows += [(f"attributes.{a}", k, "declared in attributes") for a, k in prog.attributes.items()]
+    rows += [("attributes.<name>", "any", "any other customer attribute")]
+    if as_json:
+        _cli().emit_json(
+            [
+                {"fact": n, "type": k, "operators": sorted(OPS_FOR[k]), "description": t}
+                for n, k, t in rows
+            ]
+        )
+        return
+    table = Table("fact", "type", "operators", "meaning")
+    for n, k, t in rows:
+        table.add_row(n, k, " ".join(sorted(OPS_FOR[k])), t)
+    _cli().console.print(table)

@@ -43,7 +43,7 @@ from rules.source import (
 PROGRAM_FILE = "program.yaml"
 STAGES = ("lead", "prospect", "customer", "member")
 
-_OPS_FOR = {
+OPS_FOR: dict[str, set[str]] = {
     "number": {"==", "!=", "<", "<=", ">", ">=", "in", "not_in", "exists"},
     "string": {"==", "!=", "in", "not_in", "exists"},
     "boolean": {"==", "!=", "exists"},
@@ -111,8 +111,8 @@ class _Checker:
             )
             self.err(path, f"unknown fact {c.fact!r}; {hint}")
             return
-        if c.op not in _OPS_FOR[kind]:
-            allowed = " ".join(sorted(_OPS_FOR[kind]))
+        if c.op not in OPS_FOR[kind]:
+            allowed = " ".join(sorted(OPS_FOR[kind]))
             self.err(
                 path, f"operator {c.op!r} does not fit {c.fact} ({kind}); use one of {allowed}"
             )
