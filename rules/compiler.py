@@ -2,14 +2,17 @@
 
 Facts travel to the engine as one flat message with short keys (`f3`), booleans as 1/0 and
 list membership as flags (`c2` = "tags contains vip"), because durable_rules compares scalars
-only. durable_rules has no `not`, and its `$nex` hangs when the field is missing, so negation
-is pushed down to the comparisons (De Morgan) and "missing" is a presence flag (`p3` = 0):
-`not (x < 5)` compiles to `x >= 5 or x is missing`.
+only. A value key belongs to one fact *and one type*: a text never reaches a number
+comparison, which durable_rules would coerce (erratically, for ""). durable_rules has no
+`not`, and its `$nex` hangs when the field is missing, so negation is pushed down to the
+comparisons (De Morgan) and "missing" is a presence flag (`p3` = 0): `not (x < 5)` compiles
+to `x >= 5 or x is not a number`. `exists` has its own flag per fact (`e1`).
 """
 
 from __future__ import annotations
 
 import hashlib
+import math
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -28,26 +31,58 @@ class CompiledRule:
     expression: dict[str, Any]
 
 
+ValueType = str  # "number", "string" or "boolean"
+
+
+def value_type(v: Any) -> ValueType | None:
+    """The message type of a fact value; None for what the engine cannot compare."""
+    if isinstance(v, bool):
+        return "boolean"
+    if isinstance(v, int):
+        return "number"
+    if isinstance(v, float):
+        return "number" if math.isfinite(v) else None
+    if isinstance(v, str):
+        return "string"
+    return None
+
+
+def encode(v: Any) -> Any:
+    """A value durable_rules reads back as written: booleans as 1/0; floats that JSON would
+    write with an exponent but no decimal point (1e-05), which it cannot parse, nudged by
+    one unit in the last place until they have one."""
+    if isinstance(v, bool):
+        return int(v)
+    if isinstance(v, float):
+        if v.is_integer() and abs(v) < 2**62:
+            return int(v)
+        while "e" in repr(v) and "." not in repr(v):
+            v = math.nextafter(v, math.inf)
+    return v
+
+
 @dataclass
 class Keys:
-    """Short message keys for facts, presence flags and membership flags."""
+    """Short message keys. Values are keyed by fact *and* type, so a text never reaches a
+    number comparison (durable_rules would coerce it); presence is kept per fact and type
+    (for negations) and per fact (for `exists`); list membership has flags."""
 
-    value: dict[str, str] = field(default_factory=dict)
+    value: dict[tuple[str, ValueType], str] = field(default_factory=dict)
+    typed_presence: dict[tuple[str, ValueType], str] = field(default_factory=dict)
     presence: dict[str, str] = field(default_factory=dict)
     member: dict[tuple[str, str], str] = field(default_factory=dict)
 
-    def value_key(self, fact: str) -> str:
-        return self.value.setdefault(fact, f"f{len(self.value)}")
+    def value_key(self, fact: str, typ: ValueType) -> str:
+        return self.value.setdefault((fact, typ), f"f{len(self.value)}")
+
+    def typed_presence_key(self, fact: str, typ: ValueType) -> str:
+        return self.typed_presence.setdefault((fact, typ), f"p{len(self.typed_presence)}")
 
     def presence_key(self, fact: str) -> str:
-        return self.presence.setdefault(fact, f"p{len(self.presence)}")
+        return self.presence.setdefault(fact, f"e{len(self.presence)}")
 
     def member_key(self, fact: str, item: str) -> str:
         return self.member.setdefault((fact, item), f"c{len(self.member)}")
-
-
-def _encode(value: Any) -> Any:
-    return int(value) if isinstance(value, bool) else value
 
 
 def _or(parts: list[dict[str, Any]]) -> dict[str, Any]:
@@ -79,26 +114,27 @@ def compile_condition(cond: Any, keys: Keys, negate: bool = False) -> dict[str, 
         op, negate = "==", not negate
     elif op == "not_in":
         op, negate = "in", not negate
+    if op == "in":
+        values = cond.value if isinstance(cond.value, list) else [cond.value]
+        either = AnyOf(any=[Compare(fact=fact, op="==", value=v) for v in values])
+        return compile_condition(either, keys, negate)
     if op == "contains":
         return {keys.member_key(fact, str(cond.value)): 0 if negate else 1}
     if op == "exists":
         return {keys.presence_key(fact): 0 if negate else 1}
-    k = keys.value_key(fact)
+    typ = value_type(cond.value)
+    if typ is None:  # refused by validation; never true
+        return {ALWAYS: 0} if not negate else {ALWAYS: 1}
+    k = keys.value_key(fact, typ)
+    v = encode(cond.value)
     if op == "==":
-        v = _encode(cond.value)
         if negate:
-            return _or([{"$neq": {k: v}}, {keys.presence_key(fact): 0}])
+            return _or([{"$neq": {k: v}}, {keys.typed_presence_key(fact, typ): 0}])
         return {k: v}
-    if op == "in":
-        values = [_encode(v) for v in cond.value]  # type: ignore[union-attr]
-        if negate:
-            neq = _and([{"$neq": {k: v}} for v in values])
-            return _or([neq, {keys.presence_key(fact): 0}])
-        return _or([{k: v} for v in values])
     if negate:
-        flipped = {_DR_OP[_OPPOSITE[op]]: {k: _encode(cond.value)}}
-        return _or([flipped, {keys.presence_key(fact): 0}])
-    return {_DR_OP[op]: {k: _encode(cond.value)}}
+        flipped = {_DR_OP[_OPPOSITE[op]]: {k: v}}
+        return _or([flipped, {keys.typed_presence_key(fact, typ): 0}])
+    return {_DR_OP[op]: {k: v}}
 
 
 def condition_facts(cond: Any) -> list[str]:
@@ -136,12 +172,15 @@ class CompiledPack:
     def message(self, facts: dict[str, Any]) -> dict[str, Any]:
         """The flat durable_rules message for a facts dict (without sid / id)."""
         msg: dict[str, Any] = {ALWAYS: 1}
-        for fact, key in self.keys.value.items():
+        for (fact, typ), key in self.keys.value.items():
             v = facts.get(fact)
-            if v is not None:
-                msg[key] = _encode(v)
+            if value_type(v) == typ:
+                msg[key] = encode(v)
+        for (fact, typ), key in self.keys.typed_presence.items():
+            msg[key] = 1 if value_type(facts.get(fact)) == typ else 0
         for fact, key in self.keys.presence.items():
-            msg[key] = 0 if facts.get(fact) is None else 1
+            v = facts.get(fact)
+            msg[key] = 0 if v is None or (isinstance(v, float) and not math.isfinite(v)) else 1
         for (fact, item), key in self.keys.member.items():
             container = facts.get(fact)
             msg[key] = 1 if isinstance(container, set | list | tuple) and item in container else 0

@@ -16,11 +16,21 @@ Evaluator = Callable[[dict[str, Any]], float | None]
 _FUNCS: dict[str, Callable[..., float]] = {
     "min": min,
     "max": max,
-    "round": round,
+    "round": lambda x, n=0.0: round(x, int(n)),
     "floor": math.floor,
     "ceil": math.ceil,
     "abs": abs,
 }
+# (fewest, most) arguments; None = no upper bound
+_ARITY: dict[str, tuple[int, int | None]] = {
+    "min": (2, None),
+    "max": (2, None),
+    "round": (1, 2),
+    "floor": (1, 1),
+    "ceil": (1, 1),
+    "abs": (1, 1),
+}
+MAX_LENGTH = 500
 _BINOPS: dict[type, Callable[[float, float], float]] = {
     ast.Add: lambda a, b: a + b,
     ast.Sub: lambda a, b: a - b,
@@ -46,10 +56,14 @@ def _dotted(node: ast.expr) -> str | None:
 
 def parse_expression(text: str) -> tuple[Evaluator, list[str]]:
     """Compile `text`; return the evaluator and the facts it reads. Raises ExpressionError."""
+    if len(text) > MAX_LENGTH:
+        raise ExpressionError(f"expression is longer than {MAX_LENGTH} characters")
     try:
         tree = ast.parse(text.strip(), mode="eval")
     except SyntaxError as exc:
         raise ExpressionError(f"expression {text!r} does not parse: {exc.msg}") from exc
+    except (RecursionError, MemoryError) as exc:
+        raise ExpressionError(f"expression {text!r} is nested too deeply") from exc
     facts: list[str] = []
 
     def build(node: ast.expr) -> Callable[[dict[str, Any]], float]:
@@ -85,6 +99,19 @@ def parse_expression(text: str) -> tuple[Evaluator, list[str]]:
             and node.args
         ):
             fn = _FUNCS[node.func.id]
+            least, most = _ARITY[node.func.id]
+            if len(node.args) < least or (most is not None and len(node.args) > most):
+                want = (
+                    f"{least}"
+                    if least == most
+                    else f"{least} or more"
+                    if most is None
+                    else (f"{least} to {most}")
+                )
+                raise ExpressionError(
+                    f"expression {text!r}: {node.func.id}() takes {want} arguments, "
+                    f"not {len(node.args)}"
+                )
             args = [build(a) for a in node.args]
             return lambda f: float(fn(*(a(f) for a in args)))
         raise ExpressionError(
@@ -92,13 +119,16 @@ def parse_expression(text: str) -> tuple[Evaluator, list[str]]:
             "+ - * / // %, and min max round floor ceil abs"
         )
 
-    body = build(tree.body)
+    try:
+        body = build(tree.body)
+    except RecursionError as exc:
+        raise ExpressionError(f"expression {text!r} is nested too deeply") from exc
 
     def evaluate(f: dict[str, Any]) -> float | None:
         try:
             result = body(f)
-        except _Missing:
-            return None
+        except (_Missing, ValueError, OverflowError, ZeroDivisionError):
+            return None  # a missing fact, or floor/ceil/round of a NaN or an infinity
         return None if math.isnan(result) or math.isinf(result) else result
 
     return evaluate, facts

@@ -145,6 +145,17 @@ def _birthday_month(state: ProfileState, at: datetime) -> bool | None:
     return born.month == local.month
 
 
+def _fits(value: Any, kind: str) -> bool:
+    """A value of the declared type (a declared number arriving as text is no fact)."""
+    if kind == "number":
+        return isinstance(value, int | float) and not isinstance(value, bool)
+    if kind == "string":
+        return isinstance(value, str)
+    if kind == "boolean":
+        return isinstance(value, bool)
+    return isinstance(value, str | int | float | bool)
+
+
 def record_event(state: ProfileState, event: EventFacts, program: Program) -> None:
     """Fold the event itself into the state (a purchase counts towards its own facts)."""
     if event.type == program.purchase_event:
@@ -162,8 +173,9 @@ def build_facts(state: ProfileState, event: EventFacts, program: Program) -> dic
     """Every fact for this customer at the event's time; a missing fact is left out."""
     at = event.occurred_at
     facts: dict[str, Any] = {"event.type": event.type}
-    for key, value in event.properties.items():
-        if isinstance(value, str | int | float | bool):
+    for key, kind in program.event_properties.items():
+        value = event.properties.get(key)
+        if _fits(value, kind):
             facts[f"event.{key}"] = value
     tier = state.tier or program.welcome_tier
     tier_def = program.tier(tier)
@@ -202,6 +214,6 @@ def build_facts(state: ProfileState, event: EventFacts, program: Program) -> dic
     for channel, given in state.consent.items():
         facts[f"consent.{channel}"] = bool(given)
     for name, value in state.attributes.items():
-        if isinstance(value, str | int | float | bool):
+        if _fits(value, program.attributes.get(name, "any")):
             facts[f"attributes.{name}"] = value
     return facts

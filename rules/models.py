@@ -22,20 +22,21 @@ from __future__ import annotations
 import re
 from typing import Annotated, Any, Literal
 
+import yaml
 from pydantic import (
     BaseModel,
     ConfigDict,
     Discriminator,
     Field,
     Tag,
+    ValidationInfo,
     field_validator,
     model_validator,
 )
 
-from rules.source import yaml_load
+from rules.source import NAME_PATTERN, RULE_NAME_PATTERN, yaml_load
 
-NAME_PATTERN = r"^[a-z][a-z0-9_.:-]{0,63}$"
-RuleName = Annotated[str, Field(pattern=r"^[A-Za-z0-9][A-Za-z0-9_.:-]{0,99}$")]
+RuleName = Annotated[str, Field(pattern=RULE_NAME_PATTERN)]
 Name = Annotated[str, Field(pattern=NAME_PATTERN)]
 
 Op = Literal["==", "!=", "<", "<=", ">", ">=", "in", "not_in", "contains", "exists"]
@@ -125,8 +126,8 @@ class Program(Strict):
 
     program: str = Field(min_length=1, max_length=100)
     currency: str = Field("CNY", pattern=r"^[A-Z]{3}$")
-    welcome_tier: Name
     tiers: list[TierDef] = Field(min_length=1)
+    welcome_tier: Name
     tier_policy: TierPolicy = Field(default_factory=TierPolicy)
     points: PointsPolicy = Field(default_factory=PointsPolicy)
     event_properties: dict[Name, FactType] = Field(
@@ -141,18 +142,27 @@ class Program(Strict):
     purchase_event: Name = "purchase"
     follow_up_event: Name = "sales_follow_up"
 
-    @model_validator(mode="after")
-    def _tiers_consistent(self) -> Program:
-        names = [t.name for t in self.tiers]
-        dup = {n for n in names if names.count(n) > 1}
+    @field_validator("tiers")
+    @classmethod
+    def _tiers_unique(cls, tiers: list[TierDef]) -> list[TierDef]:
+        names = [t.name for t in tiers]
+        dup = sorted({n for n in names if names.count(n) > 1})
         if dup:
-            raise ValueError(f"tier names must be unique: {sorted(dup)} repeated")
-        ranks = [t.rank for t in self.tiers]
-        if len(set(ranks)) != len(ranks):
-            raise ValueError("tier ranks must be unique")
-        if self.welcome_tier not in names:
-            raise ValueError(f"welcome_tier {self.welcome_tier!r} is not one of the tiers {names}")
-        return self
+            raise ValueError(f"tier names must be unique: {', '.join(dup)} repeated")
+        ranks = [t.rank for t in tiers]
+        dup_ranks = sorted({r for r in ranks if ranks.count(r) > 1})
+        if dup_ranks:
+            raise ValueError(f"tier ranks must be unique: rank {dup_ranks[0]} repeated")
+        return tiers
+
+    @field_validator("welcome_tier")
+    @classmethod
+    def _welcome_defined(cls, v: str, info: ValidationInfo) -> str:
+        tiers = info.data.get("tiers")
+        names = [t.name for t in tiers or []]
+        if tiers is not None and v not in names:
+            raise ValueError(f"welcome_tier {v!r} is not one of the tiers: {', '.join(names)}")
+        return v
 
     def tier(self, name: str | None) -> TierDef | None:
         return next((t for t in self.tiers if t.name == name), None)
@@ -188,7 +198,11 @@ class Compare(Strict):
                 "'event.amount >= 100', with op one of == != < <= > >= in not_in contains exists"
             )
         raw = m.group("value")
-        value = yaml_load(raw) if raw is not None else None
+        try:
+            value = yaml_load(raw) if raw is not None else None
+        except yaml.YAMLError as exc:
+            problem = getattr(exc, "problem", None) or "not a YAML value"
+            raise ValueError(f"cannot read the value {raw!r} in {data!r}: {problem}") from exc
         return {"fact": m.group("fact"), "op": m.group("op"), "value": value}
 
     @model_validator(mode="after")
@@ -255,7 +269,7 @@ class AddTagArgs(Strict):
 
 
 class AwardPointsArgs(Strict):
-    amount: float | str = Field(
+    amount: Annotated[float, Field(gt=0)] | str = Field(
         description="a number, or an expression over numeric facts such as 'event.amount * 2'"
     )
     multiplier: Literal["tier", "none"] = Field(
@@ -268,7 +282,7 @@ class AwardPointsArgs(Strict):
 
 
 class DeductPointsArgs(Strict):
-    amount: float | str
+    amount: Annotated[float, Field(gt=0)] | str
     reason: str | None = None
 
 
@@ -432,7 +446,7 @@ class Rule(Strict):
     description: str | None = None
     priority: int = Field(0, description="higher runs first; ties keep file order")
     enabled: bool = True
-    on: Name | list[Name] | None = Field(
+    on: Name | Annotated[list[Name], Field(min_length=1)] | None = Field(
         None, description="event type(s) the rule listens to; leave out for every event"
     )
     when: Condition | None = None

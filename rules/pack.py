@@ -9,6 +9,7 @@ compiled pack. Every problem found is reported at once, each with its file and l
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -119,6 +120,9 @@ class _Checker:
             return
         values = c.value if isinstance(c.value, list) else [] if c.value is None else [c.value]
         for v in values:
+            if isinstance(v, float) and not math.isfinite(v):
+                self.err(path, f"{c.fact} is compared with {v!r}; expected a finite number")
+                continue
             ok = {
                 "number": isinstance(v, int | float) and not isinstance(v, bool),
                 "string": isinstance(v, str),
@@ -217,7 +221,7 @@ def build_pack(source: PackSource, base_dir: str = "") -> CompiledPack:
                     f"duplicate rule name {rule.name!r} (first in {seen[rule.name]})",
                 )
             else:
-                seen[rule.name] = f"{name}:{doc.line_of((*rpath, 'name'))}"
+                seen[rule.name] = f"{doc.path}:{doc.line_of((*rpath, 'name'))}"
             checker.rule(rule, rpath)
             rules.append((name, rule))
         errors += checker.errors

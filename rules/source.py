@@ -17,6 +17,10 @@ from pydantic import ValidationError
 
 LinePath = tuple[str | int, ...]
 
+# Kept here (not in models) so messages can recognise them without a circular import.
+NAME_PATTERN = r"^[a-z][a-z0-9_.:-]{0,63}$"
+RULE_NAME_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9_.:-]{0,99}$"
+
 
 @dataclass(frozen=True)
 class RuleError:
@@ -75,6 +79,11 @@ Yaml12Loader.yaml_implicit_resolvers = {
     for first, resolvers in yaml.SafeLoader.yaml_implicit_resolvers.items()
 }
 Yaml12Loader.add_implicit_resolver(
+    "tag:yaml.org,2002:float",
+    re.compile(r"^[-+]?[0-9]+[eE][-+]?[0-9]+$"),  # 1e3: a number in YAML 1.2
+    list("-+0123456789"),
+)
+Yaml12Loader.add_implicit_resolver(
     "tag:yaml.org,2002:bool",
     re.compile(r"^(?:true|True|TRUE|false|False|FALSE)$"),
     list("tTfF"),
@@ -117,15 +126,21 @@ def _message(err: Any) -> str:
     if kind == "extra_forbidden":
         return "unknown field"
     if kind == "missing":
-        return "required field is missing"
+        name = err["loc"][-1] if err["loc"] else None
+        return f"required field '{name}' is missing" if name is not None else "required field"
     if kind in ("literal_error", "enum"):
         return msg.replace("Input should be", "expected")
     if kind == "string_pattern_mismatch":
         pattern = err.get("ctx", {}).get("pattern", "")
-        if "a-z" in pattern:
+        if pattern == NAME_PATTERN:
             return (
                 f"{err['input']!r} is not a valid name; expected lower case letters, digits "
                 "and _ . : - starting with a letter"
+            )
+        if pattern == RULE_NAME_PATTERN:
+            return (
+                f"{err['input']!r} is not a valid rule name; expected letters, digits and "
+                "_ . : - (no spaces), starting with a letter or digit"
             )
     return msg
 
