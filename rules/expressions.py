@@ -101,19 +101,24 @@ def parse_expression(text: str) -> tuple[Evaluator, list[str]]:
             fn = _FUNCS[node.func.id]
             least, most = _ARITY[node.func.id]
             if len(node.args) < least or (most is not None and len(node.args) > most):
-                want = (
-                    f"{least}"
-                    if least == most
-                    else f"{least} or more"
-                    if most is None
-                    else (f"{least} to {most}")
-                )
+                if least == most:
+                    want = f"{least} argument" + ("s" if least > 1 else "")
+                elif most is None:
+                    want = f"{least} or more arguments"
+                else:
+                    want = f"{least} to {most} arguments"
                 raise ExpressionError(
-                    f"expression {text!r}: {node.func.id}() takes {want} arguments, "
-                    f"not {len(node.args)}"
+                    f"expression {text!r}: {node.func.id}() takes {want}, not {len(node.args)}"
                 )
             args = [build(a) for a in node.args]
-            return lambda f: float(fn(*(a(f) for a in args)))
+
+            def call(f: dict[str, Any]) -> float:
+                values = [a(f) for a in args]
+                if any(math.isnan(v) for v in values):
+                    return math.nan  # min/max would ignore a NaN that is not first
+                return float(fn(*values))
+
+            return call
         raise ExpressionError(
             f"expression {text!r}: {ast.unparse(node)!r} is not allowed; use numbers, facts, "
             "+ - * / // %, and min max round floor ceil abs"

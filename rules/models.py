@@ -269,7 +269,7 @@ class AddTagArgs(Strict):
 
 
 class AwardPointsArgs(Strict):
-    amount: Annotated[float, Field(gt=0)] | str = Field(
+    amount: Annotated[float, Field(gt=0, allow_inf_nan=False)] | str = Field(
         description="a number, or an expression over numeric facts such as 'event.amount * 2'"
     )
     multiplier: Literal["tier", "none"] = Field(
@@ -282,7 +282,7 @@ class AwardPointsArgs(Strict):
 
 
 class DeductPointsArgs(Strict):
-    amount: Annotated[float, Field(gt=0)] | str
+    amount: Annotated[float, Field(gt=0, allow_inf_nan=False)] | str
     reason: str | None = None
 
 

@@ -80,8 +80,9 @@ Yaml12Loader.yaml_implicit_resolvers = {
 }
 Yaml12Loader.add_implicit_resolver(
     "tag:yaml.org,2002:float",
-    re.compile(r"^[-+]?[0-9]+[eE][-+]?[0-9]+$"),  # 1e3: a number in YAML 1.2
-    list("-+0123456789"),
+    # 1e3, 1.5e3, .5e3: numbers in YAML 1.2 that PyYAML's 1.1 resolver reads as text
+    re.compile(r"^[-+]?(?:[0-9]+\.?[0-9]*|\.[0-9]+)[eE][-+]?[0-9]+$"),
+    list("-+0123456789."),
 )
 Yaml12Loader.add_implicit_resolver(
     "tag:yaml.org,2002:bool",
