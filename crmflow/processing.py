@@ -16,8 +16,7 @@ from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 from typing import Any
 
-from sqlalchemy import Connection, Engine, String, any_, bindparam, select, update
-from sqlalchemy.dialects.postgresql import ARRAY
+from sqlalchemy import Connection, Engine, select, update
 
 from rules.compiler import CompiledPack
 from rules.effects import Outcome, apply_rules
@@ -28,7 +27,7 @@ from store.db import utcnow
 from store.models import CustomerRow, EventRow
 from store.rule_state import ChunkWriter, load_states
 from store.rule_versions import active_source
-from store.sql import chunked, table_of
+from store.sql import table_of, where_in
 
 HISTORY_DAYS = 366  # the longest window a fact looks back over, plus a day
 
@@ -140,23 +139,15 @@ def lock_customers(conn: Connection, customer_ids: list[str]) -> None:
     two chunks cannot deadlock). SQLite has one writer at a time already."""
     if conn.dialect.name != "postgresql" or not customer_ids:
         return
-    c = CustomerRow.__table__.c
-    conn.execute(
-        select(c.customer_id)
-        .where(c.customer_id == any_(bindparam("ids", customer_ids, type_=ARRAY(String))))
-        .order_by(c.customer_id)
-        .with_for_update()
-    )
+    c = table_of(CustomerRow).c
+    for where in where_in(conn, c.customer_id, customer_ids):
+        conn.execute(select(c.customer_id).where(where).order_by(c.customer_id).with_for_update())
 
 
 def mark_processed(conn: Connection, event_ids: list[str], now: datetime) -> int:
     t = table_of(EventRow)
     marked = 0
-    if conn.dialect.name == "postgresql":
-        parts = [t.c.event_id == any_(bindparam("ids", event_ids, type_=ARRAY(String)))]
-    else:
-        parts = [t.c.event_id.in_(part) for part in chunked(event_ids, 900)]
-    for where in parts:
+    for where in where_in(conn, t.c.event_id, event_ids):
         result = conn.execute(
             update(t).where(where, t.c.processed_at.is_(None)).values(processed_at=now)
         )

@@ -10,14 +10,10 @@ from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
 
-from sqlalchemy import Connection, String, any_, bindparam, or_, select
-from sqlalchemy.dialects.postgresql import ARRAY
+from sqlalchemy import Connection, or_, select
 
 from store.models import CustomerRow, EventRow
-from store.sql import chunked, insert_for
-
-# SQLite allows 32,766 bound parameters per statement; stay well below for IN lists.
-_IN_LIST = 900
+from store.sql import insert_for, where_in
 
 _CUSTOMER_FIELDS = ("name", "email", "phone", "locale", "consent", "owner", "attributes")
 
@@ -37,13 +33,7 @@ class WriteCounts:
 def _existing(conn: Connection, column: Any, keys: list[str], *extra: Any) -> dict[str, Any]:
     """Stored rows among `keys`, by key: the `extra` columns as a Row (or True)."""
     found: dict[str, Any] = {}
-    if conn.dialect.name == "postgresql":
-        # one array parameter: a statement psycopg prepares once, not 900 placeholders
-        keys_param = bindparam("keys", keys, type_=ARRAY(String))
-        parts = [column == any_(keys_param)]
-    else:
-        parts = [column.in_(part) for part in chunked(keys, _IN_LIST)]
-    for where in parts:
+    for where in where_in(conn, column, keys):
         for row in conn.execute(select(column, *extra).where(where)):
             found[row[0]] = row if extra else True
     return found

@@ -14,8 +14,7 @@ from datetime import datetime, timedelta
 from decimal import Decimal
 from typing import Any
 
-from sqlalchemy import Connection, String, any_, bindparam, delete, func, select, update
-from sqlalchemy.dialects.postgresql import ARRAY
+from sqlalchemy import Connection, bindparam, delete, func, select, update
 
 from rules.effects import Change
 from rules.facts import Lot, ProfileState
@@ -31,15 +30,7 @@ from store.models import (
     TagRow,
     TierHistoryRow,
 )
-from store.sql import chunked, insert_for, table_of
-
-_IN_LIST = 900
-
-
-def _where_in(conn: Connection, column: Any, keys: list[str]) -> list[Any]:
-    if conn.dialect.name == "postgresql":
-        return [column == any_(bindparam("keys", keys, type_=ARRAY(String)))]
-    return [column.in_(part) for part in chunked(keys, _IN_LIST)]
+from store.sql import insert_for, table_of, where_in
 
 
 def load_states(
@@ -54,7 +45,7 @@ def load_states(
     """Profiles of `customer_ids` as the rules see them, with history from `since` on."""
     states: dict[str, ProfileState] = {}
     c = CustomerRow
-    for where in _where_in(conn, c.customer_id, customer_ids):
+    for where in where_in(conn, c.customer_id, customer_ids):
         for row in conn.execute(
             select(
                 c.customer_id,
@@ -78,13 +69,13 @@ def load_states(
                 attributes=dict(row.attributes or {}),
             )
     ids = list(states)
-    for where in _where_in(conn, TagRow.customer_id, ids):
+    for where in where_in(conn, TagRow.customer_id, ids):
         for cid, tag, expires in conn.execute(
             select(TagRow.customer_id, TagRow.tag, TagRow.expires_at).where(where)
         ):
             states[cid].tags[tag] = expires
     lot = PointsLotRow
-    for where in _where_in(conn, lot.customer_id, ids):
+    for where in where_in(conn, lot.customer_id, ids):
         for r in conn.execute(
             select(
                 lot.customer_id, lot.id, lot.lot_key, lot.remaining, lot.earned_at, lot.expires_at
@@ -103,7 +94,7 @@ def load_states(
             )
     e = EventRow
     amount = e.properties[spend_property].as_float()
-    for where in _where_in(conn, e.customer_id, ids):
+    for where in where_in(conn, e.customer_id, ids):
         for cid, at, value in conn.execute(
             select(e.customer_id, e.occurred_at, amount)
             .where(
@@ -123,7 +114,7 @@ def load_states(
         ):
             states[cid].last_follow_up_at = last
     led = PointsLedgerRow
-    for where in _where_in(conn, led.customer_id, ids):
+    for where in where_in(conn, led.customer_id, ids):
         for cid, at, points in conn.execute(
             select(led.customer_id, led.at, led.amount).where(
                 where, led.kind == "earn", led.at > since
@@ -308,7 +299,7 @@ class ChunkWriter:
             return
         ids = sorted(self.tags_touched)
         since: dict[tuple[str, str], datetime] = {}
-        for where in _where_in(conn, TagRow.customer_id, ids):
+        for where in where_in(conn, TagRow.customer_id, ids):
             for cid, tag, created in conn.execute(
                 select(TagRow.customer_id, TagRow.tag, TagRow.created_at).where(where)
             ):
@@ -353,7 +344,7 @@ class ChunkWriter:
             )
         new_keys = [e["lot_key"] for e in self.earns]
         ids: dict[str, int] = {}
-        for where in _where_in(conn, PointsLotRow.lot_key, new_keys) if new_keys else []:
+        for where in where_in(conn, PointsLotRow.lot_key, new_keys) if new_keys else []:
             for key, lot_id in conn.execute(
                 select(PointsLotRow.lot_key, PointsLotRow.id).where(where)
             ):

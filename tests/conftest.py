@@ -91,6 +91,15 @@ async def dev_env() -> AsyncIterator[WorkflowEnvironment]:
     await env.shutdown()
 
 
+@pytest.fixture
+def cli_env(engine: Engine, db_url: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
+    """Settings for in-process CLI runs: the test database, a home and no crmflow.toml."""
+    monkeypatch.setenv("CRMFLOW_DATABASE_URL", db_url)
+    monkeypatch.setenv("CRMFLOW_HOME", str(tmp_path / "home"))
+    monkeypatch.setenv("CRMFLOW_CONFIG", str(tmp_path / "none.toml"))
+    return tmp_path
+
+
 def write_lines(path: Path, lines: list[str]) -> Path:
     path.write_text("\n".join(lines) + "\n", encoding="utf-8")
     return path

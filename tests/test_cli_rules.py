@@ -6,7 +6,6 @@ import json
 from pathlib import Path
 
 import pytest
-from sqlalchemy import Engine
 from typer.testing import CliRunner
 
 from crmflow.cli import app
@@ -18,11 +17,8 @@ EXAMPLES = str(REPO / "examples/rules")
 
 
 @pytest.fixture
-def env(engine: Engine, db_url: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
-    monkeypatch.setenv("CRMFLOW_DATABASE_URL", db_url)
-    monkeypatch.setenv("CRMFLOW_HOME", str(tmp_path / "home"))
-    monkeypatch.setenv("CRMFLOW_CONFIG", str(tmp_path / "none.toml"))
-    return tmp_path
+def env(cli_env: Path) -> Path:
+    return cli_env
 
 
 def test_validate_the_examples() -> None:

@@ -11,6 +11,7 @@ import time
 import uuid
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import pytest
 from sqlalchemy import Engine
@@ -48,18 +49,17 @@ def home(tmp_path: Path) -> Iterator[Path]:
     assert processes_using(home) == [], "a process of the embedded stack was left running"
 
 
+def run_demo(env: dict[str, str]) -> dict[str, Any]:
+    done = subprocess.run(
+        [CRMFLOW, "demo", "--json"], cwd=REPO, env=env, capture_output=True, text=True, timeout=180
+    )
+    assert done.returncode == 0, done.stderr
+    return dict(json.loads(done.stdout))
+
+
 def test_demo_runs_twice_and_leaves_nothing_running(home: Path) -> None:
     env = stack_env(home)
-    first = subprocess.run(
-        [CRMFLOW, "demo", "--json"],
-        cwd=REPO,
-        env=env,
-        capture_output=True,
-        text=True,
-        timeout=180,
-    )
-    assert first.returncode == 0, first.stderr
-    data = json.loads(first.stdout)
+    data = run_demo(env)
     customers, events = data["imports"]
     assert customers["inserted"] == customers["rows"] and customers["rejected"] == 0
     assert events["inserted"] == events["rows"] and events["rejected"] == 0
@@ -70,16 +70,7 @@ def test_demo_runs_twice_and_leaves_nothing_running(home: Path) -> None:
     assert (home / "crmflow.db").exists() and (home / "temporal.db").exists()
     assert processes_using(home) == []
 
-    again = subprocess.run(
-        [CRMFLOW, "demo", "--json"],
-        cwd=REPO,
-        env=env,
-        capture_output=True,
-        text=True,
-        timeout=180,
-    )
-    assert again.returncode == 0, again.stderr
-    data2 = json.loads(again.stdout)
+    data2 = run_demo(env)
     assert [r["inserted"] for r in data2["imports"]] == [0, 0]
     assert data2["imports"][1]["processed"] == 0
     assert data2["kpi"]["points_outstanding"] == data["kpi"]["points_outstanding"]
