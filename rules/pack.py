@@ -80,7 +80,11 @@ def load_program(doc: YamlDoc) -> Program:
         raise RuleFileError(errors_from_validation(doc, exc)) from exc
 
 
-class _Checker:
+class Checker:
+    """Semantic checks of conditions and effects against the programme (facts, types, tiers).
+
+    Collects RuleErrors with file and line; used for rule files and for journeys."""
+
     def __init__(self, program: Program, doc: YamlDoc) -> None:
         self.program = program
         self.doc = doc
@@ -212,7 +216,7 @@ def build_pack(source: PackSource, base_dir: str = "") -> CompiledPack:
         except ValidationError as exc:
             errors += errors_from_validation(doc, exc)
             continue
-        checker = _Checker(program, doc)
+        checker = Checker(program, doc)
         for i, rule in enumerate(parsed.rules):
             rpath: LinePath = ("rules", i)
             if rule.name in seen:
