@@ -183,7 +183,11 @@ class CompiledPack:
             msg[key] = 0 if v is None or (isinstance(v, float) and not math.isfinite(v)) else 1
         for (fact, item), key in self.keys.member.items():
             container = facts.get(fact)
-            msg[key] = 1 if isinstance(container, set | list | tuple) and item in container else 0
+            msg[key] = (
+                1
+                if isinstance(container, set | frozenset | list | tuple) and item in container
+                else 0
+            )
         return msg
 
     def ordered(self, indexes: set[int]) -> list[CompiledRule]:

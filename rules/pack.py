@@ -160,8 +160,13 @@ class Checker:
     def rule(self, rule: Rule, path: LinePath) -> None:
         if rule.when is not None:
             self.condition(rule.when, (*path, "when"))
-        for i, effect in enumerate(rule.then):
-            epath = (*path, "then", i)
+        self.effects(rule.then, (*path, "then"))
+
+    def effects(self, effects: list[Any], path: LinePath, *, event_facts: bool = True) -> None:
+        """Check effects at `path` (a list); `event_facts=False` where there is no event."""
+        for i, effect in enumerate(effects):
+            epath = (*path, i)
+            amount: float | str | None = None
             if isinstance(effect, SetTier) and effect.set_tier not in self.tiers:
                 self.err(
                     (*epath, "set_tier"),
@@ -169,9 +174,21 @@ class Checker:
                     + ", ".join(self.tiers),
                 )
             elif isinstance(effect, AwardPoints):
-                self.amount(effect.award_points.amount, (*epath, "award_points"))
+                amount, epath = effect.award_points.amount, (*epath, "award_points")
             elif isinstance(effect, DeductPoints):
-                self.amount(effect.deduct_points.amount, (*epath, "deduct_points"))
+                amount, epath = effect.deduct_points.amount, (*epath, "deduct_points")
+            if not isinstance(amount, str):
+                continue
+            self.amount(amount, epath)
+            if event_facts:
+                continue
+            try:
+                _, facts = parse_expression(amount)
+            except ExpressionError:
+                continue
+            for fact in facts:
+                if fact.startswith("event."):
+                    self.err(epath, f"expression {amount!r} reads {fact!r}; there is no event here")
 
 
 def rule_files(rules_dir: Path) -> list[Path]:
