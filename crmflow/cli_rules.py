@@ -147,6 +147,7 @@ def test(
             engine,
             state,
             EventFacts(ev.event_id, ev.type, ev.occurred_at, ev.properties),
+            explain=True,
         )
         fired = [r for r in pack.rules if r.rule.name in outcome.fired]
         results.append(

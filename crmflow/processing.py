@@ -76,13 +76,16 @@ def evaluate_event(
     engine: RuleEngine,
     state: ProfileState,
     event: EventFacts,
+    *,
+    explain: bool = False,
 ) -> tuple[dict[str, Any], Outcome]:
     """One event through the rules: facts, fired rules (in order), effects applied to state."""
     record_event(state, event, pack.program)
     facts = build_facts(state, event, pack.program)
     fired = pack.ordered(engine.fired(pack, facts))
-    explained = dict(facts)
-    return explained, apply_rules(pack, fired, state, event, facts)
+    # effects update `facts` as they apply (tier, stage, owner); keep the facts the rules saw
+    seen = dict(facts) if explain else facts
+    return seen, apply_rules(pack, fired, state, event, facts)
 
 
 def process_chunk(

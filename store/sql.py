@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from typing import Any, cast
 
-from sqlalchemy import Connection, String, Table, any_, bindparam
+from sqlalchemy import Connection, String, Table, bindparam, func, select
 from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.dialects.postgresql import ARRAY
 
@@ -25,12 +25,15 @@ IN_LIST_SIZE = 900
 def where_in(conn: Connection, column: Any, keys: list[str]) -> list[Any]:
     """Clauses selecting rows whose `column` is one of `keys`, to run one after the other.
 
-    PostgreSQL: one `= ANY(:array)` clause — a statement psycopg prepares once, where an IN
-    list of 900 placeholders would be re-parsed and re-planned every time. SQLite: IN lists
-    of at most IN_LIST_SIZE keys.
+    PostgreSQL: one array parameter — a statement psycopg prepares once, where an IN list of
+    900 placeholders would be re-parsed and re-planned every time — unnested into a set, so
+    the planner can join it against an index; `= ANY(:array)` as a filter is a linear search
+    of the array for every row another index yields (measured: 8 s per 5,000-event chunk of
+    history look-ups at 200,000 events). SQLite: IN lists of at most IN_LIST_SIZE keys.
     """
     if conn.dialect.name == "postgresql":
-        return [column == any_(bindparam("keys", keys, type_=ARRAY(String)))]
+        keyset = select(func.unnest(bindparam("keys", keys, type_=ARRAY(String))))
+        return [column.in_(keyset.scalar_subquery())]
     return [column.in_(part) for part in chunked(keys, IN_LIST_SIZE)]
 
 
