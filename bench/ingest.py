@@ -26,9 +26,7 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 import random
-import resource
 import subprocess
 import sys
 import tempfile
@@ -40,6 +38,8 @@ from pathlib import Path
 from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+from bench.common import Databases, best_of, customer_id, peak_rss_mb, sqlite_path
 
 CHUNK = 5000
 MEMORY_LIMIT_MB = 500.0
@@ -54,10 +54,6 @@ PG_INSERT = f"INSERT INTO events ({INSERT_COLUMNS}) VALUES (%s, %s, %s, %s, %s, 
 
 
 # --------------------------------------------------------------------------- data generation
-
-
-def customer_id(n: int) -> str:
-    return f"C{n:06d}"
 
 
 def write_customers(path: Path, count: int, seed: int) -> None:
@@ -116,11 +112,6 @@ def write_events(path: Path, count: int, customers: int, seed: int) -> None:
 
 
 # --------------------------------------------------------------------------- child processes
-
-
-def peak_rss_mb() -> float:
-    """Peak resident set size of this process so far (ru_maxrss is in KiB on Linux)."""
-    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024.0
 
 
 def _child_prepare(url: str, customers: Path) -> dict[str, Any]:
@@ -188,17 +179,10 @@ def _chunks(path: Path) -> Iterator[list[dict[str, Any]]]:
         yield chunk
 
 
-def _sqlite_path(url: str) -> str:
-    prefix = "sqlite:///"
-    if not url.startswith(prefix):
-        raise ValueError(f"not a SQLite file URL: {url}")
-    return url[len(prefix) :]
-
-
 def _baseline_sqlite(url: str, events: Path) -> tuple[float, int]:
     import sqlite3
 
-    conn = sqlite3.connect(_sqlite_path(url))
+    conn = sqlite3.connect(sqlite_path(url))
     try:
         # The pragmas store.db.make_engine sets on every SQLite connection.
         conn.execute("PRAGMA journal_mode=WAL")
@@ -304,59 +288,6 @@ def run_child(role: str, url: str, customers: Path, events: Path) -> dict[str, A
 # --------------------------------------------------------------------------- databases
 
 
-class Databases:
-    """Fresh, uniquely named databases; PostgreSQL ones are dropped again by `drop_all`."""
-
-    def __init__(self, workdir: Path, pg_base: str) -> None:
-        self.workdir = workdir
-        self.pg_base = pg_base.rstrip("/")
-        self.pg_created: list[str] = []
-        self.counter = 0
-
-    def fresh(self, kind: str, label: str) -> str:
-        self.counter += 1
-        if kind == "sqlite":
-            path = self.workdir / f"{label}_{self.counter}.db"
-            return f"sqlite:///{path}"
-        import psycopg
-
-        name = f"bench_ingest_{os.getpid()}_{self.counter}"
-        with psycopg.connect(f"{self.pg_base}/postgres", autocommit=True) as conn:
-            conn.execute(f'CREATE DATABASE "{name}"')
-        self.pg_created.append(name)
-        return f"{self.pg_base}/{name}"
-
-    def settle(self, url: str) -> None:
-        """CHECKPOINT on PostgreSQL: the preparation's dirty pages are not flushed in the run."""
-        if url.startswith("postgresql"):
-            import psycopg
-
-            with psycopg.connect(url, autocommit=True) as conn:
-                conn.execute("CHECKPOINT")
-
-    def drop(self, url: str) -> None:
-        name = url.rsplit("/", 1)[-1]
-        if url.startswith("postgresql") and name in self.pg_created:
-            import psycopg
-
-            with psycopg.connect(f"{self.pg_base}/postgres", autocommit=True) as conn:
-                conn.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
-            self.pg_created.remove(name)
-        elif url.startswith("sqlite"):
-            for suffix in ("", "-wal", "-shm"):
-                Path(_sqlite_path(url) + suffix).unlink(missing_ok=True)
-
-    def drop_all(self) -> None:
-        if not self.pg_created:
-            return
-        import psycopg
-
-        with psycopg.connect(f"{self.pg_base}/postgres", autocommit=True) as conn:
-            while self.pg_created:
-                name = self.pg_created.pop()
-                conn.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
-
-
 def measure(dbs: Databases, kind: str, role: str, files: tuple[Path, Path], expect: int) -> dict:
     """Prepare a fresh database (untimed), then time one import of the events into it."""
     customers, events = files
@@ -381,13 +312,6 @@ def measure(dbs: Databases, kind: str, role: str, files: tuple[Path, Path], expe
         flush=True,
     )
     return result
-
-
-def best_of(runs: list[dict[str, Any]]) -> dict[str, Any]:
-    """The fastest run's rate, with the highest peak memory seen over all runs."""
-    best = dict(max(runs, key=lambda r: r["events_per_s"]))
-    best["peak_rss_mb"] = max(r["peak_rss_mb"] for r in runs)
-    return best
 
 
 # --------------------------------------------------------------------------- main
@@ -448,7 +372,7 @@ def main(argv: list[str] | None = None) -> int:
             flush=True,
         )
 
-        dbs = Databases(workdir, args.pg_url)
+        dbs = Databases(workdir, args.pg_url, "ingest")
         results: dict[str, dict[str, dict[str, Any]]] = {}
         try:
             for kind in kinds:

@@ -36,7 +36,6 @@ import json
 import math
 import os
 import random
-import resource
 import subprocess
 import sys
 import tempfile
@@ -50,6 +49,8 @@ from typing import Any
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
+from bench.common import Databases, best_of, customer_id, peak_rss_mb  # noqa: E402
+
 RULES_DIR = ROOT / "examples" / "rules"
 MEMORY_LIMIT_MB = 1024.0
 TARGET = 0.25
@@ -62,10 +63,6 @@ CHANNELS = ("app", "web", "mini_program", "store")
 
 
 # --------------------------------------------------------------------------- data generation
-
-
-def customer_id(n: int) -> str:
-    return f"C{n:06d}"
 
 
 def write_customers(path: Path, count: int, seed: int) -> None:
@@ -134,11 +131,6 @@ def write_events(path: Path, count: int, customers: int, seed: int) -> None:
 
 
 # --------------------------------------------------------------------------- child processes
-
-
-def peak_rss_mb() -> float:
-    """Peak resident set size of this process so far (ru_maxrss is in KiB on Linux)."""
-    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024.0
 
 
 def _child_prepare(url: str, customers: Path) -> dict[str, Any]:
@@ -370,59 +362,6 @@ def run_child(
 # --------------------------------------------------------------------------- databases
 
 
-class Databases:
-    """Fresh, uniquely named databases; PostgreSQL ones are dropped again by `drop_all`."""
-
-    def __init__(self, workdir: Path, pg_base: str) -> None:
-        self.workdir = workdir
-        self.pg_base = pg_base.rstrip("/")
-        self.pg_created: list[str] = []
-        self.counter = 0
-
-    def fresh(self, kind: str) -> str:
-        self.counter += 1
-        if kind == "sqlite":
-            return f"sqlite:///{self.workdir / f'rules_{self.counter}.db'}"
-        import psycopg
-
-        name = f"bench_rules_{os.getpid()}_{self.counter}"
-        with psycopg.connect(f"{self.pg_base}/postgres", autocommit=True) as conn:
-            conn.execute(f'CREATE DATABASE "{name}"')
-        self.pg_created.append(name)
-        return f"{self.pg_base}/{name}"
-
-    def settle(self, url: str) -> None:
-        """CHECKPOINT on PostgreSQL: the preparation's dirty pages are not flushed in the run."""
-        if url.startswith("postgresql"):
-            import psycopg
-
-            with psycopg.connect(url, autocommit=True) as conn:
-                conn.execute("CHECKPOINT")
-
-    def drop(self, url: str) -> None:
-        name = url.rsplit("/", 1)[-1]
-        if url.startswith("postgresql") and name in self.pg_created:
-            import psycopg
-
-            with psycopg.connect(f"{self.pg_base}/postgres", autocommit=True) as conn:
-                conn.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
-            self.pg_created.remove(name)
-        elif url.startswith("sqlite:///"):
-            path = url[len("sqlite:///") :]
-            for suffix in ("", "-wal", "-shm"):
-                Path(path + suffix).unlink(missing_ok=True)
-
-    def drop_all(self) -> None:
-        if not self.pg_created:
-            return
-        import psycopg
-
-        with psycopg.connect(f"{self.pg_base}/postgres", autocommit=True) as conn:
-            while self.pg_created:
-                name = self.pg_created.pop()
-                conn.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
-
-
 def measure_e2e(
     dbs: Databases, kind: str, files: tuple[Path, Path], expect: int, profile: Path | None
 ) -> dict[str, Any]:
@@ -481,13 +420,6 @@ def measure_baseline(files: tuple[Path, Path], expect: int) -> dict[str, Any]:
         flush=True,
     )
     return result
-
-
-def best_of(runs: list[dict[str, Any]]) -> dict[str, Any]:
-    """The fastest run's rate, with the highest peak memory seen over all runs."""
-    best = dict(max(runs, key=lambda r: r["events_per_s"]))
-    best["peak_rss_mb"] = max(r["peak_rss_mb"] for r in runs)
-    return best
 
 
 # --------------------------------------------------------------------------- main
@@ -555,7 +487,7 @@ def main(argv: list[str] | None = None) -> int:
             flush=True,
         )
 
-        dbs = Databases(workdir, args.pg_url)
+        dbs = Databases(workdir, args.pg_url, "rules")
         baselines: list[dict[str, Any]] = []
         e2e: dict[str, list[dict[str, Any]]] = {kind: [] for kind in kinds}
         try:

@@ -1,0 +1,85 @@
+"""What the benchmarks share: ids, fresh databases, peak memory, best-of-N."""
+
+from __future__ import annotations
+
+import os
+import resource
+from pathlib import Path
+from typing import Any
+
+
+def customer_id(n: int) -> str:
+    return f"C{n:06d}"
+
+
+def peak_rss_mb() -> float:
+    """Peak resident set size of this process so far (ru_maxrss is in KiB on Linux)."""
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024.0
+
+
+def sqlite_path(url: str) -> str:
+    prefix = "sqlite:///"
+    if not url.startswith(prefix):
+        raise ValueError(f"not a SQLite file URL: {url}")
+    return url[len(prefix) :]
+
+
+def best_of(runs: list[dict[str, Any]]) -> dict[str, Any]:
+    """The fastest run's rate, with the highest peak memory seen over all runs."""
+    best = dict(max(runs, key=lambda r: r["events_per_s"]))
+    best["peak_rss_mb"] = max(r["peak_rss_mb"] for r in runs)
+    return best
+
+
+class Databases:
+    """Fresh, uniquely named databases; PostgreSQL ones are dropped again by `drop_all`."""
+
+    def __init__(self, workdir: Path, pg_base: str, prefix: str) -> None:
+        self.workdir = workdir
+        self.prefix = prefix
+        self.pg_base = pg_base.rstrip("/")
+        self.pg_created: list[str] = []
+        self.counter = 0
+
+    def fresh(self, kind: str, label: str | None = None) -> str:
+        self.counter += 1
+        if kind == "sqlite":
+            path = self.workdir / f"{label or self.prefix}_{self.counter}.db"
+            return f"sqlite:///{path}"
+        import psycopg
+
+        name = f"bench_{self.prefix}_{os.getpid()}_{self.counter}"
+        with psycopg.connect(f"{self.pg_base}/postgres", autocommit=True) as conn:
+            conn.execute(f'CREATE DATABASE "{name}"')
+        self.pg_created.append(name)
+        return f"{self.pg_base}/{name}"
+
+    def settle(self, url: str) -> None:
+        """CHECKPOINT on PostgreSQL: the preparation's dirty pages are not flushed in the run."""
+        if url.startswith("postgresql"):
+            import psycopg
+
+            with psycopg.connect(url, autocommit=True) as conn:
+                conn.execute("CHECKPOINT")
+
+    def drop(self, url: str) -> None:
+        name = url.rsplit("/", 1)[-1]
+        if url.startswith("postgresql") and name in self.pg_created:
+            import psycopg
+
+            with psycopg.connect(f"{self.pg_base}/postgres", autocommit=True) as conn:
+                conn.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+            self.pg_created.remove(name)
+        elif url.startswith("sqlite"):
+            for suffix in ("", "-wal", "-shm"):
+                Path(sqlite_path(url) + suffix).unlink(missing_ok=True)
+
+    def drop_all(self) -> None:
+        if not self.pg_created:
+            return
+        import psycopg
+
+        with psycopg.connect(f"{self.pg_base}/postgres", autocommit=True) as conn:
+            while self.pg_created:
+                name = self.pg_created.pop()
+                conn.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
