@@ -34,6 +34,7 @@ test: lint pytest
 
 bench: install
 	$(BIN)/python bench/ingest.py
+	$(BIN)/python bench/rules.py
 
 clean:
 	rm -rf .crmflow $(VENV) *.egg-info

@@ -294,23 +294,26 @@ class ChunkWriter:
         )
 
     def _write_tags(self, conn: Connection, states: dict[str, ProfileState]) -> None:
-        """Replace the touched customers' tags by their final state (created_at kept)."""
+        """Replace the touched customers' tags by their final state; a tag that was there
+        already keeps its source and created_at."""
         if not self.tags_touched:
             return
         ids = sorted(self.tags_touched)
-        since: dict[tuple[str, str], datetime] = {}
+        kept: dict[tuple[str, str], tuple[str | None, datetime]] = {}
         for where in where_in(conn, TagRow.customer_id, ids):
-            for cid, tag, created in conn.execute(
-                select(TagRow.customer_id, TagRow.tag, TagRow.created_at).where(where)
+            for cid, tag, source, created in conn.execute(
+                select(TagRow.customer_id, TagRow.tag, TagRow.source, TagRow.created_at).where(
+                    where
+                )
             ):
-                since[(cid, tag)] = created
+                kept[(cid, tag)] = (source, created)
             conn.execute(delete(TagRow).where(where))
         rows = [
             {
                 "customer_id": cid,
                 "tag": tag,
-                "source": "rules",
-                "created_at": since.get((cid, tag), self.now),
+                "source": kept.get((cid, tag), ("rules", self.now))[0],
+                "created_at": kept.get((cid, tag), ("rules", self.now))[1],
                 "expires_at": expires,
             }
             for cid in ids
