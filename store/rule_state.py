@@ -355,12 +355,12 @@ class ChunkWriter:
         for lot in final.values():
             if lot.id is not None:
                 ids[lot.key] = lot.id
-        # lots loaded from the store whose remaining changed (debits)
-        new = set(new_keys)
+        # only lots loaded from the store that a debit drew on have a new `remaining`
+        debited = {d["lot_key"] for d in self.debits}
         changed = [
             {"lid": lot.id, "remaining": lot.remaining}
             for lot in final.values()
-            if lot.id is not None and lot.key not in new
+            if lot.id is not None and lot.key in debited
         ]
         if changed:
             t = table_of(PointsLotRow)
