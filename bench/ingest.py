@@ -39,7 +39,7 @@ from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from bench.common import Databases, best_of, customer_id, peak_rss_mb, sqlite_path
+from bench.support.common import Databases, best_of, customer_id, peak_rss_mb, sqlite_path
 
 CHUNK = 5000
 MEMORY_LIMIT_MB = 500.0

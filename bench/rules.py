@@ -49,7 +49,7 @@ from typing import Any
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from bench.common import Databases, best_of, customer_id, peak_rss_mb  # noqa: E402
+from bench.support.common import Databases, best_of, customer_id, peak_rss_mb  # noqa: E402
 
 RULES_DIR = ROOT / "examples" / "rules"
 MEMORY_LIMIT_MB = 1024.0

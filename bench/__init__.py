@@ -1,1 +1,0 @@
-"""Benchmarks: each script prints its figures and ends with a RESULT line."""
