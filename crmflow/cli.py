@@ -19,8 +19,10 @@ from crmflow.cli_journeys import journeys_app
 from crmflow.cli_rules import process_command, rules_app
 from crmflow.formats import describe_errors
 from crmflow.ingest import ImportError_, ImportReport, Kind, import_file
+from crmflow.processing import ConcurrentProcessing
 from crmflow.settings import Settings
 from crmflow.temporal import TemporalSetupError, exit_skipping_finalizers
+from rules.source import RuleFileError
 from store.db import make_engine
 from store.migrate import current_revision, head_revision, upgrade
 
@@ -144,6 +146,13 @@ def _import(kind: Kind, path: Path, as_json: bool) -> ImportReport:
             fail(str(exc))
         except UnicodeDecodeError as exc:
             fail(f"{path}: not UTF-8 text ({exc})")
+        except ConcurrentProcessing as exc:
+            fail(
+                f"{path}: {exc}; that chunk was rolled back (earlier chunks are kept). "
+                "Import the file again: what is already stored is skipped."
+            )
+        except RuleFileError as exc:
+            fail(f"the active rules version does not load:\n{exc}")
     if as_json:
         emit_json(report.as_dict())
     else:
