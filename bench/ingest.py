@@ -39,12 +39,20 @@ from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from bench.support.common import Databases, best_of, customer_id, peak_rss_mb, sqlite_path
+from bench.support.common import (
+    DATABASES,
+    Databases,
+    bench_parser,
+    best_of,
+    customer_id,
+    peak_rss_mb,
+    print_verdict,
+    sqlite_path,
+)
 
 CHUNK = 5000
 MEMORY_LIMIT_MB = 500.0
 TARGET = 0.5
-DATABASES = ("sqlite", "postgresql")
 SQLITE_TS = "%Y-%m-%d %H:%M:%S.%f"  # how SQLAlchemy's DateTime stores values on SQLite
 SHANGHAI = timezone(timedelta(hours=8))
 
@@ -318,31 +326,7 @@ def measure(dbs: Databases, kind: str, role: str, files: tuple[Path, Path], expe
 
 
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0] if __doc__ else None)
-    parser.add_argument("--events", type=int, default=200_000, help="events to import")
-    parser.add_argument("--customers", type=int, default=50_000, help="customers they belong to")
-    parser.add_argument(
-        "--databases",
-        default=",".join(DATABASES),
-        help="comma separated: sqlite, postgresql (default: both)",
-    )
-    parser.add_argument(
-        "--pg-url",
-        default="postgresql://postgres@127.0.0.1:5432",
-        help="PostgreSQL server URL without database name; bench databases are created there",
-    )
-    parser.add_argument(
-        "--repeat",
-        type=int,
-        default=1,
-        help="time each import this many times on fresh databases and keep the fastest",
-    )
-    parser.add_argument("--seed", type=int, default=20261123, help="random seed of the data")
-    parser.add_argument("--child", help=argparse.SUPPRESS)
-    parser.add_argument("--url", help=argparse.SUPPRESS)
-    parser.add_argument("--customers-file", type=Path, help=argparse.SUPPRESS)
-    parser.add_argument("--events-file", type=Path, help=argparse.SUPPRESS)
-    return parser.parse_args(argv)
+    return bench_parser(__doc__, "events to import").parse_args(argv)
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -402,18 +386,7 @@ def main(argv: list[str] | None = None) -> int:
             f"{kind:<11} {ours['events_per_s']:>13,.0f} {base['events_per_s']:>14,.0f} "
             f"{ratio:>7.3f} {ours['peak_rss_mb']:>11.0f} {base['peak_rss_mb']:>12.0f}"
         )
-    print()
-    worst = min(ratios)
-    peak = max(peaks)
-    print(
-        f"events/s ratio (lowest): {worst:.3f}  target >= {TARGET}: "
-        f"{'met' if worst >= TARGET else 'NOT met'}"
-    )
-    print(
-        f"crmflow peak RSS: {peak:.0f} MB  target < {MEMORY_LIMIT_MB:.0f} MB: "
-        f"{'met' if peak < MEMORY_LIMIT_MB else 'NOT met'}"
-    )
-    print(f"RESULT bench=ingest ratio={worst:.3f} target=>=0.5")
+    print_verdict("ingest", ratios, peaks, TARGET, MEMORY_LIMIT_MB, "crmflow")
     return 0
 
 

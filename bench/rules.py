@@ -49,12 +49,19 @@ from typing import Any
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from bench.support.common import Databases, best_of, customer_id, peak_rss_mb  # noqa: E402
+from bench.support.common import (  # noqa: E402
+    DATABASES,
+    Databases,
+    bench_parser,
+    best_of,
+    customer_id,
+    peak_rss_mb,
+    print_verdict,
+)
 
 RULES_DIR = ROOT / "examples" / "rules"
 MEMORY_LIMIT_MB = 1024.0
 TARGET = 0.25
-DATABASES = ("sqlite", "postgresql")
 SHANGHAI = timezone(timedelta(hours=8))
 FEED_END = datetime(2026, 11, 20, tzinfo=SHANGHAI)
 FEED_DAYS = 548  # about 18 months of purchases
@@ -426,35 +433,12 @@ def measure_baseline(files: tuple[Path, Path], expect: int) -> dict[str, Any]:
 
 
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0] if __doc__ else None)
-    parser.add_argument("--events", type=int, default=200_000, help="purchase events")
-    parser.add_argument("--customers", type=int, default=50_000, help="customers they belong to")
-    parser.add_argument(
-        "--databases",
-        default=",".join(DATABASES),
-        help="comma separated: sqlite, postgresql (default: both)",
-    )
-    parser.add_argument(
-        "--pg-url",
-        default="postgresql://postgres@127.0.0.1:5432",
-        help="PostgreSQL server URL without database name; bench databases are created there",
-    )
-    parser.add_argument(
-        "--repeat",
-        type=int,
-        default=1,
-        help="time each side this many times (fresh databases) and keep the fastest",
-    )
-    parser.add_argument("--seed", type=int, default=20261123, help="random seed of the data")
+    parser = bench_parser(__doc__, "purchase events")
     parser.add_argument(
         "--profile",
         type=Path,
         help="run the end-to-end children under cProfile, writing <dir>/e2e_<database>.pstats",
     )
-    parser.add_argument("--child", help=argparse.SUPPRESS)
-    parser.add_argument("--url", help=argparse.SUPPRESS)
-    parser.add_argument("--customers-file", type=Path, help=argparse.SUPPRESS)
-    parser.add_argument("--events-file", type=Path, help=argparse.SUPPRESS)
     parser.add_argument("--profile-file", type=Path, help=argparse.SUPPRESS)
     return parser.parse_args(argv)
 
@@ -531,18 +515,7 @@ def main(argv: list[str] | None = None) -> int:
             f"{kind:<11} {ours['events_per_s']:>16,.0f} {base['events_per_s']:>14,.0f} "
             f"{ratio:>7.3f} {ours['peak_rss_mb']:>12.0f} {base['peak_rss_mb']:>12.0f}"
         )
-    print()
-    worst = min(ratios)
-    peak = max(peaks)
-    print(
-        f"events/s ratio (lowest): {worst:.3f}  target >= {TARGET}: "
-        f"{'met' if worst >= TARGET else 'NOT met'}"
-    )
-    print(
-        f"end-to-end peak RSS: {peak:.0f} MB  target < {MEMORY_LIMIT_MB:.0f} MB: "
-        f"{'met' if peak < MEMORY_LIMIT_MB else 'NOT met'}"
-    )
-    print(f"RESULT bench=rules ratio={worst:.3f} target=>=0.25")
+    print_verdict("rules", ratios, peaks, TARGET, MEMORY_LIMIT_MB, "end-to-end")
     return 0
 
 

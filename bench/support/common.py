@@ -2,10 +2,42 @@
 
 from __future__ import annotations
 
+import argparse
 import os
 import resource
 from pathlib import Path
 from typing import Any
+
+DATABASES = ("sqlite", "postgresql")
+
+
+def bench_parser(doc: str | None, events_help: str) -> argparse.ArgumentParser:
+    """The options every benchmark takes, and the hidden ones its child processes get."""
+    parser = argparse.ArgumentParser(description=doc.splitlines()[0] if doc else None)
+    parser.add_argument("--events", type=int, default=200_000, help=events_help)
+    parser.add_argument("--customers", type=int, default=50_000, help="customers they belong to")
+    parser.add_argument(
+        "--databases",
+        default=",".join(DATABASES),
+        help="comma separated: sqlite, postgresql (default: both)",
+    )
+    parser.add_argument(
+        "--pg-url",
+        default="postgresql://postgres@127.0.0.1:5432",
+        help="PostgreSQL server URL without database name; bench databases are created there",
+    )
+    parser.add_argument(
+        "--repeat",
+        type=int,
+        default=1,
+        help="time each side this many times (fresh databases) and keep the fastest",
+    )
+    parser.add_argument("--seed", type=int, default=20261123, help="random seed of the data")
+    parser.add_argument("--child", help=argparse.SUPPRESS)
+    parser.add_argument("--url", help=argparse.SUPPRESS)
+    parser.add_argument("--customers-file", type=Path, help=argparse.SUPPRESS)
+    parser.add_argument("--events-file", type=Path, help=argparse.SUPPRESS)
+    return parser
 
 
 def customer_id(n: int) -> str:
@@ -83,3 +115,20 @@ class Databases:
             while self.pg_created:
                 name = self.pg_created.pop()
                 conn.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+
+
+def print_verdict(
+    name: str, ratios: list[float], peaks: list[float], target: float, memory_mb: float, who: str
+) -> None:
+    """The closing lines: lowest ratio and highest peak against their targets, then RESULT."""
+    worst, peak = min(ratios), max(peaks)
+    print()
+    print(
+        f"events/s ratio (lowest): {worst:.3f}  target >= {target}: "
+        f"{'met' if worst >= target else 'NOT met'}"
+    )
+    print(
+        f"{who} peak RSS: {peak:.0f} MB  target < {memory_mb:.0f} MB: "
+        f"{'met' if peak < memory_mb else 'NOT met'}"
+    )
+    print(f"RESULT bench={name} ratio={worst:.3f} target=>={target}")
