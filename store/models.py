@@ -61,6 +61,10 @@ class CustomerRow(Base):
     row_hash: Mapped[str | None] = mapped_column(String(32))
     # A customer first seen through an event, before any profile row arrived.
     is_stub: Mapped[bool] = mapped_column(default=False)
+    # Bumped by every writer of what the rules read about this customer (profile, tags,
+    # lots, processed events), so a process may cache rule state across chunks and reload
+    # only the customers someone else changed.
+    state_version: Mapped[int] = mapped_column(BigInteger, default=0, server_default="0")
     created_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow)
     updated_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow)
 
@@ -272,3 +276,21 @@ class CouponRow(Base):
     event_id: Mapped[str | None] = mapped_column(String(200))
     created_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow)
     redeemed_at: Mapped[datetime | None] = mapped_column(UTCDateTime)
+
+
+class OutboxMessageRow(Base):
+    """The `outbox` channel: messages land here instead of leaving the machine (the
+    embedded default, so `make demo` sends somewhere visible)."""
+
+    __tablename__ = "outbox_messages"
+
+    id: Mapped[int] = mapped_column(BigId, primary_key=True, autoincrement=True)
+    dedupe_key: Mapped[str] = mapped_column(String(250), unique=True)
+    customer_id: Mapped[str | None] = mapped_column(String(200), index=True)
+    channel: Mapped[str] = mapped_column(String(32))
+    address: Mapped[str | None] = mapped_column(String(320))
+    subject: Mapped[str | None] = mapped_column(Text)
+    body_text: Mapped[str | None] = mapped_column(Text)
+    body_html: Mapped[str | None] = mapped_column(Text)
+    headers: Mapped[dict[str, Any]] = mapped_column(JSONDoc, default=dict)
+    created_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow)

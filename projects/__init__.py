@@ -1,0 +1,1 @@
+"""The rollout-project language: templates, plan arithmetic and health (pure logic)."""
