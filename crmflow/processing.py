@@ -18,6 +18,7 @@ from typing import Any
 
 from sqlalchemy import Connection, Engine, select, update
 
+from crmflow.state_cache import cache_for, new_state_version, prune
 from rules.compiler import CompiledPack
 from rules.effects import Outcome, apply_rules
 from rules.engine import RuleEngine, shared_engine
@@ -105,15 +106,24 @@ def process_chunk(
     since = min(e["occurred_at"] for e in ordered) - timedelta(days=HISTORY_DAYS)
     program = pack.program
     customer_ids = sorted({e["customer_id"] for e in ordered})
-    lock_customers(conn, customer_ids)
-    states = load_states(
-        conn,
-        customer_ids,
-        since,
-        purchase_event=program.purchase_event,
-        spend_property=program.spend_property,
-        follow_up_event=program.follow_up_event,
-    )
+    versions = lock_customers(conn, customer_ids)
+    cache = cache_for(conn.engine)
+    key = state_key(pack)
+    states = cache.take(key, versions)
+    for state in states.values():
+        prune(state, since)
+    missing = [cid for cid in customer_ids if cid not in states]
+    if missing:
+        states.update(
+            load_states(
+                conn,
+                missing,
+                since,
+                purchase_event=program.purchase_event,
+                spend_property=program.spend_property,
+                follow_up_event=program.follow_up_event,
+            )
+        )
     now = utcnow()
     # Claim the events before applying anything: the mark is only set where none is set, so
     # an event another process got to first shows up here, and the whole chunk is undone.
@@ -133,18 +143,39 @@ def process_chunk(
             report.fired_by_rule[name] = report.fired_by_rule.get(name, 0) + 1
         writer.add(e["customer_id"], e["event_id"], e["occurred_at"], outcome.changes)
     writer.write(conn, states)
+    version = new_state_version()
+    bump_state_versions(conn, customer_ids, version)
+    # Kept for the next chunk; if this transaction does not commit, the stored versions stay
+    # as they were and these entries never match.
+    cache.put(key, states, version)
     report.events = len(ordered)
     return report
 
 
-def lock_customers(conn: Connection, customer_ids: list[str]) -> None:
-    """Serialise chunks that touch the same customers (PostgreSQL row locks, in id order so
-    two chunks cannot deadlock). SQLite has one writer at a time already."""
-    if conn.dialect.name != "postgresql" or not customer_ids:
-        return
+def state_key(pack: CompiledPack) -> tuple[str, ...]:
+    """What kept rule states depend on: the rules version and the events the history reads."""
+    p = pack.program
+    return (pack.version, p.purchase_event, p.spend_property, p.follow_up_event)
+
+
+def lock_customers(conn: Connection, customer_ids: list[str]) -> dict[str, int]:
+    """The customers' state versions; on PostgreSQL also row locks that serialise chunks
+    touching the same customers (taken in id order, so two chunks cannot deadlock). SQLite
+    has one writer at a time already."""
     c = table_of(CustomerRow).c
+    versions: dict[str, int] = {}
     for where in where_in(conn, c.customer_id, customer_ids):
-        conn.execute(select(c.customer_id).where(where).order_by(c.customer_id).with_for_update())
+        stmt = select(c.customer_id, c.state_version).where(where)
+        if conn.dialect.name == "postgresql":
+            stmt = stmt.order_by(c.customer_id).with_for_update()
+        versions.update((cid, int(v)) for cid, v in conn.execute(stmt))
+    return versions
+
+
+def bump_state_versions(conn: Connection, customer_ids: list[str], version: int) -> None:
+    t = table_of(CustomerRow)
+    for where in where_in(conn, t.c.customer_id, customer_ids):
+        conn.execute(update(t).where(where).values(state_version=version))
 
 
 def mark_processed(conn: Connection, event_ids: list[str], now: datetime) -> int:

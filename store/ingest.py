@@ -95,6 +95,8 @@ def upsert_customers(conn: Connection, rows: list[dict[str, Any]], now: datetime
             "row_hash": exc.row_hash,
             "is_stub": False,
             "updated_at": exc.updated_at,
+            # the rules read these fields: processes caching rule state must reload them
+            "state_version": table.c.state_version + 1,
         },
         where=or_(table.c.row_hash.is_(None), table.c.row_hash != exc.row_hash),
     )

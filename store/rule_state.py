@@ -353,6 +353,8 @@ class ChunkWriter:
             ):
                 ids[str(key)] = lot_id
         for lot in final.values():
+            if lot.id is None:
+                lot.id = ids.get(lot.key)  # the state may be kept for the next chunk
             if lot.id is not None:
                 ids[lot.key] = lot.id
         # only lots loaded from the store that a debit drew on have a new `remaining`

@@ -303,3 +303,104 @@ def test_ledger_properties_and_replay(
     import_rows(engine, tmp_path / "e.jsonl", rows, chunk_size=3)
     assert profiles() == first
     _ = load_pack  # the compiled pack is cached per process and version
+
+
+def _comparable(state: Any) -> tuple[Any, ...]:
+    return (
+        state.customer_id,
+        state.tier,
+        state.lifecycle_stage,
+        state.owner,
+        state.consent,
+        state.attributes,
+        state.tags,
+        [(lot.key, lot.remaining, lot.earned_at, lot.expires_at, lot.id) for lot in state.lots],
+        sorted(state.purchases),
+        sorted(state.earnings),
+        state.last_follow_up_at,
+    )
+
+
+def test_rule_state_kept_across_chunks_equals_a_fresh_load(engine: Engine, tmp_path: Path) -> None:
+    from datetime import UTC, datetime, timedelta
+
+    from crmflow.state_cache import cache_for, prune
+    from store.rule_state import load_states
+
+    deploy_dir(engine, REPO / "examples/rules")
+    customers = [f"S{i}" for i in range(6)]
+    rows = []
+    for n in range(90):
+        kind = ["purchase", "purchase", "refund", "sales_follow_up"][n % 4]
+        day = datetime(2025, 1, 1, tzinfo=UTC) + timedelta(days=7 * n)  # spans 21 months
+        amount = float(50 + 37 * n % 900)
+        rows.append(event(n, customers[n * 7 % 6], kind, at=day.isoformat(), amount=amount))
+    import_rows(engine, tmp_path / "e.jsonl", rows, chunk_size=4)
+    cache = cache_for(engine)
+    with engine.connect() as conn:
+        pack = processing.active_pack(conn)
+        assert pack is not None
+        versions = processing.lock_customers(conn, customers)
+        program = pack.program
+        cached = cache.take(processing.state_key(pack), versions)
+        assert sorted(cached) == customers  # every one was kept, and still current
+        since = datetime(2026, 9, 1, tzinfo=UTC) - timedelta(days=366)
+        fresh = load_states(
+            conn,
+            customers,
+            since,
+            purchase_event=program.purchase_event,
+            spend_property=program.spend_property,
+            follow_up_event=program.follow_up_event,
+        )
+    for cid in customers:
+        prune(cached[cid], since)
+        assert _comparable(cached[cid]) == _comparable(fresh[cid])
+    assert any(s.lots for s in fresh.values()) and any(s.purchases for s in fresh.values())
+
+
+def test_a_change_from_outside_the_rules_is_seen_by_the_next_chunk(
+    engine: Engine, tmp_path: Path
+) -> None:
+    rules = rules_dir(
+        tmp_path,
+        """
+rules:
+  - name: vip-attribute
+    on: purchase
+    when: attributes.segment == "vip"
+    then: [{add_tag: vip}]
+""",
+    )
+    deploy_dir(engine, rules)
+    import_rows(engine, tmp_path / "c.jsonl", [{"customer_id": "V", "name": "V"}], "customers")
+    import_rows(engine, tmp_path / "e.jsonl", [event(1, "V", amount=10.0)])
+    assert tags_of(engine, "V") == set()  # its state is now kept by this process
+    import_rows(
+        engine,
+        tmp_path / "c.jsonl",
+        [{"customer_id": "V", "name": "V", "attributes": {"segment": "vip"}}],
+        "customers",
+    )
+    import_rows(engine, tmp_path / "e.jsonl", [event(2, "V", amount=10.0)])
+    assert tags_of(engine, "V") == {"vip"}
+
+
+def test_a_chunk_that_fails_after_changing_states_leaves_no_trace_in_the_kept_states(
+    engine: Engine, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    deploy_dir(engine, REPO / "examples/rules")
+    import_rows(engine, tmp_path / "e.jsonl", [event(1, "F", amount=100.0)])
+    from store.rule_state import ChunkWriter
+
+    def fail(*_a: Any, **_k: Any) -> None:
+        raise RuntimeError("disk full")
+
+    monkeypatch.setattr(ChunkWriter, "write", fail)
+    with pytest.raises(RuntimeError, match="disk full"):
+        import_rows(engine, tmp_path / "e.jsonl", [event(2, "F", amount=5000.0)])
+    monkeypatch.undo()
+    # the failed chunk's in-memory earn (5,000 points) must not be seen by the next one
+    import_rows(engine, tmp_path / "e.jsonl", [event(3, "F", amount=1.0)])
+    lots, ledger = points(engine, "F")
+    assert lots == ledger == 101.0
