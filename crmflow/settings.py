@@ -9,8 +9,9 @@ from __future__ import annotations
 import os
 from functools import lru_cache
 from pathlib import Path
+from typing import Literal
 
-from pydantic import Field, field_validator
+from pydantic import Field, SecretStr, field_validator
 from pydantic_settings import (
     BaseSettings,
     PydanticBaseSettingsSource,
@@ -49,6 +50,82 @@ class Settings(BaseSettings):
         "CN", description="ISO region for phone numbers written without a country code"
     )
     import_chunk_size: int = Field(5000, ge=1, le=100_000)
+
+    # Channels (activities/channels). The `outbox` table channel is always on; the others are
+    # built when their settings are present.
+    smtp_host: str | None = Field(
+        None, description="SMTP server host name; set it (and `mail_from`) to enable `email`"
+    )
+    smtp_port: int | None = Field(
+        None,
+        ge=1,
+        le=65535,
+        description="SMTP port; default 587 for starttls, 465 for ssl, 25 for none",
+    )
+    smtp_security: Literal["none", "starttls", "ssl"] = Field(
+        "starttls",
+        description="`starttls` (upgrade a plain connection), `ssl` (TLS from the first byte), "
+        "or `none` (plain text: only for a relay on a trusted network)",
+    )
+    smtp_username: str | None = Field(None, description="SMTP AUTH user; unset means no AUTH")
+    smtp_password: SecretStr | None = Field(None, description="SMTP AUTH password")
+    smtp_timeout_seconds: float = Field(
+        30.0, gt=0, description="Socket timeout for each SMTP connection and command"
+    )
+    smtp_ca_file: Path | None = Field(
+        None,
+        description="PEM file of CA certificates to trust for the SMTP server (a private CA); "
+        "default: the system trust store",
+    )
+    mail_from: str | None = Field(
+        None, description="From address of e-mail, e.g. `Club <news@example.com>`"
+    )
+    webhook_url: str | None = Field(
+        None, description="URL the `webhook` channel POSTs each message to (JSON)"
+    )
+    webhook_secret: SecretStr | None = Field(
+        None,
+        description="HMAC-SHA256 key signing webhook bodies (X-Crmflow-Signature); "
+        "required with `webhook_url`",
+    )
+    sms_url: str | None = Field(
+        None, description="URL of the SMS provider (or relay) the `sms` channel POSTs to"
+    )
+    sms_secret: SecretStr | None = Field(
+        None, description="HMAC key signing `sms` requests; required with `sms_url`"
+    )
+    wechat_url: str | None = Field(
+        None, description="URL of the WeChat relay the `wechat` channel POSTs to"
+    )
+    wechat_secret: SecretStr | None = Field(
+        None, description="HMAC key signing `wechat` requests; required with `wechat_url`"
+    )
+    channel_retry_attempts: int = Field(
+        3,
+        ge=1,
+        le=20,
+        description="HTTP attempts per send of the webhook-style channels before the send "
+        "fails as transient (Temporal then retries the activity)",
+    )
+    channel_retry_base_seconds: float = Field(
+        0.5,
+        ge=0,
+        le=60,
+        description="First back-off between HTTP attempts; doubles after each attempt",
+    )
+    channel_http_timeout_seconds: float = Field(
+        10.0, gt=0, description="Timeout of each HTTP request of the webhook-style channels"
+    )
+    public_base_url: str = Field(
+        "http://127.0.0.1:8080",
+        description="Public base URL of crmflow's HTTP API, used in unsubscribe links",
+    )
+    unsubscribe_secret: SecretStr = Field(
+        SecretStr("crmflow-embedded-unsubscribe-secret-change-me"),
+        description="HMAC key of unsubscribe tokens. The default only suits the embedded "
+        "stack: production MUST set its own long random value (anyone knowing the key can "
+        "unsubscribe any customer); changing it invalidates links already sent",
+    )
 
     @field_validator("default_phone_region")
     @classmethod
