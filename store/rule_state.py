@@ -328,9 +328,12 @@ class ChunkWriter:
         final: dict[str, Lot] = {
             lot.key: lot for cid in self.lots_touched for lot in states[cid].lots
         }
+        ids: dict[str, int] = {}
         if self.earns:
-            conn.execute(
-                table_of(PointsLotRow).insert(),
+            t = table_of(PointsLotRow)
+            # the new lots' ids come back from the insert itself (one round trip)
+            inserted = conn.execute(
+                t.insert().returning(t.c.lot_key, t.c.id),
                 [
                     {
                         "customer_id": e["customer_id"],
@@ -345,13 +348,7 @@ class ChunkWriter:
                     for e in self.earns
                 ],
             )
-        new_keys = [e["lot_key"] for e in self.earns]
-        ids: dict[str, int] = {}
-        for where in where_in(conn, PointsLotRow.lot_key, new_keys) if new_keys else []:
-            for key, lot_id in conn.execute(
-                select(PointsLotRow.lot_key, PointsLotRow.id).where(where)
-            ):
-                ids[str(key)] = lot_id
+            ids.update((str(key), lot_id) for key, lot_id in inserted)
         for lot in final.values():
             if lot.id is None:
                 lot.id = ids.get(lot.key)  # the state may be kept for the next chunk
