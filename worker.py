@@ -17,7 +17,7 @@ from sqlalchemy import Engine
 from temporalio.client import Client
 from temporalio.worker import Worker
 
-from activities.store_activities import StoreActivities
+from activities.registry import build_activities
 from crmflow.settings import Settings, get_settings
 from crmflow.temporal import connect, exit_skipping_finalizers
 from store.db import make_engine
@@ -33,7 +33,7 @@ def build_worker(
         client,
         task_queue=settings.task_queue,
         workflows=WORKFLOWS,
-        activities=StoreActivities(engine).all(),
+        activities=build_activities(engine, settings),
         activity_executor=executor,
         max_concurrent_activities=ACTIVITY_THREADS,
         graceful_shutdown_timeout=timedelta(seconds=30),
