@@ -82,7 +82,8 @@ def evaluate_event(
 ) -> tuple[dict[str, Any], Outcome]:
     """One event through the rules: facts, fired rules (in order), effects applied to state."""
     record_event(state, event, pack.program)
-    facts = build_facts(state, event, pack.program)
+    # explanations show every fact; evaluation computes only the ones the rules read
+    facts = build_facts(state, event, pack.program, None if explain else pack.needed_facts)
     fired = pack.ordered(engine.fired(pack, facts))
     # effects update `facts` as they apply (tier, stage, owner); keep the facts the rules saw
     seen = dict(facts) if explain else facts

@@ -16,7 +16,20 @@ import math
 from dataclasses import dataclass, field
 from typing import Any
 
-from rules.models import All, AnyOf, Compare, Not, Program, Rule
+from rules.expressions import parse_expression
+from rules.facts import TIER_METRIC_FACTS
+from rules.models import (
+    All,
+    AnyOf,
+    AwardPoints,
+    Compare,
+    DeductPoints,
+    DowngradeTier,
+    Not,
+    Program,
+    Rule,
+    UpgradeTier,
+)
 
 MAX_RULES_PER_RULESET = 400  # durable_rules fails above ~500 rules in one ruleset
 ALWAYS = "_"  # present with value 1 in every message
@@ -168,27 +181,62 @@ class CompiledPack:
     rules: list[CompiledRule]
     keys: Keys
     rulesets: dict[str, list[CompiledRule]]  # ruleset name -> its rules
+    # every fact a condition or an effect of this version reads (see `needed_facts`)
+    needed_facts: frozenset[str] = frozenset()
+    # message plans, derived from `keys` (see __post_init__)
+    _value_plan: list[tuple[str, ValueType, str, str | None]] = field(init=False, repr=False)
+    _presence_only: list[tuple[tuple[str, ValueType], str]] = field(init=False, repr=False)
 
     def message(self, facts: dict[str, Any]) -> dict[str, Any]:
         """The flat durable_rules message for a facts dict (without sid / id)."""
         msg: dict[str, Any] = {ALWAYS: 1}
-        for (fact, typ), key in self.keys.value.items():
-            v = facts.get(fact)
-            if value_type(v) == typ:
-                msg[key] = encode(v)
-        for (fact, typ), key in self.keys.typed_presence.items():
-            msg[key] = 1 if value_type(facts.get(fact)) == typ else 0
+        get = facts.get
+        # the same as value_type(v) == typ and encode(v), inlined: this runs for every event
+        for fact, typ, key, presence_key in self._value_plan:
+            v = get(fact)
+            t = type(v)
+            if t is bool:
+                ok = typ == "boolean"
+                if ok:
+                    msg[key] = int(v)  # type: ignore[arg-type]
+            elif t is int:
+                ok = typ == "number"
+                if ok:
+                    msg[key] = v
+            elif t is float:
+                ok = typ == "number" and math.isfinite(v)  # type: ignore[arg-type]
+                if ok:
+                    msg[key] = encode(v)
+            elif t is str:
+                ok = typ == "string"
+                if ok:
+                    msg[key] = v
+            else:
+                ok = value_type(v) == typ  # subclasses of the plain types
+                if ok:
+                    msg[key] = encode(v)
+            if presence_key is not None:
+                msg[presence_key] = 1 if ok else 0
+        for (fact, typ), key in self._presence_only:
+            msg[key] = 1 if value_type(get(fact)) == typ else 0
         for fact, key in self.keys.presence.items():
-            v = facts.get(fact)
+            v = get(fact)
             msg[key] = 0 if v is None or (isinstance(v, float) and not math.isfinite(v)) else 1
         for (fact, item), key in self.keys.member.items():
-            container = facts.get(fact)
+            container = get(fact)
             msg[key] = (
                 1
                 if isinstance(container, set | frozenset | list | tuple) and item in container
                 else 0
             )
         return msg
+
+    def __post_init__(self) -> None:
+        typed = self.keys.typed_presence
+        self._value_plan = [
+            (fact, typ, key, typed.get((fact, typ))) for (fact, typ), key in self.keys.value.items()
+        ]
+        self._presence_only = [(ft, key) for ft, key in typed.items() if ft not in self.keys.value]
 
     def ordered(self, indexes: set[int]) -> list[CompiledRule]:
         """Fired rules in the order their effects apply: priority (high first), then load order."""
@@ -226,4 +274,25 @@ def compile_pack(version: str, program: Program, rules: list[tuple[str, Rule]]) 
         rulesets[f"crmflow_{version}_{n // MAX_RULES_PER_RULESET}"] = compiled[
             n : n + MAX_RULES_PER_RULESET
         ]
-    return CompiledPack(version, program, compiled, keys, rulesets)
+    needed = needed_facts([c.rule for c in compiled], [c.facts for c in compiled])
+    return CompiledPack(version, program, compiled, keys, rulesets, needed)
+
+
+def needed_facts(rules: list[Rule], condition_facts: list[list[str]]) -> frozenset[str]:
+    """The facts that the rules' conditions and effects read: amount expressions, and the
+    qualifying metrics when a tier moves to where the customer qualifies."""
+    names: set[str] = {f for facts in condition_facts for f in facts}
+    for rule in rules:
+        for eff in rule.then:
+            amount: float | str | None = None
+            if isinstance(eff, AwardPoints):
+                amount = eff.award_points.amount
+            elif isinstance(eff, DeductPoints):
+                amount = eff.deduct_points.amount
+            if isinstance(amount, str):
+                names.update(parse_expression(amount)[1])
+            if (isinstance(eff, UpgradeTier) and eff.upgrade_tier == "qualified") or (
+                isinstance(eff, DowngradeTier) and eff.downgrade_tier == "qualified"
+            ):
+                names.update(TIER_METRIC_FACTS)
+    return frozenset(names)

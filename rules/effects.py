@@ -24,7 +24,7 @@ from zoneinfo import ZoneInfo
 
 from rules.compiler import CompiledPack, CompiledRule
 from rules.expressions import Evaluator, parse_expression
-from rules.facts import EventFacts, Lot, ProfileState
+from rules.facts import EventFacts, Lot, ProfileState, zone
 from rules.models import (
     AddTag,
     AssignOwner,
@@ -82,24 +82,22 @@ def lot_expiry(program: Program, earned_at: datetime, tz: str) -> datetime | Non
         return None
     if not isinstance(policy, PeriodEndExpiry):
         return earned_at + timedelta(days=policy.days)
-    try:
-        zone = ZoneInfo(tz)
-    except (KeyError, ValueError):
-        zone = ZoneInfo("UTC")
-    local = earned_at.astimezone(zone)
+    local_zone = zone(tz) or ZoneInfo("UTC")
+    local = earned_at.astimezone(local_zone)
     months = {"month": 1, "quarter": 3, "year": 12}[policy.period]
     start_month = (local.month - 1) // months * months  # 0-based start of the current period
     end_index = local.year * 12 + start_month + months * policy.periods
     year, month = divmod(end_index, 12)
-    return datetime(year, month + 1, 1, tzinfo=zone).astimezone(UTC)
+    return datetime(year, month + 1, 1, tzinfo=local_zone).astimezone(UTC)
 
 
-def _local_day(at: datetime, tz: str) -> tuple[int, int, int]:
-    try:
-        local = at.astimezone(ZoneInfo(tz))
-    except (KeyError, ValueError):
-        local = at
-    return (local.year, local.month, local.day)
+def _local_day_bounds(at: datetime, tz: str) -> tuple[datetime, datetime]:
+    """The start and end (exclusive) of the customer's local calendar day holding `at`."""
+    zone_info = zone(tz) or UTC
+    local = at.astimezone(zone_info)
+    start = datetime(local.year, local.month, local.day, tzinfo=zone_info)
+    end = start.date() + timedelta(days=1)
+    return start, datetime(end.year, end.month, end.day, tzinfo=zone_info)
 
 
 def qualified_tier(program: Program, facts: dict[str, Any]) -> str:
@@ -179,10 +177,8 @@ class _Planner:
             points, capped = cap, "per_event_cap"
         daily = self.program.points.daily_cap
         if daily is not None:
-            today = _local_day(self.at, self.state.timezone)
-            earned_today = sum(
-                a for t, a in self.state.earnings if _local_day(t, self.state.timezone) == today
-            )
+            start, end = _local_day_bounds(self.at, self.state.timezone)
+            earned_today = sum(a for t, a in self.state.earnings if start <= t < end)
             if earned_today + points > daily:
                 points, capped = max(daily - earned_today, 0.0), "daily_cap"
         if points <= 0:

@@ -11,6 +11,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from datetime import date, datetime, timedelta
 from decimal import Decimal
+from functools import lru_cache
 from typing import Any, Literal
 from zoneinfo import ZoneInfo
 
@@ -130,19 +131,32 @@ def _days(delta: timedelta) -> float:
     return round(delta.total_seconds() / 86400, 4)
 
 
+@lru_cache(maxsize=1024)
+def zone(name: str) -> ZoneInfo | None:
+    """The time zone called `name`, or None when there is no such zone."""
+    try:
+        return ZoneInfo(name)
+    except (KeyError, ValueError):
+        return None
+
+
+@lru_cache(maxsize=65536)
+def _month_of(raw: str) -> int | None:
+    try:
+        return date.fromisoformat(raw[:10]).month
+    except ValueError:
+        return None
+
+
 def _birthday_month(state: ProfileState, at: datetime) -> bool | None:
     raw = state.attributes.get("birthday")
     if not isinstance(raw, str):
         return None
-    try:
-        born = date.fromisoformat(raw[:10])
-    except ValueError:
+    month = _month_of(raw)
+    if month is None:
         return None
-    try:
-        local = at.astimezone(ZoneInfo(state.timezone))
-    except (KeyError, ValueError):
-        local = at
-    return born.month == local.month
+    tz = zone(state.timezone)
+    return month == (at.astimezone(tz) if tz else at).month
 
 
 def _fits(value: Any, kind: str) -> bool:
@@ -169,9 +183,29 @@ def record_event(state: ProfileState, event: EventFacts, program: Program) -> No
         state.last_follow_up_at = event.occurred_at
 
 
-def build_facts(state: ProfileState, event: EventFacts, program: Program) -> dict[str, Any]:
-    """Every fact for this customer at the event's time; a missing fact is left out."""
+_WINDOW_KEYS = [(d, f"spend_{d}d", f"purchases_{d}d") for d in WINDOWS]
+_WINDOW_FACTS = frozenset(f"{kind}_{d}d" for kind in ("spend", "purchases") for d in WINDOWS)
+_GAP_FACTS = frozenset(
+    {"days_since_last_purchase", "avg_days_between_purchases", "purchase_gap_ratio"}
+)
+# what `rules.effects.qualified_tier` reads
+TIER_METRIC_FACTS = frozenset({*(f"spend_{d}d" for d in WINDOWS), "points_earned_365d"})
+_FOLLOW_UP_FACTS = frozenset({"days_since_last_follow_up", "hours_since_last_follow_up"})
+
+
+def build_facts(
+    state: ProfileState,
+    event: EventFacts,
+    program: Program,
+    needed: frozenset[str] | None = None,
+) -> dict[str, Any]:
+    """The facts for this customer at the event's time; a missing fact is left out.
+
+    With `needed` (the facts a rules version reads, `CompiledPack.needed_facts`), facts
+    outside it may be left out too: the ones that walk the history are not computed."""
     at = event.occurred_at
+    every = needed is None
+    want = needed or frozenset()
     facts: dict[str, Any] = {"event.type": event.type}
     for key, kind in program.event_properties.items():
         value = event.properties.get(key)
@@ -182,35 +216,48 @@ def build_facts(state: ProfileState, event: EventFacts, program: Program) -> dic
     if state.tier is not None:
         facts["tier"] = state.tier
     facts["tier_rank"] = tier_def.rank if tier_def else 0
-    facts["points_balance"] = float(state.balance(at))
-    facts["tags"] = state.live_tags(at)
+    if every or "points_balance" in want:
+        facts["points_balance"] = float(state.balance(at))
+    if every or "tags" in want:
+        facts["tags"] = state.live_tags(at)
     facts["lifecycle_stage"] = state.lifecycle_stage
     if state.owner:
         facts["owner"] = state.owner
     facts["has_owner"] = bool(state.owner)
-    past = [(t, a) for t, a in state.purchases if t <= at]
-    for d in WINDOWS:
-        since = at - timedelta(days=d)
-        window = [a for t, a in past if t > since]
-        facts[f"spend_{d}d"] = round(sum(window), 2)
-        facts[f"purchases_{d}d"] = len(window)
     year_ago = at - timedelta(days=365)
-    facts["points_earned_365d"] = round(sum(a for t, a in state.earnings if year_ago < t <= at), 2)
-    if past:
-        facts["days_since_last_purchase"] = _days(at - past[-1][0])
-        recent = [t for t, _ in past if t > year_ago]
-        if len(recent) >= 2:
-            usual = _days(recent[-1] - recent[0]) / (len(recent) - 1)
-            facts["avg_days_between_purchases"] = round(usual, 4)
-            if usual > 0:
-                facts["purchase_gap_ratio"] = round(facts["days_since_last_purchase"] / usual, 4)
-    since_follow_up = at - (state.last_follow_up_at or state.created_at)
-    facts["days_since_last_follow_up"] = _days(since_follow_up)
-    facts["hours_since_last_follow_up"] = round(since_follow_up.total_seconds() / 3600, 3)
-    facts["days_since_created"] = _days(at - state.created_at)
-    birthday = _birthday_month(state, at)
-    if birthday is not None:
-        facts["birthday_month"] = birthday
+    if every or not want.isdisjoint(_WINDOW_FACTS) or not want.isdisjoint(_GAP_FACTS):
+        past = [(t, a) for t, a in state.purchases if t <= at]
+        for d, spend_key, count_key in _WINDOW_KEYS:
+            since = at - timedelta(days=d)
+            spend, count = 0.0, 0
+            for t, a in past:
+                if t > since:
+                    spend += a
+                    count += 1
+            facts[spend_key] = round(spend, 2)
+            facts[count_key] = count
+        if past:
+            facts["days_since_last_purchase"] = _days(at - past[-1][0])
+            recent = [t for t, _ in past if t > year_ago]
+            if len(recent) >= 2:
+                usual = _days(recent[-1] - recent[0]) / (len(recent) - 1)
+                facts["avg_days_between_purchases"] = round(usual, 4)
+                if usual > 0:
+                    ratio = facts["days_since_last_purchase"] / usual
+                    facts["purchase_gap_ratio"] = round(ratio, 4)
+    if every or "points_earned_365d" in want:
+        earned = sum(a for t, a in state.earnings if year_ago < t <= at)
+        facts["points_earned_365d"] = round(earned, 2)
+    if every or not want.isdisjoint(_FOLLOW_UP_FACTS):
+        since_follow_up = at - (state.last_follow_up_at or state.created_at)
+        facts["days_since_last_follow_up"] = _days(since_follow_up)
+        facts["hours_since_last_follow_up"] = round(since_follow_up.total_seconds() / 3600, 3)
+    if every or "days_since_created" in want:
+        facts["days_since_created"] = _days(at - state.created_at)
+    if every or "birthday_month" in want:
+        birthday = _birthday_month(state, at)
+        if birthday is not None:
+            facts["birthday_month"] = birthday
     for channel, given in state.consent.items():
         facts[f"consent.{channel}"] = bool(given)
     for name, value in state.attributes.items():

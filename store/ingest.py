@@ -12,8 +12,9 @@ from typing import Any
 
 from sqlalchemy import Connection, or_, select
 
+from store.bulk import insert_rows
 from store.models import CustomerRow, EventRow
-from store.sql import insert_for, where_in
+from store.sql import insert_for, table_of, where_in
 
 _CUSTOMER_FIELDS = ("name", "email", "phone", "locale", "consent", "owner", "attributes")
 
@@ -150,11 +151,9 @@ def append_events(
     if not new:
         return counts, []
     ensure_customers(conn, {r["customer_id"] for r in new}, now)
-    stmt = insert_for(conn, EventRow.__table__).on_conflict_do_nothing(  # type: ignore[arg-type]
-        index_elements=["event_id"]
-    )
-    conn.execute(
-        stmt,
+    insert_rows(
+        conn,
+        table_of(EventRow),
         [
             {
                 "event_id": r["event_id"],
@@ -166,6 +165,7 @@ def append_events(
             }
             for r in new
         ],
+        ignore_conflicts_on="event_id",
     )
     counts.inserted = len(new)
     return counts, new

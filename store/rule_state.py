@@ -18,6 +18,7 @@ from sqlalchemy import Connection, bindparam, delete, func, select, update
 
 from rules.effects import Change
 from rules.facts import Lot, ProfileState
+from store.bulk import insert_rows
 from store.models import (
     AuditRow,
     CouponRow,
@@ -252,8 +253,7 @@ class ChunkWriter:
             (AuditRow, self.audit),
         ]
         for model, rows in plain:
-            if rows:
-                conn.execute(table_of(model).insert(), rows)
+            insert_rows(conn, table_of(model), rows)
         keyed: list[tuple[Any, list[dict[str, Any]], str]] = [
             (JourneyCommandRow, self.outbox, "dedupe_key"),
             (CouponRow, self.coupons, "code"),
@@ -328,74 +328,73 @@ class ChunkWriter:
         final: dict[str, Lot] = {
             lot.key: lot for cid in self.lots_touched for lot in states[cid].lots
         }
-        ids: dict[str, int] = {}
-        if self.earns:
-            t = table_of(PointsLotRow)
-            # the new lots' ids come back from the insert itself (one round trip)
-            inserted = conn.execute(
-                t.insert().returning(t.c.lot_key, t.c.id),
-                [
-                    {
-                        "customer_id": e["customer_id"],
-                        "earned": e["points"],
-                        "remaining": final[e["lot_key"]].remaining,
-                        "earned_at": e["at"],
-                        "expires_at": e["expires_at"],
-                        "source": e["reason"][:200],
-                        "event_id": e["event_id"],
-                        "lot_key": e["lot_key"],
-                    }
-                    for e in self.earns
-                ],
-            )
-            ids.update((str(key), lot_id) for key, lot_id in inserted)
-        for lot in final.values():
-            if lot.id is None:
-                lot.id = ids.get(lot.key)  # the state may be kept for the next chunk
-            if lot.id is not None:
-                ids[lot.key] = lot.id
-        # only lots loaded from the store that a debit drew on have a new `remaining`
-        debited = {d["lot_key"] for d in self.debits}
-        changed = [
-            {"lid": lot.id, "remaining": lot.remaining}
-            for lot in final.values()
-            if lot.id is not None and lot.key in debited
-        ]
-        if changed:
-            t = table_of(PointsLotRow)
-            conn.execute(
-                update(t)
-                .where(t.c.id == bindparam("lid"))
-                .values(remaining=bindparam("remaining")),
-                changed,
-            )
-        ledger = [
-            {
-                "customer_id": e["customer_id"],
-                "lot_id": ids[e["lot_key"]],
-                "kind": "earn",
-                "amount": e["points"],
-                "at": e["at"],
-                "event_id": e["event_id"],
-                "reason": e["reason"],
-                "dedupe_key": f"earn:{e['lot_key']}",
-            }
-            for e in self.earns
-        ] + [
-            {
-                "customer_id": d["customer_id"],
-                "lot_id": ids.get(d["lot_key"]),
-                "kind": "debit",
-                "amount": d["amount"],
-                "at": d["at"],
-                "event_id": d["event_id"],
-                "reason": d["reason"],
-                "dedupe_key": d["dedupe_key"],
-            }
-            for d in self.debits
-        ]
-        if ledger:
-            conn.execute(table_of(PointsLedgerRow).insert(), ledger)
+        lots = table_of(PointsLotRow)
+        insert_rows(
+            conn,
+            lots,
+            [
+                {
+                    "customer_id": e["customer_id"],
+                    "earned": e["points"],
+                    "remaining": final[e["lot_key"]].remaining,
+                    "earned_at": e["at"],
+                    "expires_at": e["expires_at"],
+                    "source": e["reason"][:200],
+                    "event_id": e["event_id"],
+                    "lot_key": e["lot_key"],
+                }
+                for e in self.earns
+            ],
+        )
+        # an earn entry finds its new lot by the lot's (unique) key, in the same statement
+        insert_rows(
+            conn,
+            table_of(PointsLedgerRow),
+            [
+                {
+                    "customer_id": e["customer_id"],
+                    "lot_id": e["lot_key"],
+                    "kind": "earn",
+                    "amount": e["points"],
+                    "at": e["at"],
+                    "event_id": e["event_id"],
+                    "reason": e["reason"],
+                    "dedupe_key": f"earn:{e['lot_key']}",
+                }
+                for e in self.earns
+            ],
+            lookups={"lot_id": "(SELECT id FROM points_lots WHERE lot_key = {})"},
+        )
+        if not self.debits:
+            return
+        # Debits are rare: the lots they drew on get their new `remaining` by id; a lot
+        # earned by an earlier chunk of this process does not know its id yet.
+        debited = [final[k] for k in dict.fromkeys(d["lot_key"] for d in self.debits)]
+        unknown = [lot.key for lot in debited if lot.id is None]
+        for where in where_in(conn, lots.c.lot_key, unknown) if unknown else []:
+            for key, lot_id in conn.execute(select(lots.c.lot_key, lots.c.id).where(where)):
+                final[str(key)].id = lot_id
+        conn.execute(
+            update(lots).where(lots.c.id == bindparam("lid")).values(remaining=bindparam("left")),
+            [{"lid": lot.id, "left": lot.remaining} for lot in debited],
+        )
+        insert_rows(
+            conn,
+            table_of(PointsLedgerRow),
+            [
+                {
+                    "customer_id": d["customer_id"],
+                    "lot_id": final[d["lot_key"]].id,
+                    "kind": "debit",
+                    "amount": d["amount"],
+                    "at": d["at"],
+                    "event_id": d["event_id"],
+                    "reason": d["reason"],
+                    "dedupe_key": d["dedupe_key"],
+                }
+                for d in self.debits
+            ],
+        )
 
 
 def _jsonable(detail: dict[str, Any]) -> dict[str, Any]:

@@ -314,7 +314,7 @@ def _comparable(state: Any) -> tuple[Any, ...]:
         state.consent,
         state.attributes,
         state.tags,
-        [(lot.key, lot.remaining, lot.earned_at, lot.expires_at, lot.id) for lot in state.lots],
+        [(lot.key, lot.remaining, lot.earned_at, lot.expires_at) for lot in state.lots],
         sorted(state.purchases),
         sorted(state.earnings),
         state.last_follow_up_at,
@@ -356,6 +356,9 @@ def test_rule_state_kept_across_chunks_equals_a_fresh_load(engine: Engine, tmp_p
     for cid in customers:
         prune(cached[cid], since)
         assert _comparable(cached[cid]) == _comparable(fresh[cid])
+        # a kept lot may not know its id yet (it was inserted in bulk); a known one is right
+        ids = {lot.key: lot.id for lot in fresh[cid].lots}
+        assert all(lot.id in (None, ids[lot.key]) for lot in cached[cid].lots)
     assert any(s.lots for s in fresh.values()) and any(s.purchases for s in fresh.values())
 
 

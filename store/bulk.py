@@ -1,0 +1,104 @@
+"""Bulk inserts through the driver, for the hot batch paths (events, ledger, audit trail).
+
+SQLAlchemy's executemany binds every value of every row through the column types'
+processors one by one (a `UTCDateTime` alone is three calls per value); at hundreds of
+thousands of rows per import that was a quarter of the write time. `insert_rows` converts
+each column once per row with a converter chosen per column type and hands plain tuples to
+the driver's `executemany` (`psycopg` pipelines it). The stored values are the ones the ORM
+writes — a test compares both, byte for byte on SQLite.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Callable, Sequence
+from datetime import UTC, datetime
+from decimal import Decimal
+from typing import Any
+
+from psycopg.types.json import Jsonb
+from sqlalchemy import JSON, Boolean, Connection, Numeric, Table
+
+from store.db import UTCDateTime
+
+Converter = Callable[[Any], Any]
+
+
+def _sqlite_time(v: datetime | None) -> str | None:
+    if v is None:
+        return None
+    if v.tzinfo is None:
+        raise ValueError("naive datetime given to a UTC column")
+    # SQLAlchemy's SQLite DATETIME storage format: always six digits of microseconds
+    return v.astimezone(UTC).replace(tzinfo=None).isoformat(" ", "microseconds")
+
+
+def _pg_time(v: datetime | None) -> datetime | None:
+    if v is not None and v.tzinfo is None:
+        raise ValueError("naive datetime given to a UTC column")
+    return v
+
+
+def _sqlite_json(v: Any) -> str | None:
+    return None if v is None else json.dumps(v)
+
+
+def _pg_json(v: Any) -> Jsonb | None:
+    return None if v is None else Jsonb(v)
+
+
+def _sqlite_number(v: Decimal | float | None) -> float | None:
+    return None if v is None else float(v)
+
+
+def _sqlite_bool(v: bool | None) -> int | None:
+    return None if v is None else int(v)
+
+
+def _converter(column_type: Any, dialect: str) -> Converter | None:
+    sqlite = dialect == "sqlite"
+    if isinstance(column_type, UTCDateTime):
+        return _sqlite_time if sqlite else _pg_time
+    if isinstance(column_type, JSON):
+        # JSONDoc: JSON text on SQLite, JSONB on PostgreSQL
+        return _sqlite_json if sqlite else _pg_json
+    if isinstance(column_type, Boolean):
+        return _sqlite_bool if sqlite else None
+    if isinstance(column_type, Numeric) and sqlite:
+        return _sqlite_number
+    return None
+
+
+def insert_rows(
+    conn: Connection,
+    table: Table,
+    rows: Sequence[dict[str, Any]],
+    *,
+    ignore_conflicts_on: str | None = None,
+    lookups: dict[str, str] | None = None,
+) -> None:
+    """INSERT `rows` (dicts with the same keys, column names) into `table` in one
+    executemany; with `ignore_conflicts_on`, a row clashing on that unique column is
+    skipped (ON CONFLICT DO NOTHING, on both databases). `lookups` maps a column to an SQL
+    expression whose `{}` takes the row's value for it, e.g. a scalar subquery that finds
+    an id by a unique key."""
+    if not rows:
+        return
+    dialect = conn.dialect.name
+    if dialect not in ("sqlite", "postgresql"):
+        raise RuntimeError(f"unsupported database {dialect!r}: use SQLite or PostgreSQL")
+    names = list(rows[0])
+    lookups = lookups or {}
+    converters = [
+        None if name in lookups else _converter(table.c[name].type, dialect) for name in names
+    ]
+    mark = "?" if dialect == "sqlite" else "%s"
+    values = [lookups[name].format(mark) if name in lookups else mark for name in names]
+    sql = f"INSERT INTO {table.name} ({', '.join(names)}) VALUES ({', '.join(values)})"
+    if ignore_conflicts_on:
+        sql += f" ON CONFLICT ({ignore_conflicts_on}) DO NOTHING"
+    plan = list(zip(names, converters, strict=True))
+    params = [
+        tuple(row[name] if conv is None else conv(row[name]) for name, conv in plan) for row in rows
+    ]
+    conn.exec_driver_sql(sql, params)
