@@ -14,16 +14,17 @@ import json
 import time
 from collections.abc import Callable, Iterator
 from dataclasses import asdict, dataclass, field
+from datetime import datetime
 from pathlib import Path
 from typing import Any, Literal
 
 from pydantic import BaseModel, ValidationError
-from sqlalchemy import Engine
+from sqlalchemy import Connection, Engine
 
 from crmflow.formats import Customer, Event, describe_errors
 from crmflow.processing import active_pack, process_chunk
 from store.db import utcnow
-from store.ingest import WriteCounts, append_events, upsert_customers
+from store.ingest import WriteCounts, insert_events, new_events, upsert_customers
 
 Kind = Literal["customers", "events"]
 MAX_REPORTED = 20
@@ -160,16 +161,24 @@ def import_file(
             if kind == "customers":
                 totals.add(upsert_customers(conn, batch, now))
             else:
-                counts, new = append_events(conn, batch, now)
-                totals.add(counts)
                 pack = active_pack(conn) if process else None
+                counts, new = new_events(conn, batch, now)
                 if pack is None:
+                    counts.inserted = insert_events(conn, new, now) if new else 0
                     report.unprocessed += len(new)
                 else:
-                    done = process_chunk(conn, pack, new)
+
+                    def store_marked(c: Connection, _ids: list[str], at: datetime) -> int:
+                        # the chunk's events are stored already marked, after the rules
+                        # state is loaded (so the history does not count them twice)
+                        counts.inserted = insert_events(c, new, now, processed_at=at)
+                        return counts.inserted
+
+                    done = process_chunk(conn, pack, new, claim=store_marked)
                     report.processed += done.events
                     report.rules_fired += done.rules_fired
                     report.rules_version = pack.version
+                totals.add(counts)
         batch.clear()
 
     try:

@@ -12,6 +12,7 @@ so an event is never applied twice.
 from __future__ import annotations
 
 import threading
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 from typing import Any
@@ -31,6 +32,9 @@ from store.rule_versions import active_source
 from store.sql import table_of, where_in
 
 HISTORY_DAYS = 366  # the longest window a fact looks back over, plus a day
+
+
+Claim = Callable[[Connection, list[str], datetime], int]
 
 
 class ConcurrentProcessing(RuntimeError):
@@ -95,9 +99,15 @@ def process_chunk(
     pack: CompiledPack,
     events: list[dict[str, Any]],
     engine: RuleEngine | None = None,
+    *,
+    claim: Claim | None = None,
 ) -> ProcessReport:
     """Apply the rules to `events` (dicts with event_id, customer_id, type, occurred_at,
-    properties) inside the caller's transaction, and mark them processed."""
+    properties) inside the caller's transaction, and mark them processed.
+
+    `claim(conn, event_ids, now)` marks the events and returns how many it marked; by
+    default `mark_processed` (stored events not marked yet). An import passes one that
+    stores the new events already marked."""
     report = ProcessReport(version=pack.version)
     if not events:
         return report
@@ -128,7 +138,7 @@ def process_chunk(
     now = utcnow()
     # Claim the events before applying anything: the mark is only set where none is set, so
     # an event another process got to first shows up here, and the whole chunk is undone.
-    marked = mark_processed(conn, [e["event_id"] for e in ordered], now)
+    marked = (claim or mark_processed)(conn, [e["event_id"] for e in ordered], now)
     if marked != len(ordered):
         raise ConcurrentProcessing(
             f"{len(ordered) - marked} of {len(ordered)} events were processed meanwhile"

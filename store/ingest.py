@@ -134,13 +134,11 @@ def ensure_customers(conn: Connection, customer_ids: set[str], now: datetime) ->
     return len(missing)
 
 
-def append_events(
+def new_events(
     conn: Connection, rows: list[dict[str, Any]], now: datetime
 ) -> tuple[WriteCounts, list[dict[str, Any]]]:
-    """Append events not seen before (by `event_id`); a repeat is counted as unchanged.
-
-    Returns the counts and the rows that were new.
-    """
+    """The rows whose `event_id` is not stored yet (first of each id); repeats are counted
+    as unchanged. Creates stub customers for unknown customer ids."""
     first: dict[str, dict[str, Any]] = {}
     for r in rows:
         first.setdefault(r["event_id"], r)
@@ -148,10 +146,22 @@ def append_events(
     stored = _existing(conn, EventRow.event_id, list(first))
     new = [r for eid, r in first.items() if eid not in stored]
     counts.unchanged += len(first) - len(new)
-    if not new:
-        return counts, []
-    ensure_customers(conn, {r["customer_id"] for r in new}, now)
-    insert_rows(
+    if new:
+        ensure_customers(conn, {r["customer_id"] for r in new}, now)
+    return counts, new
+
+
+def insert_events(
+    conn: Connection,
+    rows: list[dict[str, Any]],
+    now: datetime,
+    *,
+    processed_at: datetime | None = None,
+) -> int:
+    """Store `rows` (from `new_events`); return how many the database took — fewer only
+    when another import stored some of them meanwhile. `processed_at` stores them already
+    marked, for a caller that processes them in the same transaction."""
+    return insert_rows(
         conn,
         table_of(EventRow),
         [
@@ -162,10 +172,19 @@ def append_events(
                 "occurred_at": r["occurred_at"],
                 "received_at": now,
                 "properties": r.get("properties") or {},
+                "processed_at": processed_at,
             }
-            for r in new
+            for r in rows
         ],
         ignore_conflicts_on="event_id",
     )
-    counts.inserted = len(new)
+
+
+def append_events(
+    conn: Connection, rows: list[dict[str, Any]], now: datetime
+) -> tuple[WriteCounts, list[dict[str, Any]]]:
+    """Append events not seen before (by `event_id`), unprocessed; return the counts and
+    the rows that were new."""
+    counts, new = new_events(conn, rows, now)
+    counts.inserted = insert_events(conn, new, now) if new else 0
     return counts, new

@@ -68,7 +68,7 @@ def test_a_crash_mid_chunk_leaves_nothing_and_a_retry_applies_once(
     def crash(*_a: Any, **_k: Any) -> int:
         raise RuntimeError("worker killed")
 
-    monkeypatch.setattr(processing, "mark_processed", crash)
+    monkeypatch.setattr(processing, "bump_state_versions", crash)  # after every write
     with pytest.raises(RuntimeError, match="worker killed"):
         import_rows(engine, tmp_path / "e.jsonl", rows)
     assert count(engine, EventRow) == 0  # event and effects share the transaction
@@ -407,3 +407,24 @@ def test_a_chunk_that_fails_after_changing_states_leaves_no_trace_in_the_kept_st
     import_rows(engine, tmp_path / "e.jsonl", [event(3, "F", amount=1.0)])
     lots, ledger = points(engine, "F")
     assert lots == ledger == 101.0
+
+
+def test_an_event_another_import_stored_meanwhile_undoes_the_chunk(
+    engine: Engine, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import crmflow.ingest as ingest
+    from store.ingest import WriteCounts
+
+    deploy_dir(engine, REPO / "examples/rules")
+    import_rows(engine, tmp_path / "e.jsonl", [event(1, "R", amount=100.0)])
+
+    def blind(_conn: Any, rows: list[dict[str, Any]], _now: Any) -> Any:
+        return WriteCounts(), list(rows)  # as if e1 had arrived after the look-up
+
+    monkeypatch.setattr(ingest, "new_events", blind)
+    with pytest.raises(ConcurrentProcessing, match="1 of 2"):
+        import_rows(
+            engine, tmp_path / "e.jsonl", [event(1, "R", amount=100.0), event(2, "R", amount=7.0)]
+        )
+    assert count(engine, EventRow) == 1  # e2 went with the undone chunk
+    assert points(engine, "R") == (100.0, 100.0)
