@@ -29,10 +29,28 @@ Converter = Callable[[Any], Any]
 def _sqlite_time(v: datetime | None) -> str | None:
     if v is None:
         return None
-    if v.tzinfo is None:
-        raise ValueError("naive datetime given to a UTC column")
-    # SQLAlchemy's SQLite DATETIME storage format: always six digits of microseconds
-    return v.astimezone(UTC).replace(tzinfo=None).isoformat(" ", "microseconds")
+    if v.tzinfo is not UTC:
+        if v.tzinfo is None:
+            raise ValueError("naive datetime given to a UTC column")
+        v = v.astimezone(UTC)
+    # SQLAlchemy's SQLite DATETIME storage format: always six digits of microseconds, and
+    # no offset (the first 26 characters of the UTC ISO form)
+    return v.isoformat(" ", "microseconds")[:26]
+
+
+def _memoized(convert: Converter) -> Converter:
+    """`convert` remembering its answers for one statement (rows share many timestamps:
+    the chunk's `now`, an event's time on each of its audit rows)."""
+    seen: dict[Any, Any] = {}
+
+    def cached(v: Any) -> Any:
+        try:
+            return seen[v]
+        except KeyError:
+            out = seen[v] = convert(v)
+            return out
+
+    return cached
 
 
 def _pg_time(v: datetime | None) -> datetime | None:
@@ -60,7 +78,7 @@ def _sqlite_bool(v: bool | None) -> int | None:
 def _converter(column_type: Any, dialect: str) -> Converter | None:
     sqlite = dialect == "sqlite"
     if isinstance(column_type, UTCDateTime):
-        return _sqlite_time if sqlite else _pg_time
+        return _memoized(_sqlite_time) if sqlite else _pg_time
     if isinstance(column_type, JSON):
         # JSONDoc: JSON text on SQLite, JSONB on PostgreSQL
         return _sqlite_json if sqlite else _pg_json
