@@ -16,6 +16,7 @@ from rich.table import Table
 from sqlalchemy import Engine
 
 from crmflow.cli_journeys import journeys_app
+from crmflow.cli_projects import project_app
 from crmflow.cli_rules import process_command, rules_app
 from crmflow.formats import describe_errors
 from crmflow.ingest import ImportError_, ImportReport, Kind, import_file
@@ -40,6 +41,7 @@ app.add_typer(events_app, name="events")
 app.add_typer(customer_app, name="customer")
 app.add_typer(rules_app, name="rules")
 app.add_typer(journeys_app, name="journeys")
+app.add_typer(project_app, name="project")
 
 console = Console()
 err = Console(stderr=True)

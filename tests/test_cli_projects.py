@@ -1,0 +1,244 @@
+"""`crmflow project …` against the dev server, with a worker of this test's own.
+
+The commands run in process through typer's CliRunner, in a thread: each command runs its
+own event loop (asyncio.run) while the test's loop keeps the worker polling.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import csv
+import json
+import uuid
+from collections.abc import AsyncIterator
+from concurrent.futures import ThreadPoolExecutor
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+from typing import Any
+
+import pytest
+from sqlalchemy import Engine, select
+from temporalio.testing import WorkflowEnvironment
+from temporalio.worker import Worker
+from typer.testing import CliRunner, Result
+
+from activities.project_activities import ProjectActivities
+from crmflow.cli import app
+from store.models import CustomerRow
+from tests.conftest import REPO
+from workflows.project import ProjectWorkflow
+
+pytestmark = pytest.mark.devserver
+runner = CliRunner()
+ROLLOUT = REPO / "examples/rollout"
+
+
+@pytest.fixture
+async def served(
+    dev_env: WorkflowEnvironment, engine: Engine, cli_env: Path, monkeypatch: pytest.MonkeyPatch
+) -> AsyncIterator[Path]:
+    """CLI settings pointing at the dev server and a task queue this test's worker polls."""
+    queue = f"cli-projects-{uuid.uuid4()}"
+    monkeypatch.setenv("CRMFLOW_TEMPORAL_ADDRESS", dev_env.client.service_client.config.target_host)
+    monkeypatch.setenv("CRMFLOW_TASK_QUEUE", queue)
+    with ThreadPoolExecutor(4) as pool:
+        async with Worker(
+            dev_env.client,
+            task_queue=queue,
+            workflows=[ProjectWorkflow],
+            activities=ProjectActivities(engine).all(),
+            activity_executor=pool,
+        ):
+            yield cli_env
+
+
+async def crmflow(*args: str) -> Result:
+    return await asyncio.to_thread(runner.invoke, app, list(args))
+
+
+def ok(result: Result) -> Result:
+    assert result.exit_code == 0, result.output
+    return result
+
+
+def refused(result: Result) -> str:
+    assert result.exit_code == 1, result.output
+    assert "Traceback" not in result.output
+    return " ".join(result.output.split())
+
+
+async def create(name: str, *extra: str) -> dict[str, Any]:
+    monday = datetime.now(UTC).date() - timedelta(days=datetime.now(UTC).weekday())
+    result = ok(
+        await crmflow(
+            "project",
+            "create",
+            str(ROLLOUT / "crm-rollout.yaml"),
+            "--name",
+            name,
+            "--start",
+            str(monday),
+            "--team",
+            str(ROLLOUT / "team.yaml"),
+            "--holidays",
+            str(ROLLOUT / "holidays.yaml"),
+            *extra,
+        )
+    )
+    return dict(json.loads(result.stdout)) if "--json" in extra else {"output": result.output}
+
+
+async def test_create_status_check_and_a_refused_signoff(served: Path, engine: Engine) -> None:
+    name = f"Acme CRM {uuid.uuid4().hex[:6]}"
+    slug = name.lower().replace(" ", "-")
+    created = await create(name)
+    out = created["output"]
+    assert f"started as workflow project-{slug}" in " ".join(out.split())
+    assert "critical path requirements → vendor-selection" in " ".join(out.split())
+    assert "Requirements" in out and "Go-live" in out  # the plan and milestone tables
+
+    status = json.loads(ok(await crmflow("project", "status", name, "--json")).stdout)
+    assert status["project_id"] == slug and status["workflow_id"] == f"project-{slug}"
+    assert [s["id"] for s in status["stages"]][:2] == ["requirements", "vendor-selection"]
+    assert "data-migration" in [s["id"] for s in status["stages"]]  # legacy_system defaults on
+    assert status["health"]["status"] in ("green", "amber", "red")
+    assert status["due_next"] and status["kpi_review"] is None
+
+    said = ok(
+        await crmflow("project", "check", name, "stakeholder-interviews", "--as", "Lily Zhao")
+    )
+    assert "checked stakeholder-interviews (Lily Zhao)" in said.output
+    status = json.loads(ok(await crmflow("project", "status", name, "--json")).stdout)
+    req = next(s for s in status["stages"] if s["id"] == "requirements")
+    assert req["items_done"] == 1 and req["actual_start"] is not None
+
+    # a sign-off by someone without a role the gate needs: the validator's reason, exit 1
+    text = refused(
+        await crmflow("project", "signoff", name, "requirements-approval", "--as", "Ivan Sun")
+    )
+    assert "refused: Ivan Sun holds it_lead; gate 'Requirements approval' needs" in text
+    assert "executive_sponsor" in text and "business_owner" in text
+    # the right role, but the required items are still open
+    text = refused(
+        await crmflow("project", "signoff", name, "requirements-approval", "--as", "Grace Chen")
+    )
+    assert "required checklist items are still open" in text
+    text = refused(
+        await crmflow("project", "check", name, "stakeholder-interviews", "--as", "Marco Liu")
+    )
+    assert "already checked by Lily Zhao" in text
+
+    ok(await crmflow("project", "done", name, "kick-off", "--as", "Peter Wang"))
+    added = ok(
+        await crmflow(
+            "project", "risk", "add", name, "--title", "Data quality", "--owner", "Ivan Sun",
+            "--probability", "high", "--impact", "high", "--as", "Peter Wang",
+        )
+    )  # fmt: skip
+    assert "risk R1 added (critical)" in added.output
+    table = ok(await crmflow("project", "status", name)).output
+    assert "RED" in table and "open critical risk R1" in table
+    ok(await crmflow("project", "risk", "close", name, "R1", "--as", "Peter Wang"))
+    said = ok(await crmflow("project", "rebaseline", name, "--as", "Peter Wang", "--reason", "x"))
+    assert "baseline 2 taken" in said.output
+
+    listed = json.loads(ok(await crmflow("project", "list", "--json")).stdout)
+    mine = [p for p in listed if p["workflow_id"] == f"project-{slug}"]
+    assert mine and mine[0]["name"] == name and mine[0]["workflow_status"] == "running"
+    assert mine[0]["health"] in ("green", "amber", "red")
+
+    text = refused(await crmflow("project", "create", *_create_args(name)))
+    assert "exists already" in text
+    text = refused(await crmflow("project", "status", "no such project"))
+    assert "no project named 'no such project'" in text
+
+
+def _create_args(name: str) -> list[str]:
+    return [
+        str(ROLLOUT / "crm-rollout.yaml"),
+        "--name",
+        name,
+        "--start",
+        "2025-03-03",
+        "--team",
+        str(ROLLOUT / "team.yaml"),
+    ]
+
+
+async def test_create_refuses_bad_input_before_starting_anything(served: Path) -> None:
+    bad_team = served / "team.yaml"
+    bad_team.write_text("people:\n  - {name: A, email: a@example.com, roles: [it_lead]}\n")
+    args = _create_args("x")
+    args[args.index("--team") + 1] = str(bad_team)
+    text = refused(await crmflow("project", "create", *args))
+    assert "nobody holds project_manager or executive_sponsor" in text
+    text = refused(await crmflow("project", "create", *_create_args("x"), "--param", "legacy=true"))
+    assert "unknown parameter 'legacy'" in text
+    args = _create_args("x")
+    args[args.index("--start") + 1] = "2025-02-30"
+    text = refused(await crmflow("project", "create", *args))
+    assert "--start '2025-02-30' is not a date" in text
+
+
+async def test_gantt_and_migrate_check(served: Path, engine: Engine) -> None:
+    name = f"Migr {uuid.uuid4().hex[:6]}"
+    await create(name, "--param", "legacy_system=true", "--json")
+
+    svg, html = served / "plan.svg", served / "plan.html"
+    ok(await crmflow("project", "gantt", name, "--out", str(svg)))
+    assert svg.read_text().lstrip().startswith("<svg") and "Data migration" in svg.read_text()
+    ok(await crmflow("project", "gantt", name, "--out", str(html)))
+    assert "<html" in html.read_text()
+    assert refused(await crmflow("project", "gantt", name, "--out", str(served / "x.png")))
+
+    # the example legacy data fails the template's thresholds: reported, recorded, exit 1
+    report = served / "migration.html"
+    result = await crmflow(
+        "project", "migrate-check", name, "--source", str(ROLLOUT / "legacy.csv"),
+        "--mapping", str(ROLLOUT / "mapping.yaml"), "--html", str(report), "--import",
+    )  # fmt: skip
+    text = refused(result)
+    assert "FAIL" in text and "duplicate rate is 8.3%, above 2.0%" in text
+    assert "not imported" in text
+    assert "Migration check" in report.read_text()
+    with engine.connect() as conn:
+        assert conn.execute(select(CustomerRow.customer_id)).first() is None
+    # the migration gate cannot be signed on that check
+    text = refused(
+        await crmflow("project", "signoff", name, "migration-sign-off", "--as", "Ivan Sun")
+    )
+    assert "does not meet the thresholds" in text
+
+    # clean rows pass, are recorded and go in through the customer import
+    clean = served / "clean.csv"
+    with (ROLLOUT / "legacy.csv").open(encoding="utf-8") as fh:
+        rows = list(csv.DictReader(fh))
+    with clean.open("w", encoding="utf-8", newline="") as fh:
+        w = csv.DictWriter(fh, fieldnames=list(rows[0]))
+        w.writeheader()
+        w.writerows([rows[0], rows[1], rows[3]])
+    result = ok(
+        await crmflow(
+            "project", "migrate-check", name, "--source", str(clean),
+            "--mapping", str(ROLLOUT / "mapping.yaml"), "--import", "--json",
+        )
+    )  # fmt: skip
+    data = json.loads(result.stdout)
+    assert data["passed"] is True and data["recorded"] == {"passed": True, "failures": []}
+    assert data["rows_in"] == data["rows_out"] == 3
+    assert data["imported"]["inserted"] == 3 and data["imported"]["rejected"] == 0
+    with engine.connect() as conn:
+        stored = conn.execute(
+            select(CustomerRow.customer_id, CustomerRow.phone, CustomerRow.attributes).order_by(
+                CustomerRow.customer_id
+            )
+        ).all()
+    assert [s.customer_id for s in stored] == ["M1001", "M1002", "M1004"]
+    assert stored[0].phone == "+8613912345678"
+    assert stored[0].attributes["lifetime_spend"] == "5230.50"
+    assert stored[0].attributes["tier"] == "gold"
+    # now the gate's only blocker is its open checklist items
+    text = refused(
+        await crmflow("project", "signoff", name, "migration-sign-off", "--as", "Ivan Sun")
+    )
+    assert "thresholds" not in text and "required checklist items are still open" in text
