@@ -7,9 +7,17 @@ from typing import Any
 
 from sqlalchemy import Engine
 
+from activities.channels.base import build_channels
+from activities.journey_activities import JourneyActivities
+from activities.project_activities import ProjectActivities
 from activities.store_activities import StoreActivities
 from crmflow.settings import Settings
 
 
 def build_activities(engine: Engine, settings: Settings) -> list[Callable[..., Any]]:
-    return [*StoreActivities(engine).all()]
+    channels = build_channels(settings, engine)
+    return [
+        *StoreActivities(engine).all(),
+        *ProjectActivities(engine, settings).all(),
+        *JourneyActivities(engine, settings, channels).all(),
+    ]

@@ -20,10 +20,11 @@ from typing import Any
 from sqlalchemy import Connection, Engine, select, update
 
 from crmflow.state_cache import cache_for, new_state_version, prune
-from rules.compiler import CompiledPack
+from rules.compiler import CompiledPack, CompiledRule
 from rules.effects import Outcome, apply_rules
 from rules.engine import RuleEngine, shared_engine
 from rules.facts import EventFacts, ProfileState, build_facts, record_event
+from rules.models import Rule
 from rules.pack import build_pack
 from store.db import utcnow
 from store.models import CustomerRow, EventRow
@@ -218,3 +219,67 @@ def process_pending(engine: Engine, chunk_size: int = 5000) -> ProcessReport:
             if not rows:
                 return total
             total.add(process_chunk(conn, pack, [dict(r._mapping) for r in rows]))
+
+
+def apply_effects(
+    conn: Connection,
+    pack: CompiledPack,
+    customer_id: str,
+    rule: Rule,
+    key: str,
+    at: datetime,
+) -> Outcome:
+    """Apply `rule`'s effects to one customer outside an event (a journey's update node),
+    with the same planning, audit trail and writes as the rules. `key` stands in for the
+    event id: it keys the lots and ledger entries, so the caller must apply a key once."""
+    versions = lock_customers(conn, [customer_id])
+    if customer_id not in versions:
+        raise KeyError(f"no customer {customer_id!r}")
+    program = pack.program
+    cache = cache_for(conn.engine)
+    states = cache.take(state_key(pack), versions)
+    since = at - timedelta(days=HISTORY_DAYS)
+    if customer_id in states:
+        prune(states[customer_id], since)
+    else:
+        states = load_states(
+            conn,
+            [customer_id],
+            since,
+            purchase_event=program.purchase_event,
+            spend_property=program.spend_property,
+            follow_up_event=program.follow_up_event,
+        )
+    state = states[customer_id]
+    event = EventFacts(key, "journey_update", at, {})
+    facts = build_facts(state, event, program, None)
+    compiled = CompiledRule(index=0, rule=rule, file="journey", facts=[], expression={})
+    outcome = apply_rules(pack, [compiled], state, event, facts)
+    writer = ChunkWriter(rules_version=pack.version, now=utcnow())
+    writer.add(customer_id, key, at, outcome.changes)
+    writer.write(conn, states)
+    bump_state_versions(conn, [customer_id], new_state_version())
+    return outcome
+
+
+def evaluate_facts(
+    conn: Connection, pack: CompiledPack, customer_id: str, at: datetime
+) -> dict[str, Any]:
+    """A customer's facts at `at` as the rules build them (no event), JSON-safe: what a
+    journey's branch and conditions test."""
+    program = pack.program
+    states = load_states(
+        conn,
+        [customer_id],
+        at - timedelta(days=HISTORY_DAYS),
+        purchase_event=program.purchase_event,
+        spend_property=program.spend_property,
+        follow_up_event=program.follow_up_event,
+    )
+    if customer_id not in states:
+        return {}
+    state = states[customer_id]
+    state.purchases = [p for p in state.purchases if p[0] <= at]
+    facts = build_facts(state, EventFacts("", "", at, {}), program, None)
+    del facts["event.type"]
+    return {k: sorted(v) if isinstance(v, set | frozenset) else v for k, v in facts.items()}

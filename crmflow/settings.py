@@ -126,6 +126,29 @@ class Settings(BaseSettings):
         "stack: production MUST set its own long random value (anyone knowing the key can "
         "unsubscribe any customer); changing it invalidates links already sent",
     )
+    quiet_hours_start: str = Field(
+        "21:00", description="Quiet hours start (HH:MM on the customer's own clock)"
+    )
+    quiet_hours_end: str = Field(
+        "08:00", description="Quiet hours end; equal to the start: no quiet hours"
+    )
+    frequency_cap_messages: int = Field(
+        3, ge=0, description="At most this many messages per customer, across all journeys …"
+    )
+    frequency_cap_days: float = Field(
+        7, gt=0, description="… in this many days (0 messages: no cap)"
+    )
+    dispatch_interval_seconds: float = Field(
+        1.0, gt=0, description="How often a worker hands journey commands from the outbox over"
+    )
+
+    @field_validator("quiet_hours_start", "quiet_hours_end")
+    @classmethod
+    def _clock(cls, v: str) -> str:
+        from journeys.timing import parse_clock
+
+        parse_clock(v)
+        return v
 
     @field_validator("default_phone_region")
     @classmethod

@@ -449,6 +449,11 @@ class Journey(Strict):
             raise ValueError(f"channel {dup[0]!r} is repeated")
         return v
 
+    def definition(self) -> dict[str, Any]:
+        """The journey as plain JSON data that validates back to it (what is deployed and
+        what an enrollment starts with): only the fields the file set."""
+        return self.model_dump(mode="json", by_alias=True, exclude_unset=True)
+
     def node(self, node_id: str) -> Any:
         try:
             return self.nodes[node_id]

@@ -294,3 +294,76 @@ class OutboxMessageRow(Base):
     body_html: Mapped[str | None] = mapped_column(Text)
     headers: Mapped[dict[str, Any]] = mapped_column(JSONDoc, default=dict)
     created_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow)
+
+
+class JourneyRow(Base):
+    """A journey by name: which deployed version new enrollments use, and whether it runs."""
+
+    __tablename__ = "journeys"
+
+    name: Mapped[str] = mapped_column(String(64), primary_key=True)
+    status: Mapped[str] = mapped_column(String(16), default="active")  # active paused archived
+    active_version: Mapped[str] = mapped_column(String(64))
+    updated_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow)
+
+
+class JourneyVersionRow(Base):
+    """A deployed journey file, by content hash. Running enrollments keep theirs."""
+
+    __tablename__ = "journey_versions"
+
+    id: Mapped[int] = mapped_column(BigId, primary_key=True, autoincrement=True)
+    journey: Mapped[str] = mapped_column(String(64))
+    version: Mapped[str] = mapped_column(String(64))
+    definition: Mapped[dict[str, Any]] = mapped_column(JSONDoc)
+    source: Mapped[str] = mapped_column(Text)
+    origin: Mapped[str | None] = mapped_column(Text)
+    deployed_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow)
+
+    __table_args__ = (UniqueConstraint("journey", "version"),)
+
+
+class EnrollmentRow(Base):
+    """One enrollment (one workflow): where the customer is in the journey, and since when."""
+
+    __tablename__ = "journey_enrollments"
+
+    workflow_id: Mapped[str] = mapped_column(String(250), primary_key=True)
+    journey: Mapped[str] = mapped_column(String(64))
+    version: Mapped[str] = mapped_column(String(64))
+    customer_id: Mapped[str] = mapped_column(String(200))
+    entry_no: Mapped[int] = mapped_column(Integer, default=1)
+    status: Mapped[str] = mapped_column(String(16), default="active")
+    node: Mapped[str | None] = mapped_column(String(64))
+    node_since: Mapped[datetime | None] = mapped_column(UTCDateTime)
+    variant: Mapped[str | None] = mapped_column(String(64))
+    entered_at: Mapped[datetime] = mapped_column(UTCDateTime)
+    finished_at: Mapped[datetime | None] = mapped_column(UTCDateTime)
+    outcome: Mapped[str | None] = mapped_column(Text)  # completed, converted, exited: why
+
+    __table_args__ = (
+        Index("ix_journey_enrollments_journey_status", "journey", "status"),
+        Index("ix_journey_enrollments_customer", "customer_id", "journey"),
+    )
+
+
+class JourneyStepRow(Base):
+    """What happened at a node of an enrollment, for stats: entered, sent, suppressed,
+    failed, exited, converted. Unique per (enrollment, step key): a retried activity
+    records a step once."""
+
+    __tablename__ = "journey_steps"
+
+    id: Mapped[int] = mapped_column(BigId, primary_key=True, autoincrement=True)
+    step_key: Mapped[str] = mapped_column(String(300), unique=True)
+    workflow_id: Mapped[str] = mapped_column(String(250), index=True)
+    journey: Mapped[str] = mapped_column(String(64))
+    version: Mapped[str] = mapped_column(String(64))
+    customer_id: Mapped[str] = mapped_column(String(200))
+    node: Mapped[str] = mapped_column(String(64))
+    kind: Mapped[str] = mapped_column(String(16))
+    reason: Mapped[str | None] = mapped_column(Text)
+    variant: Mapped[str | None] = mapped_column(String(64))
+    at: Mapped[datetime] = mapped_column(UTCDateTime)
+
+    __table_args__ = (Index("ix_journey_steps_journey_node", "journey", "version", "node"),)

@@ -1,5 +1,7 @@
 """Every workflow class a crmflow worker runs."""
 
+from workflows.journey import JourneyWorkflow
 from workflows.kpi_snapshot import KpiSnapshotWorkflow
+from workflows.project import ProjectWorkflow
 
-WORKFLOWS: list[type] = [KpiSnapshotWorkflow]
+WORKFLOWS: list[type] = [KpiSnapshotWorkflow, ProjectWorkflow, JourneyWorkflow]

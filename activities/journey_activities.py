@@ -1,0 +1,353 @@
+"""The journey workflow's I/O: send a message (once, after every check), read a customer's
+facts, record where an enrollment is, apply an update node's effects.
+
+Every activity is idempotent by a key the workflow derives from its own id and position, so
+a retried or replayed activity, or a worker killed mid-send, never sends or applies twice:
+
+- a delivery is recorded under its step key before the send (status `sending`) and closed
+  after it; a retry finding it closed returns the recorded outcome, one finding it still
+  `sending` sends again with the same dedupe key, which the outbox channel ignores and the
+  webhook channels pass on as `Idempotency-Key` (SMTP has no such thing: the e-mail carries
+  a Message-ID derived from the key, so a rare duplicate after a crash is recognisable);
+- steps are logged under unique keys; update effects key their lots and ledger entries.
+
+Time is the workflow's (`at` in every request), never the worker's clock: on the
+time-skipping test server a 90-day journey's checks see the simulated days.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Callable
+from datetime import datetime, timedelta
+from typing import Any
+
+from sqlalchemy import Engine
+from temporalio import activity
+from temporalio.exceptions import ApplicationError
+
+from activities.channels.base import (
+    Channel,
+    OutgoingMessage,
+    PermanentSendError,
+    TransientSendError,
+)
+from activities.channels.unsubscribe import make_unsubscribe_token, unsubscribe_url
+from crmflow.journey_contracts import (
+    JOURNEY_DELIVER,
+    JOURNEY_FACTS,
+    JOURNEY_RECORD,
+    JOURNEY_UPDATE,
+    DeliverRequest,
+    DeliverResult,
+    FactsRequest,
+    RecordRequest,
+    UpdateRequest,
+)
+from crmflow.processing import active_pack, apply_effects, evaluate_facts
+from crmflow.settings import Settings
+from journeys.models import MessageNode
+from journeys.templates import render_message
+from journeys.timing import next_send_time
+from rules.models import Rule
+from store import journeys as jstore
+
+ADDRESS_FIELD = {"email": "email", "sms": "phone", "wechat": "wechat_openid"}
+
+
+def _key_prefix(journey: str) -> str:
+    return f"journey:{journey}:"
+
+
+class JourneyActivities:
+    def __init__(self, engine: Engine, settings: Settings, channels: dict[str, Channel]) -> None:
+        self.engine = engine
+        self.settings = settings
+        self.channels = channels
+
+    def all(self) -> list[Callable[..., Any]]:
+        return [self.deliver, self.facts, self.record, self.update]
+
+    # ------------------------------------------------------------------ deliver
+
+    @activity.defn(name=JOURNEY_DELIVER)
+    async def deliver(self, req: DeliverRequest) -> DeliverResult:
+        at = req.at  # the workflow's time when it asked (simulated on a time-skipping server)
+        checked = await asyncio.to_thread(self._check_and_open, req, at)
+        if isinstance(checked, DeliverResult):
+            return checked
+        message = checked
+        channel = self.channels.get(req.channel) or self.channels["outbox"]
+        try:
+            result = await channel.send(message)
+        except PermanentSendError as exc:
+            await asyncio.to_thread(self._close, req, at, "failed", {"error": str(exc)})
+            return DeliverResult(status="failed", reason=str(exc))
+        except TransientSendError as exc:
+            # Temporal retries the activity; the delivery stays `sending` until one succeeds
+            raise ApplicationError(str(exc), type="TransientSendError") from exc
+        meta = {"provider_message_id": result.provider_message_id, "via": channel.name}
+        await asyncio.to_thread(self._close, req, at, "sent", meta)
+        return DeliverResult(status="sent", sent_at=at)
+
+    def _check_and_open(self, req: DeliverRequest, at: datetime) -> DeliverResult | OutgoingMessage:
+        s = self.settings
+        with self.engine.begin() as conn:
+            jstore.ensure_enrollment(
+                conn,
+                workflow_id=req.workflow_id,
+                journey=req.journey,
+                version=req.version,
+                customer_id=req.customer_id,
+                entry_no=req.entry_no,
+                entered_at=req.entered_at,
+                node=req.node,
+            )
+            done = jstore.find_delivery(conn, req.step_key)
+            if done is not None and done.status != "sending":
+                # a retry or replay of a step already decided: the same answer, nothing sent
+                return DeliverResult(status=done.status, reason=done.reason, sent_at=done.sent_at)
+            profile = jstore.message_profile(conn, req.customer_id, at)
+            if profile is None:
+                return self._suppress(conn, req, at, "the customer is not in the store")
+            if done is None:
+                why = self._why_not(req, profile)
+                if why is not None:
+                    return self._suppress(conn, req, at, why)
+                wait = self._must_wait(conn, req, profile, at)
+                if isinstance(wait, str):
+                    return self._suppress(conn, req, at, wait)
+                if wait is not None:
+                    return DeliverResult(status="wait", reason="later", retry_at=wait)
+            node = MessageNode.model_validate(
+                {"type": "message", "channel": req.channel, "template": req.template, "next": "x"}
+            )
+            token = make_unsubscribe_token(
+                s.unsubscribe_secret.get_secret_value(), req.customer_id, req.channel, req.journey
+            )
+            link = unsubscribe_url(s.public_base_url, token)
+            try:
+                rendered = render_message(
+                    node, {**profile, "data": req.data}, unsubscribe_url=link, journey=req.journey
+                )
+            except Exception as exc:  # jinja2 errors: the template cannot render for them
+                return self._suppress(conn, req, at, f"template did not render: {exc}", "failed")
+            if done is None:
+                jstore.open_delivery(
+                    conn,
+                    dedupe_key=req.step_key,
+                    customer_id=req.customer_id,
+                    channel=req.channel,
+                    status="sending",
+                    at=at,
+                    subject=rendered.subject,
+                    body=rendered.text or rendered.html,
+                    meta={"journey": req.journey, "node": req.node, "variant": req.variant},
+                )
+        return OutgoingMessage(
+            dedupe_key=req.step_key,
+            customer_id=req.customer_id,
+            channel=req.channel,
+            to=_address(req.channel, profile),
+            subject=rendered.subject,
+            text=rendered.text,
+            html=rendered.html,
+            unsubscribe_url=link if req.channel == "email" else None,
+            data={**req.data, "journey": req.journey, "node": req.node},
+        )
+
+    def _why_not(self, req: DeliverRequest, profile: dict[str, Any]) -> str | None:
+        consent = profile.get("consent") or {}
+        needs_consent = req.channel in ADDRESS_FIELD or req.channel == "webhook"
+        if needs_consent and consent.get(req.channel) is not True:
+            return f"no consent for {req.channel}"
+        if req.channel in ADDRESS_FIELD and not _address(req.channel, profile):
+            return f"no {ADDRESS_FIELD[req.channel]} for {req.channel}"
+        return None
+
+    def _must_wait(
+        self, conn: Any, req: DeliverRequest, profile: dict[str, Any], at: datetime
+    ) -> datetime | str | None:
+        """When the send must wait (quiet hours, a deferred cap, the rate limit); a reason
+        text when it is skipped (frequency cap with policy skip); None: send now."""
+        s = self.settings
+        send_at = next_send_time(
+            at, profile.get("timezone") or "UTC", s.quiet_hours_start, s.quiet_hours_end
+        )
+        if send_at > at:
+            return send_at
+        if s.frequency_cap_messages > 0:
+            window = timedelta(days=s.frequency_cap_days)
+            recent = jstore.sends_since(conn, since=at - window, customer_id=req.customer_id)
+            recent = [t for t in recent if t <= at]
+            if len(recent) >= s.frequency_cap_messages:
+                cap = f"frequency cap: {len(recent)} messages in {s.frequency_cap_days:g} days"
+                if req.frequency_cap_policy == "skip":
+                    return cap
+                return recent[-s.frequency_cap_messages] + window + timedelta(seconds=1)
+        if req.rate_limit_per_minute:
+            minute = [
+                t
+                for t in jstore.sends_since(
+                    conn, since=at - timedelta(minutes=1), key_prefix=_key_prefix(req.journey)
+                )
+                if t <= at
+            ]
+            if len(minute) >= req.rate_limit_per_minute:
+                return minute[-req.rate_limit_per_minute] + timedelta(minutes=1, seconds=1)
+        return None
+
+    def _suppress(
+        self, conn: Any, req: DeliverRequest, at: datetime, why: str, status: str = "suppressed"
+    ) -> DeliverResult:
+        jstore.open_delivery(
+            conn,
+            dedupe_key=req.step_key,
+            customer_id=req.customer_id,
+            channel=req.channel,
+            status=status,
+            reason=why,
+            at=at,
+            meta={"journey": req.journey, "node": req.node, "variant": req.variant},
+        )
+        self._after(conn, req, at, status, why)
+        return DeliverResult(status=status, reason=why)
+
+    def _close(self, req: DeliverRequest, at: datetime, status: str, meta: dict[str, Any]) -> None:
+        with self.engine.begin() as conn:
+            jstore.close_delivery(conn, req.step_key, status, at, meta)
+            self._after(conn, req, at, status, meta.get("error"))
+
+    def _after(self, conn: Any, req: DeliverRequest, at: datetime, kind: str, why: Any) -> None:
+        jstore.record_step(
+            conn,
+            step_key=f"{req.step_key}:{kind}",
+            workflow_id=req.workflow_id,
+            journey=req.journey,
+            version=req.version,
+            customer_id=req.customer_id,
+            node=req.node,
+            kind=kind,
+            at=at,
+            reason=why,
+            variant=req.variant,
+        )
+        jstore.record_step(
+            conn,
+            step_key=f"{req.step_key}:entered",
+            workflow_id=req.workflow_id,
+            journey=req.journey,
+            version=req.version,
+            customer_id=req.customer_id,
+            node=req.node,
+            kind="entered",
+            at=at,
+            variant=req.variant,
+        )
+        if req.finish:
+            jstore.record_step(
+                conn,
+                step_key=f"{req.workflow_id}:end:completed",
+                workflow_id=req.workflow_id,
+                journey=req.journey,
+                version=req.version,
+                customer_id=req.customer_id,
+                node=req.next_node or req.node,
+                kind="completed",
+                at=at,
+                variant=req.variant,
+            )
+        jstore.move_enrollment(
+            conn,
+            req.workflow_id,
+            node=req.next_node,
+            at=at,
+            finish="completed" if req.finish else None,
+        )
+
+    # ------------------------------------------------------------------ facts, record, update
+
+    @activity.defn(name=JOURNEY_FACTS)
+    def facts(self, req: FactsRequest) -> dict[str, Any]:
+        with self.engine.connect() as conn:
+            profile = jstore.message_profile(conn, req.customer_id, req.at)
+            if profile is None:
+                raise ApplicationError(f"no customer {req.customer_id!r}", non_retryable=True)
+            pack = active_pack(conn)
+            facts = evaluate_facts(conn, pack, req.customer_id, req.at) if pack else {}
+        return {**profile, "facts": facts}
+
+    @activity.defn(name=JOURNEY_RECORD)
+    def record(self, req: RecordRequest) -> None:
+        with self.engine.begin() as conn:
+            jstore.ensure_enrollment(
+                conn,
+                workflow_id=req.workflow_id,
+                journey=req.journey,
+                version=req.version,
+                customer_id=req.customer_id,
+                entry_no=req.entry_no,
+                entered_at=req.entered_at,
+                node=req.node,
+            )
+            if req.kind and req.step_key and req.node:
+                jstore.record_step(
+                    conn,
+                    step_key=req.step_key,
+                    workflow_id=req.workflow_id,
+                    journey=req.journey,
+                    version=req.version,
+                    customer_id=req.customer_id,
+                    node=req.node,
+                    kind=req.kind,
+                    at=req.at,
+                    reason=req.reason,
+                    variant=req.variant,
+                )
+            jstore.move_enrollment(
+                conn,
+                req.workflow_id,
+                node=req.node,
+                at=req.at,
+                finish=req.finish,
+                outcome=req.reason,
+                variant=req.variant,
+            )
+
+    @activity.defn(name=JOURNEY_UPDATE)
+    def update(self, req: UpdateRequest) -> None:
+        rule = Rule.model_validate(
+            {"name": f"journey:{req.journey}:{req.node}", "then": req.effects}
+        )
+        with self.engine.begin() as conn:
+            pack = active_pack(conn)
+            if pack is None:
+                raise ApplicationError(
+                    "no rules version is deployed: an update node needs the programme "
+                    "(crmflow rules deploy)",
+                    non_retryable=True,
+                )
+            first = jstore.record_step(
+                conn,
+                step_key=f"{req.step_key}:update",
+                workflow_id=req.workflow_id,
+                journey=req.journey,
+                version=req.version,
+                customer_id=req.customer_id,
+                node=req.node,
+                kind="entered",
+                at=req.at,
+            )
+            if first:  # the step log's unique key makes the effects apply once
+                apply_effects(conn, pack, req.customer_id, rule, req.step_key, req.at)
+
+
+def _address(channel: str, profile: dict[str, Any]) -> str | None:
+    if channel == "email":
+        return profile.get("email")
+    if channel == "sms":
+        return profile.get("phone")
+    if channel == "wechat":
+        value = (profile.get("attributes") or {}).get("wechat_openid")
+        return value if isinstance(value, str) else None
+    return None

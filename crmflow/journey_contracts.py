@@ -1,0 +1,132 @@
+"""What the journey workflow and its activities pass each other: names and pydantic models.
+
+The workflow imports this module (passed through the sandbox) and nothing from
+`activities/` or `store/`.
+"""
+
+from __future__ import annotations
+
+from datetime import datetime
+from typing import Any, Literal
+
+from pydantic import BaseModel, Field
+
+# Activity names
+JOURNEY_DELIVER = "journey_deliver"
+JOURNEY_FACTS = "journey_facts"
+JOURNEY_RECORD = "journey_record"
+JOURNEY_UPDATE = "journey_update"
+
+# Signal and query names
+JOURNEY_EVENT_SIGNAL = "journey_event"
+JOURNEY_POSITION_QUERY = "position"
+
+StepKind = Literal[
+    "entered", "sent", "suppressed", "failed", "exited", "converted", "completed", "held_out"
+]
+
+
+def enrollment_workflow_id(journey: str, customer_id: str, entry_no: int) -> str:
+    """One workflow per (journey, customer, entry): the id says which."""
+    return f"journey:{journey}:{customer_id}:{entry_no}"
+
+
+class JourneyEvent(BaseModel):
+    """A customer event handed to a running enrollment (goal, exit, wait_for)."""
+
+    event_id: str
+    type: str
+    occurred_at: datetime
+    properties: dict[str, Any] = Field(default_factory=dict)
+
+
+class EnrollmentInput(BaseModel):
+    """Starts (and, carried over, continues) one enrollment."""
+
+    journey: str
+    version: str
+    definition: dict[str, Any] = Field(description="the journey file, as deployed (JSON)")
+    customer_id: str
+    entry_no: int = 1
+    data: dict[str, Any] = Field(default_factory=dict, description="from the enroll command")
+    # carried over by continue-as-new
+    entered_at: datetime | None = None
+    node: str | None = None
+    visits: int = 0
+    variants: dict[str, str] = Field(default_factory=dict)
+    pending: list[JourneyEvent] = Field(default_factory=list)
+    path: list[str] = Field(default_factory=list, description="nodes visited, latest last")
+    # test hook: continue as new after this many nodes (0: when Temporal suggests it)
+    continue_after_nodes: int = 0
+
+
+class EnrollmentResult(BaseModel):
+    outcome: Literal["completed", "converted", "exited", "held_out"]
+    reason: str | None = None
+    path: list[str]
+    sent: int = 0
+
+
+class DeliverRequest(BaseModel):
+    """Send one message node's message, once per step key, after every check."""
+
+    workflow_id: str
+    journey: str
+    version: str
+    customer_id: str
+    entry_no: int = 1
+    node: str
+    step_key: str
+    channel: str
+    template: dict[str, Any]
+    data: dict[str, Any] = Field(default_factory=dict)
+    variant: str | None = None
+    frequency_cap_policy: Literal["skip", "defer"] = "skip"
+    rate_limit_per_minute: int | None = None
+    next_node: str | None = Field(None, description="where the enrollment is after this one")
+    finish: bool = Field(False, description="the enrollment ends after this message")
+    entered_at: datetime
+    at: datetime = Field(description="the workflow's time: checks and records use it")
+
+
+class DeliverResult(BaseModel):
+    status: Literal["sent", "suppressed", "failed", "wait"]
+    reason: str | None = None
+    retry_at: datetime | None = Field(None, description="with wait: try again at this time")
+    sent_at: datetime | None = None
+
+
+class FactsRequest(BaseModel):
+    customer_id: str
+    at: datetime
+
+
+class RecordRequest(BaseModel):
+    """Record where an enrollment is and what happened there (idempotent by step key)."""
+
+    workflow_id: str
+    journey: str
+    version: str
+    customer_id: str
+    entry_no: int
+    node: str | None
+    kind: StepKind | None = None
+    step_key: str | None = None
+    reason: str | None = None
+    variant: str | None = None
+    at: datetime
+    entered_at: datetime
+    finish: str | None = Field(None, description="ends the enrollment: completed/exited/…")
+
+
+class UpdateRequest(BaseModel):
+    """Apply an update node's effects (the rules' effects) once per step key."""
+
+    workflow_id: str
+    journey: str
+    version: str
+    customer_id: str
+    node: str
+    step_key: str
+    effects: list[dict[str, Any]]
+    at: datetime

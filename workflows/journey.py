@@ -1,0 +1,410 @@
+"""JourneyWorkflow: one enrollment of one customer in one journey, interpreting its graph.
+
+The definition comes in with the input (the version the enrollment started on), so a new
+deployment never changes a running enrollment. Time is `workflow.now()`, waits are durable
+timers, and every choice is a pure function of `journeys.interpret` (split variants are a
+hash of journey, node and customer: stable without storing them). Customer events arrive
+as signals (sent by the outbox dispatcher after the event's transaction commits): an exit
+event ends the enrollment at once; a goal event within the goal window converts it; a
+`wait_for` node takes the first matching event that arrives while it waits.
+
+I/O is in activities: `journey_deliver` (checks, render, send, record — once per step key),
+`journey_facts` (the customer's facts for branches and conditions), `journey_record` (where
+the enrollment is), `journey_update` (an update node's effects). Long enrollments continue
+as new with their position carried over.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from datetime import datetime, timedelta
+from typing import Any
+
+from temporalio import workflow
+from temporalio.common import RetryPolicy
+
+with workflow.unsafe.imports_passed_through():
+    from pydantic import ValidationError
+
+    from crmflow.journey_contracts import (
+        JOURNEY_DELIVER,
+        JOURNEY_EVENT_SIGNAL,
+        JOURNEY_FACTS,
+        JOURNEY_POSITION_QUERY,
+        JOURNEY_RECORD,
+        JOURNEY_UPDATE,
+        DeliverRequest,
+        DeliverResult,
+        EnrollmentInput,
+        EnrollmentResult,
+        FactsRequest,
+        JourneyEvent,
+        RecordRequest,
+        UpdateRequest,
+    )
+    from journeys.conditions import evaluate
+    from journeys.interpret import HOLDOUT, assign_variant, choose_case
+    from journeys.models import (
+        BranchNode,
+        DelayNode,
+        ExitNode,
+        Journey,
+        MessageNode,
+        SplitNode,
+        UpdateNode,
+        WaitForNode,
+    )
+    from journeys.timing import delay_until_local_time, next_attribute_date, parse_duration
+    from rules.compiler import condition_facts
+
+RETRY = RetryPolicy(
+    initial_interval=timedelta(seconds=1),
+    maximum_interval=timedelta(minutes=5),
+    non_retryable_error_types=["PermanentSendError"],
+)
+ACTIVITY_TIMEOUT = timedelta(minutes=2)
+
+
+class _Finished(Exception):
+    def __init__(self, outcome: str, reason: str | None = None) -> None:
+        super().__init__(outcome)
+        self.outcome = outcome
+        self.reason = reason
+
+
+def _event_facts(ev: JourneyEvent) -> dict[str, Any]:
+    facts: dict[str, Any] = {"event.type": ev.type}
+    for key, value in ev.properties.items():
+        facts[f"event.{key}"] = value
+    return facts
+
+
+def _needs_profile(condition: Any) -> bool:
+    return any(not f.startswith("event.") for f in condition_facts(condition))
+
+
+# a definition that does not validate fails the enrollment instead of retrying it forever
+@workflow.defn(name="JourneyWorkflow", failure_exception_types=[ValidationError])
+class JourneyWorkflow:
+    def __init__(self) -> None:
+        self.events: list[JourneyEvent] = []
+        self.seen: set[str] = set()
+        self.node: str | None = None
+        self.since: datetime | None = None
+        self.inp: EnrollmentInput | None = None
+        self.sent = 0
+
+    # ------------------------------------------------------------------ messages in/out
+
+    @workflow.signal(name=JOURNEY_EVENT_SIGNAL)
+    def on_event(self, event: JourneyEvent) -> None:
+        if event.event_id not in self.seen:  # the dispatcher may hand an event over twice
+            self.seen.add(event.event_id)
+            self.events.append(event)
+
+    @workflow.query(name=JOURNEY_POSITION_QUERY)
+    def position(self) -> dict[str, Any]:
+        inp = self.inp
+        return {
+            "node": self.node,
+            "since": self.since.isoformat() if self.since else None,
+            "path": list(inp.path) if inp else [],
+            "variants": dict(inp.variants) if inp else {},
+            "sent": self.sent,
+        }
+
+    # ------------------------------------------------------------------ the interpreter
+
+    @workflow.run
+    async def run(self, inp: EnrollmentInput) -> EnrollmentResult:
+        self.inp = inp
+        self.journey = Journey.model_validate(inp.definition)
+        self.events.extend(e for e in inp.pending if e.event_id not in self.seen)
+        self.seen.update(e.event_id for e in inp.pending)
+        if inp.entered_at is None:
+            inp.entered_at = workflow.now()
+        self.entered_at = inp.entered_at
+        goal = self.journey.goal
+        self.goal_until = self.entered_at + timedelta(days=goal.within_days) if goal else None
+        self.checked = 0  # events already looked at for exit and goal
+        node_id = inp.node or self.journey.start
+        first = inp.node is None
+        try:
+            if first and not isinstance(self.journey.node(node_id), MessageNode):
+                await self._record(node_id, "entered", step=f"{node_id}:entered")
+            steps = 0
+            while True:
+                await self._check_events()
+                if self._should_continue_as_new(steps):
+                    inp.node = node_id
+                    inp.pending = self.events[self.checked :]
+                    await workflow.wait_condition(workflow.all_handlers_finished)
+                    workflow.continue_as_new(inp)
+                inp.visits += 1
+                inp.path.append(node_id)
+                steps += 1
+                self.node, self.since = node_id, workflow.now()
+                nxt = await self._step(node_id)
+                if nxt is None:
+                    raise _Finished("completed")
+                node_id = nxt
+        except _Finished as done:
+            if done.outcome != "completed" or not self._finished_by_deliver:
+                await self._record(
+                    self.node,
+                    done.outcome,
+                    step=f"end:{done.outcome}",
+                    finish=done.outcome,
+                    reason=done.reason,
+                )
+            return EnrollmentResult(
+                outcome=done.outcome,
+                reason=done.reason,
+                path=list(inp.path),
+                sent=self.sent,
+            )
+
+    _finished_by_deliver = False
+
+    def _should_continue_as_new(self, steps: int) -> bool:
+        assert self.inp is not None
+        if self.inp.continue_after_nodes and steps >= self.inp.continue_after_nodes:
+            return True
+        return steps > 0 and workflow.info().is_continue_as_new_suggested()
+
+    async def _step(self, node_id: str) -> str | None:
+        node = self.journey.node(node_id)
+        if isinstance(node, ExitNode):
+            return None
+        if isinstance(node, MessageNode):
+            await self._message(node_id, node)
+            return node.next
+        if isinstance(node, DelayNode):
+            until = await self._delay_until(node)
+            if until is None:
+                if node.if_missing == "exit":
+                    raise _Finished("exited", f"no {node.until_attribute} for delay {node_id}")
+                return node.next
+            await self._record(node_id, None)
+            await self._sleep_until(until)
+            return node.next
+        if isinstance(node, WaitForNode):
+            await self._record(node_id, None)
+            return node.on_event if await self._wait_for(node) else node.on_timeout
+        if isinstance(node, BranchNode):
+            return choose_case(node, await self._facts())
+        if isinstance(node, SplitNode):
+            return await self._split(node_id, node)
+        if isinstance(node, UpdateNode):
+            await self._update(node_id, node)
+            return node.next
+        raise TypeError(f"unknown node {node_id!r}")
+
+    # ------------------------------------------------------------------ nodes
+
+    async def _message(self, node_id: str, node: MessageNode) -> None:
+        assert self.inp is not None and self.entered_at is not None
+        nxt = node.next
+        finish = isinstance(self.journey.node(nxt), ExitNode)
+        req = DeliverRequest(
+            workflow_id=workflow.info().workflow_id,
+            journey=self.inp.journey,
+            version=self.inp.version,
+            customer_id=self.inp.customer_id,
+            entry_no=self.inp.entry_no,
+            node=node_id,
+            step_key=f"{workflow.info().workflow_id}:{node_id}:{self.inp.visits}",
+            channel=node.channel,
+            template=node.template.model_dump(mode="json", exclude_none=True),
+            data=self.inp.data,
+            variant=self._variant(),
+            frequency_cap_policy=self.journey.frequency_cap_policy,
+            rate_limit_per_minute=self.journey.rate_limit_per_minute,
+            next_node=nxt,
+            finish=finish,
+            entered_at=self.entered_at,
+            at=workflow.now(),
+        )
+        while True:
+            result: DeliverResult = await workflow.execute_activity(
+                JOURNEY_DELIVER,
+                req,
+                result_type=DeliverResult,
+                start_to_close_timeout=ACTIVITY_TIMEOUT,
+                retry_policy=RETRY,
+            )
+            if result.status != "wait" or result.retry_at is None:
+                break
+            # quiet hours, a deferred frequency cap or the rate limit: wait, durably
+            await self._sleep_until(result.retry_at)
+            req.at = workflow.now()
+        if result.status == "sent":
+            self.sent += 1
+        self._finished_by_deliver = finish
+
+    async def _delay_until(self, node: DelayNode) -> datetime | None:
+        now = workflow.now()
+        kind = node.kind()
+        if kind == "duration":
+            return now + node.delta()
+        profile = await self._profile()
+        tz = profile.get("timezone") or "UTC"
+        if kind == "until_local_time":
+            assert node.until_local_time is not None
+            return delay_until_local_time(now, tz, node.until_local_time, node.days())
+        value = (profile.get("attributes") or {}).get(node.until_attribute or "")
+        if value is None:
+            return None
+        try:
+            return next_attribute_date(
+                now,
+                tz,
+                value,
+                node.offset_days,
+                node.at_local_time,
+                yearly=node.repeat == "yearly",
+            )
+        except ValueError:
+            return None
+
+    async def _wait_for(self, node: WaitForNode) -> bool:
+        """True when a matching event arrived before the timeout."""
+        start = len(self.events)  # only events that arrive while waiting count
+        deadline = workflow.now() + parse_duration(node.timeout)
+        looked = start
+        while True:
+            remaining = deadline - workflow.now()
+            if remaining <= timedelta(0):
+                return False
+            try:
+                await workflow.wait_condition(self._more_than(looked), timeout=remaining)
+            except TimeoutError:
+                return False
+            await self._check_events()
+            for ev in self.events[looked:]:
+                if ev.type == node.event and await self._holds(node.when, ev):
+                    return True
+            looked = len(self.events)
+
+    async def _split(self, node_id: str, node: SplitNode) -> str | None:
+        assert self.inp is not None
+        variant = assign_variant(self.inp.journey, self.inp.customer_id, node, node_id)
+        self.inp.variants[node_id] = variant
+        await self._record(node_id, "entered", step=f"{node_id}:split", variant=variant)
+        if variant == HOLDOUT:
+            raise _Finished("held_out", f"holdout at {node_id}")
+        return next(v.next for v in node.variants if v.name == variant)
+
+    async def _update(self, node_id: str, node: UpdateNode) -> None:
+        assert self.inp is not None
+        await workflow.execute_activity(
+            JOURNEY_UPDATE,
+            UpdateRequest(
+                workflow_id=workflow.info().workflow_id,
+                journey=self.inp.journey,
+                version=self.inp.version,
+                customer_id=self.inp.customer_id,
+                node=node_id,
+                step_key=f"{workflow.info().workflow_id}:{node_id}:{self.inp.visits}",
+                effects=[e.model_dump(mode="json", exclude_none=True) for e in node.effects],
+                at=workflow.now(),
+            ),
+            start_to_close_timeout=ACTIVITY_TIMEOUT,
+            retry_policy=RETRY,
+        )
+
+    # ------------------------------------------------------------------ helpers
+
+    def _more_than(self, count: int) -> Callable[[], bool]:
+        return lambda: len(self.events) > count
+
+    def _variant(self) -> str | None:
+        assert self.inp is not None
+        return next(reversed(self.inp.variants.values()), None) if self.inp.variants else None
+
+    async def _sleep_until(self, until: datetime) -> None:
+        """Sleep until `until`; an exit or goal event that arrives meanwhile ends the
+        enrollment at once."""
+        while True:
+            remaining = until - workflow.now()
+            if remaining <= timedelta(0):
+                return
+            seen = len(self.events)
+            try:
+                await workflow.wait_condition(self._more_than(seen), timeout=remaining)
+            except TimeoutError:
+                return
+            await self._check_events()
+
+    async def _check_events(self) -> None:
+        """Exit and goal events among those not looked at yet."""
+        goal = self.journey.goal
+        while self.checked < len(self.events):
+            ev = self.events[self.checked]
+            self.checked += 1
+            if ev.type in self.journey.exit_on:
+                raise _Finished("exited", f"event {ev.type} ({ev.event_id})")
+            if (
+                goal is not None
+                and ev.type == goal.event
+                and self.goal_until is not None
+                and ev.occurred_at <= self.goal_until
+                and ev.occurred_at >= (self.entered_at or ev.occurred_at)
+                and await self._holds(goal.when, ev)
+            ):
+                raise _Finished("converted", f"goal {goal.event} ({ev.event_id})")
+
+    async def _holds(self, condition: Any, ev: JourneyEvent) -> bool:
+        if condition is None:
+            return True
+        facts = _event_facts(ev)
+        if _needs_profile(condition):
+            facts = {**(await self._facts()), **facts}
+        return evaluate(condition, facts)
+
+    async def _facts(self) -> dict[str, Any]:
+        return dict((await self._profile()).get("facts") or {})
+
+    async def _profile(self) -> dict[str, Any]:
+        assert self.inp is not None
+        result: dict[str, Any] = await workflow.execute_activity(
+            JOURNEY_FACTS,
+            FactsRequest(customer_id=self.inp.customer_id, at=workflow.now()),
+            result_type=dict,
+            start_to_close_timeout=ACTIVITY_TIMEOUT,
+            retry_policy=RETRY,
+        )
+        return result
+
+    async def _record(
+        self,
+        node_id: str | None,
+        kind: str | None,
+        *,
+        step: str | None = None,
+        variant: str | None = None,
+        finish: str | None = None,
+        reason: str | None = None,
+    ) -> None:
+        assert self.inp is not None and self.entered_at is not None
+        wid = workflow.info().workflow_id
+        await workflow.execute_activity(
+            JOURNEY_RECORD,
+            RecordRequest(
+                workflow_id=wid,
+                journey=self.inp.journey,
+                version=self.inp.version,
+                customer_id=self.inp.customer_id,
+                entry_no=self.inp.entry_no,
+                node=node_id,
+                kind=kind,
+                step_key=f"{wid}:{step}" if step else None,
+                variant=variant or self._variant(),
+                reason=reason,
+                at=workflow.now(),
+                entered_at=self.entered_at,
+                finish=finish,
+            ),
+            start_to_close_timeout=ACTIVITY_TIMEOUT,
+            retry_policy=RETRY,
+        )
