@@ -20,12 +20,14 @@ from typing import Any
 from sqlalchemy import Connection, Engine, select, update
 
 from crmflow.state_cache import cache_for, new_state_version, prune
+from journeys.models import Journey
 from rules.compiler import CompiledPack, CompiledRule
 from rules.effects import Outcome, apply_rules
 from rules.engine import RuleEngine, shared_engine
 from rules.facts import EventFacts, ProfileState, build_facts, record_event
 from rules.models import Rule
 from rules.pack import build_pack
+from store import journeys as journey_store
 from store.db import utcnow
 from store.models import CustomerRow, EventRow
 from store.rule_state import ChunkWriter, load_states
@@ -145,6 +147,7 @@ def process_chunk(
             f"{len(ordered) - marked} of {len(ordered)} events were processed meanwhile"
         )
     writer = ChunkWriter(rules_version=pack.version, now=now)
+    journeys = journey_event_types(conn)
     for e in ordered:
         state = states[e["customer_id"]]
         event = EventFacts(e["event_id"], e["type"], e["occurred_at"], e.get("properties") or {})
@@ -154,6 +157,12 @@ def process_chunk(
         for name in outcome.fired:
             report.fired_by_rule[name] = report.fired_by_rule.get(name, 0) + 1
         writer.add(e["customer_id"], e["event_id"], e["occurred_at"], outcome.changes)
+        if e["type"] == UNSUBSCRIBED:
+            writer.revoke_consent(
+                e["customer_id"], e["event_id"], e["occurred_at"], revoke_consent(state, event)
+            )
+        for name in journeys.get(e["type"], ()):
+            writer.journey_event(e["customer_id"], name, e)
     writer.write(conn, states)
     version = new_state_version()
     bump_state_versions(conn, customer_ids, version)
@@ -162,6 +171,42 @@ def process_chunk(
     cache.put(key, states, version)
     report.events = len(ordered)
     return report
+
+
+UNSUBSCRIBED = "unsubscribed"
+
+
+def revoke_consent(state: ProfileState, event: EventFacts) -> list[str]:
+    """An `unsubscribed` event turns consent off at once: for its `channel`, or for every
+    channel when it names none. Returns the channels revoked."""
+    channel = event.properties.get("channel")
+    channels = [channel] if isinstance(channel, str) and channel else sorted(state.consent)
+    for ch in channels:
+        state.consent[ch] = False
+    return channels
+
+
+_journey_types: tuple[Any, dict[str, list[str]]] = (None, {})
+_journey_types_lock = threading.Lock()
+
+
+def journey_event_types(conn: Connection) -> dict[str, list[str]]:
+    """Event type -> the journeys that listen to it (entry, goal, exit, wait_for), over
+    every deployed version (running enrollments keep theirs); archived journeys excluded.
+    Recomputed only when the deployed versions or statuses change."""
+    global _journey_types
+    stamp = journey_store.deployment_stamp(conn)
+    with _journey_types_lock:
+        if _journey_types[0] == stamp:
+            return _journey_types[1]
+    found: dict[str, set[str]] = {}
+    for name, definition in journey_store.listening_definitions(conn):
+        for event_type in Journey.model_validate(definition).event_types():
+            found.setdefault(event_type, set()).add(name)
+    result = {t: sorted(names) for t, names in found.items()}
+    with _journey_types_lock:
+        _journey_types = (stamp, result)
+    return result
 
 
 def state_key(pack: CompiledPack) -> tuple[str, ...]:

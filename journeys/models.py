@@ -449,6 +449,16 @@ class Journey(Strict):
             raise ValueError(f"channel {dup[0]!r} is repeated")
         return v
 
+    def event_types(self) -> set[str]:
+        """The event types this journey listens to: entry, goal, exits, waits."""
+        types = set(self.exit_on)
+        if isinstance(self.entry, EventEntry):
+            types.add(self.entry.event)
+        if self.goal is not None:
+            types.add(self.goal.event)
+        types.update(n.event for n in self.nodes.values() if isinstance(n, WaitForNode))
+        return types
+
     def definition(self) -> dict[str, Any]:
         """The journey as plain JSON data that validates back to it (what is deployed and
         what an enrollment starts with): only the fields the file set."""

@@ -107,6 +107,25 @@ def deployed(conn: Connection, name: str | None = None) -> list[DeployedJourney]
     return [DeployedJourney(*row) for row in conn.execute(stmt.order_by(j.name))]
 
 
+def deployment_stamp(conn: Connection) -> tuple[Any, ...]:
+    """Changes whenever a version is deployed or a journey's status changes."""
+    v = conn.execute(select(func.count(), func.max(JourneyVersionRow.id))).one()
+    j = conn.execute(select(func.count(), func.max(JourneyRow.updated_at))).one()
+    return (*v, *j)
+
+
+def listening_definitions(conn: Connection) -> list[tuple[str, dict[str, Any]]]:
+    """Every deployed version of every journey that is not archived."""
+    v, j = JourneyVersionRow, JourneyRow
+    rows = conn.execute(
+        select(v.journey, v.definition)
+        .join(j, j.name == v.journey)
+        .where(j.status != "archived")
+        .order_by(v.id)
+    )
+    return [(r.journey, r.definition) for r in rows]
+
+
 def versions(conn: Connection, name: str) -> list[tuple[str, datetime, str | None]]:
     v = JourneyVersionRow
     return [

@@ -142,6 +142,47 @@ class ChunkWriter:
     tags_touched: set[str] = field(default_factory=set)
     lots_touched: set[str] = field(default_factory=set)
 
+    def revoke_consent(
+        self, customer_id: str, event_id: str, at: datetime, channels: list[str]
+    ) -> None:
+        """An unsubscribe: consent for `channels` is already off in the state; write it, and
+        say so in the audit trail."""
+        self.touched.add(customer_id)
+        self.audit.append(
+            {
+                "customer_id": customer_id,
+                "at": at,
+                "recorded_at": self.now,
+                "event_id": event_id,
+                "rule": "unsubscribe",
+                "rules_version": self.rules_version,
+                "kind": "consent",
+                "detail": {"revoked": channels},
+                "skipped": None,
+            }
+        )
+
+    def journey_event(self, customer_id: str, journey: str, event: dict[str, Any]) -> None:
+        """Hand an event to a journey (its entry, goal, exit or a wait): the dispatcher
+        signals the customer's enrollments after this transaction commits."""
+        self.outbox.append(
+            {
+                "dedupe_key": f"{event['event_id']}:journey:{journey}",
+                "customer_id": customer_id,
+                "journey": journey,
+                "command": "event",
+                "event": event["type"],
+                "data": {
+                    "event_id": event["event_id"],
+                    "occurred_at": event["occurred_at"].isoformat(),
+                    "properties": event.get("properties") or {},
+                },
+                "event_id": event["event_id"],
+                "rule": None,
+                "created_at": self.now,
+            }
+        )
+
     def add(self, customer_id: str, event_id: str, at: datetime, changes: list[Change]) -> None:
         for n, ch in enumerate(changes):
             self.audit.append(
@@ -276,6 +317,7 @@ class ChunkWriter:
                 tier=bindparam("tier"),
                 lifecycle_stage=bindparam("stage"),
                 owner=bindparam("owner"),
+                consent=bindparam("consent", type_=c.consent.type),
                 updated_at=bindparam("now"),
             )
         )
@@ -287,6 +329,7 @@ class ChunkWriter:
                     "tier": states[cid].tier,
                     "stage": states[cid].lifecycle_stage,
                     "owner": states[cid].owner,
+                    "consent": states[cid].consent,
                     "now": self.now,
                 }
                 for cid in sorted(self.touched)
