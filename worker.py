@@ -18,6 +18,7 @@ from temporalio.client import Client
 from temporalio.worker import Worker
 
 from activities.registry import build_activities
+from crmflow.dispatch import dispatch_forever
 from crmflow.settings import Settings, get_settings
 from crmflow.temporal import connect, exit_skipping_finalizers
 from store.db import make_engine
@@ -46,7 +47,14 @@ async def run_worker(client: Client, settings: Settings, stop: asyncio.Event) ->
     with ThreadPoolExecutor(max_workers=ACTIVITY_THREADS) as executor:
         worker = build_worker(client, settings, engine, executor)
         async with worker:
+            # journey commands the events left in the outbox go to Temporal from here
+            dispatcher = asyncio.create_task(
+                dispatch_forever(
+                    client, engine, settings.task_queue, settings.dispatch_interval_seconds, stop
+                )
+            )
             await stop.wait()
+            await dispatcher
     engine.dispose()
 
 

@@ -258,6 +258,49 @@ def up() -> None:
 
 
 @app.command()
+def api(
+    host: Annotated[str, typer.Option(help="Address to listen on")] = "127.0.0.1",
+    port: Annotated[int, typer.Option(help="Port to listen on")] = 8080,
+) -> None:
+    """Serve the HTTP API (events in, unsubscribe links, health) until Ctrl-C."""
+    import uvicorn
+
+    from crmflow.api import create_app
+
+    settings = load_settings()
+    engine = migrated_engine(settings)
+    console.print(
+        f"crmflow API on http://{host}:{port} (docs at /docs); unsubscribe links point at "
+        f"{settings.public_base_url}",
+        highlight=False,
+    )
+    try:
+        uvicorn.run(create_app(engine, settings), host=host, port=port, log_level="info")
+    finally:
+        engine.dispose()
+
+
+@app.command("api-schema")
+def api_schema(
+    out: Annotated[
+        Path | None, typer.Option("--out", help="Write the schema to this file, not stdout")
+    ] = None,
+) -> None:
+    """Print the HTTP API's OpenAPI schema (JSON), generated from the pydantic models."""
+    from crmflow.api import create_app
+
+    settings = load_settings()
+    engine = make_engine(settings.db_url)  # not connected: the schema needs no database
+    text = json.dumps(create_app(engine, settings).openapi(), indent=2, ensure_ascii=False)
+    engine.dispose()
+    if out is None:
+        sys.stdout.write(text + "\n")
+    else:
+        out.write_text(text + "\n", encoding="utf-8")
+        console.print(f"OpenAPI schema written to {out}", highlight=False)
+
+
+@app.command()
 def demo(
     examples: Annotated[
         Path, typer.Option(help="Folder with customers.jsonl and events.jsonl")

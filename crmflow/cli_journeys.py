@@ -14,7 +14,10 @@ from journeys.models import EventEntry, Journey, MessageNode, SegmentEntry
 from journeys.validate import LoadedJourney, load_journey
 from rules.source import RuleFileError
 
-journeys_app = typer.Typer(help="Customer journeys: validate, schema.", no_args_is_help=True)
+journeys_app = typer.Typer(
+    help="Customer journeys: validate, deploy, pause, resume, archive, list, dispatch, schema.",
+    no_args_is_help=True,
+)
 
 FileArg = Annotated[
     Path,
@@ -111,6 +114,139 @@ def validate(
     )
 
 
+NameArg = Annotated[str, typer.Argument(help="The journey's name")]
+
+
+@journeys_app.command("deploy")
+def deploy(file: FileArg, program: ProgramOpt = None, as_json: JsonFlag = False) -> None:
+    """Validate a journey file and store it as a new version: new enrollments use it,
+    running ones finish on the version they started with."""
+    from store.journeys import deploy_journey
+
+    try:
+        loaded = load_journey(file, program, None)
+    except RuleFileError as exc:
+        for e in exc.errors:
+            _cli().err.print(f"[red]{e}[/]", highlight=False)
+        _cli().fail(f"{len(exc.errors)} problem(s) found; nothing deployed")
+    j = loaded.journey
+    engine = _cli().migrated_engine(_cli().load_settings())
+    with engine.begin() as conn:
+        version, created = deploy_journey(
+            conn, j.journey, j.definition(), file.read_text(encoding="utf-8"), str(file)
+        )
+    data = {"journey": j.journey, "version": version, "new": created}
+    if as_json:
+        _cli().emit_json(data)
+        return
+    what = "deployed" if created else "already deployed; made active"
+    _cli().console.print(f"journey {j.journey!r} version {version} {what}", highlight=False)
+
+
+def _set_status(name: str, status: str) -> None:
+    from store.journeys import set_status
+
+    engine = _cli().existing_engine(_cli().load_settings())
+    with engine.begin() as conn:
+        before = set_status(conn, name, status)
+    if before is None:
+        _cli().fail(f"no journey {name!r} is deployed (crmflow journeys list)")
+    _cli().console.print(f"journey {name!r}: {before} -> {status}", highlight=False)
+
+
+@journeys_app.command("pause")
+def pause(name: NameArg) -> None:
+    """Stop new enrollments; running enrollments go on."""
+    _set_status(name, "paused")
+
+
+@journeys_app.command("resume")
+def resume(name: NameArg) -> None:
+    """Let new enrollments in again."""
+    _set_status(name, "active")
+
+
+@journeys_app.command("archive")
+def archive(name: NameArg) -> None:
+    """Retire a journey: no new enrollments, and it listens to no new events."""
+    _set_status(name, "archived")
+
+
+@journeys_app.command("list")
+def list_journeys(as_json: JsonFlag = False) -> None:
+    """Deployed journeys: status, active version, enrollments by status."""
+    from sqlalchemy import func, select
+
+    from store.journeys import deployed
+    from store.models import EnrollmentRow
+
+    engine = _cli().existing_engine(_cli().load_settings())
+    with engine.connect() as conn:
+        counts: dict[str, dict[str, int]] = {}
+        for name, status, n in conn.execute(
+            select(EnrollmentRow.journey, EnrollmentRow.status, func.count()).group_by(
+                EnrollmentRow.journey, EnrollmentRow.status
+            )
+        ):
+            counts.setdefault(name, {})[status] = n
+        rows: list[dict[str, Any]] = [
+            {
+                "journey": d.name,
+                "status": d.status,
+                "version": d.version,
+                "deployed_at": d.deployed_at.isoformat(),
+                "enrollments": counts.get(d.name, {}),
+            }
+            for d in deployed(conn)
+        ]
+    if as_json:
+        _cli().emit_json(rows)
+        return
+    from rich.table import Table
+
+    table = Table("journey", "status", "version", "deployed", "enrollments")
+    for r in rows:
+        table.add_row(
+            r["journey"],
+            r["status"],
+            r["version"],
+            r["deployed_at"][:19],
+            ", ".join(f"{k} {v}" for k, v in sorted(r["enrollments"].items())) or "none",
+        )
+    _cli().console.print(table)
+
+
+@journeys_app.command("dispatch")
+def dispatch(as_json: JsonFlag = False) -> None:
+    """Hand pending journey commands to Temporal once (workers do this continuously)."""
+    import asyncio
+
+    from crmflow.dispatch import dispatch_once
+    from crmflow.temporal import TemporalSetupError, connect, exit_skipping_finalizers
+
+    settings = _cli().load_settings()
+    engine = _cli().existing_engine(settings)
+
+    async def run() -> Any:
+        client = await connect(settings)
+        return await dispatch_once(client, engine, settings.task_queue)
+
+    try:
+        report = asyncio.run(run())
+    except TemporalSetupError as exc:
+        _cli().fail(f"{exc} (start one with `crmflow up`)")
+    data = report.__dict__
+    if as_json:
+        _cli().emit_json(data)
+    else:
+        _cli().console.print(
+            f"{report.commands} command(s): {report.started} enrollment(s) started, "
+            f"{report.signalled} signal(s); skipped: {report.skipped or 'none'}",
+            highlight=False,
+        )
+    exit_skipping_finalizers(0)
+
+
 @journeys_app.command("schema")
 def schema(out: Annotated[Path | None, typer.Option(help="Write to this file")] = None) -> None:
     """Print the JSON Schema of journey files for editors."""
@@ -123,3 +259,44 @@ def schema(out: Annotated[Path | None, typer.Option(help="Write to this file")] 
         _cli().console.print(f"wrote {out}")
     else:
         sys.stdout.write(text)
+
+
+# --------------------------------------------------------------------------- reports
+
+ReportNameArg = Annotated[str, typer.Argument(help="The journey's name")]
+
+
+@journeys_app.command("stats")
+def stats_cmd(
+    name: ReportNameArg,
+    as_json: JsonFlag = False,
+    chart: Annotated[
+        Path | None,
+        typer.Option("--chart", dir_okay=False, help="Also draw the funnel to this .svg file"),
+    ] = None,
+) -> None:
+    """Per version and node: entered, waiting, sent, suppressed (why), failed, ended; goal
+    conversions per variant and for the holdout, with the uplift."""
+    from crmflow.journey_reports import stats_command
+
+    stats_command(name, as_json=as_json, chart=chart)
+
+
+@journeys_app.command("enrollments")
+def enrollments_cmd(
+    name: ReportNameArg,
+    status: Annotated[
+        str | None,
+        typer.Option(
+            "--status",
+            help="Only enrollments with this status: active, completed, converted, exited, "
+            "held_out, failed",
+        ),
+    ] = None,
+    limit: Annotated[int, typer.Option("--limit", help="At most this many rows")] = 100,
+    as_json: JsonFlag = False,
+) -> None:
+    """Who is where: customer, node, since when, status, variant, version."""
+    from crmflow.journey_reports import enrollments_command
+
+    enrollments_command(name, status=status, limit=limit, as_json=as_json)

@@ -1,0 +1,227 @@
+"""Hand journey commands from the outbox to Temporal, after the events' transactions commit.
+
+The outbox (`journey_outbox`) is written in the same transaction as the event and the
+rules' effects, so a crash between the commit and Temporal loses nothing: a row stays
+pending until a dispatcher has handed it over. Handing over twice is harmless:
+
+- an enrollment's workflow id is (journey, customer, entry number) and ids are never
+  reused, so a second start of the same entry is refused by Temporal;
+- an event signal carries the event id, and the workflow ignores one it has seen.
+
+Enroll commands (a rule's `enroll_journey`) and events of a journey's entry type start an
+enrollment when the journey is active and its re-entry policy allows; every event is also
+signalled to the customer's running enrollments of that journey (goals, exits, waits).
+Any number of workers may run a dispatcher at once.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+from dataclasses import dataclass, field
+from datetime import datetime, timedelta
+from typing import Any
+
+from sqlalchemy import Engine, select, update
+from temporalio.client import Client
+from temporalio.common import WorkflowIDReusePolicy
+from temporalio.exceptions import WorkflowAlreadyStartedError
+from temporalio.service import RPCError, RPCStatusCode
+
+from crmflow.journey_contracts import (
+    JOURNEY_EVENT_SIGNAL,
+    EnrollmentInput,
+    JourneyEvent,
+    enrollment_workflow_id,
+)
+from crmflow.processing import active_pack, evaluate_facts
+from journeys.conditions import evaluate
+from journeys.models import EventEntry, Journey, ReentryPolicy
+from store import journeys as jstore
+from store.db import utcnow
+from store.models import JourneyCommandRow
+
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class DispatchReport:
+    commands: int = 0
+    started: int = 0
+    signalled: int = 0
+    skipped: dict[str, int] = field(default_factory=dict)
+
+    def skip(self, why: str) -> None:
+        self.skipped[why] = self.skipped.get(why, 0) + 1
+
+
+def may_enter(
+    policy: str | ReentryPolicy, past: jstore.PastEnrollments, now: datetime
+) -> str | None:
+    """Why the customer may not enter again (None: they may)."""
+    if past.active:
+        return "already enrolled"
+    if past.count == 0:
+        return None
+    if policy == "never":
+        return "re-entry: never"
+    assert isinstance(policy, ReentryPolicy)
+    if policy.max_times is not None and past.count >= policy.max_times:
+        return f"re-entry: at most {policy.max_times} times"
+    if policy.after_days is not None:
+        last = past.last_finished or past.last_entered
+        if last is not None and now - last < timedelta(days=policy.after_days):
+            return f"re-entry: {policy.after_days} days after the last enrollment"
+    return None
+
+
+async def dispatch_once(
+    client: Client, engine: Engine, task_queue: str, limit: int = 500
+) -> DispatchReport:
+    """Hand over up to `limit` pending commands, oldest first."""
+    report = DispatchReport()
+    c = JourneyCommandRow
+    with engine.connect() as conn:
+        rows = conn.execute(
+            select(c.id, c.customer_id, c.journey, c.command, c.event, c.data, c.event_id)
+            .where(c.dispatched_at.is_(None))
+            .order_by(c.id)
+            .limit(limit)
+        ).all()
+        deployed = {d.name: d for d in jstore.deployed(conn)}
+    for row in rows:
+        report.commands += 1
+        d = deployed.get(row.journey)
+        if d is None:
+            report.skip(f"journey {row.journey!r} is not deployed")
+        elif row.command == "enroll":
+            await _enroll(
+                client, engine, task_queue, d, row.customer_id, row.data or {}, None, report
+            )
+        else:
+            data = row.data or {}
+            at = data.get("occurred_at")
+            ev = JourneyEvent(
+                event_id=str(data.get("event_id") or row.event_id or row.id),
+                type=row.event or "",
+                occurred_at=datetime.fromisoformat(at) if isinstance(at, str) else utcnow(),
+                properties=dict(data.get("properties") or {}),
+            )
+            await _signal(client, engine, d, row.customer_id, ev, report)
+            journey = Journey.model_validate(d.definition)
+            entry = journey.entry
+            if isinstance(entry, EventEntry) and entry.event == ev.type:
+                if await asyncio.to_thread(_entry_holds, engine, entry, row.customer_id, ev):
+                    await _enroll(client, engine, task_queue, d, row.customer_id, {}, ev, report)
+                else:
+                    report.skip("entry condition does not hold")
+        with engine.begin() as conn:
+            conn.execute(update(c).where(c.id == row.id).values(dispatched_at=utcnow()))
+    return report
+
+
+def _entry_holds(engine: Engine, entry: EventEntry, customer_id: str, ev: JourneyEvent) -> bool:
+    if entry.when is None:
+        return True
+    facts: dict[str, Any] = {}
+    with engine.connect() as conn:
+        pack = active_pack(conn)
+        if pack is not None:
+            facts = evaluate_facts(conn, pack, customer_id, ev.occurred_at)
+    facts["event.type"] = ev.type
+    facts.update({f"event.{k}": v for k, v in ev.properties.items()})
+    return evaluate(entry.when, facts)
+
+
+async def _enroll(
+    client: Client,
+    engine: Engine,
+    task_queue: str,
+    d: jstore.DeployedJourney,
+    customer_id: str,
+    data: dict[str, Any],
+    start_event: JourneyEvent | None,
+    report: DispatchReport,
+) -> None:
+    if d.status != "active":
+        report.skip(f"journey {d.status}")
+        return
+    journey = Journey.model_validate(d.definition)
+    now = utcnow()
+    with engine.connect() as conn:
+        past = jstore.past_enrollments(conn, d.name, customer_id)
+    why = may_enter(journey.reentry, past, now)
+    if why is not None:
+        report.skip(why)
+        return
+    entry_no = past.count + 1
+    wid = enrollment_workflow_id(d.name, customer_id, entry_no)
+    inp = EnrollmentInput(
+        journey=d.name,
+        version=d.version,
+        definition=d.definition,
+        customer_id=customer_id,
+        entry_no=entry_no,
+        data=data,
+    )
+    try:
+        await client.start_workflow(
+            "JourneyWorkflow",
+            inp,
+            id=wid,
+            task_queue=task_queue,
+            # an entry is started once, ever: a second hand-over of the same command is refused
+            id_reuse_policy=WorkflowIDReusePolicy.REJECT_DUPLICATE,
+            start_signal=JOURNEY_EVENT_SIGNAL if start_event else None,
+            start_signal_args=[start_event] if start_event else [],
+        )
+        report.started += 1
+    except WorkflowAlreadyStartedError:
+        report.skip("already started")
+    with engine.begin() as conn:
+        jstore.ensure_enrollment(
+            conn,
+            workflow_id=wid,
+            journey=d.name,
+            version=d.version,
+            customer_id=customer_id,
+            entry_no=entry_no,
+            entered_at=now,
+            node=journey.start,
+        )
+
+
+async def _signal(
+    client: Client,
+    engine: Engine,
+    d: jstore.DeployedJourney,
+    customer_id: str,
+    ev: JourneyEvent,
+    report: DispatchReport,
+) -> None:
+    with engine.connect() as conn:
+        active = jstore.past_enrollments(conn, d.name, customer_id).active
+    for wid in active:
+        try:
+            await client.get_workflow_handle(wid).signal(JOURNEY_EVENT_SIGNAL, ev)
+            report.signalled += 1
+        except RPCError as exc:
+            if exc.status != RPCStatusCode.NOT_FOUND:
+                raise
+            report.skip("enrollment already finished")  # its row is updated by its last step
+
+
+async def dispatch_forever(
+    client: Client, engine: Engine, task_queue: str, interval: float, stop: asyncio.Event
+) -> None:
+    """A worker's dispatcher: hand over what is pending every `interval` seconds."""
+    while not stop.is_set():
+        try:
+            report = await dispatch_once(client, engine, task_queue)
+            if report.commands:
+                log.info("dispatched %s", report)
+        except Exception:  # keep dispatching: the rows stay pending and are retried
+            log.exception("journey dispatch failed; retrying")
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(stop.wait(), timeout=interval)
