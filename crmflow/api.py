@@ -23,7 +23,6 @@ import html
 import logging
 import time
 from dataclasses import asdict, dataclass
-from datetime import datetime
 from typing import Annotated, Any
 from urllib.parse import parse_qs
 
@@ -32,16 +31,16 @@ from fastapi.encoders import jsonable_encoder
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import HTMLResponse, JSONResponse
 from pydantic import BaseModel, Field
-from sqlalchemy import Connection, Engine
+from sqlalchemy import Engine
 from starlette.concurrency import run_in_threadpool
 
 from activities.channels.unsubscribe import InvalidUnsubscribeToken, read_unsubscribe_token
 from crmflow.formats import Event
-from crmflow.processing import ConcurrentProcessing, active_pack, process_chunk
+from crmflow.ingest import store_events
+from crmflow.processing import ConcurrentProcessing
 from crmflow.settings import Settings
 from rules.source import RuleFileError
 from store.db import utcnow
-from store.ingest import insert_events, new_events
 from store.migrate import current_revision, head_revision
 
 log = logging.getLogger(__name__)
@@ -89,35 +88,17 @@ class _Counts:
 
 
 def _store_chunk(engine: Engine, rows: list[dict[str, Any]]) -> _Counts:
-    """One chunk in one transaction: the events import's flush for an in-memory batch.
-
-    NOTE: the same steps as the events branch of `crmflow.ingest.import_file`'s `flush`
-    (new_events, then insert_events, or process_chunk with a claim that stores the new
-    events already marked); kept in step with it until the two are shared.
-    """
-    out = _Counts()
-    now = utcnow()
+    """One chunk in one transaction, the way an import stores it."""
     with engine.begin() as conn:
-        pack = active_pack(conn)
-        counts, new = new_events(conn, rows, now)
-        if pack is None:
-            counts.inserted = insert_events(conn, new, now) if new else 0
-            out.unprocessed = len(new)
-        else:
-
-            def store_marked(c: Connection, _ids: list[str], at: datetime) -> int:
-                # stored already marked, after the rules state is loaded (so the history
-                # does not count them twice)
-                counts.inserted = insert_events(c, new, now, processed_at=at)
-                return counts.inserted
-
-            done = process_chunk(conn, pack, new, claim=store_marked)
-            out.processed = done.events
-            out.rules_fired = done.rules_fired
-            out.rules_version = pack.version
-        out.accepted = counts.inserted
-        out.duplicates = counts.unchanged
-    return out
+        got = store_events(conn, rows, utcnow())
+    return _Counts(
+        accepted=got.counts.inserted,
+        duplicates=got.counts.unchanged,
+        processed=got.processed,
+        rules_fired=got.rules_fired,
+        rules_version=got.rules_version,
+        unprocessed=got.unprocessed,
+    )
 
 
 def accept_events(

@@ -22,7 +22,7 @@ from pydantic import BaseModel, ValidationError
 from sqlalchemy import Connection, Engine
 
 from crmflow.formats import Customer, Event, describe_errors
-from crmflow.processing import active_pack, process_chunk
+from crmflow.processing import UNSUBSCRIBED, active_pack, process_chunk, revoke_consents
 from store.db import utcnow
 from store.ingest import WriteCounts, insert_events, new_events, upsert_customers
 
@@ -129,6 +129,47 @@ def _open_rows(path: Path, fh: Any) -> Iterator[tuple[int, Any, str]]:
     raise ImportError_(f"{path}: unknown file type {suffix!r}; expected .jsonl, .ndjson or .csv")
 
 
+@dataclass
+class StoredEvents:
+    """What one chunk of events did."""
+
+    counts: WriteCounts
+    processed: int = 0
+    unprocessed: int = 0
+    rules_fired: int = 0
+    rules_version: str | None = None
+
+
+def store_events(
+    conn: Connection, rows: list[dict[str, Any]], now: datetime, *, process: bool = True
+) -> StoredEvents:
+    """Store a chunk of validated events (`Event.model_dump()` dicts) in the caller's
+    transaction: new ones only (by event id), run through the active rules version in the
+    same transaction, stored already marked processed. With no rules deployed (or
+    `process=False`) they are stored unprocessed — but an unsubscribe still takes consent
+    away at once. Every way an event arrives (file import, HTTP) comes through here."""
+    pack = active_pack(conn) if process else None
+    counts, new = new_events(conn, rows, now)
+    out = StoredEvents(counts)
+    if pack is None:
+        counts.inserted = insert_events(conn, new, now) if new else 0
+        out.unprocessed = len(new)
+        revoke_consents(conn, [e for e in new if e["type"] == UNSUBSCRIBED], now)
+        return out
+
+    def store_marked(c: Connection, _ids: list[str], at: datetime) -> int:
+        # the chunk's events are stored already marked, after the rules state is loaded
+        # (so the history does not count them twice)
+        counts.inserted = insert_events(c, new, now, processed_at=at)
+        return counts.inserted
+
+    done = process_chunk(conn, pack, new, claim=store_marked)
+    out.processed = done.events
+    out.rules_fired = done.rules_fired
+    out.rules_version = pack.version
+    return out
+
+
 def import_file(
     engine: Engine,
     path: Path,
@@ -161,24 +202,12 @@ def import_file(
             if kind == "customers":
                 totals.add(upsert_customers(conn, batch, now))
             else:
-                pack = active_pack(conn) if process else None
-                counts, new = new_events(conn, batch, now)
-                if pack is None:
-                    counts.inserted = insert_events(conn, new, now) if new else 0
-                    report.unprocessed += len(new)
-                else:
-
-                    def store_marked(c: Connection, _ids: list[str], at: datetime) -> int:
-                        # the chunk's events are stored already marked, after the rules
-                        # state is loaded (so the history does not count them twice)
-                        counts.inserted = insert_events(c, new, now, processed_at=at)
-                        return counts.inserted
-
-                    done = process_chunk(conn, pack, new, claim=store_marked)
-                    report.processed += done.events
-                    report.rules_fired += done.rules_fired
-                    report.rules_version = pack.version
-                totals.add(counts)
+                got = store_events(conn, batch, now, process=process)
+                totals.add(got.counts)
+                report.unprocessed += got.unprocessed
+                report.processed += got.processed
+                report.rules_fired += got.rules_fired
+                report.rules_version = got.rules_version or report.rules_version
         batch.clear()
 
     try:

@@ -186,6 +186,23 @@ def revoke_consent(state: ProfileState, event: EventFacts) -> list[str]:
     return channels
 
 
+def revoke_consents(conn: Connection, events: list[dict[str, Any]], now: datetime) -> None:
+    """Unsubscribes stored while no rules version is deployed: consent off all the same."""
+    for e in events:
+        cid = e["customer_id"]
+        states = load_states(
+            conn, [cid], e["occurred_at"], purchase_event="", spend_property="", follow_up_event=""
+        )
+        if cid not in states:
+            continue
+        state = states[cid]
+        event = EventFacts(e["event_id"], e["type"], e["occurred_at"], e.get("properties") or {})
+        writer = ChunkWriter(rules_version=None, now=now)
+        writer.revoke_consent(cid, e["event_id"], e["occurred_at"], revoke_consent(state, event))
+        writer.write(conn, states)
+        bump_state_versions(conn, [cid], new_state_version())
+
+
 _journey_types: tuple[Any, dict[str, list[str]]] = (None, {})
 _journey_types_lock = threading.Lock()
 

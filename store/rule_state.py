@@ -129,7 +129,7 @@ def load_states(
 class ChunkWriter:
     """Collects one chunk's changes, then writes them with a few statements."""
 
-    rules_version: str
+    rules_version: str | None
     now: datetime
     audit: list[dict[str, Any]] = field(default_factory=list)
     tier_history: list[dict[str, Any]] = field(default_factory=list)

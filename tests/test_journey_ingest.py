@@ -88,3 +88,23 @@ def test_events_a_journey_listens_to_go_to_the_outbox(engine: Engine, tmp_path: 
         set_status(conn, "listener", "archived")
     import_rows(engine, tmp_path / "e.jsonl", [event(6, "A", "purchase", amount=1.0)])
     assert len(commands(engine)) == 4  # an archived journey listens to nothing
+
+
+def test_an_unsubscribe_revokes_consent_with_no_rules_deployed(
+    engine: Engine, tmp_path: Path
+) -> None:
+    import_rows(
+        engine,
+        tmp_path / "c.jsonl",
+        [{"customer_id": "N", "consent": {"email": True}}],
+        "customers",
+    )
+    report = import_rows(
+        engine, tmp_path / "e.jsonl", [event(1, "N", "unsubscribed", channel="email")]
+    )
+    assert report.unprocessed == 1  # stored for the rules to process later …
+    with engine.connect() as conn:
+        consent = conn.execute(
+            select(CustomerRow.consent).where(CustomerRow.customer_id == "N")
+        ).scalar_one()
+    assert consent == {"email": False}  # … but the consent is gone at once
