@@ -164,3 +164,30 @@ async def test_a_paused_journey_takes_no_one_in(
         report = await dispatch_once(ts_env.client, engine, queue)
     assert report.started == 0 and report.skipped["journey paused"] == 1
     assert enrollments(engine) == []
+
+
+async def test_a_new_version_is_used_by_new_enrollments_only(
+    ts_env: WorkflowEnvironment, engine: Engine, tmp_path: Path
+) -> None:
+    deploy_dir(engine, REPO / "examples/rules")
+    deploy(engine, ON_SIGN_UP)
+    first, second = c("V1", engine), c("V2", engine)
+    customers(engine, tmp_path, {"customer_id": first}, {"customer_id": second})
+    async with worker(ts_env, engine) as queue:
+        import_rows(engine, tmp_path / "e.jsonl", [event(1, first, "sign_up", channel="app")])
+        await dispatch_once(ts_env.client, engine, queue)
+        await ts_env.sleep(timedelta(days=1))  # the first enrollment is in its 5-day wait
+        deploy(engine, ON_SIGN_UP.replace('subject: "Bye"', 'subject: "Goodbye (v2)"'))
+        import_rows(engine, tmp_path / "e.jsonl", [event(2, second, "sign_up", channel="app")])
+        await dispatch_once(ts_env.client, engine, queue)
+        await ts_env.sleep(timedelta(days=6))
+        r1 = await finished(ts_env, f"journey:on-sign-up:{first}:1")
+        r2 = await finished(ts_env, f"journey:on-sign-up:{second}:1")
+    assert r1.outcome == r2.outcome == "completed"
+    assert [m.subject for m in outbox(engine, first)] == ["Hi", "Bye"]  # the version it began on
+    assert [m.subject for m in outbox(engine, second)] == ["Hi", "Goodbye (v2)"]
+    with engine.connect() as conn:
+        versions = dict(
+            conn.execute(select(EnrollmentRow.customer_id, EnrollmentRow.version)).all()
+        )
+    assert versions[first] != versions[second]

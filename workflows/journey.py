@@ -62,7 +62,10 @@ RETRY = RetryPolicy(
     maximum_interval=timedelta(minutes=5),
     non_retryable_error_types=["PermanentSendError"],
 )
-ACTIVITY_TIMEOUT = timedelta(minutes=2)
+# How long before an activity on a worker that died is tried again elsewhere: store work
+# takes milliseconds; a send gets longer (an SMTP or webhook provider may be slow).
+ACTIVITY_TIMEOUT = timedelta(seconds=20)
+SEND_TIMEOUT = timedelta(seconds=45)
 
 
 class _Finished(Exception):
@@ -185,11 +188,11 @@ class JourneyWorkflow:
                 if node.if_missing == "exit":
                     raise _Finished("exited", f"no {node.until_attribute} for delay {node_id}")
                 return node.next
-            await self._record(node_id, None)
+            await self._record(node_id, "entered", step=self._visit(node_id, "entered"))
             await self._sleep_until(until)
             return node.next
         if isinstance(node, WaitForNode):
-            await self._record(node_id, None)
+            await self._record(node_id, "entered", step=self._visit(node_id, "entered"))
             return node.on_event if await self._wait_for(node) else node.on_timeout
         if isinstance(node, BranchNode):
             return choose_case(node, await self._facts())
@@ -230,7 +233,7 @@ class JourneyWorkflow:
                 JOURNEY_DELIVER,
                 req,
                 result_type=DeliverResult,
-                start_to_close_timeout=ACTIVITY_TIMEOUT,
+                start_to_close_timeout=SEND_TIMEOUT,
                 retry_policy=RETRY,
             )
             if result.status != "wait" or result.retry_at is None:
@@ -314,6 +317,10 @@ class JourneyWorkflow:
         )
 
     # ------------------------------------------------------------------ helpers
+
+    def _visit(self, node_id: str, what: str) -> str:
+        assert self.inp is not None
+        return f"{node_id}:{self.inp.visits}:{what}"
 
     def _more_than(self, count: int) -> Callable[[], bool]:
         return lambda: len(self.events) > count
