@@ -300,3 +300,120 @@ def enrollments_cmd(
     from crmflow.journey_reports import enrollments_command
 
     enrollments_command(name, status=status, limit=limit, as_json=as_json)
+
+
+# --------------------------------------------------------------------------- simulation
+
+
+@journeys_app.command("simulate")
+def simulate_cmd(
+    file: FileArg,
+    customer: Annotated[
+        Path,
+        typer.Option(
+            "--customer",
+            exists=True,
+            dir_okay=False,
+            help="The customer: one JSON object in the customer import format",
+        ),
+    ],
+    events: Annotated[
+        Path | None,
+        typer.Option(
+            "--events",
+            exists=True,
+            dir_okay=False,
+            help="Their events (JSON Lines, the event import format), each signalled at its "
+            "occurred_at",
+        ),
+    ] = None,
+    start: Annotated[
+        str | None,
+        typer.Option(
+            "--start",
+            help="When the enrollment starts, ISO 8601 with a zone (default: the first "
+            "event's time, else now)",
+        ),
+    ] = None,
+    until: Annotated[
+        float | None,
+        typer.Option(
+            "--until",
+            help="Stop this many simulated days after the start (default: when the journey "
+            "ends, at most 400 days)",
+        ),
+    ] = None,
+    rules: Annotated[
+        Path | None,
+        typer.Option(
+            "--rules",
+            exists=True,
+            file_okay=False,
+            help="Deploy this rules folder in the simulation (update nodes and branches on "
+            "rule facts need it)",
+        ),
+    ] = None,
+    program: ProgramOpt = None,
+    quiet_hours: Annotated[
+        str | None,
+        typer.Option("--quiet-hours", help="Quiet hours on the customer's clock, e.g. 21:00-08:00"),
+    ] = None,
+    no_quiet_hours: Annotated[
+        bool, typer.Option("--no-quiet-hours", help="Simulate without quiet hours")
+    ] = False,
+    as_json: JsonFlag = False,
+) -> None:
+    """Run a journey for one customer on the time-skipping test server (a throwaway database,
+    the outbox channel only: nothing is sent): the path taken and every message with its
+    simulated send time. A 90-day journey takes seconds."""
+    from datetime import datetime
+
+    from rich.markup import escape
+
+    from crmflow.simulate import (
+        SimulationError,
+        load_customer,
+        load_events,
+        print_report,
+        quiet_hours_overrides,
+        simulate,
+    )
+    from crmflow.temporal import exit_skipping_finalizers
+
+    settings = _cli().load_settings()
+    try:
+        when = None
+        if start is not None:
+            try:
+                when = datetime.fromisoformat(start)
+            except ValueError as exc:
+                raise SimulationError(
+                    f"--start {start!r}: expected ISO 8601 with a zone, such as "
+                    "2026-12-01T09:00:00+08:00"
+                ) from exc
+        person = load_customer(customer, settings.default_phone_region)
+        happened = load_events(events, person["customer_id"]) if events else []
+        report = simulate(
+            file,
+            person,
+            happened,
+            settings=settings,
+            overrides=quiet_hours_overrides(quiet_hours, no_quiet_hours),
+            start=when,
+            until_days=until,
+            rules_dir=rules,
+            program=program,
+        )
+    except SimulationError as exc:
+        _cli().fail(escape(str(exc)))
+    if as_json:
+        _cli().emit_json(report.model_dump(mode="json"))
+    else:
+        print_report(report, _cli().console)
+    code = 1 if report.outcome == "failed" else 0
+    if sys.stdout is sys.__stdout__:
+        # run as the program (not in process by a test runner): leave without finalisation,
+        # which the SDK's threads can crash (see exit_skipping_finalizers)
+        exit_skipping_finalizers(code)
+    if code:
+        raise typer.Exit(code)
