@@ -2,19 +2,65 @@
 
 from __future__ import annotations
 
+import asyncio
 import json
 import sys
 from pathlib import Path
+from typing import Any
 
 from rich.console import Console
 from rich.table import Table
 from sqlalchemy import Engine
 
+from crmflow.dispatch import dispatch_once
 from crmflow.ingest import Kind, import_file
 from crmflow.settings import Settings
 from crmflow.stack import run_kpi_snapshot, stack_with_worker
+from journeys.validate import load_journey
 from rules.pack import load_pack
+from store.journeys import deploy_journey
 from store.rule_versions import deploy
+
+
+async def _first_sends(engine: Engine, wait: float = 3.0) -> dict[str, Any]:
+    """Enrollments and their messages so far, after giving the first messages a moment."""
+    from sqlalchemy import func, select
+
+    from store.models import DeliveryRow, EnrollmentRow
+
+    def counts() -> dict[str, Any]:
+        with engine.connect() as conn:
+            enrolled = conn.execute(select(func.count()).select_from(EnrollmentRow)).scalar_one()
+            by_status = dict(
+                conn.execute(
+                    select(DeliveryRow.status, func.count()).group_by(DeliveryRow.status)
+                ).all()
+            )
+        where = conn_where(engine)
+        return {
+            "where": where,
+            "enrollments": int(enrolled),
+            "sent": int(by_status.get("sent", 0)),
+            "suppressed": int(by_status.get("suppressed", 0)),
+            "decided": sum(int(v) for v in by_status.values()),
+        }
+
+    def conn_where(engine: Engine) -> dict[str, int]:
+        with engine.connect() as conn:
+            rows = conn.execute(
+                select(EnrollmentRow.journey, EnrollmentRow.node, func.count()).group_by(
+                    EnrollmentRow.journey, EnrollmentRow.node
+                )
+            ).all()
+        return {f"{j} at {n}": int(c) for j, n, c in rows}
+
+    loop = asyncio.get_running_loop()
+    deadline = loop.time() + wait
+    now = counts()
+    while now["decided"] < now["enrollments"] and loop.time() < deadline:
+        await asyncio.sleep(0.25)
+        now = counts()
+    return now
 
 
 async def run_demo(
@@ -30,6 +76,15 @@ async def run_demo(
         f"  rules version {pack.version} ({len(pack.rules)} rules from {rules_dir}) "
         + ("deployed" if new else "already deployed")
     )
+    # journeys before the events, so the events they listen to reach them
+    journeys_dir = examples / "journeys"
+    names = []
+    for file in sorted(journeys_dir.glob("*.yaml")):
+        j = load_journey(file).journey
+        with engine.begin() as conn:
+            deploy_journey(conn, j.journey, j.definition(), file.read_text("utf-8"), str(file))
+        names.append(j.journey)
+    say(f"  journeys deployed from {journeys_dir}: {', '.join(names) or 'none'}")
     reports = []
     kinds: tuple[Kind, ...] = ("customers", "events")
     for kind in kinds:
@@ -56,12 +111,27 @@ async def run_demo(
     where = "the embedded Temporal dev server" if settings.embedded else settings.temporal_target
     say(f"  starting {where} and a worker …")
     async with stack_with_worker(settings) as client:
+        handed = await dispatch_once(client, engine, settings.task_queue)
         wf_id, snap = await run_kpi_snapshot(client, settings, window_days=365)
+        sends = await _first_sends(engine)
     say(f"  workflow {wf_id} completed on task queue {settings.task_queue!r}")
+    say(
+        f"  journey outbox: {handed.commands} command(s) handed to Temporal, "
+        f"{handed.started} enrollment(s) started"
+        + (f" (skipped: {handed.skipped})" if handed.skipped else "")
+    )
+    say(
+        f"  journeys: {sends['enrollments']} enrollment(s); messages sent {sends['sent']} "
+        f"(in the outbox_messages table), suppressed {sends['suppressed']}"
+    )
+    for place, n in sorted(sends["where"].items()):
+        say(f"    {n} enrolled in {place}")
+    say("    (`crmflow journeys stats NAME`, `crmflow journeys enrollments NAME`)")
     if as_json:
         data = {
             "imports": [r.as_dict() for r in reports],
             "workflow_id": wf_id,
+            "journeys": {"dispatched": handed.__dict__, **sends},
             "kpi": snap.model_dump(mode="json") | {"repurchase_rate": snap.repurchase_rate},
         }
         sys.stdout.write(json.dumps(data, indent=2) + "\n")
