@@ -407,3 +407,59 @@ async def test_quiet_hours_across_the_spring_forward_night(engine: Engine, tmp_p
     # 8 h 30 min after the message was due, not 9 h 30 min
     (sent,) = sent_times(engine, "D1")
     assert abs(sent - datetime(2027, 3, 14, 12, 0, tzinfo=UTC)) < timedelta(seconds=1)
+
+
+CALENDAR = """
+journey: calendar
+entry: rule
+channels: [email]
+start: monday
+nodes:
+  monday:
+    type: delay
+    until_local_time: "09:30"
+    weekdays: [mon]
+    next: first
+  first:
+    type: message
+    channel: email
+    template: {subject: "Monday", text: "m"}
+    next: birthday
+  birthday:
+    type: delay
+    until_attribute: birthday
+    offset_days: -1
+    at_local_time: "10:00"
+    next: second
+  second:
+    type: message
+    channel: email
+    template: {subject: "Tomorrow is your birthday", text: "b"}
+    next: done
+  done: {type: exit}
+"""
+
+
+async def test_delays_until_a_weekday_time_and_until_a_date_in_an_attribute(
+    ts_env: WorkflowEnvironment, engine: Engine, tmp_path: Path
+) -> None:
+    from zoneinfo import ZoneInfo
+
+    zone = ZoneInfo("Asia/Shanghai")
+    customers(
+        engine,
+        tmp_path,
+        {"customer_id": "CAL", "attributes": {"birthday": "1990-02-20"}},  # Shanghai time
+        {"customer_id": "NOB"},  # no birthday: the enrollment exits at that delay
+    )
+    async with worker(ts_env, engine) as queue:
+        started = await now(ts_env)
+        result = await (await start(ts_env, queue, journey(CALENDAR), "CAL")).result()
+        missing = await (await start(ts_env, queue, journey(CALENDAR), "NOB")).result()
+    assert result.outcome == "completed"
+    monday, eve = (t.astimezone(zone) for t in sent_times(engine, "CAL"))
+    assert (monday.weekday(), monday.hour, monday.minute) == (0, 9, 30)
+    assert monday - started.astimezone(zone) <= timedelta(days=7)
+    assert (eve.month, eve.day, eve.hour) == (2, 19, 10)  # the day before, at 10:00 local
+    assert eve > monday
+    assert missing.outcome == "exited" and "birthday" in (missing.reason or "")
