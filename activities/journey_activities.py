@@ -33,8 +33,10 @@ from activities.channels.base import (
     TransientSendError,
 )
 from activities.channels.unsubscribe import make_unsubscribe_token, unsubscribe_url
+from crmflow import segments
 from crmflow.journey_contracts import (
     JOURNEY_DELIVER,
+    JOURNEY_ENTER_SEGMENT,
     JOURNEY_FACTS,
     JOURNEY_RECORD,
     JOURNEY_UPDATE,
@@ -42,6 +44,7 @@ from crmflow.journey_contracts import (
     DeliverResult,
     FactsRequest,
     RecordRequest,
+    SegmentRequest,
     UpdateRequest,
 )
 from crmflow.processing import active_pack, apply_effects, evaluate_facts
@@ -66,7 +69,15 @@ class JourneyActivities:
         self.channels = channels
 
     def all(self) -> list[Callable[..., Any]]:
-        return [self.deliver, self.facts, self.record, self.update]
+        return [self.deliver, self.facts, self.record, self.update, self.enter_segment]
+
+    @activity.defn(name=JOURNEY_ENTER_SEGMENT)
+    def enter_segment(self, req: SegmentRequest) -> dict[str, Any]:
+        try:
+            run = segments.enter_segment(self.engine, req.journey, req.run, req.at)
+        except segments.SegmentError as exc:
+            raise ApplicationError(str(exc), non_retryable=True) from exc
+        return run.__dict__
 
     # ------------------------------------------------------------------ deliver
 

@@ -6,13 +6,14 @@ import json
 import sys
 from collections import Counter
 from pathlib import Path
-from typing import Annotated, Any
+from typing import Annotated, Any, NoReturn
 
 import typer
 
 from journeys.models import EventEntry, Journey, MessageNode, SegmentEntry
 from journeys.validate import LoadedJourney, load_journey
 from rules.source import RuleFileError
+from store.journeys import deployed
 
 journeys_app = typer.Typer(
     help="Customer journeys: validate, deploy, pause, resume, archive, list, dispatch, schema.",
@@ -135,12 +136,85 @@ def deploy(file: FileArg, program: ProgramOpt = None, as_json: JsonFlag = False)
         version, created = deploy_journey(
             conn, j.journey, j.definition(), file.read_text(encoding="utf-8"), str(file)
         )
-    data = {"journey": j.journey, "version": version, "new": created}
+    data: dict[str, Any] = {"journey": j.journey, "version": version, "new": created}
+    entry = j.entry
+    if isinstance(entry, SegmentEntry) and entry.once:
+        data["segment"] = _enter(engine, j.journey, "once")
+    elif isinstance(entry, SegmentEntry):
+        with engine.connect() as conn:
+            status = deployed(conn, j.journey)[0].status
+        data["schedule"] = _sync_schedule(j, status)
     if as_json:
         _cli().emit_json(data)
         return
     what = "deployed" if created else "already deployed; made active"
     _cli().console.print(f"journey {j.journey!r} version {version} {what}", highlight=False)
+    if "segment" in data:
+        seg = data["segment"]
+        _cli().console.print(
+            f"segment: {seg['matched']} of {seg['customers']} customers match; "
+            f"{seg['queued']} enrollment(s) queued (a worker's dispatcher starts them)",
+            highlight=False,
+        )
+    if "schedule" in data:
+        _cli().console.print(data["schedule"], highlight=False)
+
+
+def _fail(message: str) -> NoReturn:
+    _cli().fail(message)
+    raise typer.Exit(1)  # (fail exits; this line tells the type checker so)
+
+
+def _enter(engine: Any, name: str, run: str) -> dict[str, Any]:
+    from crmflow.segments import SegmentError, enter_segment
+
+    try:
+        return enter_segment(engine, name, run).__dict__
+    except SegmentError as exc:
+        _fail(str(exc))
+
+
+def _sync_schedule(journey: Journey, status: str) -> str:
+    """Make the journey's Temporal Schedule match it (needs a reachable Temporal)."""
+    import asyncio
+
+    from crmflow.segment_schedules import sync_schedule
+    from crmflow.temporal import TemporalSetupError, connect
+
+    settings = _cli().load_settings()
+
+    async def run() -> str:
+        client = await connect(settings)
+        return await sync_schedule(client, settings.task_queue, journey, status)
+
+    try:
+        return asyncio.run(run())
+    except TemporalSetupError as exc:
+        _fail(
+            f"the journey is stored, but its segment schedule needs Temporal: {exc}. "
+            "Deploy again (or change its status) once Temporal is up (`crmflow up`)."
+        )
+
+
+@journeys_app.command("enter")
+def enter(
+    name: Annotated[str, typer.Argument(help="A journey entered by a segment")],
+    run: Annotated[str | None, typer.Option(help="Run key (default: now, to the minute)")] = None,
+    as_json: JsonFlag = False,
+) -> None:
+    """Evaluate a journey's segment now and queue everyone in it (once per run key)."""
+    from store.db import utcnow
+
+    engine = _cli().existing_engine(_cli().load_settings())
+    data = _enter(engine, name, run or utcnow().strftime("%Y%m%dT%H%M"))
+    if as_json:
+        _cli().emit_json(data)
+        return
+    _cli().console.print(
+        f"segment of {name!r} (run {data['run']}): {data['matched']} of {data['customers']} "
+        f"customers match; {data['queued']} enrollment(s) queued",
+        highlight=False,
+    )
 
 
 def _set_status(name: str, status: str) -> None:
@@ -152,6 +226,11 @@ def _set_status(name: str, status: str) -> None:
     if before is None:
         _cli().fail(f"no journey {name!r} is deployed (crmflow journeys list)")
     _cli().console.print(f"journey {name!r}: {before} -> {status}", highlight=False)
+    with engine.connect() as conn:
+        journey = Journey.model_validate(deployed(conn, name)[0].definition)
+    entry = journey.entry
+    if isinstance(entry, SegmentEntry) and entry.schedule is not None:
+        _cli().console.print(_sync_schedule(journey, status), highlight=False)
 
 
 @journeys_app.command("pause")

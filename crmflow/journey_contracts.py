@@ -16,6 +16,7 @@ JOURNEY_DELIVER = "journey_deliver"
 JOURNEY_FACTS = "journey_facts"
 JOURNEY_RECORD = "journey_record"
 JOURNEY_UPDATE = "journey_update"
+JOURNEY_ENTER_SEGMENT = "journey_enter_segment"
 
 # Signal and query names
 JOURNEY_EVENT_SIGNAL = "journey_event"
@@ -130,3 +131,15 @@ class UpdateRequest(BaseModel):
     step_key: str
     effects: list[dict[str, Any]]
     at: datetime
+
+
+class SegmentRequest(BaseModel):
+    """Evaluate a journey's segment now and queue the customers in it (once per run key)."""
+
+    journey: str
+    run: str
+    at: datetime
+
+
+def segment_schedule_id(journey: str) -> str:
+    return f"journey-segment:{journey}"

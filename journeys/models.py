@@ -47,7 +47,9 @@ import math
 import re
 from datetime import timedelta
 from typing import Annotated, Any, Literal, get_args
+from zoneinfo import ZoneInfo
 
+from croniter import croniter
 from pydantic import (
     AfterValidator,
     BaseModel,
@@ -136,11 +138,23 @@ class SegmentEntry(Strict):
         None, min_length=1, description="a cron expression: when the segment is evaluated"
     )
     once: bool = Field(False, description="true: evaluate the segment once, at deploy")
+    timezone: str = Field("UTC", description="the time zone the schedule is read in")
 
     @model_validator(mode="after")
     def _when(self) -> SegmentEntry:
         if (self.schedule is None) == (not self.once):
             raise ValueError("a segment entry needs either a schedule or once: true (not both)")
+        if self.schedule is not None and not croniter.is_valid(self.schedule):
+            raise ValueError(
+                f"schedule {self.schedule!r} is not a cron expression; expected five fields "
+                "such as '0 9 * * 1' (09:00 every Monday)"
+            )
+        try:
+            ZoneInfo(self.timezone)
+        except (KeyError, ValueError):
+            raise ValueError(
+                f"timezone {self.timezone!r} is not a time zone; expected e.g. Asia/Shanghai"
+            ) from None
         return self
 
 

@@ -3,5 +3,11 @@
 from workflows.journey import JourneyWorkflow
 from workflows.kpi_snapshot import KpiSnapshotWorkflow
 from workflows.project import ProjectWorkflow
+from workflows.segment_entry import SegmentEntryWorkflow
 
-WORKFLOWS: list[type] = [KpiSnapshotWorkflow, ProjectWorkflow, JourneyWorkflow]
+WORKFLOWS: list[type] = [
+    KpiSnapshotWorkflow,
+    ProjectWorkflow,
+    JourneyWorkflow,
+    SegmentEntryWorkflow,
+]

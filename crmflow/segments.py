@@ -1,0 +1,117 @@
+"""Segment entries: the customers matching a journey's segment condition enter it.
+
+The condition is the rules' own (tags, tier, points, spend windows, attributes, consent …),
+tested on the facts the rules build. Customers are read in pages by id, each page's rule
+state loaded set-based (a handful of queries per page, never one per customer), and the
+ones that match get an `enroll` command in the journey outbox — under a key naming the
+journey, the version and the run, so running the same segment entry twice enrolls nobody
+twice; the dispatcher then applies the journey's status and re-entry policy as for any
+other enrollment.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from datetime import datetime, timedelta
+
+from sqlalchemy import Engine, select
+
+from crmflow.processing import HISTORY_DAYS, active_pack
+from journeys.conditions import evaluate
+from journeys.models import Journey, SegmentEntry
+from rules.facts import EventFacts, build_facts
+from store import journeys as jstore
+from store.db import utcnow
+from store.models import CustomerRow, JourneyCommandRow
+from store.rule_state import load_states
+from store.sql import insert_for, table_of
+
+PAGE = 1000
+
+
+class SegmentError(ValueError):
+    pass
+
+
+@dataclass
+class SegmentRun:
+    journey: str
+    run: str
+    customers: int = 0
+    matched: int = 0
+    queued: int = 0
+
+
+def enter_segment(engine: Engine, name: str, run: str, at: datetime | None = None) -> SegmentRun:
+    """Queue an enrollment for every customer in journey `name`'s segment at `at`.
+
+    `run` names this evaluation (`once`, or a schedule's run time): a customer is queued once
+    per journey version and run."""
+    at = at or utcnow()
+    with engine.connect() as conn:
+        found = jstore.deployed(conn, name)
+        pack = active_pack(conn)
+    if not found:
+        raise SegmentError(f"no journey {name!r} is deployed")
+    d = found[0]
+    entry = Journey.model_validate(d.definition).entry
+    if not isinstance(entry, SegmentEntry):
+        raise SegmentError(f"journey {name!r} is not entered by a segment")
+    if pack is None:
+        raise SegmentError("a segment is tested on the rules' facts: deploy a rules version first")
+    program = pack.program
+    report = SegmentRun(journey=name, run=run)
+    after = ""
+    c = CustomerRow
+    while True:
+        with engine.begin() as conn:
+            ids = list(
+                conn.execute(
+                    select(c.customer_id)
+                    .where(c.customer_id > after, c.is_stub.is_(False))
+                    .order_by(c.customer_id)
+                    .limit(PAGE)
+                ).scalars()
+            )
+            if not ids:
+                return report
+            after = ids[-1]
+            states = load_states(
+                conn,
+                ids,
+                at - timedelta(days=HISTORY_DAYS),
+                purchase_event=program.purchase_event,
+                spend_property=program.spend_property,
+                follow_up_event=program.follow_up_event,
+            )
+            matched = []
+            for cid in ids:
+                state = states[cid]
+                state.purchases = [p for p in state.purchases if p[0] <= at]
+                facts = build_facts(state, EventFacts("", "", at, {}), program, None)
+                if evaluate(entry.segment, facts):
+                    matched.append(cid)
+            report.customers += len(ids)
+            report.matched += len(matched)
+            if matched:
+                t = table_of(JourneyCommandRow)
+                result = conn.execute(
+                    insert_for(conn, t)
+                    .on_conflict_do_nothing(index_elements=["dedupe_key"])
+                    .returning(t.c.id),
+                    [
+                        {
+                            "dedupe_key": f"segment:{name}:{d.version}:{run}:{cid}",
+                            "customer_id": cid,
+                            "journey": name,
+                            "command": "enroll",
+                            "event": None,
+                            "data": {"segment_run": run},
+                            "event_id": None,
+                            "rule": None,
+                            "created_at": utcnow(),
+                        }
+                        for cid in matched
+                    ],
+                )
+                report.queued += len(result.all())

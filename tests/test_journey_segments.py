@@ -1,0 +1,153 @@
+"""Segment entries: everyone matching the condition is queued once per run; a journey with a
+schedule gets a Temporal Schedule that follows its status."""
+
+from __future__ import annotations
+
+import json
+import uuid
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+
+import yaml
+from sqlalchemy import Engine, select
+from temporalio.client import ScheduleActionStartWorkflow
+from temporalio.testing import WorkflowEnvironment
+from temporalio.worker import Worker
+from typer.testing import CliRunner
+
+from activities.channels.outbox import OutboxChannel
+from activities.journey_activities import JourneyActivities
+from crmflow.cli import app
+from crmflow.journey_contracts import segment_schedule_id
+from crmflow.segment_schedules import sync_schedule
+from crmflow.segments import enter_segment
+from journeys.models import Journey
+from store.journeys import deploy_journey
+from store.models import JourneyCommandRow
+from tests.rules_helpers import REPO, deploy_dir, event, import_rows
+from tests.test_journey_workflow import settings
+from workflows.segment_entry import SegmentEntryWorkflow
+
+runner = CliRunner()
+VIP_ONCE = """
+journey: vip-once
+entry: {segment: {all: [tags contains big-spender, consent.email == true]}, once: true}
+channels: [email]
+start: hi
+nodes:
+  hi:
+    type: message
+    channel: email
+    template: {subject: "For our best customers", text: "thanks"}
+    next: done
+  done: {type: exit}
+"""
+VIP_WEEKLY = VIP_ONCE.replace("vip-once", "vip-weekly").replace(
+    "once: true}", 'schedule: "0 9 * * 1", timezone: Asia/Shanghai}'
+)
+
+
+def seed(engine: Engine, tmp_path: Path) -> None:
+    deploy_dir(engine, REPO / "examples/rules")
+    import_rows(
+        engine,
+        tmp_path / "c.jsonl",
+        [
+            {"customer_id": "big", "consent": {"email": True}},
+            {"customer_id": "big-no-mail", "consent": {"email": False}},
+            {"customer_id": "small", "consent": {"email": True}},
+        ],
+        "customers",
+    )
+    import_rows(
+        engine,
+        tmp_path / "e.jsonl",
+        [
+            event(1, "big", amount=5000.0),  # the big-spender rule tags it
+            event(2, "big-no-mail", amount=5000.0),
+            event(3, "small", amount=10.0),
+        ],
+    )
+
+
+def queued(engine: Engine) -> list[str]:
+    with engine.connect() as conn:
+        return sorted(
+            conn.execute(
+                select(JourneyCommandRow.customer_id).where(
+                    JourneyCommandRow.command == "enroll",
+                    JourneyCommandRow.dedupe_key.startswith("segment:"),
+                )
+            ).scalars()
+        )
+
+
+def test_deploying_a_once_segment_queues_everyone_in_it_once(
+    engine: Engine, cli_env: Path, tmp_path: Path
+) -> None:
+    seed(engine, tmp_path)
+    file = tmp_path / "vip.yaml"
+    file.write_text(VIP_ONCE)
+    (tmp_path / "program.yaml").write_text((REPO / "examples/program.yaml").read_text())
+    result = runner.invoke(app, ["journeys", "deploy", str(file), "--json"])
+    assert result.exit_code == 0, result.output
+    data = json.loads(result.stdout)
+    assert data["segment"] == {
+        "journey": "vip-once",
+        "run": "once",
+        "customers": 3,
+        "matched": 1,
+        "queued": 1,
+    }
+    assert queued(engine) == ["big"]
+    again = enter_segment(engine, "vip-once", "once")  # the same run: nobody twice
+    assert (again.matched, again.queued) == (1, 0)
+    later = runner.invoke(app, ["journeys", "enter", "vip-once", "--run", "r2", "--json"])
+    assert json.loads(later.stdout)["queued"] == 1  # a new run queues again (re-entry decides)
+
+
+def test_a_bad_cron_expression_is_refused_with_the_reason() -> None:
+    text = VIP_WEEKLY.replace("0 9 * * 1", "every monday")
+    try:
+        Journey.model_validate(yaml.safe_load(text))
+    except ValueError as exc:
+        assert "not a cron expression" in str(exc)
+    else:
+        raise AssertionError("accepted a bad cron expression")
+
+
+async def test_a_scheduled_segment_gets_a_schedule_that_follows_the_journey(
+    dev_env: WorkflowEnvironment, engine: Engine, tmp_path: Path
+) -> None:
+    seed(engine, tmp_path)
+    name = f"vip-weekly-{uuid.uuid4().hex[:6]}"
+    j = Journey.model_validate(yaml.safe_load(VIP_WEEKLY.replace("vip-weekly", name)))
+    with engine.begin() as conn:
+        deploy_journey(conn, name, j.definition(), VIP_WEEKLY, "test")
+    queue = f"segments-{uuid.uuid4()}"
+    client = dev_env.client
+    assert "created" in await sync_schedule(client, queue, j, "active")
+    handle = client.get_schedule_handle(segment_schedule_id(name))
+    desc = await handle.describe()
+    assert desc.schedule.spec.time_zone_name == "Asia/Shanghai"
+    assert desc.schedule.spec.cron_expressions == ["0 9 * * 1"] or desc.schedule.spec.calendars
+    assert isinstance(desc.schedule.action, ScheduleActionStartWorkflow)
+    assert not desc.schedule.state.paused
+    assert "updated" in await sync_schedule(client, queue, j, "paused")
+    assert (await handle.describe()).schedule.state.paused
+    # a run of the schedule: the segment is evaluated by a worker's activity
+    acts = JourneyActivities(engine, settings(), {"outbox": OutboxChannel(engine)})
+    with ThreadPoolExecutor(4) as pool:
+        async with Worker(
+            client,
+            task_queue=queue,
+            workflows=[SegmentEntryWorkflow],
+            activities=acts.all(),
+            activity_executor=pool,
+        ):
+            result = await client.execute_workflow(
+                SegmentEntryWorkflow.run, name, id=f"seg-{uuid.uuid4()}", task_queue=queue
+            )
+    assert (result["matched"], result["queued"]) == (1, 1)
+    assert queued(engine) == ["big"]
+    assert await sync_schedule(client, queue, j, "archived") == "schedule deleted"
