@@ -99,7 +99,7 @@ def validate(
             _cli().emit_json({"ok": False, "errors": [e.__dict__ for e in exc.errors]})
         else:
             for e in exc.errors:
-                _cli().err.print(f"[red]{e}[/]", highlight=False)
+                _cli().err.print(f"[red]{e}[/]", highlight=False, soft_wrap=True)
             _cli().err.print(f"{len(exc.errors)} problem(s) found")
         raise typer.Exit(1) from exc
     data = summary(loaded)
@@ -128,7 +128,7 @@ def deploy(file: FileArg, program: ProgramOpt = None, as_json: JsonFlag = False)
         loaded = load_journey(file, program, None)
     except RuleFileError as exc:
         for e in exc.errors:
-            _cli().err.print(f"[red]{e}[/]", highlight=False)
+            _cli().err.print(f"[red]{e}[/]", highlight=False, soft_wrap=True)
         _cli().fail(f"{len(exc.errors)} problem(s) found; nothing deployed")
     j = loaded.journey
     engine = _cli().migrated_engine(_cli().load_settings())

@@ -198,7 +198,7 @@ def _params(items: list[str] | None) -> dict[str, str]:
 
 def _file_errors(exc: RuleFileError) -> NoReturn:
     for e in exc.errors:
-        _cli().err.print(f"[red]{e}[/]", highlight=False)
+        _cli().err.print(f"[red]{e}[/]", highlight=False, soft_wrap=True)
     fail(f"{len(exc.errors)} problem(s) found")
 
 

@@ -54,7 +54,7 @@ def _load(rules_dir: Path, program: Path | None, as_json: bool) -> tuple[Compile
             _cli().emit_json({"ok": False, "errors": [e.__dict__ for e in exc.errors]})
         else:
             for e in exc.errors:
-                _cli().err.print(f"[red]{e}[/]", highlight=False)
+                _cli().err.print(f"[red]{e}[/]", highlight=False, soft_wrap=True)
             _cli().err.print(f"{len(exc.errors)} problem(s) found")
         raise typer.Exit(1) from exc
 
