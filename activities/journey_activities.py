@@ -87,21 +87,32 @@ class JourneyActivities:
         checked = await asyncio.to_thread(self._check_and_open, req, at)
         if isinstance(checked, DeliverResult):
             return checked
-        message = checked
+        message, interrupted = checked
         channel = self.channels.get(req.channel) or self.channels["outbox"]
+        if interrupted and channel.name == "email":
+            # A send was under way when its worker stopped: the SMTP server may have taken
+            # the message. SMTP cannot ignore a repeated one, so it is not sent again.
+            why = "the send was interrupted (its worker stopped); not repeated over SMTP"
+            await asyncio.to_thread(self._close, req, at, "failed", {"error": why})
+            return DeliverResult(status="failed", reason=why)
         try:
             result = await channel.send(message)
         except PermanentSendError as exc:
             await asyncio.to_thread(self._close, req, at, "failed", {"error": str(exc)})
             return DeliverResult(status="failed", reason=str(exc))
         except TransientSendError as exc:
-            # Temporal retries the activity; the delivery stays `sending` until one succeeds
+            # known not delivered: Temporal retries the activity, which sends again
+            await asyncio.to_thread(self._mark, req, "retrying")
             raise ApplicationError(str(exc), type="TransientSendError") from exc
         meta = {"provider_message_id": result.provider_message_id, "via": channel.name}
         await asyncio.to_thread(self._close, req, at, "sent", meta)
         return DeliverResult(status="sent", sent_at=at)
 
-    def _check_and_open(self, req: DeliverRequest, at: datetime) -> DeliverResult | OutgoingMessage:
+    def _check_and_open(
+        self, req: DeliverRequest, at: datetime
+    ) -> DeliverResult | tuple[OutgoingMessage, bool]:
+        """Checks, rendering and the delivery record (`sending`) before the send; with the
+        message, whether an earlier attempt was interrupted mid-send."""
         s = self.settings
         with self.engine.begin() as conn:
             jstore.ensure_enrollment(
@@ -115,7 +126,7 @@ class JourneyActivities:
                 node=req.node,
             )
             done = jstore.find_delivery(conn, req.step_key)
-            if done is not None and done.status != "sending":
+            if done is not None and done.status not in ("sending", "retrying"):
                 # a retry or replay of a step already decided: the same answer, nothing sent
                 return DeliverResult(status=done.status, reason=done.reason, sent_at=done.sent_at)
             profile = jstore.message_profile(conn, req.customer_id, at)
@@ -143,7 +154,9 @@ class JourneyActivities:
                 )
             except Exception as exc:  # jinja2 errors: the template cannot render for them
                 return self._suppress(conn, req, at, f"template did not render: {exc}", "failed")
-            if done is None:
+            if done is not None:
+                jstore.set_delivery_status(conn, req.step_key, "sending")
+            else:
                 jstore.open_delivery(
                     conn,
                     dedupe_key=req.step_key,
@@ -155,7 +168,7 @@ class JourneyActivities:
                     body=rendered.text or rendered.html,
                     meta={"journey": req.journey, "node": req.node, "variant": req.variant},
                 )
-        return OutgoingMessage(
+        message = OutgoingMessage(
             dedupe_key=req.step_key,
             customer_id=req.customer_id,
             channel=req.channel,
@@ -166,6 +179,7 @@ class JourneyActivities:
             unsubscribe_url=link if req.channel == "email" else None,
             data={**req.data, "journey": req.journey, "node": req.node},
         )
+        return message, done is not None and done.status == "sending"
 
     def _why_not(self, req: DeliverRequest, profile: dict[str, Any]) -> str | None:
         consent = profile.get("consent") or {}
@@ -223,6 +237,10 @@ class JourneyActivities:
         )
         self._after(conn, req, at, status, why)
         return DeliverResult(status=status, reason=why)
+
+    def _mark(self, req: DeliverRequest, status: str) -> None:
+        with self.engine.begin() as conn:
+            jstore.set_delivery_status(conn, req.step_key, status)
 
     def _close(self, req: DeliverRequest, at: datetime, status: str, meta: dict[str, Any]) -> None:
         with self.engine.begin() as conn:

@@ -310,6 +310,12 @@ def close_delivery(
     )
 
 
+def set_delivery_status(conn: Connection, dedupe_key: str, status: str) -> None:
+    conn.execute(
+        update(DeliveryRow).where(DeliveryRow.dedupe_key == dedupe_key).values(status=status)
+    )
+
+
 def sends_since(
     conn: Connection,
     *,

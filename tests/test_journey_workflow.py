@@ -463,3 +463,46 @@ async def test_delays_until_a_weekday_time_and_until_a_date_in_an_attribute(
     assert (eve.month, eve.day, eve.hour) == (2, 19, 10)  # the day before, at 10:00 local
     assert eve > monday
     assert missing.outcome == "exited" and "birthday" in (missing.reason or "")
+
+
+async def test_an_email_interrupted_mid_send_is_not_sent_again(
+    engine: Engine, tmp_path: Path
+) -> None:
+    """At most once: a retry that finds its e-mail still `sending` (the worker died after
+    handing it to the SMTP server, perhaps) records a failure instead of sending twice; the
+    outbox channel, which ignores a repeated key, simply sends again."""
+    from activities.channels.email import EmailChannel, SmtpConfig
+    from crmflow.journey_contracts import DeliverRequest
+    from store.journeys import open_delivery
+    from tests.channel_servers import RecordingSmtpHandler, smtp_server
+
+    customers(engine, tmp_path, {"customer_id": "M1"})
+    at = datetime(2026, 11, 23, 4, 0, tzinfo=UTC)
+    for key in ("k-email", "k-outbox"):
+        with engine.begin() as conn:
+            open_delivery(
+                conn, dedupe_key=key, customer_id="M1", channel="email", status="sending", at=at
+            )
+    handler = RecordingSmtpHandler()
+    with smtp_server(handler) as port:
+        mail = EmailChannel(
+            SmtpConfig(host="127.0.0.1", port=port, security="none", mail_from="crm@example.com")
+        )
+        outbox_only = {"outbox": OutboxChannel(engine)}
+        for key, channels in (
+            ("k-email", {"email": mail, **outbox_only}),
+            ("k-outbox", outbox_only),
+        ):
+            acts = JourneyActivities(engine, settings(), channels)  # type: ignore[arg-type]
+            req = DeliverRequest(
+                workflow_id="w", journey="j", version="v", customer_id="M1", node="n",
+                step_key=key, channel="email", template={"subject": "s", "text": "t"},
+                entered_at=at, at=at,
+            )  # fmt: skip
+            result = await acts.deliver(req)
+            if key == "k-email":
+                assert result.status == "failed" and "interrupted" in (result.reason or "")
+            else:
+                assert result.status == "sent"
+    assert handler.received == []  # nothing reached the SMTP server
+    assert [m.subject for m in outbox(engine, "M1")] == ["s"]
