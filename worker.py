@@ -44,6 +44,9 @@ def build_worker(
 async def run_worker(client: Client, settings: Settings, stop: asyncio.Event) -> None:
     """Poll the task queue until `stop` is set, then drain and return."""
     engine = make_engine(settings.db_url)
+    # async activities (sending) do their database work with asyncio.to_thread: give that
+    # as many threads as the synchronous activities have (the loop's default is cores + 4)
+    asyncio.get_running_loop().set_default_executor(ThreadPoolExecutor(ACTIVITY_THREADS))
     with ThreadPoolExecutor(max_workers=ACTIVITY_THREADS) as executor:
         worker = build_worker(client, settings, engine, executor)
         async with worker:

@@ -286,6 +286,21 @@ class JourneyActivities:
                 at=at,
                 variant=req.variant,
             )
+        if req.next_node and not req.finish:
+            # the enrollment is now at the next node: its entry, logged here, saves the
+            # workflow an activity when that node is a wait (`_placed_by_deliver`)
+            jstore.record_step(
+                conn,
+                step_key=f"{req.workflow_id}:{req.next_node}:{req.visit + 1}:entered",
+                workflow_id=req.workflow_id,
+                journey=req.journey,
+                version=req.version,
+                customer_id=req.customer_id,
+                node=req.next_node,
+                kind="entered",
+                at=at,
+                variant=req.variant,
+            )
         jstore.move_enrollment(
             conn,
             req.workflow_id,

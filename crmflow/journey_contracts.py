@@ -77,6 +77,7 @@ class DeliverRequest(BaseModel):
     customer_id: str
     entry_no: int = 1
     node: str
+    visit: int = 0
     step_key: str
     channel: str
     template: dict[str, Any]

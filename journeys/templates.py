@@ -15,9 +15,11 @@ from __future__ import annotations
 import re
 from collections.abc import Mapping
 from dataclasses import dataclass
+from functools import lru_cache
 from types import TracebackType
 from typing import Any
 
+import jinja2
 from jinja2 import StrictUndefined, TemplateError, meta
 from jinja2.sandbox import SandboxedEnvironment
 
@@ -94,9 +96,14 @@ class RenderedMessage:
     html: str | None
 
 
+@lru_cache(maxsize=1024)
+def _compiled(html: bool, source: str) -> jinja2.Template:
+    """Compiling a template costs milliseconds; a journey sends the same ones again and again."""
+    return (HTML_ENV if html else TEXT_ENV).from_string(source)
+
+
 def render_part(part: str, source: str, context: Mapping[str, Any]) -> str:
-    env = HTML_ENV if part == "html" else TEXT_ENV
-    return env.from_string(source).render(context)
+    return _compiled(part == "html", source).render(context)
 
 
 def render_message(

@@ -168,6 +168,7 @@ class JourneyWorkflow:
             )
 
     _finished_by_deliver = False
+    _delivered_before: str | None = None
 
     def _should_continue_as_new(self, steps: int) -> bool:
         assert self.inp is not None
@@ -188,11 +189,13 @@ class JourneyWorkflow:
                 if node.if_missing == "exit":
                     raise _Finished("exited", f"no {node.until_attribute} for delay {node_id}")
                 return node.next
-            await self._record(node_id, "entered", step=self._visit(node_id, "entered"))
+            if not self._placed_by_deliver(node_id):
+                await self._record(node_id, "entered", step=self._visit(node_id, "entered"))
             await self._sleep_until(until)
             return node.next
         if isinstance(node, WaitForNode):
-            await self._record(node_id, "entered", step=self._visit(node_id, "entered"))
+            if not self._placed_by_deliver(node_id):
+                await self._record(node_id, "entered", step=self._visit(node_id, "entered"))
             return node.on_event if await self._wait_for(node) else node.on_timeout
         if isinstance(node, BranchNode):
             return choose_case(node, await self._facts())
@@ -216,6 +219,7 @@ class JourneyWorkflow:
             customer_id=self.inp.customer_id,
             entry_no=self.inp.entry_no,
             node=node_id,
+            visit=self.inp.visits,
             step_key=f"{workflow.info().workflow_id}:{node_id}:{self.inp.visits}",
             channel=node.channel,
             template=node.template.model_dump(mode="json", exclude_none=True),
@@ -244,6 +248,7 @@ class JourneyWorkflow:
         if result.status == "sent":
             self.sent += 1
         self._finished_by_deliver = finish
+        self._delivered_before = node_id
 
     async def _delay_until(self, node: DelayNode) -> datetime | None:
         now = workflow.now()
@@ -317,6 +322,13 @@ class JourneyWorkflow:
         )
 
     # ------------------------------------------------------------------ helpers
+
+    def _placed_by_deliver(self, node_id: str) -> bool:
+        """The message just before this node already moved the enrollment here and logged
+        the entry (one activity less per message followed by a wait)."""
+        assert self.inp is not None
+        path = self.inp.path
+        return len(path) >= 2 and path[-2] == self._delivered_before
 
     def _visit(self, node_id: str, what: str) -> str:
         assert self.inp is not None
