@@ -76,29 +76,45 @@ def may_enter(
     return None
 
 
+CONCURRENCY = 20  # customers handed over at once
+
+
 async def dispatch_once(
     client: Client, engine: Engine, task_queue: str, limit: int = 500
 ) -> DispatchReport:
-    """Hand over up to `limit` pending commands, oldest first."""
+    """Hand over up to `limit` pending commands, oldest first: a customer's commands in
+    order, different customers' side by side; database work off the event loop (a worker
+    shares it)."""
     report = DispatchReport()
     c = JourneyCommandRow
-    with engine.connect() as conn:
-        rows = conn.execute(
-            select(c.id, c.customer_id, c.journey, c.command, c.event, c.data, c.event_id)
-            .where(c.dispatched_at.is_(None))
-            .order_by(c.id)
-            .limit(limit)
-        ).all()
-        deployed = {d.name: d for d in jstore.deployed(conn)}
+
+    def pending() -> tuple[list[Any], dict[str, jstore.DeployedJourney]]:
+        with engine.connect() as conn:
+            rows = conn.execute(
+                select(c.id, c.customer_id, c.journey, c.command, c.event, c.data, c.event_id)
+                .where(c.dispatched_at.is_(None))
+                .order_by(c.id)
+                .limit(limit)
+            ).all()
+            return list(rows), {d.name: d for d in jstore.deployed(conn)}
+
+    rows, deployed = await asyncio.to_thread(pending)
+    journeys = {name: Journey.model_validate(d.definition) for name, d in deployed.items()}
+    by_customer: dict[str, list[Any]] = {}
     for row in rows:
+        by_customer.setdefault(row.customer_id, []).append(row)
+    gate = asyncio.Semaphore(CONCURRENCY)
+
+    async def one(row: Any) -> None:
         report.commands += 1
         d = deployed.get(row.journey)
         if d is None:
             report.skip(f"journey {row.journey!r} is not deployed")
         elif row.command == "enroll":
             await _enroll(
-                client, engine, task_queue, d, row.customer_id, row.data or {}, None, report
-            )
+                client, engine, task_queue, d, journeys[d.name], row.customer_id,
+                row.data or {}, None, report,
+            )  # fmt: skip
         else:
             data = row.data or {}
             at = data.get("occurred_at")
@@ -109,15 +125,34 @@ async def dispatch_once(
                 properties=dict(data.get("properties") or {}),
             )
             await _signal(client, engine, d, row.customer_id, ev, report)
-            journey = Journey.model_validate(d.definition)
-            entry = journey.entry
+            entry = journeys[d.name].entry
             if isinstance(entry, EventEntry) and entry.event == ev.type:
                 if await asyncio.to_thread(_entry_holds, engine, entry, row.customer_id, ev):
-                    await _enroll(client, engine, task_queue, d, row.customer_id, {}, ev, report)
+                    await _enroll(
+                        client, engine, task_queue, d, journeys[d.name], row.customer_id,
+                        {}, ev, report,
+                    )  # fmt: skip
                 else:
                     report.skip("entry condition does not hold")
+
+    async def customer(commands: list[Any]) -> list[int]:
+        async with gate:
+            for row in commands:
+                await one(row)
+        return [row.id for row in commands]
+
+    done = await asyncio.gather(*(customer(cmds) for cmds in by_customer.values()))
+    ids = [i for part in done for i in part]
+
+    def mark() -> None:
         with engine.begin() as conn:
-            conn.execute(update(c).where(c.id == row.id).values(dispatched_at=utcnow()))
+            for part in range(0, len(ids), 900):
+                conn.execute(
+                    update(c).where(c.id.in_(ids[part : part + 900])).values(dispatched_at=utcnow())
+                )
+
+    if ids:
+        await asyncio.to_thread(mark)
     return report
 
 
@@ -139,6 +174,7 @@ async def _enroll(
     engine: Engine,
     task_queue: str,
     d: jstore.DeployedJourney,
+    journey: Journey,
     customer_id: str,
     data: dict[str, Any],
     start_event: JourneyEvent | None,
@@ -147,15 +183,18 @@ async def _enroll(
     if d.status != "active":
         report.skip(f"journey {d.status}")
         return
-    journey = Journey.model_validate(d.definition)
     now = utcnow()
-    with engine.connect() as conn:
-        past = jstore.past_enrollments(conn, d.name, customer_id)
-    why = may_enter(journey.reentry, past, now)
+
+    def past() -> jstore.PastEnrollments:
+        with engine.connect() as conn:
+            return jstore.past_enrollments(conn, d.name, customer_id)
+
+    before = await asyncio.to_thread(past)
+    why = may_enter(journey.reentry, before, now)
     if why is not None:
         report.skip(why)
         return
-    entry_no = past.count + 1
+    entry_no = before.count + 1
     wid = enrollment_workflow_id(d.name, customer_id, entry_no)
     inp = EnrollmentInput(
         journey=d.name,
@@ -179,17 +218,21 @@ async def _enroll(
         report.started += 1
     except WorkflowAlreadyStartedError:
         report.skip("already started")
-    with engine.begin() as conn:
-        jstore.ensure_enrollment(
-            conn,
-            workflow_id=wid,
-            journey=d.name,
-            version=d.version,
-            customer_id=customer_id,
-            entry_no=entry_no,
-            entered_at=now,
-            node=journey.start,
-        )
+
+    def remember() -> None:
+        with engine.begin() as conn:
+            jstore.ensure_enrollment(
+                conn,
+                workflow_id=wid,
+                journey=d.name,
+                version=d.version,
+                customer_id=customer_id,
+                entry_no=entry_no,
+                entered_at=now,
+                node=journey.start,
+            )
+
+    await asyncio.to_thread(remember)
 
 
 async def _signal(
@@ -200,9 +243,11 @@ async def _signal(
     ev: JourneyEvent,
     report: DispatchReport,
 ) -> None:
-    with engine.connect() as conn:
-        active = jstore.past_enrollments(conn, d.name, customer_id).active
-    for wid in active:
+    def active() -> list[str]:
+        with engine.connect() as conn:
+            return jstore.past_enrollments(conn, d.name, customer_id).active
+
+    for wid in await asyncio.to_thread(active):
         try:
             await client.get_workflow_handle(wid).signal(JOURNEY_EVENT_SIGNAL, ev)
             report.signalled += 1
