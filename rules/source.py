@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import re
 from dataclasses import dataclass
+from datetime import date
 from pathlib import Path
 from typing import Any
 
@@ -104,10 +105,29 @@ def parse_yaml(text: str, path: str) -> YamlDoc:
         line = mark.line + 1 if mark is not None else None
         problem = getattr(exc, "problem", None) or str(exc)
         raise RuleFileError([RuleError(path, line, f"not valid YAML: {problem}")]) from exc
+    except ValueError as exc:  # a date that does not exist (2025-02-30): PyYAML has no mark
+        line = _impossible_date_line(text)
+        raise RuleFileError(
+            [RuleError(path, line, f"not a valid date: {exc}; expected YYYY-MM-DD")]
+        ) from exc
     lines: dict[LinePath, int] = {}
     if node is not None:
         _walk(node, (), lines)
     return YamlDoc(path=path, data=data, lines=lines, text=text)
+
+
+_DATE = re.compile(r"(?<![\w.-])(\d{4})-(\d{1,2})-(\d{1,2})(?![\w.-]*\d{3,})")
+
+
+def _impossible_date_line(text: str) -> int | None:
+    """The first line holding a YYYY-MM-DD that is no calendar date."""
+    for number, line in enumerate(text.splitlines(), start=1):
+        for match in _DATE.finditer(line):
+            try:
+                date(*(int(g) for g in match.groups()))
+            except ValueError:
+                return number
+    return None
 
 
 def load_yaml(path: Path) -> YamlDoc:

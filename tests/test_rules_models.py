@@ -928,3 +928,16 @@ def test_rule_error_text() -> None:
 def test_pyyaml_would_read_on_as_true() -> None:
     # the reason for the YAML 1.2 loader: plain safe_load turns the `on:` key into True
     assert yaml.safe_load("on: purchase") == {True: "purchase"}
+
+
+def test_a_date_that_does_not_exist_is_reported_with_its_line() -> None:
+    from rules.source import RuleFileError, parse_yaml
+
+    try:
+        parse_yaml("rules: []\nsince: 2025-02-30\n", "x.yaml")
+    except RuleFileError as exc:
+        (err,) = exc.errors
+        assert (err.file, err.line) == ("x.yaml", 2)
+        assert err.message.startswith("not a valid date") and "YYYY-MM-DD" in err.message
+    else:
+        raise AssertionError("2025-02-30 was accepted")
