@@ -248,59 +248,30 @@ class JourneyActivities:
             self._after(conn, req, at, status, meta.get("error"))
 
     def _after(self, conn: Any, req: DeliverRequest, at: datetime, kind: str, why: Any) -> None:
-        jstore.record_step(
-            conn,
-            step_key=f"{req.step_key}:{kind}",
-            workflow_id=req.workflow_id,
-            journey=req.journey,
-            version=req.version,
-            customer_id=req.customer_id,
-            node=req.node,
-            kind=kind,
-            at=at,
-            reason=why,
-            variant=req.variant,
-        )
-        jstore.record_step(
-            conn,
-            step_key=f"{req.step_key}:entered",
-            workflow_id=req.workflow_id,
-            journey=req.journey,
-            version=req.version,
-            customer_id=req.customer_id,
-            node=req.node,
-            kind="entered",
-            at=at,
-            variant=req.variant,
-        )
-        if req.finish:
+        def step(key: str, node: str, step_kind: str, reason: Any = None) -> None:
             jstore.record_step(
                 conn,
-                step_key=f"{req.workflow_id}:end:completed",
+                step_key=key,
                 workflow_id=req.workflow_id,
                 journey=req.journey,
                 version=req.version,
                 customer_id=req.customer_id,
-                node=req.next_node or req.node,
-                kind="completed",
+                node=node,
+                kind=step_kind,
                 at=at,
+                reason=reason,
                 variant=req.variant,
             )
-        if req.next_node and not req.finish:
+
+        step(f"{req.step_key}:{kind}", req.node, kind, why)
+        step(f"{req.step_key}:entered", req.node, "entered")
+        if req.finish:
+            step(f"{req.workflow_id}:end:completed", req.next_node or req.node, "completed")
+        elif req.next_node:
             # the enrollment is now at the next node: its entry, logged here, saves the
             # workflow an activity when that node is a wait (`_placed_by_deliver`)
-            jstore.record_step(
-                conn,
-                step_key=f"{req.workflow_id}:{req.next_node}:{req.visit + 1}:entered",
-                workflow_id=req.workflow_id,
-                journey=req.journey,
-                version=req.version,
-                customer_id=req.customer_id,
-                node=req.next_node,
-                kind="entered",
-                at=at,
-                variant=req.variant,
-            )
+            key = f"{req.workflow_id}:{req.next_node}:{req.visit + 1}:entered"
+            step(key, req.next_node, "entered")
         jstore.move_enrollment(
             conn,
             req.workflow_id,

@@ -22,7 +22,6 @@ import hashlib
 import html
 import logging
 import time
-from dataclasses import asdict, dataclass
 from typing import Annotated, Any
 from urllib.parse import parse_qs
 
@@ -36,11 +35,12 @@ from starlette.concurrency import run_in_threadpool
 
 from activities.channels.unsubscribe import InvalidUnsubscribeToken, read_unsubscribe_token
 from crmflow.formats import Event
-from crmflow.ingest import store_events
+from crmflow.ingest import StoredEvents, store_events
 from crmflow.processing import ConcurrentProcessing
 from crmflow.settings import Settings
 from rules.source import RuleFileError
 from store.db import utcnow
+from store.ingest import WriteCounts
 from store.migrate import current_revision, head_revision
 
 log = logging.getLogger(__name__)
@@ -77,30 +77,6 @@ class InvalidEvents(BaseModel):
     message: str = Field(description="the same, one readable line per problem")
 
 
-@dataclass
-class _Counts:
-    accepted: int = 0
-    duplicates: int = 0
-    processed: int = 0
-    rules_fired: int = 0
-    rules_version: str | None = None
-    unprocessed: int = 0
-
-
-def _store_chunk(engine: Engine, rows: list[dict[str, Any]]) -> _Counts:
-    """One chunk in one transaction, the way an import stores it."""
-    with engine.begin() as conn:
-        got = store_events(conn, rows, utcnow())
-    return _Counts(
-        accepted=got.counts.inserted,
-        duplicates=got.counts.unchanged,
-        processed=got.processed,
-        rules_fired=got.rules_fired,
-        rules_version=got.rules_version,
-        unprocessed=got.unprocessed,
-    )
-
-
 def accept_events(
     engine: Engine, rows: list[dict[str, Any]], *, chunk_size: int = CHUNK_SIZE
 ) -> EventsReport:
@@ -111,27 +87,28 @@ def accept_events(
     events at once) is rolled back and tried again: the second try finds them stored.
     """
     started = time.perf_counter()
-    total = _Counts()
+    total = StoredEvents(WriteCounts())
     for start in range(0, len(rows), chunk_size):
         chunk = rows[start : start + chunk_size]
         for attempt in range(1, RETRIES + 1):
             try:
-                got = _store_chunk(engine, chunk)
+                with engine.begin() as conn:
+                    got = store_events(conn, chunk, utcnow())
                 break
             except ConcurrentProcessing:
                 if attempt == RETRIES:
                     raise
                 log.info("events chunk raced another writer; retrying (%d)", attempt)
-        total.accepted += got.accepted
-        total.duplicates += got.duplicates
-        total.processed += got.processed
-        total.rules_fired += got.rules_fired
-        total.rules_version = got.rules_version or total.rules_version
-        total.unprocessed += got.unprocessed
+        total.add(got)
     return EventsReport(
         received=len(rows),
         seconds=round(time.perf_counter() - started, 3),
-        **asdict(total),
+        accepted=total.counts.inserted,
+        duplicates=total.counts.unchanged,
+        processed=total.processed,
+        rules_fired=total.rules_fired,
+        rules_version=total.rules_version,
+        unprocessed=total.unprocessed,
     )
 
 

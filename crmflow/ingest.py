@@ -139,6 +139,13 @@ class StoredEvents:
     rules_fired: int = 0
     rules_version: str | None = None
 
+    def add(self, other: StoredEvents) -> None:
+        self.counts.add(other.counts)
+        self.processed += other.processed
+        self.unprocessed += other.unprocessed
+        self.rules_fired += other.rules_fired
+        self.rules_version = other.rules_version or self.rules_version
+
 
 def store_events(
     conn: Connection, rows: list[dict[str, Any]], now: datetime, *, process: bool = True
