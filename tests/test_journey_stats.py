@@ -399,7 +399,8 @@ async def test_stats_of_real_enrollments(
         h1 = await start(ts_env, queue, j, a1)
         h2 = await start(ts_env, queue, j, a2)
         hh = await start(ts_env, queue, j, held)
-        assert (await hh.result()).outcome == "held_out"
+        # (waiting on a result lets the server skip time: only after the signal below,
+        # or h1 could sleep through its 5-day delay first)
         await ts_env.sleep(timedelta(days=1))
         await h1.signal(
             JOURNEY_EVENT_SIGNAL,
@@ -408,6 +409,7 @@ async def test_stats_of_real_enrollments(
             ),
         )
         assert (await h1.result()).outcome == "converted"
+        assert (await hh.result()).outcome == "held_out"
         assert (await h2.result()).outcome == "completed"
     with engine.begin() as conn:
         entered = conn.execute(

@@ -251,7 +251,8 @@ async def test_split_update_branch_wait_for_event_and_holdout(
     async with worker(ts_env, engine) as queue:
         ha = await start(ts_env, queue, j, in_a)
         hh = await start(ts_env, queue, j, held)
-        assert (await hh.result()).outcome == "held_out"
+        # results only after the signals: waiting on one lets the server skip time, past
+        # the 2-day wait
         await ts_env.sleep(timedelta(hours=1))
         # a click on another link does not count; the offer link does
         for n, link in enumerate(["other", "offer"]):
@@ -265,6 +266,7 @@ async def test_split_update_branch_wait_for_event_and_holdout(
                 ),
             )
         result = await ha.result()
+        assert (await hh.result()).outcome == "held_out"
     assert result.outcome == "completed"
     assert result.path == ["split", "tag", "check", "wait", "thanks", "done"]
     with engine.connect() as conn:
