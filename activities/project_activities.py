@@ -1,18 +1,10 @@
 """Activities of ProjectWorkflow: send reminder and escalation notices, measure the KPIs.
 
-Notices go out per recipient (the team file's e-mail addresses) through the channels:
-- the `outbox` channel always: one row per notice and recipient, dedupe key
-  `project:<notice key>:<e-mail>`. The key is unique in the table and a duplicate insert is
-  ignored, so an activity retried, or a workflow that sends again after a worker restart
-  (it records a notice as sent only once the activity returned), leaves one row;
-- the `email` channel as well when SMTP is configured. The outbox row doubles as the e-mail's
-  ledger: it is written after the server accepted the e-mail, and an e-mail whose row exists
-  is not sent again. A crash between the two re-sends it with the same Message-ID (derived
-  from the same dedupe key), which receivers recognise. A recipient the mail server refuses
-  for good is noted in the row's headers and does not hold up the rest.
-
-A notice without recipients (nobody on the team holds the role) still lands in the outbox,
-addressed to nobody, so it is visible.
+Notices go out per recipient (the team file's e-mail addresses) as staff notices
+(`activities.staff_notices`): always to the outbox, and by e-mail when SMTP is configured,
+under the dedupe key `project:<notice key>:<e-mail>`, so a retried activity, or a workflow
+that sends again after a worker restart (it records a notice as sent only once the activity
+returned), leaves one row and one e-mail.
 """
 
 from __future__ import annotations
@@ -20,15 +12,14 @@ from __future__ import annotations
 from collections.abc import Callable
 from typing import Any
 
-from sqlalchemy import Engine, select
+from sqlalchemy import Engine
 from temporalio import activity
 
-from activities.channels import Channel, OutgoingMessage, PermanentSendError, build_channels
-from activities.channels.outbox import OutboxChannel
+from activities.channels import Channel, build_channels
+from activities.staff_notices import StaffNotices
 from crmflow.settings import Settings
 from projects.reminders import Notice, Recipient
 from store import project_kpis
-from store.models import OutboxMessageRow
 from workflows.project import (
     MEASURE_PROJECT_KPIS,
     SEND_PROJECT_NOTICES,
@@ -57,15 +48,9 @@ class ProjectActivities:
         if channels is None:
             channels = build_channels(settings or Settings(), engine)
         self.channels = channels
-        self.outbox = OutboxChannel(engine)
-
-    def _recorded(self, key: str) -> bool:
-        t = OutboxMessageRow.__table__
-        with self.engine.connect() as conn:
-            return conn.execute(select(t.c.id).where(t.c.dedupe_key == key)).first() is not None
+        self.notices = StaffNotices(engine, channels)
 
     async def _deliver(self, batch: NoticeBatch, notice: Notice, to: Recipient | None) -> None:
-        key = message_key(notice, to)
         headers = {
             "X-Crmflow-Project": batch.project_id,
             "X-Crmflow-Notice": notice.key,
@@ -74,33 +59,13 @@ class ProjectActivities:
             "X-Crmflow-Scheduled-At": notice.send_at.isoformat(),
             "X-Crmflow-Workflow-Time": batch.at.isoformat(),
         }
-        email = self.channels.get("email")
-        if email is not None and to is not None:
-            if self._recorded(key):
-                return  # sent and recorded by an earlier attempt
-            try:
-                result = await email.send(
-                    OutgoingMessage(
-                        dedupe_key=key,
-                        channel="email",
-                        to=to.email,
-                        subject=notice.subject,
-                        text=notice.text,
-                    )
-                )
-                headers["X-Crmflow-Email"] = result.provider_message_id
-            except PermanentSendError as exc:
-                headers["X-Crmflow-Email-Error"] = str(exc)[:500]
-        await self.outbox.send(
-            OutgoingMessage(
-                dedupe_key=key,
-                channel="outbox",
-                to=to.email if to else None,
-                subject=notice.subject,
-                text=notice.text,
-                headers=headers,
-                data={"project_id": batch.project_id, "roles": notice.to_roles},
-            )
+        await self.notices.send(
+            message_key(notice, to),
+            to.email if to else None,
+            notice.subject,
+            notice.text,
+            headers=headers,
+            data={"project_id": batch.project_id, "roles": notice.to_roles},
         )
 
     @activity.defn(name=SEND_PROJECT_NOTICES)

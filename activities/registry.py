@@ -8,6 +8,7 @@ from typing import Any
 from sqlalchemy import Engine
 
 from activities.channels.base import build_channels
+from activities.automation_activities import AutomationActivities
 from activities.journey_activities import JourneyActivities
 from activities.project_activities import ProjectActivities
 from activities.store_activities import StoreActivities
@@ -20,4 +21,5 @@ def build_activities(engine: Engine, settings: Settings) -> list[Callable[..., A
         *StoreActivities(engine).all(),
         *ProjectActivities(engine, settings).all(),
         *JourneyActivities(engine, settings, channels).all(),
+        *AutomationActivities(engine, settings, channels).all(),
     ]

@@ -56,7 +56,6 @@ from decimal import Decimal
 from pathlib import Path
 from typing import Annotated, Any, Literal, get_args
 
-import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 from journeys.timing import parse_clock, zone
@@ -65,10 +64,11 @@ from rules.source import (
     LinePath,
     RuleError,
     RuleFileError,
-    Yaml12Loader,
     YamlDoc,
     errors_from_validation,
+    load_model,
     load_yaml,
+    not_mapping,
     yaml_load,
 )
 
@@ -687,17 +687,10 @@ class _Checker:
                     )
 
 
-def _not_mapping(doc: YamlDoc, what: str, example: str) -> RuleFileError | None:
-    if isinstance(doc.data, dict):
-        return None
-    found = "an empty file" if doc.data is None else f"a {type(doc.data).__name__}"
-    return RuleFileError([RuleError(doc.path, 1, f"{what} is a mapping ({example}), not {found}")])
-
-
 def check_template(doc: YamlDoc, params: Mapping[str, Any] | None = None) -> Template:
     """Validate a parsed template (and the project's parameters, when given); raise
     RuleFileError listing every problem with its line."""
-    bad = _not_mapping(doc, "a template", "template:, stages:, …")
+    bad = not_mapping(doc, "a template", "template:, stages:, …")
     if bad:
         raise bad
     try:
@@ -717,50 +710,14 @@ def check_template(doc: YamlDoc, params: Mapping[str, Any] | None = None) -> Tem
     return template
 
 
-def read_yaml(path: Path) -> YamlDoc:
-    """`rules.source.load_yaml`, with a date that does not exist (2025-02-30) reported with
-    its line: PyYAML raises a bare ValueError for it, which load_yaml lets through."""
-    try:
-        return load_yaml(path)
-    except RuleFileError:
-        raise
-    except ValueError as exc:
-        line = None
-        try:
-            node = yaml.compose(path.read_text(encoding="utf-8"), Loader=Yaml12Loader)
-            todo = [node] if node is not None else []
-            while todo and line is None:
-                n = todo.pop(0)
-                if isinstance(n, yaml.ScalarNode) and n.tag == "tag:yaml.org,2002:timestamp":
-                    try:
-                        yaml_load(n.value)
-                    except ValueError:
-                        line = n.start_mark.line + 1
-                elif isinstance(n, yaml.MappingNode):
-                    todo += [v for kv in n.value for v in kv]
-                elif isinstance(n, yaml.SequenceNode):
-                    todo += list(n.value)
-        except yaml.YAMLError:
-            pass
-        message = f"not a valid date: {exc}; expected YYYY-MM-DD"
-        raise RuleFileError([RuleError(str(path), line, message)]) from exc
-
-
 def load_template(path: Path, params: Mapping[str, Any] | None = None) -> Template:
     """Read and validate a template file; `params` (when given) are checked against its
     declared parameters."""
-    return check_template(read_yaml(path), params)
+    return check_template(load_yaml(path), params)
 
 
 def _load(path: Path, model: type[Strict], what: str, example: str) -> Any:
-    doc = read_yaml(path)
-    bad = _not_mapping(doc, what, example)
-    if bad:
-        raise bad
-    try:
-        return model.model_validate(doc.data)
-    except ValidationError as exc:
-        raise RuleFileError(errors_from_validation(doc, exc)) from exc
+    return load_model(path, model, what, example)
 
 
 def load_team(path: Path) -> Team:

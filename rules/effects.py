@@ -43,6 +43,7 @@ from rules.models import (
     SetTier,
     UpgradeTier,
 )
+from rules.tiers import qualified_for
 
 CENT = Decimal("0.01")
 
@@ -101,16 +102,12 @@ def _local_day_bounds(at: datetime, tz: str) -> tuple[datetime, datetime]:
 
 
 def qualified_tier(program: Program, facts: dict[str, Any]) -> str:
-    """The highest tier whose threshold the customer's qualifying metric reaches."""
-    best = program.welcome_tier
+    """The highest tier whose threshold the customer's qualifying metric reaches (the facts'
+    spend over the policy's window where the facts have it, else over 365 days)."""
     days = program.tier_policy.window_days
-    for tier in program.ordered_tiers():
-        metric = "spend_365d" if tier.qualify.metric == "spend" else "points_earned_365d"
-        if days != 365 and tier.qualify.metric == "spend":
-            metric = f"spend_{days}d" if days in (30, 90) else "spend_365d"
-        if float(facts.get(metric) or 0) >= tier.qualify.threshold:
-            best = tier.name
-    return best
+    spend_key = f"spend_{days}d" if days in (30, 90) else "spend_365d"
+    spend = float(facts.get(spend_key) or 0)
+    return qualified_for(program, spend, float(facts.get("points_earned_365d") or 0))
 
 
 @lru_cache(maxsize=4096)

@@ -11,10 +11,12 @@ import re
 from dataclasses import dataclass
 from datetime import date
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 import yaml
-from pydantic import ValidationError
+from pydantic import BaseModel, ValidationError
+
+M = TypeVar("M", bound=BaseModel)
 
 LinePath = tuple[str | int, ...]
 
@@ -193,3 +195,23 @@ def errors_from_validation(
         where = f"{field}: " if field else ""
         out.append(RuleError(doc.path, doc.line_of(loc), f"{where}{_message(err)}"))
     return out
+
+
+def not_mapping(doc: YamlDoc, what: str, example: str) -> RuleFileError | None:
+    """The error for a file whose top level is no mapping (an empty file, a list …)."""
+    if isinstance(doc.data, dict):
+        return None
+    found = "an empty file" if doc.data is None else f"a {type(doc.data).__name__}"
+    return RuleFileError([RuleError(doc.path, 1, f"{what} is a mapping ({example}), not {found}")])
+
+
+def load_model(path: Path, model: type[M], what: str, example: str) -> M:
+    """Read a YAML file and validate it as `model`; every problem names its file and line."""
+    doc = load_yaml(path)
+    bad = not_mapping(doc, what, example)
+    if bad:
+        raise bad
+    try:
+        return model.model_validate(doc.data)
+    except ValidationError as exc:
+        raise RuleFileError(errors_from_validation(doc, exc)) from exc

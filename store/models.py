@@ -367,3 +367,35 @@ class JourneyStepRow(Base):
     at: Mapped[datetime] = mapped_column(UTCDateTime)
 
     __table_args__ = (Index("ix_journey_steps_journey_node", "journey", "version", "node"),)
+
+
+class AutomationRunRow(Base):
+    """One attempt of a scheduled automation at one run date: where it got to (the step and
+    the keyset cursor of its last committed chunk) and what it changed. A crashed attempt
+    resumes from here; running a finished date again is a new attempt, which finds nothing
+    left to change."""
+
+    __tablename__ = "automation_runs"
+
+    id: Mapped[int] = mapped_column(BigId, primary_key=True, autoincrement=True)
+    schedule: Mapped[str] = mapped_column(String(64))
+    automation: Mapped[str] = mapped_column(String(32))
+    run_date: Mapped[str] = mapped_column(String(10))  # local date in the schedule's zone
+    as_of: Mapped[datetime] = mapped_column(UTCDateTime)
+    status: Mapped[str] = mapped_column(String(16), default="running")
+    step: Mapped[str | None] = mapped_column(String(32))
+    cursor: Mapped[str | None] = mapped_column(String(250))
+    counts: Mapped[dict[str, Any]] = mapped_column(JSONDoc, default=dict)
+    attempt: Mapped[int] = mapped_column(Integer, default=1)
+    workflow_id: Mapped[str | None] = mapped_column(String(250))
+    error: Mapped[str | None] = mapped_column(Text)
+    started_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow)
+    updated_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow)
+    finished_at: Mapped[datetime | None] = mapped_column(UTCDateTime)
+
+    __table_args__ = (
+        UniqueConstraint(
+            "schedule", "run_date", "attempt", name="uq_automation_runs_schedule_date"
+        ),
+        Index("ix_automation_runs_started", "schedule", "started_at"),
+    )

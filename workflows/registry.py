@@ -1,5 +1,6 @@
 """Every workflow class a crmflow worker runs."""
 
+from workflows.automation import AutomationWorkflow
 from workflows.journey import JourneyWorkflow
 from workflows.kpi_snapshot import KpiSnapshotWorkflow
 from workflows.project import ProjectWorkflow
@@ -10,4 +11,5 @@ WORKFLOWS: list[type] = [
     ProjectWorkflow,
     JourneyWorkflow,
     SegmentEntryWorkflow,
+    AutomationWorkflow,
 ]

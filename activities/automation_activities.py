@@ -1,0 +1,195 @@
+"""Activities of AutomationWorkflow: open (or resume) a run, work through a step chunk by
+chunk, close the run.
+
+A step commits each chunk in its own transaction together with the run's cursor, and
+heartbeats after it. A worker that dies mid-step loses only its open chunk: the retried
+activity (on any worker) reads the cursor from the database and goes on from the last
+committed chunk, so totals come out exact. Events a chunk produces go through the ingest
+path in the chunk's transaction (rules and journeys see them, once: their ids are made of
+the run date and the customer). Staff notices are sent before their chunk is recorded, under
+keys that make a resend a no-op.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+from collections.abc import Callable
+from datetime import datetime
+from pathlib import Path
+from typing import Any
+from zoneinfo import ZoneInfo
+
+from sqlalchemy import Engine
+from temporalio import activity
+from temporalio.exceptions import ApplicationError
+
+from activities.channels import Channel
+from activities.staff_notices import StaffNotices
+from automations.contracts import (
+    AUTOMATION_BEGIN,
+    AUTOMATION_FINISH,
+    AUTOMATION_STEP,
+    STEPS,
+    BeginRequest,
+    FinishRequest,
+    RunStart,
+    RunSummary,
+    StepRequest,
+    StepResult,
+    add_counts,
+)
+from automations.models import KpiDigestParams, parse_params
+from crmflow.ingest import store_events
+from crmflow.processing import active_pack
+from crmflow.settings import Settings
+from store.automation_runs import begin_run, finish_run, lock_run, record_chunk
+from store.automations import STEP_FUNCTIONS, Chunk, Notice, RunContext
+from store.db import utcnow
+
+
+def run_date_of(as_of: datetime, timezone: str) -> str:
+    """The run date: `as_of`'s calendar date in the schedule's time zone."""
+    return as_of.astimezone(ZoneInfo(timezone)).date().isoformat()
+
+
+class AutomationActivities:
+    def __init__(self, engine: Engine, settings: Settings, channels: dict[str, Channel]) -> None:
+        self.engine = engine
+        self.settings = settings
+        self.notices = StaffNotices(engine, channels)
+
+    def all(self) -> list[Callable[..., Any]]:
+        return [self.begin, self.step, self.finish]
+
+    @activity.defn(name=AUTOMATION_BEGIN)
+    def begin(self, req: BeginRequest) -> RunStart:
+        if req.input.automation not in STEPS:
+            raise ApplicationError(
+                f"unknown automation {req.input.automation!r}", non_retryable=True
+            )
+        with self.engine.begin() as conn:
+            return begin_run(
+                conn,
+                schedule=req.input.schedule,
+                automation=req.input.automation,
+                run_date=run_date_of(req.as_of, req.input.timezone),
+                as_of=req.as_of,
+                workflow_id=req.workflow_id,
+            )
+
+    @activity.defn(name=AUTOMATION_FINISH)
+    def finish(self, req: FinishRequest) -> RunSummary:
+        with self.engine.begin() as conn:
+            row = finish_run(conn, req.run_id, req.error)
+        return RunSummary(
+            schedule=row.schedule,
+            automation=row.automation,
+            run_date=row.run_date,
+            attempt=row.attempt,
+            status=row.status,
+            counts=row.counts or {},
+        )
+
+    @activity.defn(name=AUTOMATION_STEP)
+    async def step(self, req: StepRequest) -> StepResult:
+        """Run one step to its end, a chunk per transaction, heartbeating after each."""
+        result = StepResult()
+        while True:
+            chunk = await asyncio.to_thread(self._chunk, req)
+            if chunk.notices:
+                for n in chunk.notices:
+                    await self.notices.send(
+                        n.key, n.to, n.subject, n.text, html=n.html, data=n.data
+                    )
+                await asyncio.to_thread(self._record, req, chunk)
+            if chunk.done:
+                return result
+            result.chunks += 1
+            add_counts(result.counts, chunk.counts)
+            activity.heartbeat(req.step, chunk.cursor, result.chunks)
+
+    def _context(self, conn: Any, req: StepRequest, run: Any) -> RunContext:
+        inp = req.input
+        pack = active_pack(conn)
+        return RunContext(
+            schedule=inp.schedule,
+            run_date=run.run_date,
+            as_of=run.as_of,
+            timezone=inp.timezone,
+            params=parse_params(inp.automation, inp.params),
+            program=pack.program if pack else None,
+        )
+
+    def _chunk(self, req: StepRequest) -> Chunk:
+        """One chunk in one transaction: the step's work, its events through the ingest
+        path, and the run's new cursor (unless notices must go out first)."""
+        with self.engine.begin() as conn:
+            run = lock_run(conn, req.run_id)
+            cursor = run.cursor if run.step == req.step else None
+            ctx = self._context(conn, req, run)
+            if req.input.automation == "kpi_digest":
+                return self._digest(conn, ctx, run, req, cursor)
+            fn = STEP_FUNCTIONS[(req.input.automation, req.step)]
+            try:
+                chunk = fn(conn, ctx, cursor)
+            except LookupError as exc:
+                raise ApplicationError(str(exc), non_retryable=True) from exc
+            if chunk.events:
+                stored = store_events(conn, chunk.events, utcnow())
+                add_counts(
+                    chunk.counts,
+                    {"events_stored": stored.counts.inserted, "rules_fired": stored.rules_fired},
+                )
+            if not chunk.done and not chunk.notices:
+                record_chunk(conn, run, req.step, chunk.cursor, chunk.counts)
+            return chunk
+
+    def _record(self, req: StepRequest, chunk: Chunk) -> None:
+        with self.engine.begin() as conn:
+            run = lock_run(conn, req.run_id)
+            record_chunk(conn, run, req.step, chunk.cursor, chunk.counts)
+
+    def _digest(
+        self, conn: Any, ctx: RunContext, run: Any, req: StepRequest, cursor: str | None
+    ) -> Chunk:
+        """The KPI digest: figures as JSON and an HTML report in `out_dir`, e-mailed to
+        `email_to` (as staff notices, keyed by schedule and date)."""
+        if cursor == "written":
+            return Chunk(cursor=cursor, done=True)
+        from automations.digest import render_digest_html
+        from store.kpi_digest import digest_figures
+
+        p: KpiDigestParams = ctx.params
+        digest = digest_figures(conn, ctx.as_of, p.window_days, ctx.run_date)
+        out = Path(p.out_dir)
+        out.mkdir(parents=True, exist_ok=True)
+        stem = f"{ctx.schedule}-{ctx.run_date}"
+        title = f"KPI digest {ctx.run_date} ({p.window_days} days)"
+        html = render_digest_html(digest, title)
+        (out / f"{stem}.json").write_text(
+            json.dumps(digest.model_dump(mode="json"), indent=2, ensure_ascii=False) + "\n",
+            encoding="utf-8",
+        )
+        (out / f"{stem}.html").write_text(html, encoding="utf-8")
+        text = f"{title}: the figures are in {out / stem}.json, the report in {out / stem}.html"
+        notices = [
+            Notice(
+                key=f"kpi_digest:{ctx.schedule}:{ctx.run_date}:{to}",
+                to=to,
+                subject=title,
+                text=text,
+                html=html,
+                data={"report": str(out / f"{stem}.html")},
+            )
+            for to in p.email_to
+        ]
+        chunk = Chunk(
+            cursor="written",
+            done=False,
+            counts={"reports_written": 1, "emails": len(notices)},
+            notices=notices,
+        )
+        if not notices:
+            record_chunk(conn, run, req.step, chunk.cursor, chunk.counts)
+        return chunk
