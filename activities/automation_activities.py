@@ -39,6 +39,7 @@ from automations.contracts import (
     StepResult,
     add_counts,
 )
+from automations.digest import render_digest_html
 from automations.models import KpiDigestParams, parse_params
 from crmflow.ingest import store_events
 from crmflow.processing import active_pack
@@ -46,6 +47,7 @@ from crmflow.settings import Settings
 from store.automation_runs import begin_run, finish_run, lock_run, record_chunk
 from store.automations import STEP_FUNCTIONS, Chunk, Notice, RunContext
 from store.db import utcnow
+from store.kpi_digest import digest_figures
 
 
 def run_date_of(as_of: datetime, timezone: str) -> str:
@@ -107,7 +109,8 @@ class AutomationActivities:
                 return result
             result.chunks += 1
             add_counts(result.counts, chunk.counts)
-            activity.heartbeat(req.step, chunk.cursor, result.chunks)
+            if activity.in_activity():
+                activity.heartbeat(req.step, chunk.cursor, result.chunks)
 
     def _context(self, conn: Any, req: StepRequest, run: Any) -> RunContext:
         inp = req.input
@@ -157,9 +160,6 @@ class AutomationActivities:
         `email_to` (as staff notices, keyed by schedule and date)."""
         if cursor == "written":
             return Chunk(cursor=cursor, done=True)
-        from automations.digest import render_digest_html
-        from store.kpi_digest import digest_figures
-
         p: KpiDigestParams = ctx.params
         digest = digest_figures(conn, ctx.as_of, p.window_days, ctx.run_date)
         out = Path(p.out_dir)
