@@ -18,6 +18,7 @@ from sqlalchemy import Engine
 from crmflow.cli_journeys import journeys_app
 from crmflow.cli_projects import project_app
 from crmflow.cli_rules import process_command, rules_app
+from crmflow.cli_schedules import schedules_app
 from crmflow.formats import describe_errors
 from crmflow.ingest import ImportError_, ImportReport, Kind, import_file
 from crmflow.processing import ConcurrentProcessing
@@ -42,6 +43,7 @@ app.add_typer(customer_app, name="customer")
 app.add_typer(rules_app, name="rules")
 app.add_typer(journeys_app, name="journeys")
 app.add_typer(project_app, name="project")
+app.add_typer(schedules_app, name="schedules")
 
 console = Console()
 err = Console(stderr=True)

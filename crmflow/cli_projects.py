@@ -113,7 +113,7 @@ async def _client(settings: Settings) -> Client:
         raise TemporalSetupError(f"{exc}{hint}") from exc
 
 
-def _run(settings: Settings, work: Callable[[Client], Awaitable[T]]) -> T:
+def run_temporal(settings: Settings, work: Callable[[Client], Awaitable[T]]) -> T:
     """Connect, run `work`, turn Temporal's errors into one clear line and exit 1."""
 
     async def main() -> T:
@@ -176,7 +176,7 @@ def _update(name: str, update: Any, arg: Any) -> Any:
     async def work(client: Client) -> Any:
         return await _answer(name, settings, _handle(client, name).execute_update(update, arg))
 
-    return _run(settings, work)
+    return run_temporal(settings, work)
 
 
 def _say(result: Any) -> None:
@@ -283,7 +283,7 @@ def create(
             ) from None
         return handle.id
 
-    wf_id = _run(settings, work)
+    wf_id = run_temporal(settings, work)
     if as_json:
         _cli().emit_json(
             {
@@ -399,7 +399,7 @@ async def _status(client: Client, name: str, settings: Settings) -> tuple[Status
 def status(name: NameArg, as_json: JsonFlag = False) -> None:
     """Plan against actual per stage and milestone, health with the reasons, due next."""
     settings = _settings()
-    report, carry = _run(settings, lambda c: _status(c, name, settings))
+    report, carry = run_temporal(settings, lambda c: _status(c, name, settings))
     if as_json:
         data = report.model_dump(mode="json")
         data["workflow_id"] = workflow_id(name)
@@ -423,7 +423,7 @@ def gantt(
     if out.suffix.lower() not in (".svg", ".html", ".htm"):
         fail(f"--out {out}: expected a .svg or .html file")
     settings = _settings()
-    snap = _run(settings, lambda c: _snapshot(c, name, settings))
+    snap = run_temporal(settings, lambda c: _snapshot(c, name, settings))
     now = datetime.now(UTC)
     text = (
         project_svg(snap.state, now)
@@ -660,7 +660,7 @@ async def _list(client: Client, settings: Settings) -> list[dict[str, Any]]:
 def list_projects(as_json: JsonFlag = False) -> None:
     """Projects (workflows of type ProjectWorkflow) with their health."""
     settings = _settings()
-    rows = _run(settings, lambda c: _list(c, settings))
+    rows = run_temporal(settings, lambda c: _list(c, settings))
     if as_json:
         _cli().emit_json(rows)
         return
@@ -766,7 +766,7 @@ def migrate_check(
     rows = _read_csv(source)
     report = check_migration(rows, mapped, str(source), datetime.now(UTC))
     settings = _settings()
-    snap, recorded = _run(settings, lambda c: _record(c, name, settings, report))
+    snap, recorded = run_temporal(settings, lambda c: _record(c, name, settings, report))
     policy = snap.state.template.migration
     assert policy is not None
     passed, reasons = report.meets(policy.thresholds)

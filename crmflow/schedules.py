@@ -1,0 +1,287 @@
+"""The schedules file made real as Temporal Schedules (`automation:<name>`), and what the
+operator's commands read back: next and recent runs, and the runs' outcomes in the store.
+
+`apply` makes Temporal match the file: it creates the schedules the file adds, updates the
+ones whose definition changed (a fingerprint of the definition rides in the action's memo,
+since Temporal gives cron expressions back only as calendars), pauses or resumes the ones
+whose `paused` changed, and deletes crmflow's schedules the file no longer has.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import hashlib
+import json
+from dataclasses import dataclass
+from datetime import date, datetime, time, timedelta
+from pathlib import Path
+from typing import Any
+from zoneinfo import ZoneInfo
+
+from temporalio.client import (
+    Client,
+    Schedule,
+    ScheduleActionStartWorkflow,
+    ScheduleAlreadyRunningError,
+    ScheduleBackfill,
+    ScheduleDescription,
+    ScheduleHandle,
+    ScheduleOverlapPolicy,
+    SchedulePolicy,
+    ScheduleSpec,
+    ScheduleState,
+    ScheduleUpdate,
+    ScheduleUpdateInput,
+)
+from temporalio.service import RPCError, RPCStatusCode
+
+from automations.contracts import AutomationInput, schedule_id
+from automations.cron import next_runs
+from automations.models import ScheduleBase, SchedulesFile
+from rules.source import load_model
+
+PREFIX = schedule_id("")
+WORKFLOW = "AutomationWorkflow"
+FINGERPRINT = "crmflow_fingerprint"
+OVERLAP = {
+    "skip": ScheduleOverlapPolicy.SKIP,
+    "buffer_one": ScheduleOverlapPolicy.BUFFER_ONE,
+    "buffer_all": ScheduleOverlapPolicy.BUFFER_ALL,
+    "cancel_other": ScheduleOverlapPolicy.CANCEL_OTHER,
+    "terminate_other": ScheduleOverlapPolicy.TERMINATE_OTHER,
+    "allow_all": ScheduleOverlapPolicy.ALLOW_ALL,
+}
+
+
+def load_schedules(path: Path) -> SchedulesFile:
+    """Read and validate a schedules file; errors name the file and line."""
+    return load_model(path, SchedulesFile, "a schedules file", "timezone:, schedules: [...]")
+
+
+def automation_input(s: ScheduleBase) -> AutomationInput:
+    return AutomationInput(
+        schedule=s.name,
+        automation=getattr(s, "automation"),  # noqa: B009 (each schedule kind has its own)
+        timezone=s.zone,
+        params=getattr(s, "params").model_dump(),  # noqa: B009
+    )
+
+
+def fingerprint(s: ScheduleBase, task_queue: str) -> str:
+    body = s.model_dump(mode="json", exclude={"paused"})
+    raw = json.dumps([body, task_queue], sort_keys=True).encode()
+    return hashlib.sha256(raw).hexdigest()[:16]
+
+
+def desired(s: ScheduleBase, task_queue: str) -> Schedule:
+    return Schedule(
+        action=ScheduleActionStartWorkflow(
+            WORKFLOW,
+            automation_input(s),
+            id=f"automation-{s.name}",
+            task_queue=task_queue,
+            memo={FINGERPRINT: fingerprint(s, task_queue)},
+        ),
+        spec=ScheduleSpec(cron_expressions=[s.cron], time_zone_name=s.zone),
+        policy=SchedulePolicy(overlap=OVERLAP[s.overlap], catchup_window=s.catchup()),
+        state=ScheduleState(
+            paused=s.paused, note=s.description or f"crmflow {automation_input(s).automation}"
+        ),
+    )
+
+
+async def _describe(handle: ScheduleHandle) -> ScheduleDescription | None:
+    try:
+        return await handle.describe()
+    except RPCError as exc:
+        if exc.status == RPCStatusCode.NOT_FOUND:
+            return None
+        raise
+
+
+def _memo_fingerprint(client: Client, desc: ScheduleDescription) -> str | None:
+    action = desc.schedule.action
+    memo = getattr(action, "memo", None) or {}
+    raw = memo.get(FINGERPRINT)
+    if raw is None:
+        return None
+    if isinstance(raw, str):
+        return raw
+    return str(client.data_converter.payload_converter.from_payloads([raw])[0])
+
+
+async def crmflow_schedule_ids(client: Client) -> set[str]:
+    """The ids of crmflow's automation schedules on the server (visibility may lag a
+    moment behind a create or delete)."""
+    found: set[str] = set()
+    async for entry in await client.list_schedules():
+        if entry.id.startswith(PREFIX):
+            found.add(entry.id)
+    return found
+
+
+@dataclass
+class Change:
+    schedule: str
+    action: str  # created, updated, paused, resumed, deleted, unchanged
+
+    def as_dict(self) -> dict[str, str]:
+        return {"schedule": self.schedule, "action": self.action}
+
+
+async def apply(
+    client: Client, file: SchedulesFile, task_queue: str, *, dry_run: bool = False
+) -> list[Change]:
+    """Make the server's automation schedules match `file`; say what changed."""
+    changes: list[Change] = []
+    wanted = {schedule_id(s.name) for s in file.schedules}
+    for s in file.schedules:
+        sid = schedule_id(s.name)
+        handle = client.get_schedule_handle(sid)
+        schedule = desired(s, task_queue)
+        desc = await _describe(handle)
+        if desc is None:
+            if not dry_run:
+                try:
+                    await client.create_schedule(sid, schedule)
+                except ScheduleAlreadyRunningError:
+                    desc = await _describe(handle)
+            if desc is None:
+                changes.append(Change(s.name, "created"))
+                continue
+        if _memo_fingerprint(client, desc) != fingerprint(s, task_queue):
+            if not dry_run:
+
+                def replace(_: ScheduleUpdateInput, new: Schedule = schedule) -> ScheduleUpdate:
+                    return ScheduleUpdate(schedule=new)
+
+                await handle.update(replace)
+            changes.append(Change(s.name, "updated"))
+        elif desc.schedule.state.paused != s.paused:
+            if not dry_run:
+                if s.paused:
+                    await handle.pause(note="paused by crmflow schedules apply")
+                else:
+                    await handle.unpause(note="resumed by crmflow schedules apply")
+            changes.append(Change(s.name, "paused" if s.paused else "resumed"))
+        else:
+            changes.append(Change(s.name, "unchanged"))
+    for sid in sorted(await crmflow_schedule_ids(client) - wanted):
+        if not dry_run:
+            try:
+                await client.get_schedule_handle(sid).delete()
+            except RPCError as exc:
+                if exc.status != RPCStatusCode.NOT_FOUND:
+                    raise
+                continue
+        changes.append(Change(sid.removeprefix(PREFIX), "deleted"))
+    return changes
+
+
+async def describe_or_none(client: Client, name: str) -> ScheduleDescription | None:
+    return await _describe(client.get_schedule_handle(schedule_id(name)))
+
+
+async def describe(client: Client, name: str) -> ScheduleDescription:
+    desc = await _describe(client.get_schedule_handle(schedule_id(name)))
+    if desc is None:
+        raise LookupError(
+            f"schedule {name!r} is not on the Temporal server; run `crmflow schedules apply`"
+        )
+    return desc
+
+
+def status_of(desc: ScheduleDescription | None) -> dict[str, Any]:
+    """Next and recent runs as Temporal sees them."""
+    if desc is None:
+        return {"on_server": False}
+    info = desc.info
+    recent = info.recent_actions[-1] if info.recent_actions else None
+    return {
+        "on_server": True,
+        "paused": desc.schedule.state.paused,
+        "note": desc.schedule.state.note,
+        "next": [t.isoformat() for t in info.next_action_times[:3]],
+        "last_scheduled": recent.scheduled_at.isoformat() if recent else None,
+        "last_workflow": getattr(recent.action, "workflow_id", None) if recent else None,
+        "runs_started": info.num_actions,
+        "missed": info.num_actions_missed_catchup_window,
+        "skipped_overlap": info.num_actions_skipped_overlap,
+        "running": [getattr(a, "workflow_id", None) for a in info.running_actions],
+    }
+
+
+async def statuses(client: Client, file: SchedulesFile) -> dict[str, dict[str, Any]]:
+    out: dict[str, dict[str, Any]] = {}
+    for s in file.schedules:
+        out[s.name] = status_of(await _describe(client.get_schedule_handle(schedule_id(s.name))))
+    return out
+
+
+async def trigger(client: Client, name: str) -> str | None:
+    """Run the schedule now (its overlap policy applies); the started workflow's id."""
+    handle = client.get_schedule_handle(schedule_id(name))
+    before = await describe(client, name)
+    seen = {getattr(a.action, "workflow_id", None) for a in before.info.recent_actions}
+    await handle.trigger()
+    for _ in range(100):
+        desc = await handle.describe()
+        for a in reversed(desc.info.recent_actions):
+            wid = getattr(a.action, "workflow_id", None)
+            if wid not in seen:
+                return wid
+        await asyncio.sleep(0.1)
+    return None
+
+
+def parse_when(text: str, zone: str, *, end: bool) -> datetime:
+    """A --from/--to value: a date (start or end of that day) or a date and time, in the
+    schedule's zone unless it names an offset."""
+    tz = ZoneInfo(zone)
+    try:
+        day = date.fromisoformat(text)
+    except ValueError:
+        try:
+            at = datetime.fromisoformat(text)
+        except ValueError:
+            raise ValueError(
+                f"{text!r} is not a date or a time; expected YYYY-MM-DD or YYYY-MM-DDTHH:MM"
+            ) from None
+        return at if at.tzinfo else at.replace(tzinfo=tz)
+    if end:
+        return datetime.combine(day + timedelta(days=1), time(0), tz) - timedelta(microseconds=1)
+    return datetime.combine(day, time(0), tz)
+
+
+def runs_between(s: ScheduleBase, start: datetime, end: datetime) -> list[datetime]:
+    """The times the schedule fires in [start, end]."""
+    out: list[datetime] = []
+    for at in next_runs(s.cron, s.zone, start - timedelta(microseconds=1), 10_000):
+        if at > end:
+            break
+        out.append(at)
+    return out
+
+
+async def backfill(client: Client, s: ScheduleBase, start: datetime, end: datetime) -> None:
+    """Run every time the schedule would have fired in [start, end], one after the other,
+    each as of its own scheduled time."""
+    handle = client.get_schedule_handle(schedule_id(s.name))
+    await describe(client, s.name)
+    await handle.backfill(
+        ScheduleBackfill(
+            start_at=start - timedelta(seconds=1),
+            end_at=end,
+            overlap=ScheduleOverlapPolicy.BUFFER_ALL,
+        )
+    )
+
+
+async def pause(client: Client, name: str, note: str) -> None:
+    await describe(client, name)
+    await client.get_schedule_handle(schedule_id(name)).pause(note=note)
+
+
+async def resume(client: Client, name: str, note: str) -> None:
+    await describe(client, name)
+    await client.get_schedule_handle(schedule_id(name)).unpause(note=note)
