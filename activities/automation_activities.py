@@ -163,6 +163,8 @@ class AutomationActivities:
         p: KpiDigestParams = ctx.params
         digest = digest_figures(conn, ctx.as_of, p.window_days, ctx.run_date)
         out = Path(p.out_dir)
+        if not out.is_absolute():
+            out = self.settings.home / out
         out.mkdir(parents=True, exist_ok=True)
         stem = f"{ctx.schedule}-{ctx.run_date}"
         title = f"KPI digest {ctx.run_date} ({p.window_days} days)"

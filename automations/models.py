@@ -112,7 +112,9 @@ class KpiDigestParams(Strict):
     """The programme's figures for the last `window_days`, as JSON and an HTML report."""
 
     window_days: int = Field(7, ge=1, le=3650)
-    out_dir: str = Field("reports/kpi", description="where the JSON and HTML files go")
+    out_dir: str = Field(
+        "reports/kpi", description="where the JSON and HTML files go; relative: under CRMFLOW_HOME"
+    )
     email_to: list[str] = Field(default_factory=list, description="e-mail the report to these")
 
 

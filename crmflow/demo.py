@@ -11,7 +11,10 @@ from typing import Any
 from rich.console import Console
 from rich.table import Table
 from sqlalchemy import Engine
+from temporalio.client import Client
 
+from automations.contracts import RunSummary
+from crmflow import schedules
 from crmflow.dispatch import dispatch_once
 from crmflow.ingest import Kind, import_file
 from crmflow.settings import Settings
@@ -61,6 +64,24 @@ async def _first_sends(engine: Engine, wait: float = 3.0) -> dict[str, Any]:
         await asyncio.sleep(0.25)
         now = counts()
     return now
+
+
+# the automations the demo runs once, now, after applying the schedules file
+DEMO_RUNS = ("nightly-points-expiry", "nightly-tier-review", "weekly-kpi-digest")
+
+
+async def _run_schedules(client: Client, settings: Settings, path: Path) -> dict[str, Any]:
+    """Apply the schedules file to the server, then run a few automations now."""
+    file = schedules.load_schedules(path)
+    applied = await schedules.apply(client, file, settings.task_queue)
+    runs = []
+    for name in DEMO_RUNS:
+        wid = await schedules.trigger(client, name)
+        if wid is None:
+            continue
+        handle = client.get_workflow_handle(wid, result_type=RunSummary)
+        runs.append((await handle.result()).model_dump())
+    return {"applied": [c.as_dict() for c in applied], "runs": runs}
 
 
 async def run_demo(
@@ -114,6 +135,7 @@ async def run_demo(
         handed = await dispatch_once(client, engine, settings.task_queue)
         wf_id, snap = await run_kpi_snapshot(client, settings, window_days=365)
         sends = await _first_sends(engine)
+        schedules = await _run_schedules(client, settings, examples / "schedules.yaml")
     say(f"  workflow {wf_id} completed on task queue {settings.task_queue!r}")
     say(
         f"  journey outbox: {handed.commands} command(s) handed to Temporal, "
@@ -127,11 +149,21 @@ async def run_demo(
     for place, n in sorted(sends["where"].items()):
         say(f"    {n} enrolled in {place}")
     say("    (`crmflow journeys stats NAME`, `crmflow journeys enrollments NAME`)")
+    applied = schedules["applied"]
+    say(
+        f"  schedules from {examples / 'schedules.yaml'}: "
+        + ", ".join(f"{c['schedule']} {c['action']}" for c in applied)
+    )
+    for run in schedules["runs"]:
+        counts = ", ".join(f"{k} {v:g}" for k, v in run["counts"].items()) or "nothing to do"
+        say(f"    ran {run['schedule']} for {run['run_date']}: {run['status']}; {counts}")
+    say("    (`crmflow schedules list`, `crmflow schedules runs NAME`)")
     if as_json:
         data = {
             "imports": [r.as_dict() for r in reports],
             "workflow_id": wf_id,
             "journeys": {"dispatched": handed.__dict__, **sends},
+            "schedules": schedules,
             "kpi": snap.model_dump(mode="json") | {"repurchase_rate": snap.repurchase_rate},
         }
         sys.stdout.write(json.dumps(data, indent=2) + "\n")
