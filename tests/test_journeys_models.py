@@ -79,7 +79,7 @@ def test_examples_are_journeys(path: Path) -> None:
 
 
 def test_three_examples() -> None:
-    assert [p.stem for p in EXAMPLES] == ["birthday", "welcome", "winback"]
+    assert [p.stem for p in EXAMPLES] == ["birthday", "points-expiring", "welcome", "winback"]
 
 
 def test_defaults() -> None:
