@@ -23,7 +23,7 @@ def cron_problem(expr: str) -> str | None:
         return None
     fields = text.split()
     if len(fields) != 5:
-        return f"{expr!r} has {len(fields)} field(s); {CRON_HELP}"
+        return f"{expr!r} is not a cron expression: it has {len(fields)} field(s); {CRON_HELP}"
     try:
         itr = croniter(text, datetime(2000, 1, 1))
     except (CroniterBadCronError, ValueError) as exc:
@@ -31,7 +31,7 @@ def cron_problem(expr: str) -> str | None:
     try:
         itr.get_next(datetime)
     except CroniterBadDateError:
-        return f"{expr!r} never fires (no such date in any year); {CRON_HELP}"
+        return f"{expr!r} is not a cron expression that ever fires (no such date); {CRON_HELP}"
     return None
 
 

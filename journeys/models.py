@@ -47,9 +47,7 @@ import math
 import re
 from datetime import timedelta
 from typing import Annotated, Any, Literal, get_args
-from zoneinfo import ZoneInfo
 
-from croniter import croniter
 from pydantic import (
     AfterValidator,
     BaseModel,
@@ -60,6 +58,7 @@ from pydantic import (
     model_validator,
 )
 
+from automations.cron import check_cron, check_timezone
 from journeys.timing import WEEKDAYS, parse_clock, parse_duration
 from rules.models import Condition, Effect, Name, Strict
 
@@ -144,17 +143,9 @@ class SegmentEntry(Strict):
     def _when(self) -> SegmentEntry:
         if (self.schedule is None) == (not self.once):
             raise ValueError("a segment entry needs either a schedule or once: true (not both)")
-        if self.schedule is not None and not croniter.is_valid(self.schedule):
-            raise ValueError(
-                f"schedule {self.schedule!r} is not a cron expression; expected five fields "
-                "such as '0 9 * * 1' (09:00 every Monday)"
-            )
-        try:
-            ZoneInfo(self.timezone)
-        except (KeyError, ValueError):
-            raise ValueError(
-                f"timezone {self.timezone!r} is not a time zone; expected e.g. Asia/Shanghai"
-            ) from None
+        if self.schedule is not None:
+            check_cron(self.schedule)
+        check_timezone(self.timezone)
         return self
 
 

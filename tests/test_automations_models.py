@@ -30,7 +30,7 @@ NOW = datetime(2026, 11, 20, 2, 0, tzinfo=UTC)
         ("61 2 * * *", "out of range"),
         ("0 2 * *", "has 4 field(s)"),
         ("0 2 * * * *", "has 6 field(s)"),
-        ("0 0 30 2 *", "never fires"),
+        ("0 0 30 2 *", "ever fires"),
         ("every day", "has 2 field(s)"),
     ],
 )
