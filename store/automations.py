@@ -118,6 +118,19 @@ def _bump_versions(conn: Connection, customer_ids: Any) -> None:
     )
 
 
+def _next_ids(conn: Connection, table: Any, lo: int, due: Any, size: int) -> tuple[int, Any] | None:
+    """The next chunk of rows `due` selects after id `lo`: its last id and the condition
+    that selects exactly it (an id range, so every statement of the chunk sees the same
+    rows), with its customers' versions bumped and locked. None when nothing is left."""
+    ids = select(table.c.id).where(table.c.id > lo, due).order_by(table.c.id).limit(size)
+    hi = conn.execute(select(func.max(ids.subquery().c.id))).scalar()
+    if hi is None:
+        return None
+    chunk = and_(table.c.id > lo, table.c.id <= hi, due)
+    _bump_versions(conn, select(table.c.customer_id).where(chunk))
+    return int(hi), chunk
+
+
 def _event(kind: str, key: str, customer_id: str, at: datetime, **props: Any) -> dict[str, Any]:
     return {
         "event_id": f"{kind}:{key}:{customer_id}"[:200],
@@ -138,12 +151,10 @@ def expire_points(conn: Connection, ctx: RunContext, cursor: str | None) -> Chun
     lo = int(cursor or 0)
     lot = LOTS.c
     due = and_(lot.expires_at <= ctx.as_of, lot.remaining > 0)
-    ids = select(lot.id).where(lot.id > lo, due).order_by(lot.id).limit(p.chunk_size).subquery()
-    hi = conn.execute(select(func.max(ids.c.id))).scalar()
-    if hi is None:
+    found = _next_ids(conn, LOTS, lo, due, p.chunk_size)
+    if found is None:
         return Chunk(cursor=str(lo), done=True)
-    chunk = and_(lot.id > lo, lot.id <= hi, due)
-    _bump_versions(conn, select(lot.customer_id).where(chunk))
+    hi, chunk = found
     lots, points, customers = conn.execute(
         select(
             func.count(),
@@ -250,12 +261,10 @@ def expire_tags(conn: Connection, ctx: RunContext, cursor: str | None) -> Chunk:
     due = t.expires_at <= ctx.as_of
     if p.tags:
         due = and_(due, t.tag.in_(p.tags))
-    ids = select(t.id).where(t.id > lo, due).order_by(t.id).limit(p.chunk_size).subquery()
-    hi = conn.execute(select(func.max(ids.c.id))).scalar()
-    if hi is None:
+    found = _next_ids(conn, TAGS, lo, due, p.chunk_size)
+    if found is None:
         return Chunk(cursor=str(lo), done=True)
-    chunk = and_(t.id > lo, t.id <= hi, due)
-    _bump_versions(conn, select(t.customer_id).where(chunk))
+    hi, chunk = found
     build = func.jsonb_build_object if conn.dialect.name == "postgresql" else func.json_object
     trail = select(
         t.customer_id,
