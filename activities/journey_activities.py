@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import asyncio
 from collections.abc import Callable
+from dataclasses import dataclass
 from datetime import datetime, timedelta
 from typing import Any
 
@@ -30,6 +31,8 @@ from activities.channels.base import (
     Channel,
     OutgoingMessage,
     PermanentSendError,
+    SendResult,
+    SyncChannel,
     TransientSendError,
 )
 from activities.channels.unsubscribe import make_unsubscribe_token, unsubscribe_url
@@ -50,12 +53,20 @@ from crmflow.journey_contracts import (
 from crmflow.processing import active_pack, apply_effects, evaluate_facts
 from crmflow.settings import Settings
 from journeys.models import MessageNode
-from journeys.templates import render_message
+from journeys.templates import RenderedMessage, render_message
 from journeys.timing import next_send_time
 from rules.models import Rule
 from store import journeys as jstore
 
 ADDRESS_FIELD = {"email": "email", "sms": "phone", "wechat": "wechat_openid"}
+
+
+@dataclass(frozen=True)
+class _Skip:
+    """A message not sent, to record as such: why, and as what (suppressed, failed)."""
+
+    why: str
+    status: str = "suppressed"
 
 
 def _key_prefix(journey: str) -> str:
@@ -67,6 +78,7 @@ class JourneyActivities:
         self.engine = engine
         self.settings = settings
         self.channels = channels
+        self._sync_channels: dict[int, tuple[Channel, SyncChannel | None]] = {}
 
     def all(self) -> list[Callable[..., Any]]:
         return [self.deliver, self.facts, self.record, self.update, self.enter_segment]
@@ -83,81 +95,93 @@ class JourneyActivities:
 
     @activity.defn(name=JOURNEY_DELIVER)
     async def deliver(self, req: DeliverRequest) -> DeliverResult:
+        channel = self.channels.get(req.channel) or self.channels["outbox"]
+        sync = self._sync_form(channel)
+        if sync is not None:
+            # a channel that sends from a thread (outbox, SMTP): the whole delivery in one
+            # trip to a thread, instead of one trip per step, each waiting for the busy loop
+            return await asyncio.to_thread(self._deliver_sync, req, sync)
         at = req.at  # the workflow's time when it asked (simulated on a time-skipping server)
         checked = await asyncio.to_thread(self._check_and_open, req, at)
         if isinstance(checked, DeliverResult):
             return checked
         message, interrupted = checked
-        channel = self.channels.get(req.channel) or self.channels["outbox"]
         if interrupted and channel.name == "email":
-            # A send was under way when its worker stopped: the SMTP server may have taken
-            # the message. SMTP cannot ignore a repeated one, so it is not sent again.
-            why = "the send was interrupted (its worker stopped); not repeated over SMTP"
-            await asyncio.to_thread(self._close, req, at, "failed", {"error": why})
-            return DeliverResult(status="failed", reason=why)
+            return await asyncio.to_thread(self._interrupted, req, at)
         try:
             result = await channel.send(message)
         except PermanentSendError as exc:
-            await asyncio.to_thread(self._close, req, at, "failed", {"error": str(exc)})
-            return DeliverResult(status="failed", reason=str(exc))
+            return await asyncio.to_thread(self._failed, req, at, exc)
         except TransientSendError as exc:
-            # known not delivered: Temporal retries the activity, which sends again
             await asyncio.to_thread(self._mark, req, "retrying")
             raise ApplicationError(str(exc), type="TransientSendError") from exc
+        return await asyncio.to_thread(self._sent, req, at, channel, result)
+
+    def _sync_form(self, channel: Channel) -> SyncChannel | None:
+        """The channel as a SyncChannel when it has a blocking send (looked up once: an
+        isinstance check against a runtime protocol costs tens of microseconds)."""
+        known = self._sync_channels.get(id(channel))
+        if known is None or known[0] is not channel:
+            known = (channel, channel if isinstance(channel, SyncChannel) else None)
+            self._sync_channels[id(channel)] = known
+        return known[1]
+
+    def _deliver_sync(self, req: DeliverRequest, channel: SyncChannel) -> DeliverResult:
+        """`deliver` for a channel with a synchronous send, in one thread: the same steps."""
+        at = req.at
+        checked = self._check_and_open(req, at)
+        if isinstance(checked, DeliverResult):
+            return checked
+        message, interrupted = checked
+        if interrupted and channel.name == "email":
+            return self._interrupted(req, at)
+        try:
+            result = channel.send_sync(message)
+        except PermanentSendError as exc:
+            return self._failed(req, at, exc)
+        except TransientSendError as exc:
+            self._mark(req, "retrying")
+            raise ApplicationError(str(exc), type="TransientSendError") from exc
+        return self._sent(req, at, channel, result)
+
+    def _interrupted(self, req: DeliverRequest, at: datetime) -> DeliverResult:
+        # A send was under way when its worker stopped: the SMTP server may have taken the
+        # message. SMTP cannot ignore a repeated one, so it is not sent again.
+        why = "the send was interrupted (its worker stopped); not repeated over SMTP"
+        self._close(req, at, "failed", {"error": why})
+        return DeliverResult(status="failed", reason=why)
+
+    def _failed(self, req: DeliverRequest, at: datetime, exc: PermanentSendError) -> DeliverResult:
+        self._close(req, at, "failed", {"error": str(exc)})
+        return DeliverResult(status="failed", reason=str(exc))
+
+    def _sent(
+        self, req: DeliverRequest, at: datetime, channel: Channel, result: SendResult
+    ) -> DeliverResult:
         meta = {"provider_message_id": result.provider_message_id, "via": channel.name}
-        await asyncio.to_thread(self._close, req, at, "sent", meta)
+        self._close(req, at, "sent", meta)
         return DeliverResult(status="sent", sent_at=at)
 
     def _check_and_open(
         self, req: DeliverRequest, at: datetime
     ) -> DeliverResult | tuple[OutgoingMessage, bool]:
         """Checks, rendering and the delivery record (`sending`) before the send; with the
-        message, whether an earlier attempt was interrupted mid-send."""
-        s = self.settings
+        message, whether an earlier attempt was interrupted mid-send.
+
+        One transaction, reads and rendering first, writes last: on SQLite a transaction
+        holds the database's one write lock from its first write to its commit, and the
+        worker's activity threads all want it."""
         with self.engine.begin() as conn:
-            jstore.ensure_enrollment(
-                conn,
-                workflow_id=req.workflow_id,
-                journey=req.journey,
-                version=req.version,
-                customer_id=req.customer_id,
-                entry_no=req.entry_no,
-                entered_at=req.entered_at,
-                node=req.node,
-            )
             done = jstore.find_delivery(conn, req.step_key)
-            if done is not None and done.status not in ("sending", "retrying"):
-                # a retry or replay of a step already decided: the same answer, nothing sent
-                return DeliverResult(status=done.status, reason=done.reason, sent_at=done.sent_at)
-            profile = jstore.message_profile(conn, req.customer_id, at)
-            if profile is None:
-                return self._suppress(conn, req, at, "the customer is not in the store")
+            decided = self._decide(conn, req, at, done)
+            self._ensure_enrollment(conn, req)  # the first write
+            if isinstance(decided, DeliverResult):
+                return decided
+            if isinstance(decided, _Skip):
+                return self._suppress(conn, req, at, decided.why, decided.status)
+            message, rendered = decided
             if done is None:
-                why = self._why_not(req, profile)
-                if why is not None:
-                    return self._suppress(conn, req, at, why)
-                wait = self._must_wait(conn, req, profile, at)
-                if isinstance(wait, str):
-                    return self._suppress(conn, req, at, wait)
-                if wait is not None:
-                    return DeliverResult(status="wait", reason="later", retry_at=wait)
-            node = MessageNode.model_validate(
-                {"type": "message", "channel": req.channel, "template": req.template, "next": "x"}
-            )
-            token = make_unsubscribe_token(
-                s.unsubscribe_secret.get_secret_value(), req.customer_id, req.channel, req.journey
-            )
-            link = unsubscribe_url(s.public_base_url, token)
-            try:
-                rendered = render_message(
-                    node, {**profile, "data": req.data}, unsubscribe_url=link, journey=req.journey
-                )
-            except Exception as exc:  # jinja2 errors: the template cannot render for them
-                return self._suppress(conn, req, at, f"template did not render: {exc}", "failed")
-            if done is not None:
-                jstore.set_delivery_status(conn, req.step_key, "sending")
-            else:
-                jstore.open_delivery(
+                opened = jstore.open_delivery(
                     conn,
                     dedupe_key=req.step_key,
                     customer_id=req.customer_id,
@@ -168,6 +192,54 @@ class JourneyActivities:
                     body=rendered.text or rendered.html,
                     meta={"journey": req.journey, "node": req.node, "variant": req.variant},
                 )
+                if opened:
+                    return message, False
+                # another attempt of this step recorded it since it was read: carry on as
+                # if this one had come after it (it holds the write lock now)
+                done = jstore.find_delivery(conn, req.step_key)
+                if done is None:  # pragma: no cover - the insert found the key there
+                    raise RuntimeError(f"delivery {req.step_key!r} neither new nor found")
+                if done.status not in ("sending", "retrying"):
+                    return DeliverResult(
+                        status=done.status, reason=done.reason, sent_at=done.sent_at
+                    )
+            jstore.set_delivery_status(conn, req.step_key, "sending")
+        return message, done.status == "sending"
+
+    def _decide(
+        self, conn: Any, req: DeliverRequest, at: datetime, done: jstore.Delivery | None
+    ) -> DeliverResult | _Skip | tuple[OutgoingMessage, RenderedMessage]:
+        """What to do, from reads only: a result to return as it is (a step already decided,
+        a wait), a suppression to record, or the message to send."""
+        s = self.settings
+        if done is not None and done.status not in ("sending", "retrying"):
+            # a retry or replay of a step already decided: the same answer, nothing sent
+            return DeliverResult(status=done.status, reason=done.reason, sent_at=done.sent_at)
+        profile = jstore.message_profile(conn, req.customer_id, at)
+        if profile is None:
+            return _Skip("the customer is not in the store")
+        if done is None:
+            why = self._why_not(req, profile)
+            if why is not None:
+                return _Skip(why)
+            wait = self._must_wait(conn, req, profile, at)
+            if isinstance(wait, str):
+                return _Skip(wait)
+            if wait is not None:
+                return DeliverResult(status="wait", reason="later", retry_at=wait)
+        node = MessageNode.model_validate(
+            {"type": "message", "channel": req.channel, "template": req.template, "next": "x"}
+        )
+        token = make_unsubscribe_token(
+            s.unsubscribe_secret.get_secret_value(), req.customer_id, req.channel, req.journey
+        )
+        link = unsubscribe_url(s.public_base_url, token)
+        try:
+            rendered = render_message(
+                node, {**profile, "data": req.data}, unsubscribe_url=link, journey=req.journey
+            )
+        except Exception as exc:  # jinja2 errors: the template cannot render for them
+            return _Skip(f"template did not render: {exc}", "failed")
         message = OutgoingMessage(
             dedupe_key=req.step_key,
             customer_id=req.customer_id,
@@ -179,7 +251,20 @@ class JourneyActivities:
             unsubscribe_url=link if req.channel == "email" else None,
             data={**req.data, "journey": req.journey, "node": req.node},
         )
-        return message, done is not None and done.status == "sending"
+        return message, rendered
+
+    @staticmethod
+    def _ensure_enrollment(conn: Any, req: DeliverRequest) -> None:
+        jstore.ensure_enrollment(
+            conn,
+            workflow_id=req.workflow_id,
+            journey=req.journey,
+            version=req.version,
+            customer_id=req.customer_id,
+            entry_no=req.entry_no,
+            entered_at=req.entered_at,
+            node=req.node,
+        )
 
     def _why_not(self, req: DeliverRequest, profile: dict[str, Any]) -> str | None:
         consent = profile.get("consent") or {}
@@ -243,14 +328,34 @@ class JourneyActivities:
             jstore.set_delivery_status(conn, req.step_key, status)
 
     def _close(self, req: DeliverRequest, at: datetime, status: str, meta: dict[str, Any]) -> None:
+        steps = self._steps(req, at, status, meta.get("error"))
         with self.engine.begin() as conn:
             jstore.close_delivery(conn, req.step_key, status, at, meta)
-            self._after(conn, req, at, status, meta.get("error"))
+            self._record_outcome(conn, req, at, steps)
 
     def _after(self, conn: Any, req: DeliverRequest, at: datetime, kind: str, why: Any) -> None:
-        def step(key: str, node: str, step_kind: str, reason: Any = None) -> None:
-            jstore.record_step(
-                conn,
+        self._record_outcome(conn, req, at, self._steps(req, at, kind, why))
+
+    def _record_outcome(
+        self, conn: Any, req: DeliverRequest, at: datetime, steps: list[dict[str, Any]]
+    ) -> None:
+        """Log the steps (one statement) and move the enrollment on."""
+        jstore.record_steps(conn, steps)
+        jstore.move_enrollment(
+            conn,
+            req.workflow_id,
+            node=req.next_node,
+            at=at,
+            finish="completed" if req.finish else None,
+        )
+
+    @staticmethod
+    def _steps(req: DeliverRequest, at: datetime, kind: str, why: Any) -> list[dict[str, Any]]:
+        """The steps a delivery's outcome logs: the outcome, the node's entry, and the entry
+        of the next node (or the enrollment's completion)."""
+
+        def step(key: str, node: str, step_kind: str, reason: Any = None) -> dict[str, Any]:
+            return jstore.step_row(
                 step_key=key,
                 workflow_id=req.workflow_id,
                 journey=req.journey,
@@ -263,22 +368,20 @@ class JourneyActivities:
                 variant=req.variant,
             )
 
-        step(f"{req.step_key}:{kind}", req.node, kind, why)
-        step(f"{req.step_key}:entered", req.node, "entered")
+        steps = [
+            step(f"{req.step_key}:{kind}", req.node, kind, why),
+            step(f"{req.step_key}:entered", req.node, "entered"),
+        ]
         if req.finish:
-            step(f"{req.workflow_id}:end:completed", req.next_node or req.node, "completed")
+            steps.append(
+                step(f"{req.workflow_id}:end:completed", req.next_node or req.node, "completed")
+            )
         elif req.next_node:
             # the enrollment is now at the next node: its entry, logged here, saves the
             # workflow an activity when that node is a wait (`_placed_by_deliver`)
             key = f"{req.workflow_id}:{req.next_node}:{req.visit + 1}:entered"
-            step(key, req.next_node, "entered")
-        jstore.move_enrollment(
-            conn,
-            req.workflow_id,
-            node=req.next_node,
-            at=at,
-            finish="completed" if req.finish else None,
-        )
+            steps.append(step(key, req.next_node, "entered"))
+        return steps
 
     # ------------------------------------------------------------------ facts, record, update
 

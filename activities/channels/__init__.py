@@ -10,6 +10,7 @@ from activities.channels.base import (
     PermanentSendError,
     SendError,
     SendResult,
+    SyncChannel,
     TransientSendError,
     build_channels,
 )
@@ -20,6 +21,7 @@ __all__ = [
     "PermanentSendError",
     "SendError",
     "SendResult",
+    "SyncChannel",
     "TransientSendError",
     "build_channels",
 ]

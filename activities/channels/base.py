@@ -78,6 +78,15 @@ class Channel(Protocol):
     async def send(self, msg: OutgoingMessage) -> SendResult: ...
 
 
+@runtime_checkable
+class SyncChannel(Channel, Protocol):
+    """A channel whose send is blocking work it runs in a thread anyway (a database insert,
+    SMTP): `send_sync` is that work, for a caller already in a thread; `send` is the same
+    from the event loop."""
+
+    def send_sync(self, msg: OutgoingMessage) -> SendResult: ...
+
+
 def _secret(value: Any) -> str | None:
     return value.get_secret_value() if value is not None else None
 

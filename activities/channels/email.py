@@ -148,8 +148,12 @@ class EmailChannel:
         return mime
 
     async def send(self, msg: OutgoingMessage) -> SendResult:
+        return await asyncio.to_thread(self.send_sync, msg)
+
+    def send_sync(self, msg: OutgoingMessage) -> SendResult:
+        """Build and send the message (blocking: from a thread)."""
         mime = self.build_message(msg)
-        await asyncio.to_thread(self._deliver, mime, str(mime["To"].addresses[0].addr_spec))
+        self._deliver(mime, str(mime["To"].addresses[0].addr_spec))
         return SendResult(
             provider_message_id=str(mime["Message-ID"]),
             detail={"smtp_host": self.config.host, "to": str(mime["To"])},
