@@ -7,7 +7,7 @@ from __future__ import annotations
 from datetime import datetime
 from typing import Any
 
-from sqlalchemy import Connection, select, update
+from sqlalchemy import Connection, func, select, update
 
 from automations.contracts import RunStart, add_counts
 from store.db import utcnow
@@ -122,7 +122,5 @@ def recent_runs(conn: Connection, schedule: str, limit: int = 20) -> list[Any]:
 
 def last_runs(conn: Connection) -> dict[str, Any]:
     """Each schedule's latest attempt."""
-    latest: dict[str, Any] = {}
-    for row in conn.execute(select(RUNS).order_by(RUNS.c.started_at, RUNS.c.attempt)):
-        latest[row.schedule] = row
-    return latest
+    newest = select(func.max(RUNS.c.id)).group_by(RUNS.c.schedule)
+    return {row.schedule: row for row in conn.execute(select(RUNS).where(RUNS.c.id.in_(newest)))}
