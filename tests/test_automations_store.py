@@ -1,11 +1,16 @@
 """Every automation on a seeded database, SQLite and PostgreSQL, results checked row by row;
 the same run date twice; an attempt that died mid-step resumed from its last chunk.
 
-The activities are called directly (no Temporal): begin, every step, finish — what
-AutomationWorkflow sequences. tests/test_schedules.py runs them under Temporal."""
+Each runs twice: through AutomationWorkflow on the Temporal dev server (a worker of its own
+on this database), and with the activities called directly (begin, every step, finish —
+what the workflow sequences), which also lets a test stop an attempt between chunks.
+tests/test_schedules.py covers the Schedules themselves."""
 
 from __future__ import annotations
 
+import uuid
+from collections.abc import AsyncIterator
+from concurrent.futures import ThreadPoolExecutor
 from datetime import datetime, timedelta
 from decimal import Decimal
 from pathlib import Path
@@ -14,6 +19,8 @@ from zoneinfo import ZoneInfo
 
 import pytest
 from sqlalchemy import Engine, insert, select
+from temporalio.testing import WorkflowEnvironment
+from temporalio.worker import Worker
 
 from activities.automation_activities import AutomationActivities
 from automations.contracts import (
@@ -40,6 +47,7 @@ from store.models import (
     TierHistoryRow,
 )
 from tests.rules_helpers import REPO, deploy_dir
+from workflows.automation import AutomationWorkflow
 
 SH = ZoneInfo("Asia/Shanghai")
 AS_OF = datetime(2026, 11, 20, 2, 0, tzinfo=SH)  # a nightly run at 02:00 Shanghai time
@@ -50,6 +58,33 @@ def acts(engine: Engine) -> AutomationActivities:
     return AutomationActivities(engine, Settings(), {})
 
 
+# set by the `via` fixture when runs go through Temporal
+TEMPORAL: dict[str, Any] = {}
+
+
+@pytest.fixture(params=["temporal", "activities"])
+async def via(
+    request: pytest.FixtureRequest, engine: Engine, dev_env: WorkflowEnvironment
+) -> AsyncIterator[str]:
+    if request.param == "activities":
+        yield "activities"
+        return
+    queue = f"automations-{uuid.uuid4()}"
+    with ThreadPoolExecutor(4) as pool:
+        async with Worker(
+            dev_env.client,
+            task_queue=queue,
+            workflows=[AutomationWorkflow],
+            activities=acts(engine).all(),
+            activity_executor=pool,
+        ):
+            TEMPORAL.update(client=dev_env.client, queue=queue)
+            try:
+                yield "temporal"
+            finally:
+                TEMPORAL.clear()
+
+
 async def run(
     engine: Engine,
     automation: str,
@@ -58,13 +93,20 @@ async def run(
     wf: str = "wf-1",
     schedule: str | None = None,
 ) -> RunSummary:
-    a = acts(engine)
     inp = AutomationInput(
         schedule=schedule or f"test-{automation}",
         automation=automation,
         timezone="Asia/Shanghai",
         params=params or {},
     )
+    if TEMPORAL:
+        return await TEMPORAL["client"].execute_workflow(
+            AutomationWorkflow.run,
+            inp.model_copy(update={"as_of": as_of}),
+            id=f"automation-{inp.schedule}-{wf}-{uuid.uuid4().hex[:8]}",
+            task_queue=TEMPORAL["queue"],
+        )
+    a = acts(engine)
     start = a.begin(BeginRequest(input=inp, as_of=as_of, workflow_id=wf))
     for step in STEPS[automation]:
         await a.step(StepRequest(run_id=start.run_id, step=step, input=inp))
@@ -131,7 +173,7 @@ def lot(n: int, cid: str, earned: float, remaining: float, expires: datetime | N
     }
 
 
-async def test_points_expiry_expires_due_lots_and_warns_ahead(engine: Engine) -> None:
+async def test_points_expiry_expires_due_lots_and_warns_ahead(via: str, engine: Engine) -> None:
     customers(engine, {"customer_id": "c1"}, {"customer_id": "c2"}, {"customer_id": "c3"})
     with engine.begin() as conn:
         conn.execute(
@@ -248,7 +290,9 @@ async def test_an_attempt_that_died_resumes_after_its_last_committed_chunk(engin
 # --------------------------------------------------------------------------- tag expiry
 
 
-async def test_tag_expiry_removes_expired_tags_with_an_audit_trail(engine: Engine) -> None:
+async def test_tag_expiry_removes_expired_tags_with_an_audit_trail(
+    via: str, engine: Engine
+) -> None:
     customers(engine, {"customer_id": "t1"}, {"customer_id": "t2"})
     with engine.begin() as conn:
         conn.execute(
@@ -294,6 +338,7 @@ def purchase(n: int, cid: str, amount: float, at: datetime) -> dict[str, Any]:
 
 
 async def test_tier_review_upgrades_starts_grace_and_downgrades_after_it(
+    via: str,
     programme: Engine,
 ) -> None:
     engine = programme
@@ -372,7 +417,9 @@ async def test_tier_review_upgrades_starts_grace_and_downgrades_after_it(
 # --------------------------------------------------------------------------- churn scan
 
 
-async def test_churn_scan_flags_lapsing_regulars_through_the_rules(programme: Engine) -> None:
+async def test_churn_scan_flags_lapsing_regulars_through_the_rules(
+    via: str, programme: Engine
+) -> None:
     engine = programme
     customers(
         engine,
@@ -421,6 +468,7 @@ async def test_churn_scan_flags_lapsing_regulars_through_the_rules(programme: En
 
 
 async def test_lead_sla_returns_leads_to_the_pool_and_tells_the_manager(
+    via: str,
     programme: Engine,
 ) -> None:
     engine = programme
@@ -491,7 +539,7 @@ async def test_lead_sla_returns_leads_to_the_pool_and_tells_the_manager(
 # --------------------------------------------------------------------------- date events
 
 
-async def test_date_events_on_the_customers_own_day(engine: Engine) -> None:
+async def test_date_events_on_the_customers_own_day(via: str, engine: Engine) -> None:
     as_of = datetime(2027, 2, 28, 0, 30, tzinfo=UTC)  # 08:30 in Shanghai, 16:30 (27th) in LA
     customers(
         engine,
@@ -530,7 +578,7 @@ async def test_date_events_on_the_customers_own_day(engine: Engine) -> None:
 
 
 async def test_kpi_digest_writes_json_and_html_and_mails_them(
-    engine: Engine, tmp_path: Path
+    via: str, engine: Engine, tmp_path: Path
 ) -> None:
     customers(engine, {"customer_id": "k1", "lifecycle_stage": "member", "tier": "gold"})
     with engine.begin() as conn:
