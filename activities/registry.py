@@ -7,8 +7,8 @@ from typing import Any
 
 from sqlalchemy import Engine
 
-from activities.channels.base import build_channels
 from activities.automation_activities import AutomationActivities
+from activities.channels.base import build_channels
 from activities.journey_activities import JourneyActivities
 from activities.project_activities import ProjectActivities
 from activities.store_activities import StoreActivities
