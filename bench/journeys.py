@@ -97,7 +97,7 @@ from store.db import make_engine, utcnow  # noqa: E402
 from store.journeys import deploy_journey, deployed  # noqa: E402
 from store.migrate import upgrade  # noqa: E402
 from store.models import EnrollmentRow, JourneyCommandRow, OutboxMessageRow  # noqa: E402
-from worker import ACTIVITY_THREADS  # noqa: E402
+from worker import ACTIVITY_THREADS, workflow_runner  # noqa: E402
 from workflows.journey import JourneyWorkflow  # noqa: E402
 
 TARGET = 0.7
@@ -264,8 +264,12 @@ def completed(client: Client, queue: str) -> Callable[[], Awaitable[int]]:
 
 
 def worker_options() -> dict[str, Any]:
-    """What worker.py sets; the SDK's defaults for the rest."""
-    return {"max_concurrent_activities": ACTIVITY_THREADS}
+    """What worker.py sets, for both sides (the baseline's workflow module passed through
+    the sandbox as crmflow's packages are); the SDK's defaults for the rest."""
+    return {
+        "max_concurrent_activities": ACTIVITY_THREADS,
+        "workflow_runner": workflow_runner("bench"),
+    }
 
 
 def use_worker_default_executor() -> None:
