@@ -254,7 +254,7 @@ class JourneyActivities:
         return message, rendered
 
     @staticmethod
-    def _ensure_enrollment(conn: Any, req: DeliverRequest) -> None:
+    def _ensure_enrollment(conn: Any, req: DeliverRequest | RecordRequest) -> None:
         jstore.ensure_enrollment(
             conn,
             workflow_id=req.workflow_id,
@@ -398,16 +398,7 @@ class JourneyActivities:
     @activity.defn(name=JOURNEY_RECORD)
     def record(self, req: RecordRequest) -> None:
         with self.engine.begin() as conn:
-            jstore.ensure_enrollment(
-                conn,
-                workflow_id=req.workflow_id,
-                journey=req.journey,
-                version=req.version,
-                customer_id=req.customer_id,
-                entry_no=req.entry_no,
-                entered_at=req.entered_at,
-                node=req.node,
-            )
+            self._ensure_enrollment(conn, req)
             if req.kind and req.step_key and req.node:
                 jstore.record_step(
                     conn,
