@@ -355,18 +355,7 @@ class JourneyActivities:
         of the next node (or the enrollment's completion)."""
 
         def step(key: str, node: str, step_kind: str, reason: Any = None) -> dict[str, Any]:
-            return jstore.step_row(
-                step_key=key,
-                workflow_id=req.workflow_id,
-                journey=req.journey,
-                version=req.version,
-                customer_id=req.customer_id,
-                node=node,
-                kind=step_kind,
-                at=at,
-                reason=reason,
-                variant=req.variant,
-            )
+            return _step_row(req, key, node, step_kind, at, reason, req.variant)
 
         steps = [
             step(f"{req.step_key}:{kind}", req.node, kind, why),
@@ -400,19 +389,10 @@ class JourneyActivities:
         with self.engine.begin() as conn:
             self._ensure_enrollment(conn, req)
             if req.kind and req.step_key and req.node:
-                jstore.record_step(
-                    conn,
-                    step_key=req.step_key,
-                    workflow_id=req.workflow_id,
-                    journey=req.journey,
-                    version=req.version,
-                    customer_id=req.customer_id,
-                    node=req.node,
-                    kind=req.kind,
-                    at=req.at,
-                    reason=req.reason,
-                    variant=req.variant,
+                row = _step_row(
+                    req, req.step_key, req.node, req.kind, req.at, req.reason, req.variant
                 )
+                jstore.record_step(conn, row)
             jstore.move_enrollment(
                 conn,
                 req.workflow_id,
@@ -436,19 +416,34 @@ class JourneyActivities:
                     "(crmflow rules deploy)",
                     non_retryable=True,
                 )
-            first = jstore.record_step(
-                conn,
-                step_key=f"{req.step_key}:update",
-                workflow_id=req.workflow_id,
-                journey=req.journey,
-                version=req.version,
-                customer_id=req.customer_id,
-                node=req.node,
-                kind="entered",
-                at=req.at,
-            )
+            row = _step_row(req, f"{req.step_key}:update", req.node, "entered", req.at)
+            first = jstore.record_step(conn, row)
             if first:  # the step log's unique key makes the effects apply once
                 apply_effects(conn, pack, req.customer_id, rule, req.step_key, req.at)
+
+
+def _step_row(
+    req: DeliverRequest | RecordRequest | UpdateRequest,
+    key: str,
+    node: str,
+    kind: str,
+    at: datetime,
+    reason: Any = None,
+    variant: str | None = None,
+) -> dict[str, Any]:
+    """One step of `req`'s enrollment for the step log."""
+    return jstore.step_row(
+        step_key=key,
+        workflow_id=req.workflow_id,
+        journey=req.journey,
+        version=req.version,
+        customer_id=req.customer_id,
+        node=node,
+        kind=kind,
+        at=at,
+        reason=reason,
+        variant=variant,
+    )
 
 
 def _address(channel: str, profile: dict[str, Any]) -> str | None:

@@ -146,6 +146,9 @@ Overlap = Literal[
 
 
 class ScheduleBase(Strict):
+    """What every schedule has; each automation's own model narrows `automation` to its
+    name and `params` to its parameters."""
+
     name: Name = Field(description="the schedule's name; its Temporal id is automation:<name>")
     description: str | None = None
     cron: str = Field(description="when it runs: five cron fields or @daily/@hourly/…")
@@ -157,6 +160,8 @@ class ScheduleBase(Strict):
         "1d", description="runs missed while the server was down are caught up this far back"
     )
     paused: bool = False
+    automation: str
+    params: Strict
 
     @field_validator("cron")
     @classmethod

@@ -39,7 +39,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 import random
 import shutil
 import subprocess
@@ -425,22 +424,11 @@ class TemplateDatabases(Databases):
             path = f"{source.rsplit('.', 1)[0]}_copy{self.counter}.db"
             shutil.copyfile(source, path)
             return f"sqlite:///{path}"
-        import psycopg
-
-        name = f"bench_{self.prefix}_{os.getpid()}_{self.counter}"
-        source_name = template.rsplit("/", 1)[-1]
-        with psycopg.connect(f"{self.pg_base}/postgres", autocommit=True) as conn:
-            conn.execute(f'CREATE DATABASE "{name}" TEMPLATE "{source_name}"')
-        self.pg_created.append(name)
-        return f"{self.pg_base}/{name}"
+        return self.create_pg(template=template.rsplit("/", 1)[-1])
 
     def vacuum(self, url: str) -> None:
         """VACUUM ANALYZE (autovacuum may be off): statistics, hint bits, visibility map."""
-        if url.startswith("postgresql"):
-            import psycopg
-
-            with psycopg.connect(url, autocommit=True) as conn:
-                conn.execute("VACUUM ANALYZE")
+        self.admin(url, "VACUUM ANALYZE")
 
 
 def prepare(

@@ -85,13 +85,13 @@ def _temporal(work: Any) -> Any:
 def _summary(s: ScheduleBase) -> dict[str, Any]:
     return {
         "name": s.name,
-        "automation": getattr(s, "automation"),  # noqa: B009
+        "automation": s.automation,
         "cron": s.cron,
         "timezone": s.zone,
         "overlap": s.overlap,
         "catchup_window": s.catchup_window,
         "paused": s.paused,
-        "params": getattr(s, "params").model_dump(),  # noqa: B009
+        "params": s.params.model_dump(),
     }
 
 
@@ -106,7 +106,7 @@ def validate(file: FileOpt = DEFAULT_FILE, as_json: JsonFlag = False) -> None:
         return
     for s in f.schedules:
         _cli().console.print(
-            f"{s.name}: {getattr(s, 'automation')} at {s.cron!r} ({s.zone})"  # noqa: B009
+            f"{s.name}: {s.automation} at {s.cron!r} ({s.zone})"
             + (" [paused]" if s.paused else ""),
             highlight=False,
         )

@@ -61,9 +61,9 @@ def load_schedules(path: Path) -> SchedulesFile:
 def automation_input(s: ScheduleBase) -> AutomationInput:
     return AutomationInput(
         schedule=s.name,
-        automation=getattr(s, "automation"),  # noqa: B009 (each schedule kind has its own)
+        automation=s.automation,
         timezone=s.zone,
-        params=getattr(s, "params").model_dump(),  # noqa: B009
+        params=s.params.model_dump(),
     )
 
 
@@ -84,9 +84,7 @@ def desired(s: ScheduleBase, task_queue: str) -> Schedule:
         ),
         spec=ScheduleSpec(cron_expressions=[s.cron], time_zone_name=s.zone),
         policy=SchedulePolicy(overlap=OVERLAP[s.overlap], catchup_window=s.catchup()),
-        state=ScheduleState(
-            paused=s.paused, note=s.description or f"crmflow {automation_input(s).automation}"
-        ),
+        state=ScheduleState(paused=s.paused, note=s.description or f"crmflow {s.automation}"),
     )
 
 

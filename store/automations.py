@@ -16,9 +16,8 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from datetime import date, datetime, timedelta
+from datetime import UTC, date, datetime, timedelta
 from typing import Any
-from zoneinfo import ZoneInfo
 
 from sqlalchemy import (
     Connection,
@@ -43,6 +42,7 @@ from automations.models import (
     TierReviewParams,
 )
 from journeys.timing import anniversary, parse_date
+from rules.facts import zone
 from rules.models import Program
 from rules.tiers import GRACE_TAG, TierStanding, review_tier
 from store.bulk import insert_rows
@@ -56,7 +56,7 @@ from store.models import (
     TagRow,
     TierHistoryRow,
 )
-from store.sql import insert_for, table_of
+from store.sql import insert_for, table_of, where_in
 
 CUSTOMERS = table_of(CustomerRow)
 EVENTS = table_of(EventRow)
@@ -186,10 +186,8 @@ def expire_points(conn: Connection, ctx: RunContext, cursor: str | None) -> Chun
 
 
 def _local(at: datetime, tz: str | None) -> datetime:
-    try:
-        return at.astimezone(ZoneInfo(tz or "UTC"))
-    except (KeyError, ValueError):
-        return at.astimezone(ZoneInfo("UTC"))
+    """`at` on the customer's wall clock (UTC for an unknown zone)."""
+    return at.astimezone(zone(tz or "UTC") or UTC)
 
 
 def warn_expiring(conn: Connection, ctx: RunContext, cursor: str | None) -> Chunk:
@@ -305,20 +303,31 @@ def _next_customers(
     )
 
 
+def _per_customer(
+    conn: Connection, column: Any, ids: list[str], query: Callable[[Any], Any]
+) -> dict[str, Any]:
+    """`{customer_id: value}` from `query(<filter on column>)`, a select of (customer id,
+    value), for the customers `ids` (`where_in`: one array on PostgreSQL, IN lists on
+    SQLite)."""
+    found: dict[str, Any] = {}
+    for where in where_in(conn, column, ids):
+        found.update(conn.execute(query(where)).all())
+    return found
+
+
 def _latest(conn: Connection, event_type: str, ids: list[str], until: datetime) -> dict[str, Any]:
     """Each customer's latest event of `event_type` up to `until`."""
     e = EVENTS.c
-    found: dict[str, Any] = {}
-    for part in range(0, len(ids), 900):
-        keys = ids[part : part + 900]
-        found.update(
-            conn.execute(
-                select(e.customer_id, func.max(e.occurred_at))
-                .where(e.type == event_type, e.customer_id.in_(keys), e.occurred_at <= until)
-                .group_by(e.customer_id)
-            ).all()
-        )
-    return found
+    return _per_customer(
+        conn,
+        e.customer_id,
+        ids,
+        lambda where: (
+            select(e.customer_id, func.max(e.occurred_at))
+            .where(where, e.type == event_type, e.occurred_at <= until)
+            .group_by(e.customer_id)
+        ),
+    )
 
 
 def _hours(delta: timedelta) -> float:
@@ -449,7 +458,7 @@ def notify_managers(conn: Connection, ctx: RunContext, cursor: str | None) -> Ch
 # --------------------------------------------------------------------------- date events
 
 
-def _month_days(conn: Connection, text: Any) -> Any:
+def _month_day(text: Any) -> Any:
     """MM-DD of a YYYY-MM-DD text column."""
     return func.substr(text, 6, 5)
 
@@ -458,7 +467,7 @@ def _created_month_day(conn: Connection) -> Any:
     created = CUSTOMERS.c.created_at
     if conn.dialect.name == "postgresql":
         return func.to_char(func.timezone("UTC", created), "MM-DD")
-    return func.substr(created, 6, 5)
+    return _month_day(created)
 
 
 def _days_around(day: date) -> list[str]:
@@ -477,14 +486,14 @@ def scan_dates(conn: Connection, ctx: RunContext, cursor: str | None) -> Chunk:
     date; the exact local day is checked here."""
     p: DateEventsParams = ctx.params
     c = CUSTOMERS.c
-    days = _days_around(ctx.as_of.astimezone(ZoneInfo("UTC")).date())
+    days = _days_around(ctx.as_of.astimezone(UTC).date())
     born = c.attributes[p.birthday_attribute].as_string()
     joined = c.attributes[p.anniversary_attribute].as_string()
     wanted = []
     if "birthday" in p.events:
-        wanted.append(_month_days(conn, born).in_(days))
+        wanted.append(_month_day(born).in_(days))
     if "membership_anniversary" in p.events:
-        wanted.append(_month_days(conn, joined).in_(days))
+        wanted.append(_month_day(joined).in_(days))
         wanted.append(and_(joined.is_(None), _created_month_day(conn).in_(days)))
     if not wanted:
         return Chunk(cursor=cursor, done=True)
@@ -497,40 +506,21 @@ def scan_dates(conn: Connection, ctx: RunContext, cursor: str | None) -> Chunk:
     invalid = 0
     for cid, tz, born_text, joined_text, created_at in rows:
         today = _local(ctx.as_of, tz).date()
+        dates: list[tuple[str, str, str | datetime]] = []
         if "birthday" in p.events and born_text:
-            try:
-                b = parse_date(born_text)
-            except ValueError:
-                invalid += 1
-            else:
-                if anniversary(b, today.year) == today and today.year > b.year:
-                    events.append(
-                        _event(
-                            "birthday",
-                            today.isoformat(),
-                            cid,
-                            ctx.as_of,
-                            date=today.isoformat(),
-                            age=today.year - b.year,
-                        )
-                    )
+            dates.append(("birthday", "age", born_text))
         if "membership_anniversary" in p.events:
+            dates.append(("membership_anniversary", "years", joined_text or created_at))
+        for kind, count, raw in dates:
             try:
-                j = parse_date(joined_text) if joined_text else _local(created_at, tz).date()
+                start = _local(raw, tz).date() if isinstance(raw, datetime) else parse_date(raw)
             except ValueError:
                 invalid += 1
                 continue
-            if anniversary(j, today.year) == today and today.year > j.year:
-                events.append(
-                    _event(
-                        "membership_anniversary",
-                        today.isoformat(),
-                        cid,
-                        ctx.as_of,
-                        date=today.isoformat(),
-                        years=today.year - j.year,
-                    )
-                )
+            if anniversary(start, today.year) == today and today.year > start.year:
+                day = today.isoformat()
+                props = {"date": day, count: today.year - start.year}
+                events.append(_event(kind, day, cid, ctx.as_of, **props))
     counts: dict[str, float] = {
         "customers_checked": len(rows),
         "birthdays": sum(1 for ev in events if ev["type"] == "birthday"),
@@ -542,14 +532,6 @@ def scan_dates(conn: Connection, ctx: RunContext, cursor: str | None) -> Chunk:
 
 
 # --------------------------------------------------------------------------- tier review
-
-
-def _sums(conn: Connection, stmt: Any, ids: list[str]) -> dict[str, float]:
-    out: dict[str, float] = {}
-    for part in range(0, len(ids), 900):
-        for cid, value in conn.execute(stmt, {"ids": ids[part : part + 900]}):
-            out[cid] = float(value or 0)
-    return out
 
 
 def review_tiers(conn: Connection, ctx: RunContext, cursor: str | None) -> Chunk:
@@ -572,44 +554,47 @@ def review_tiers(conn: Connection, ctx: RunContext, cursor: str | None) -> Chunk
     ids = [r.customer_id for r in rows]
     since = ctx.as_of - timedelta(days=program.tier_policy.window_days)
     e, led, t, h = EVENTS.c, LEDGER.c, TAGS.c, TIER_HISTORY.c
-    keys: Any = bindparam("ids", expanding=True)
-    spend = _sums(
+    spend = _per_customer(
         conn,
-        select(e.customer_id, func.sum(e.properties[program.spend_property].as_float()))
-        .where(
-            e.customer_id.in_(keys),
-            e.type == program.purchase_event,
-            e.occurred_at > since,
-            e.occurred_at <= ctx.as_of,
-        )
-        .group_by(e.customer_id),
+        e.customer_id,
         ids,
+        lambda where: (
+            select(e.customer_id, func.sum(e.properties[program.spend_property].as_float()))
+            .where(
+                where,
+                e.type == program.purchase_event,
+                e.occurred_at > since,
+                e.occurred_at <= ctx.as_of,
+            )
+            .group_by(e.customer_id)
+        ),
     )
-    earned = _sums(
+    earned = _per_customer(
         conn,
-        select(led.customer_id, func.sum(led.amount))
-        .where(led.customer_id.in_(keys), led.kind == "earn", led.at > since, led.at <= ctx.as_of)
-        .group_by(led.customer_id),
+        led.customer_id,
         ids,
+        lambda where: (
+            select(led.customer_id, func.sum(led.amount))
+            .where(where, led.kind == "earn", led.at > since, led.at <= ctx.as_of)
+            .group_by(led.customer_id)
+        ),
     )
-    grace: dict[str, datetime] = {}
-    changed: dict[str, datetime] = {}
-    for part in range(0, len(ids), 900):
-        some = ids[part : part + 900]
-        grace.update(
-            conn.execute(
-                select(t.customer_id, t.created_at).where(
-                    t.customer_id.in_(some), t.tag == GRACE_TAG
-                )
-            ).all()
-        )
-        changed.update(
-            conn.execute(
-                select(h.customer_id, func.max(h.changed_at))
-                .where(h.customer_id.in_(some), h.changed_at <= ctx.as_of)
-                .group_by(h.customer_id)
-            ).all()
-        )
+    grace = _per_customer(
+        conn,
+        t.customer_id,
+        ids,
+        lambda where: select(t.customer_id, t.created_at).where(where, t.tag == GRACE_TAG),
+    )
+    changed = _per_customer(
+        conn,
+        h.customer_id,
+        ids,
+        lambda where: (
+            select(h.customer_id, func.max(h.changed_at))
+            .where(where, h.changed_at <= ctx.as_of)
+            .group_by(h.customer_id)
+        ),
+    )
     moves: list[dict[str, Any]] = []
     history: list[dict[str, Any]] = []
     audit: list[dict[str, Any]] = []
@@ -626,8 +611,8 @@ def review_tiers(conn: Connection, ctx: RunContext, cursor: str | None) -> Chunk
             member_since = r.created_at.date()
         standing = TierStanding(
             tier=r.tier,
-            spend=spend.get(cid, 0.0),
-            points_earned=earned.get(cid, 0.0),
+            spend=float(spend.get(cid) or 0),
+            points_earned=float(earned.get(cid) or 0),
             grace_since=grace.get(cid),
             tier_since=changed.get(cid, r.created_at),
             anniversary=member_since,

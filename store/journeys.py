@@ -223,33 +223,8 @@ def _move_enrollment_stmt(conn: Connection) -> Executable:
     return update(e).where(e.c.workflow_id == bindparam("wid"))
 
 
-def record_step(
-    conn: Connection,
-    *,
-    step_key: str,
-    workflow_id: str,
-    journey: str,
-    version: str,
-    customer_id: str,
-    node: str,
-    kind: str,
-    at: datetime,
-    reason: str | None = None,
-    variant: str | None = None,
-) -> bool:
-    """Log a step once per key; True when this call logged it."""
-    row = step_row(
-        step_key=step_key,
-        workflow_id=workflow_id,
-        journey=journey,
-        version=version,
-        customer_id=customer_id,
-        node=node,
-        kind=kind,
-        at=at,
-        reason=reason,
-        variant=variant,
-    )
+def record_step(conn: Connection, row: dict[str, Any]) -> bool:
+    """Log a step (a `step_row`) once per key; True when this call logged it."""
     return conn.execute(_prepared(conn, "record_step", _record_step_stmt), row).first() is not None
 
 

@@ -202,8 +202,8 @@ def test_steps_log_once_and_enrollments_move(engine: Engine) -> None:
             "workflow_id": "w", "journey": "j", "version": "v", "customer_id": "A",
             "node": "first", "at": AT,
         }  # fmt: skip
-        assert jstore.record_step(conn, step_key="s1", kind="entered", **step)
-        assert not jstore.record_step(conn, step_key="s1", kind="sent", **step)
+        assert jstore.record_step(conn, jstore.step_row(step_key="s1", kind="entered", **step))
+        assert not jstore.record_step(conn, jstore.step_row(step_key="s1", kind="sent", **step))
         jstore.record_steps(
             conn,
             [

@@ -78,21 +78,30 @@ class Databases:
         if kind == "sqlite":
             path = self.workdir / f"{label or self.prefix}_{self.counter}.db"
             return f"sqlite:///{path}"
+        return self.create_pg()
+
+    def create_pg(self, template: str | None = None) -> str:
+        """A new PostgreSQL database (a copy of the database `template` names, if given)."""
         import psycopg
 
         name = f"bench_{self.prefix}_{os.getpid()}_{self.counter}"
+        copy = f' TEMPLATE "{template}"' if template else ""
         with psycopg.connect(f"{self.pg_base}/postgres", autocommit=True) as conn:
-            conn.execute(f'CREATE DATABASE "{name}"')
+            conn.execute(f'CREATE DATABASE "{name}"{copy}')
         self.pg_created.append(name)
         return f"{self.pg_base}/{name}"
 
-    def settle(self, url: str) -> None:
-        """CHECKPOINT on PostgreSQL: the preparation's dirty pages are not flushed in the run."""
+    def admin(self, url: str, sql: str) -> None:
+        """Run a maintenance statement outside a transaction (PostgreSQL only)."""
         if url.startswith("postgresql"):
             import psycopg
 
             with psycopg.connect(url, autocommit=True) as conn:
-                conn.execute("CHECKPOINT")
+                conn.execute(sql)
+
+    def settle(self, url: str) -> None:
+        """CHECKPOINT on PostgreSQL: the preparation's dirty pages are not flushed in the run."""
+        self.admin(url, "CHECKPOINT")
 
     def drop(self, url: str) -> None:
         name = url.rsplit("/", 1)[-1]
