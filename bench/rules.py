@@ -190,7 +190,9 @@ def _totals(engine: Any) -> dict[str, int]:
         }
 
 
-def _child_e2e(url: str, events: Path, profile: Path | None) -> dict[str, Any]:
+def _child_e2e(url: str, events: Path, profile: Path | None, workers: int) -> dict[str, Any]:
+    import resource
+
     from crmflow.ingest import import_file
     from store.db import make_engine
 
@@ -203,12 +205,15 @@ def _child_e2e(url: str, events: Path, profile: Path | None) -> dict[str, Any]:
             profiler = cProfile.Profile()
             profiler.enable()
         started = time.perf_counter()
-        report = import_file(engine, events, "events")
+        report = import_file(engine, events, "events", workers=workers)
         seconds = time.perf_counter() - started
         if profiler is not None and profile is not None:
             profiler.disable()
             profiler.dump_stats(str(profile))
-        rss = peak_rss_mb()
+        # with workers, their memory counts too: this process's peak plus, for each
+        # worker, the largest worker's peak (an upper bound of the sum)
+        children = resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss / 1024.0
+        rss = peak_rss_mb() + (workers * children if workers > 1 else 0.0)
         totals = _totals(engine)
     finally:
         engine.dispose()
@@ -222,6 +227,7 @@ def _child_e2e(url: str, events: Path, profile: Path | None) -> dict[str, Any]:
         "version": report.rules_version,
         "totals": totals,
         "peak_rss_mb": rss,
+        "workers": workers,
     }
 
 
@@ -333,7 +339,11 @@ def child_main(args: argparse.Namespace) -> None:
     if args.child == "prepare":
         result = _child_prepare(args.url, args.customers_file)
     elif args.child == "e2e":
-        result = _child_e2e(args.url, args.events_file, args.profile_file)
+        if args.workers is None:  # crmflow's default, as `crmflow events import` uses it
+            from crmflow.settings import Settings
+
+            args.workers = Settings().import_workers
+        result = _child_e2e(args.url, args.events_file, args.profile_file, args.workers)
     elif args.child == "baseline":
         result = _child_baseline(args.customers_file, args.events_file)
     else:
@@ -342,7 +352,11 @@ def child_main(args: argparse.Namespace) -> None:
 
 
 def run_child(
-    role: str, files: tuple[Path, Path], url: str = "", profile: Path | None = None
+    role: str,
+    files: tuple[Path, Path],
+    url: str = "",
+    profile: Path | None = None,
+    workers: int | None = None,
 ) -> dict[str, Any]:
     customers, events = files
     cmd = [
@@ -359,6 +373,8 @@ def run_child(
     ]
     if profile is not None:
         cmd += ["--profile-file", str(profile)]
+    if workers is not None:
+        cmd += ["--workers", str(workers)]
     done = subprocess.run(cmd, stdout=subprocess.PIPE, text=True, check=False)
     if done.returncode != 0:
         raise RuntimeError(f"{role} child failed (exit {done.returncode}): {done.stdout.strip()}")
@@ -370,7 +386,12 @@ def run_child(
 
 
 def measure_e2e(
-    dbs: Databases, kind: str, files: tuple[Path, Path], expect: int, profile: Path | None
+    dbs: Databases,
+    kind: str,
+    files: tuple[Path, Path],
+    expect: int,
+    profile: Path | None,
+    workers: int | None,
 ) -> dict[str, Any]:
     """Prepare a fresh database (untimed), then time one import of the events into it."""
     url = dbs.fresh(kind)
@@ -382,7 +403,7 @@ def measure_e2e(
             flush=True,
         )
         dbs.settle(url)
-        result = run_child("e2e", files, url, profile)
+        result = run_child("e2e", files, url, profile, workers)
     finally:
         dbs.drop(url)
     totals = result["totals"]
@@ -398,8 +419,8 @@ def measure_e2e(
     result["events_per_s"] = expect / result["seconds"]
     print(
         f"  {kind:<10} end-to-end: {expect:,} events in {result['seconds']:.2f} s = "
-        f"{result['events_per_s']:,.0f} events/s, {result['rules_fired']:,} rules fired, "
-        f"peak RSS {result['peak_rss_mb']:.0f} MB",
+        f"{result['events_per_s']:,.0f} events/s with {result['workers']} import worker(s), "
+        f"{result['rules_fired']:,} rules fired, peak RSS {result['peak_rss_mb']:.0f} MB",
         flush=True,
     )
     print(
@@ -440,6 +461,12 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
         help="run the end-to-end children under cProfile, writing <dir>/e2e_<database>.pstats",
     )
     parser.add_argument("--profile-file", type=Path, help=argparse.SUPPRESS)
+    parser.add_argument(
+        "--workers",
+        type=int,
+        help="import worker processes end to end (default: crmflow's `import_workers`, one "
+        "per core up to 4); 1 runs the whole import in one process",
+    )
     return parser.parse_args(argv)
 
 
@@ -479,7 +506,9 @@ def main(argv: list[str] | None = None) -> int:
                 baselines.append(measure_baseline(files, args.events))
                 for kind in kinds:
                     profile = args.profile / f"e2e_{kind}.pstats" if args.profile else None
-                    e2e[kind].append(measure_e2e(dbs, kind, files, args.events, profile))
+                    e2e[kind].append(
+                        measure_e2e(dbs, kind, files, args.events, profile, args.workers)
+                    )
         finally:
             dbs.drop_all()
 

@@ -35,7 +35,7 @@ from starlette.concurrency import run_in_threadpool
 
 from activities.channels.unsubscribe import InvalidUnsubscribeToken, read_unsubscribe_token
 from crmflow.formats import Event
-from crmflow.ingest import StoredEvents, store_events
+from crmflow.ingest import StoredEvents, store_chunk
 from crmflow.processing import ConcurrentProcessing
 from crmflow.settings import Settings
 from rules.source import RuleFileError
@@ -46,7 +46,6 @@ from store.migrate import current_revision, head_revision
 log = logging.getLogger(__name__)
 
 CHUNK_SIZE = 5000
-RETRIES = 3  # attempts of a chunk that lost a race with another writer of the same events
 
 
 class EventsReport(BaseModel):
@@ -89,16 +88,7 @@ def accept_events(
     started = time.perf_counter()
     total = StoredEvents(WriteCounts())
     for start in range(0, len(rows), chunk_size):
-        chunk = rows[start : start + chunk_size]
-        for attempt in range(1, RETRIES + 1):
-            try:
-                with engine.begin() as conn:
-                    got = store_events(conn, chunk, utcnow())
-                break
-            except ConcurrentProcessing:
-                if attempt == RETRIES:
-                    raise
-                log.info("events chunk raced another writer; retrying (%d)", attempt)
+        got = store_chunk(engine, rows[start : start + chunk_size])
         total.add(got)
     return EventsReport(
         received=len(rows),

@@ -123,7 +123,7 @@ def show_settings(as_json: JsonFlag = False) -> None:
     console.print(table)
 
 
-def _import(kind: Kind, path: Path, as_json: bool) -> ImportReport:
+def _import(kind: Kind, path: Path, as_json: bool, workers: int | None = None) -> ImportReport:
     settings = load_settings()
     engine = migrated_engine(settings)
     size = path.stat().st_size
@@ -145,6 +145,7 @@ def _import(kind: Kind, path: Path, as_json: bool) -> ImportReport:
                 phone_region=settings.default_phone_region,
                 chunk_size=settings.import_chunk_size,
                 on_progress=lambda done: bar.update(task, completed=done),
+                workers=workers or settings.import_workers,
             )
         except ImportError_ as exc:
             fail(str(exc))
@@ -194,9 +195,21 @@ def customers_import(path: FileArg, as_json: JsonFlag = False) -> None:
 
 
 @events_app.command("import")
-def events_import(path: FileArg, as_json: JsonFlag = False) -> None:
+def events_import(
+    path: FileArg,
+    as_json: JsonFlag = False,
+    workers: Annotated[
+        int | None,
+        typer.Option(
+            min=1,
+            max=32,
+            help="processes storing a file longer than one chunk, each taking a share of "
+            "the customers [default: import_workers, one per core up to 4]",
+        ),
+    ] = None,
+) -> None:
     """Import events (once per event_id; bad rows go to a rejects file)."""
-    report = _import("events", path, as_json)
+    report = _import("events", path, as_json, workers)
     if report.rejected and not report.accepted:
         raise typer.Exit(1)
 

@@ -11,6 +11,7 @@ from __future__ import annotations
 import csv
 import io
 import json
+import logging
 import time
 from collections.abc import Callable, Iterator
 from dataclasses import asdict, dataclass, field
@@ -22,9 +23,18 @@ from pydantic import BaseModel, ValidationError
 from sqlalchemy import Connection, Engine
 
 from crmflow.formats import Customer, Event, describe_errors
-from crmflow.processing import UNSUBSCRIBED, active_pack, process_chunk, revoke_consents
+from crmflow.import_workers import ImportPool, can_share
+from crmflow.processing import (
+    UNSUBSCRIBED,
+    ConcurrentProcessing,
+    active_pack,
+    process_chunk,
+    revoke_consents,
+)
 from store.db import utcnow
 from store.ingest import WriteCounts, insert_events, new_events, upsert_customers
+
+log = logging.getLogger(__name__)
 
 Kind = Literal["customers", "events"]
 MAX_REPORTED = 20
@@ -177,6 +187,26 @@ def store_events(
     return out
 
 
+RETRIES = 3  # attempts of a chunk that lost a race with another writer
+
+
+def store_chunk(
+    engine: Engine, rows: list[dict[str, Any]], *, process: bool = True
+) -> StoredEvents:
+    """`store_events` in a transaction of its own; a chunk that raced another writer (of
+    the same events, or of the same customers) is rolled back and tried again — the next
+    try skips what the other writer stored and reads the state it left."""
+    for attempt in range(1, RETRIES + 1):
+        try:
+            with engine.begin() as conn:
+                return store_events(conn, rows, utcnow(), process=process)
+        except ConcurrentProcessing:
+            if attempt == RETRIES:
+                raise
+            log.info("events chunk raced another writer; retrying (%d)", attempt)
+    raise AssertionError("unreachable")
+
+
 def import_file(
     engine: Engine,
     path: Path,
@@ -186,11 +216,14 @@ def import_file(
     chunk_size: int = 5000,
     on_progress: Callable[[int], None] | None = None,
     process: bool = True,
+    workers: int = 1,
 ) -> ImportReport:
     """Validate and write every row of `path`; return what happened.
 
     New events go through the active rules version in the same transaction that stores
-    them (`process=False` only stores them, for `crmflow events process` later).
+    them (`process=False` only stores them, for `crmflow events process` later). With
+    `workers` > 1, a file of events longer than one chunk is stored by that many worker
+    processes, each taking a share of the customers (`crmflow.import_workers`).
     """
     model: type[BaseModel] = Customer if kind == "customers" else Event
     context = {"phone_region": phone_region}
@@ -200,21 +233,30 @@ def import_file(
     reject_fh = None
     batch: list[dict[str, Any]] = []
     totals = WriteCounts()
+    url = engine.url.render_as_string(hide_password=False)
+    parallel = workers > 1 and kind == "events" and can_share(url)
+    pool: ImportPool | None = None
 
-    def flush() -> None:
+    def absorb(got: StoredEvents) -> None:
+        totals.add(got.counts)
+        report.unprocessed += got.unprocessed
+        report.processed += got.processed
+        report.rules_fired += got.rules_fired
+        report.rules_version = got.rules_version or report.rules_version
+
+    def flush(last: bool = False) -> None:
+        nonlocal pool
         if not batch:
             return
-        now = utcnow()
-        with engine.begin() as conn:
-            if kind == "customers":
-                totals.add(upsert_customers(conn, batch, now))
-            else:
-                got = store_events(conn, batch, now, process=process)
-                totals.add(got.counts)
-                report.unprocessed += got.unprocessed
-                report.processed += got.processed
-                report.rules_fired += got.rules_fired
-                report.rules_version = got.rules_version or report.rules_version
+        if kind == "customers":
+            with engine.begin() as conn:
+                totals.add(upsert_customers(conn, batch, utcnow()))
+        elif pool is None and (not parallel or last):
+            absorb(store_chunk(engine, batch, process=process))
+        else:
+            if pool is None:  # more than a chunk of events: worth starting the workers
+                pool = ImportPool(url, workers, chunk_size=chunk_size, process=process)
+            pool.add(list(batch))
         batch.clear()
 
     try:
@@ -250,8 +292,13 @@ def import_file(
                     if on_progress:
                         # the binary offset: text-mode tell() is off while iterating
                         on_progress(binary.tell())
-            flush()
+            flush(last=True)
+            if pool is not None:
+                for got in pool.finish():
+                    absorb(got)
     finally:
+        if pool is not None:
+            pool.stop()
         if reject_fh is not None:
             reject_fh.close()
     if reject_fh is None and reject_file.exists():

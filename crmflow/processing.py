@@ -1,12 +1,13 @@
 """Run events through the active rules and apply their effects, chunk by chunk.
 
 For a chunk of events, in one database transaction: lock the chunk's customers (PostgreSQL),
-load the state the rules need (set-based), claim the events (set their processed mark where
-it is not set yet), then for each event in arrival order: fold it into the state, build the
-facts, ask the engine which rules fire, apply their effects to the in-memory state (so the
-next event of that customer sees them); finally write every change. All of it commits or
-none of it does. A chunk that finds an event already claimed by someone else is rolled back,
-so an event is never applied twice.
+load the state the rules need (set-based), then for each event in arrival order: fold it into
+the state, build the facts, ask the engine which rules fire, apply their effects to the
+in-memory state (so the next event of that customer sees them); then claim the events (set
+their processed mark where it is not set yet) and write every change. All of it commits or
+none of it does. A chunk that finds an event already claimed by someone else — or, on
+SQLite, whose customers another writer changed after their state was read — is rolled back
+(`ConcurrentProcessing`), so an event is never applied twice nor on a stale state.
 """
 
 from __future__ import annotations
@@ -41,7 +42,12 @@ Claim = Callable[[Connection, list[str], datetime], int]
 
 
 class ConcurrentProcessing(RuntimeError):
-    """Another process marked some of these events processed first; the chunk was undone."""
+    """Another process marked some of these events processed first (or changed these
+    customers meanwhile); the chunk was undone. Trying it again is safe."""
+
+
+class StaleState(ConcurrentProcessing):
+    """Another writer changed a chunk's customers between loading their state and writing."""
 
 
 @dataclass
@@ -139,13 +145,6 @@ def process_chunk(
             )
         )
     now = utcnow()
-    # Claim the events before applying anything: the mark is only set where none is set, so
-    # an event another process got to first shows up here, and the whole chunk is undone.
-    marked = (claim or mark_processed)(conn, [e["event_id"] for e in ordered], now)
-    if marked != len(ordered):
-        raise ConcurrentProcessing(
-            f"{len(ordered) - marked} of {len(ordered)} events were processed meanwhile"
-        )
     writer = ChunkWriter(rules_version=pack.version, now=now)
     journeys = journey_event_types(conn)
     for e in ordered:
@@ -163,6 +162,26 @@ def process_chunk(
             )
         for name in journeys.get(e["type"], ()):
             writer.journey_event(e["customer_id"], name, e)
+    # Evaluated in memory; now claim the events: the mark is only set where none is set, so
+    # an event another process got to first shows up here, and the whole chunk is undone.
+    # On SQLite this is the transaction's first write (the rules were evaluated without
+    # holding the database's one write lock, so another importer can evaluate meanwhile).
+    marked = (claim or mark_processed)(conn, [e["event_id"] for e in ordered], now)
+    if marked != len(ordered):
+        raise ConcurrentProcessing(
+            f"{len(ordered) - marked} of {len(ordered)} events were processed meanwhile"
+        )
+    if conn.dialect.name != "postgresql":
+        # SQLite: the state was read before this transaction took the write lock; if any
+        # other writer changed one of these customers since, the chunk is undone.
+        changed = sorted(
+            cid for cid, v in lock_customers(conn, customer_ids).items() if versions.get(cid) != v
+        )
+        if changed:
+            raise StaleState(
+                f"{len(changed)} of {len(customer_ids)} customers were changed meanwhile "
+                f"(first {changed[0]!r})"
+            )
     writer.write(conn, states)
     version = new_state_version()
     bump_state_versions(conn, customer_ids, version)

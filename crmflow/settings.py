@@ -50,6 +50,13 @@ class Settings(BaseSettings):
         "CN", description="ISO region for phone numbers written without a country code"
     )
     import_chunk_size: int = Field(5000, ge=1, le=100_000)
+    import_workers: int = Field(
+        default_factory=lambda: min(os.cpu_count() or 1, 4),
+        ge=1,
+        le=32,
+        description="processes that store an event file longer than one chunk, each taking "
+        "a share of the customers (default: one per core, at most 4)",
+    )
 
     # Channels (activities/channels). The `outbox` table channel is always on; the others are
     # built when their settings are present.

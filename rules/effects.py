@@ -16,7 +16,7 @@ from __future__ import annotations
 import hashlib
 import math
 from dataclasses import dataclass, field
-from datetime import UTC, datetime, timedelta
+from datetime import UTC, date, datetime, timedelta
 from decimal import ROUND_DOWN, Decimal
 from functools import lru_cache
 from typing import Any
@@ -94,11 +94,18 @@ def lot_expiry(program: Program, earned_at: datetime, tz: str) -> datetime | Non
 
 def _local_day_bounds(at: datetime, tz: str) -> tuple[datetime, datetime]:
     """The start and end (exclusive) of the customer's local calendar day holding `at`."""
+    local = at.astimezone(zone(tz) or UTC)
+    return _day_bounds(tz, local.year, local.month, local.day)
+
+
+@lru_cache(maxsize=8192)
+def _day_bounds(tz: str, year: int, month: int, day: int) -> tuple[datetime, datetime]:
     zone_info = zone(tz) or UTC
-    local = at.astimezone(zone_info)
-    start = datetime(local.year, local.month, local.day, tzinfo=zone_info)
-    end = start.date() + timedelta(days=1)
-    return start, datetime(end.year, end.month, end.day, tzinfo=zone_info)
+    end = date(year, month, day) + timedelta(days=1)
+    return (
+        datetime(year, month, day, tzinfo=zone_info),
+        datetime(end.year, end.month, end.day, tzinfo=zone_info),
+    )
 
 
 def qualified_tier(program: Program, facts: dict[str, Any]) -> str:

@@ -87,8 +87,7 @@ class DurableRulesEngine:
             definitions: dict[str, Any] = {}
             for name, rules in pack.rulesets.items():
                 definitions[name] = {
-                    f"r{r.index}": {"all": [{"m": r.expression}], "run": _no_action}
-                    for r in rules
+                    f"r{r.index}": {"all": [{"m": r.expression}], "run": _no_action} for r in rules
                 }
             # A ruleset with no rules cannot be registered; an empty pack fires nothing.
             definitions = {k: v for k, v in definitions.items() if v}

@@ -165,7 +165,10 @@ class Program(Strict):
         return v
 
     def tier(self, name: str | None) -> TierDef | None:
-        return next((t for t in self.tiers if t.name == name), None)
+        for t in self.tiers:  # a plain loop: this runs for every event
+            if t.name == name:
+                return t
+        return None
 
     def ordered_tiers(self) -> list[TierDef]:
         return sorted(self.tiers, key=lambda t: t.rank)

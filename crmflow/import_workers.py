@@ -1,0 +1,164 @@
+"""Parallel event import: chunks partitioned by customer across worker processes.
+
+Every event of one customer goes to the same worker, in file order, so each customer's events
+are still evaluated one after another in arrival order — what the rules need — while different
+customers are evaluated on different cores. A worker stores its chunks with
+`crmflow.ingest.store_chunk`: a transaction per chunk, rolled back and tried again when it
+races another writer (PostgreSQL row-locks the chunk's customers; on SQLite the one write
+lock is taken only after the rules have run, and a chunk whose customers another writer
+changed meanwhile is redone). Workers are started with `spawn` (no engine, pool or
+durable_rules host is shared with the parent), and each queue holds at most two chunks, so
+the parent never reads far ahead of the database.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import multiprocessing as mp
+import pickle
+import queue
+import traceback
+import zlib
+from typing import Any
+
+QUEUED_PER_WORKER = 2
+POLL_SECONDS = 1.0
+
+
+def partition(customer_id: str, workers: int) -> int:
+    """The worker that handles `customer_id` (stable across runs and processes)."""
+    return zlib.crc32(customer_id.encode()) % workers
+
+
+def can_share(url: str) -> bool:
+    """Whether several processes can open this database (not an in-memory SQLite one)."""
+    if not url.startswith("sqlite"):
+        return True
+    path = url.split("///", 1)[1] if "///" in url else ""
+    return bool(path) and path != ":memory:" and "mode=memory" not in url
+
+
+def _worker(url: str, inbox: Any, outbox: Any) -> None:
+    from crmflow.ingest import store_chunk
+    from store.db import make_engine
+
+    engine = make_engine(url)
+    try:
+        while True:
+            item = inbox.get()
+            if item is None:
+                return
+            rows, process = item
+            try:
+                outbox.put(("ok", store_chunk(engine, rows, process=process)))
+            except BaseException as exc:  # reported to the parent, which re-raises it
+                try:
+                    pickle.dumps(exc)
+                    sent: BaseException = exc
+                except Exception:
+                    sent = RuntimeError(f"{type(exc).__name__}: {exc}")
+                outbox.put(("error", sent, traceback.format_exc()))
+                return
+    finally:
+        engine.dispose()
+
+
+class WorkerFailed(RuntimeError):
+    """A worker process ended without reporting (killed, out of memory)."""
+
+
+class ImportPool:
+    """`workers` processes storing event chunks; `send` routes rows by customer."""
+
+    def __init__(self, url: str, workers: int, *, chunk_size: int, process: bool) -> None:
+        ctx = mp.get_context("spawn")
+        self.chunk_size = chunk_size
+        self.process = process
+        self.results: list[Any] = []
+        self._pending = 0
+        self._buffers: list[list[dict[str, Any]]] = [[] for _ in range(workers)]
+        self._inboxes = [ctx.Queue(maxsize=QUEUED_PER_WORKER) for _ in range(workers)]
+        self._outbox = ctx.Queue()
+        self._procs = [
+            ctx.Process(target=_worker, args=(url, q, self._outbox), daemon=True)
+            for q in self._inboxes
+        ]
+        for p in self._procs:
+            p.start()
+
+    def add(self, rows: list[dict[str, Any]]) -> None:
+        """Route validated event rows to their workers; full chunks are sent at once."""
+        n = len(self._buffers)
+        for row in rows:
+            buf = self._buffers[partition(row["customer_id"], n)]
+            buf.append(row)
+        for i, buf in enumerate(self._buffers):
+            if len(buf) >= self.chunk_size:
+                self._send(i, buf)
+                self._buffers[i] = []
+
+    def finish(self) -> list[Any]:
+        """Send what is buffered, wait for every chunk, stop the workers; the chunks'
+        results. A worker's exception is raised here."""
+        try:
+            for i, buf in enumerate(self._buffers):
+                if buf:
+                    self._send(i, buf)
+                    self._buffers[i] = []
+            while self._pending:
+                self._collect(block=True)
+            for q in self._inboxes:
+                q.put(None)
+            for p in self._procs:
+                p.join(30)
+        finally:
+            self.stop()
+        return self.results
+
+    def stop(self) -> None:
+        for p in self._procs:
+            if p.is_alive():
+                p.terminate()
+                p.join(5)
+        for q in [*self._inboxes, self._outbox]:
+            q.close()
+            q.cancel_join_thread()
+
+    def _send(self, index: int, rows: list[dict[str, Any]]) -> None:
+        while True:
+            self._collect(block=False)
+            try:
+                self._inboxes[index].put((rows, self.process), timeout=POLL_SECONDS)
+            except queue.Full:
+                continue
+            self._pending += 1
+            return
+
+    def _collect(self, *, block: bool) -> None:
+        while self._pending:
+            try:
+                item = self._outbox.get(block, POLL_SECONDS)
+            except queue.Empty:
+                self._check_alive()
+                if not block:
+                    return
+                continue
+            self._take(item)
+            if block:
+                return
+
+    def _take(self, item: tuple[Any, ...]) -> None:
+        self._pending -= 1
+        if item[0] == "error":
+            _, exc, trace = item
+            exc.add_note("in an import worker:\n" + trace)
+            raise exc
+        self.results.append(item[1])
+
+    def _check_alive(self) -> None:
+        for p in self._procs:
+            if not p.is_alive():
+                # a worker that failed reports before it ends: take its report
+                with contextlib.suppress(queue.Empty):
+                    self._take(self._outbox.get(timeout=5))
+                raise WorkerFailed(f"an import worker ended unexpectedly (exit code {p.exitcode})")
