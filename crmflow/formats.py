@@ -51,14 +51,22 @@ def _name(value: str) -> str:
 Name = Annotated[str, AfterValidator(_name)]
 
 
+_PLAIN = (str, int, bool, type(None))
+
+
 def _finite_json(value: Any) -> bool:
     """True when `value` holds only JSON values (no NaN or infinity, string keys)."""
     if isinstance(value, float):
         return math.isfinite(value)
-    if isinstance(value, str | int | bool) or value is None:
+    if isinstance(value, _PLAIN):
         return True
     if isinstance(value, dict):
-        return all(isinstance(k, str) and _finite_json(v) for k, v in value.items())
+        for k, v in value.items():  # a loop, not all(...): this runs for every imported row
+            if not isinstance(k, str):
+                return False
+            if not isinstance(v, _PLAIN) and not _finite_json(v):
+                return False
+        return True
     if isinstance(value, list):
         return all(_finite_json(v) for v in value)
     return False

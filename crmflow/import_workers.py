@@ -14,6 +14,7 @@ the parent never reads far ahead of the database.
 from __future__ import annotations
 
 import contextlib
+import gc
 import multiprocessing as mp
 import pickle
 import queue
@@ -51,6 +52,9 @@ def _worker(url: str, inbox: Any, outbox: Any) -> None:
             rows, process = item
             try:
                 outbox.put(("ok", store_chunk(engine, rows, process=process)))
+                # what survives a chunk (the kept rule states) lives on: keep the cyclic
+                # garbage collector from walking it again after every chunk
+                gc.freeze()
             except BaseException as exc:  # reported to the parent, which re-raises it
                 try:
                     pickle.dumps(exc)

@@ -112,10 +112,13 @@ def insert_rows(
     converters = [
         None if name in lookups else _converter(table.c[name].type, dialect) for name in names
     ]
-    plan = list(zip(names, converters, strict=True))
-    params = [
-        tuple(row[name] if conv is None else conv(row[name]) for name, conv in plan) for row in rows
-    ]
+    # column by column: one pass per column with the converter mapped over it is faster
+    # than a generator per row
+    by_column: list[list[Any]] = []
+    for name, conv in zip(names, converters, strict=True):
+        values = [row[name] for row in rows]
+        by_column.append(values if conv is None else list(map(conv, values)))
+    params = list(zip(*by_column, strict=True))
     columns = ", ".join(names)
     if dialect == "postgresql":
         return _pg_copy(conn, table, names, params, ignore_conflicts_on, lookups)

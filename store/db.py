@@ -54,6 +54,9 @@ def make_engine(url: str, **kwargs: Any) -> Engine:
             cur.execute("PRAGMA synchronous=NORMAL")
             cur.execute("PRAGMA foreign_keys=ON")
             cur.execute("PRAGMA busy_timeout=30000")
+            # An import chunk writes megabytes; checkpointing the WAL after every such commit
+            # (the default is at 1,000 pages) rewrote the same index pages over and over.
+            cur.execute("PRAGMA wal_autocheckpoint=20000")
             cur.close()
 
         return engine
