@@ -25,6 +25,7 @@ from sqlalchemy import Connection, Engine
 from crmflow.formats import Customer, Event, describe_errors
 from crmflow.import_workers import ImportPool, can_share
 from crmflow.processing import (
+    RACE_RETRIES,
     UNSUBSCRIBED,
     ConcurrentProcessing,
     active_pack,
@@ -187,21 +188,18 @@ def store_events(
     return out
 
 
-RETRIES = 3  # attempts of a chunk that lost a race with another writer
-
-
 def store_chunk(
     engine: Engine, rows: list[dict[str, Any]], *, process: bool = True
 ) -> StoredEvents:
     """`store_events` in a transaction of its own; a chunk that raced another writer (of
     the same events, or of the same customers) is rolled back and tried again — the next
     try skips what the other writer stored and reads the state it left."""
-    for attempt in range(1, RETRIES + 1):
+    for attempt in range(1, RACE_RETRIES + 1):
         try:
             with engine.begin() as conn:
                 return store_events(conn, rows, utcnow(), process=process)
         except ConcurrentProcessing:
-            if attempt == RETRIES:
+            if attempt == RACE_RETRIES:
                 raise
             log.info("events chunk raced another writer; retrying (%d)", attempt)
     raise AssertionError("unreachable")

@@ -36,6 +36,7 @@ from store.rule_versions import active_source
 from store.sql import table_of, where_in
 
 HISTORY_DAYS = 366  # the longest window a fact looks back over, plus a day
+RACE_RETRIES = 3  # chunks in a row that may lose a race with another writer
 
 
 Claim = Callable[[Connection, list[str], datetime], int]
@@ -171,17 +172,7 @@ def process_chunk(
         raise ConcurrentProcessing(
             f"{len(ordered) - marked} of {len(ordered)} events were processed meanwhile"
         )
-    if conn.dialect.name != "postgresql":
-        # SQLite: the state was read before this transaction took the write lock; if any
-        # other writer changed one of these customers since, the chunk is undone.
-        changed = sorted(
-            cid for cid, v in lock_customers(conn, customer_ids).items() if versions.get(cid) != v
-        )
-        if changed:
-            raise StaleState(
-                f"{len(changed)} of {len(customer_ids)} customers were changed meanwhile "
-                f"(first {changed[0]!r})"
-            )
+    check_not_stale(conn, versions)
     writer.write(conn, states)
     version = new_state_version()
     bump_state_versions(conn, customer_ids, version)
@@ -265,6 +256,21 @@ def lock_customers(conn: Connection, customer_ids: list[str]) -> dict[str, int]:
     return versions
 
 
+def check_not_stale(conn: Connection, versions: dict[str, int]) -> None:
+    """On SQLite, after the transaction's first write (which takes the database's write
+    lock): raise `StaleState` when another writer changed any of these customers since
+    `versions` were read with their state. (PostgreSQL locked them before reading.)"""
+    if conn.dialect.name == "postgresql" or not versions:
+        return
+    now = lock_customers(conn, sorted(versions))
+    changed = sorted(cid for cid, v in versions.items() if now.get(cid) != v)
+    if changed:
+        raise StaleState(
+            f"{len(changed)} of {len(versions)} customers were changed meanwhile "
+            f"(first {changed[0]!r})"
+        )
+
+
 def bump_state_versions(conn: Connection, customer_ids: list[str], version: int) -> None:
     t = table_of(CustomerRow)
     for where in where_in(conn, t.c.customer_id, customer_ids):
@@ -286,20 +292,28 @@ def process_pending(engine: Engine, chunk_size: int = 5000) -> ProcessReport:
     """Process every stored event not processed yet, oldest first, one chunk per transaction."""
     total = ProcessReport()
     e = EventRow
+    raced = 0
     while True:
-        with engine.begin() as conn:
-            pack = active_pack(conn)
-            if pack is None:
-                return total
-            rows = conn.execute(
-                select(e.event_id, e.customer_id, e.type, e.occurred_at, e.properties)
-                .where(e.processed_at.is_(None))
-                .order_by(e.id)
-                .limit(chunk_size)
-            ).all()
-            if not rows:
-                return total
-            total.add(process_chunk(conn, pack, [dict(r._mapping) for r in rows]))
+        try:
+            with engine.begin() as conn:
+                pack = active_pack(conn)
+                if pack is None:
+                    return total
+                rows = conn.execute(
+                    select(e.event_id, e.customer_id, e.type, e.occurred_at, e.properties)
+                    .where(e.processed_at.is_(None))
+                    .order_by(e.id)
+                    .limit(chunk_size)
+                ).all()
+                if not rows:
+                    return total
+                total.add(process_chunk(conn, pack, [dict(r._mapping) for r in rows]))
+            raced = 0
+        except ConcurrentProcessing:
+            # another writer got there first: the next look-up sees what it did
+            raced += 1
+            if raced == RACE_RETRIES:
+                raise
 
 
 def apply_effects(
@@ -339,6 +353,7 @@ def apply_effects(
     writer = ChunkWriter(rules_version=pack.version, now=utcnow())
     writer.add(customer_id, key, at, outcome.changes)
     writer.write(conn, states)
+    check_not_stale(conn, versions)
     bump_state_versions(conn, [customer_id], new_state_version())
     return outcome
 
