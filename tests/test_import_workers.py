@@ -257,3 +257,35 @@ def test_a_raced_chunk_is_tried_again(
             select(func.count()).select_from(PointsLedgerRow).where(PointsLedgerRow.kind == "earn")
         ).scalar_one()
     assert earned == 3
+
+
+def test_processing_stored_events_tries_again_after_a_lost_race(
+    engine: Engine, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import crmflow.processing as processing
+
+    rows = [event(i, f"P{i % 2}", amount=50.0) for i in range(4)]
+    import_rows(engine, tmp_path / "e.jsonl", rows, process=False)
+    deploy_dir(engine, REPO / "examples/rules")
+    real = processing.process_chunk
+    calls: list[int] = []
+
+    def loses(*args: Any, **kwargs: Any) -> Any:
+        calls.append(1)
+        if len(calls) <= processing.RACE_RETRIES - 1:
+            raise StaleState("1 of 2 customers were changed meanwhile (first 'P0')")
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(processing, "process_chunk", loses)
+    assert processing.process_pending(engine).events == 4
+    assert len(calls) == processing.RACE_RETRIES
+
+    # a chunk that keeps losing is reported, not looped over for ever
+    import_rows(engine, tmp_path / "f.jsonl", [event(9, "P0", amount=1.0)], process=False)
+
+    def always_loses(*_args: Any, **_kwargs: Any) -> Any:
+        raise StaleState("1 of 1 customers were changed meanwhile (first 'P0')")
+
+    monkeypatch.setattr(processing, "process_chunk", always_loses)
+    with pytest.raises(StaleState):
+        processing.process_pending(engine)
