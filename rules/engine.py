@@ -100,9 +100,12 @@ class DurableRulesEngine:
             self._loaded.add(pack.version)
 
     def fired(self, pack: CompiledPack, facts: dict[str, Any]) -> set[int]:
+        return self.fired_message(pack, pack.message(facts))
+
+    def fired_message(self, pack: CompiledPack, message: dict[str, Any]) -> set[int]:
+        """`fired` for a message `pack.message` built already (changed in place: sid, id)."""
         if pack.version not in self._loaded:
             self.load(pack)
-        message = pack.message(facts)
         message["sid"] = self._SID
         hits: set[int] = set()
         with self._lock:
