@@ -57,6 +57,7 @@ sys.path.insert(0, str(ROOT))
 from bench.support.common import (  # noqa: E402
     DATABASES,
     Databases,
+    add_database_options,
     customer_id,
     sqlite_path,
 )
@@ -498,17 +499,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=(__doc__ or "").splitlines()[0])
     parser.add_argument("--lots", type=int, default=1_000_000, help="points lots")
     parser.add_argument("--customers", type=int, default=200_000, help="customers owning them")
-    parser.add_argument(
-        "--databases",
-        default=",".join(DATABASES),
-        help="comma separated: sqlite, postgresql (default: both)",
-    )
-    parser.add_argument(
-        "--pg-url",
-        default="postgresql://postgres@127.0.0.1:5432",
-        help="PostgreSQL server URL without database name; bench databases are created there",
-    )
-    parser.add_argument("--seed", type=int, default=20261123, help="random seed of the data")
+    add_database_options(parser)
     parser.add_argument(
         "--repeat",
         type=int,

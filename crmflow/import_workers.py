@@ -22,6 +22,8 @@ import traceback
 import zlib
 from typing import Any
 
+from sqlalchemy.engine import make_url
+
 QUEUED_PER_WORKER = 2
 POLL_SECONDS = 1.0
 
@@ -33,10 +35,10 @@ def partition(customer_id: str, workers: int) -> int:
 
 def can_share(url: str) -> bool:
     """Whether several processes can open this database (not an in-memory SQLite one)."""
-    if not url.startswith("sqlite"):
+    parsed = make_url(url)
+    if parsed.get_backend_name() != "sqlite":
         return True
-    path = url.split("///", 1)[1] if "///" in url else ""
-    return bool(path) and path != ":memory:" and "mode=memory" not in url
+    return parsed.database not in (None, "", ":memory:") and parsed.query.get("mode") != "memory"
 
 
 def _worker(url: str, inbox: Any, outbox: Any) -> None:

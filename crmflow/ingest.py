@@ -194,7 +194,8 @@ def store_chunk(
     """`store_events` in a transaction of its own; a chunk that raced another writer (of
     the same events, or of the same customers) is rolled back and tried again — the next
     try skips what the other writer stored and reads the state it left."""
-    for attempt in range(1, RACE_RETRIES + 1):
+    attempt = 1
+    while True:
         try:
             with engine.begin() as conn:
                 return store_events(conn, rows, utcnow(), process=process)
@@ -202,7 +203,7 @@ def store_chunk(
             if attempt == RACE_RETRIES:
                 raise
             log.info("events chunk raced another writer; retrying (%d)", attempt)
-    raise AssertionError("unreachable")
+            attempt += 1
 
 
 def import_file(

@@ -11,11 +11,8 @@ from typing import Any
 DATABASES = ("sqlite", "postgresql")
 
 
-def bench_parser(doc: str | None, events_help: str) -> argparse.ArgumentParser:
-    """The options every benchmark takes, and the hidden ones its child processes get."""
-    parser = argparse.ArgumentParser(description=doc.splitlines()[0] if doc else None)
-    parser.add_argument("--events", type=int, default=200_000, help=events_help)
-    parser.add_argument("--customers", type=int, default=50_000, help="customers they belong to")
+def add_database_options(parser: argparse.ArgumentParser) -> None:
+    """--databases, --pg-url and --seed, as every database benchmark takes them."""
     parser.add_argument(
         "--databases",
         default=",".join(DATABASES),
@@ -26,13 +23,21 @@ def bench_parser(doc: str | None, events_help: str) -> argparse.ArgumentParser:
         default="postgresql://postgres@127.0.0.1:5432",
         help="PostgreSQL server URL without database name; bench databases are created there",
     )
+    parser.add_argument("--seed", type=int, default=20261123, help="random seed of the data")
+
+
+def bench_parser(doc: str | None, events_help: str) -> argparse.ArgumentParser:
+    """The options every benchmark takes, and the hidden ones its child processes get."""
+    parser = argparse.ArgumentParser(description=doc.splitlines()[0] if doc else None)
+    parser.add_argument("--events", type=int, default=200_000, help=events_help)
+    parser.add_argument("--customers", type=int, default=50_000, help="customers they belong to")
+    add_database_options(parser)
     parser.add_argument(
         "--repeat",
         type=int,
         default=1,
         help="time each side this many times (fresh databases) and keep the fastest",
     )
-    parser.add_argument("--seed", type=int, default=20261123, help="random seed of the data")
     parser.add_argument("--child", help=argparse.SUPPRESS)
     parser.add_argument("--url", help=argparse.SUPPRESS)
     parser.add_argument("--customers-file", type=Path, help=argparse.SUPPRESS)
