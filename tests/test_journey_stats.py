@@ -17,8 +17,7 @@ from sqlalchemy import Connection, Engine, insert, select
 from temporalio.testing import WorkflowEnvironment
 from typer.testing import CliRunner
 
-from crmflow import journey_reports
-from crmflow.cli import app
+from crmflow.cli import app, journey_reports
 from crmflow.journey_contracts import JOURNEY_EVENT_SIGNAL, JourneyEvent
 from journeys.interpret import assign_variant
 from store.journey_stats import (

@@ -10,7 +10,7 @@ from pathlib import Path
 import pytest
 from typer.testing import CliRunner
 
-from crmflow.cli_journeys import journeys_app
+from crmflow.cli.journeys import journeys_app
 from journeys.models import Journey
 from journeys.validate import JourneyError, check_journey, load_journey, validate_text
 from rules.models import Program

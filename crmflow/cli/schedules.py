@@ -16,6 +16,7 @@ from automations.contracts import RunSummary
 from automations.cron import next_runs
 from automations.models import ScheduleBase, SchedulesFile
 from crmflow import schedules as sched
+from crmflow.cli import common
 from rules.source import RuleFileError
 
 schedules_app = typer.Typer(
@@ -39,14 +40,8 @@ NameArg = Annotated[str, typer.Argument(help="A schedule's name in the file")]
 JsonFlag = Annotated[bool, typer.Option("--json", help="Print JSON instead of text.")]
 
 
-def _cli() -> Any:
-    from crmflow import cli
-
-    return cli
-
-
 def _fail(message: str) -> NoReturn:
-    _cli().fail(message)
+    common.fail(message)
     raise AssertionError  # fail() exits
 
 
@@ -57,7 +52,7 @@ def _load(path: Path) -> SchedulesFile:
         return sched.load_schedules(path)
     except RuleFileError as exc:
         for e in exc.errors:
-            _cli().console.print(f"[red]error[/red] {e}", highlight=False, soft_wrap=True)
+            common.console.print(f"[red]error[/red] {e}", highlight=False, soft_wrap=True)
         _fail(f"{path}: {len(exc.errors)} problem(s); nothing was changed")
 
 
@@ -69,9 +64,9 @@ def _one(file: SchedulesFile, name: str) -> ScheduleBase:
 
 
 def _temporal(work: Any) -> Any:
-    from crmflow.cli_projects import run_temporal
+    from crmflow.cli.projects import run_temporal
 
-    settings = _cli().load_settings()
+    settings = common.load_settings()
 
     async def guarded(client: Client) -> Any:
         try:
@@ -100,17 +95,17 @@ def validate(file: FileOpt = DEFAULT_FILE, as_json: JsonFlag = False) -> None:
     """Check a schedules file: cron expressions, time zones, automations and parameters."""
     f = _load(file)
     if as_json:
-        _cli().emit_json(
+        common.emit_json(
             {"ok": True, "file": str(file), "schedules": [_summary(s) for s in f.schedules]}
         )
         return
     for s in f.schedules:
-        _cli().console.print(
+        common.console.print(
             f"{s.name}: {s.automation} at {s.cron!r} ({s.zone})"
             + (" [paused]" if s.paused else ""),
             highlight=False,
         )
-    _cli().console.print(f"{file}: {len(f.schedules)} schedule(s), all valid", highlight=False)
+    common.console.print(f"{file}: {len(f.schedules)} schedule(s), all valid", highlight=False)
 
 
 @schedules_app.command("schema")
@@ -134,13 +129,13 @@ def preview(
     s = _one(_load(file), name)
     times = next_runs(s.cron, s.zone, datetime.now().astimezone(), next_)
     if as_json:
-        _cli().emit_json(
+        common.emit_json(
             {"schedule": name, "timezone": s.zone, "next": [t.isoformat() for t in times]}
         )
         return
-    _cli().console.print(f"{name}: {s.cron!r} in {s.zone}", highlight=False)
+    common.console.print(f"{name}: {s.cron!r} in {s.zone}", highlight=False)
     for t in times:
-        _cli().console.print(
+        common.console.print(
             f"  {t:%a %Y-%m-%d %H:%M %Z}  ({t.astimezone().isoformat()})", highlight=False
         )
 
@@ -159,19 +154,19 @@ def apply(
 
     changes: list[sched.Change] = _temporal(work)
     if as_json:
-        _cli().emit_json({"dry_run": dry_run, "changes": [c.as_dict() for c in changes]})
+        common.emit_json({"dry_run": dry_run, "changes": [c.as_dict() for c in changes]})
         return
     verb = "would be " if dry_run else ""
     for c in changes:
-        _cli().console.print(f"{c.schedule}: {verb}{c.action}", highlight=False)
+        common.console.print(f"{c.schedule}: {verb}{c.action}", highlight=False)
     changed = sum(1 for c in changes if c.action != "unchanged")
-    _cli().console.print(f"{changed} change(s){' (dry run)' if dry_run else ''}", highlight=False)
+    common.console.print(f"{changed} change(s){' (dry run)' if dry_run else ''}", highlight=False)
 
 
 def _last_runs() -> dict[str, Any]:
     from store.automation_runs import last_runs
 
-    engine = _cli().existing_engine(_cli().load_settings())
+    engine = common.existing_engine(common.load_settings())
     with engine.connect() as conn:
         return last_runs(conn)
 
@@ -210,7 +205,7 @@ def list_schedules(file: FileOpt = DEFAULT_FILE, as_json: JsonFlag = False) -> N
             }
         )
     if as_json:
-        _cli().emit_json(rows)
+        common.emit_json(rows)
         return
     table = Table(
         "schedule", "automation", "cron (zone)", "state", "next run", "last run", "outcome"
@@ -230,7 +225,7 @@ def list_schedules(file: FileOpt = DEFAULT_FILE, as_json: JsonFlag = False) -> N
             f"{last_run['run_date']} #{last_run['attempt']}" if last_run else "-",
             f"{last_run['status']}: {_counts_text(last_run['counts'])}" if last_run else "-",
         )
-    _cli().console.print(table)
+    common.console.print(table)
 
 
 @schedules_app.command("runs")
@@ -249,7 +244,7 @@ def runs(
         return sched.status_of(await sched.describe_or_none(client, name))
 
     server = _temporal(work)
-    engine = _cli().existing_engine(_cli().load_settings())
+    engine = common.existing_engine(common.load_settings())
     with engine.connect() as conn:
         found = recent_runs(conn, s.name, limit)
     data = [
@@ -268,7 +263,7 @@ def runs(
         for r in found
     ]
     if as_json:
-        _cli().emit_json({"schedule": name, "server": server, "runs": data})
+        common.emit_json({"schedule": name, "server": server, "runs": data})
         return
     table = Table("run date", "#", "status", "started", "took", "counts")
     for r, row in zip(data, found, strict=True):
@@ -286,9 +281,9 @@ def runs(
             took,
             _counts_text(r["counts"]),
         )
-    _cli().console.print(table)
+    common.console.print(table)
     nxt = ", ".join(server.get("next") or []) or "-"
-    _cli().console.print(f"next: {nxt}", highlight=False)
+    common.console.print(f"next: {nxt}", highlight=False)
 
 
 @schedules_app.command("trigger")
@@ -316,12 +311,12 @@ def trigger(
 
     data = _temporal(work)
     if as_json:
-        _cli().emit_json(data)
+        common.emit_json(data)
     else:
-        _cli().console.print(f"{name}: started {data['workflow_id']}", highlight=False)
+        common.console.print(f"{name}: started {data['workflow_id']}", highlight=False)
         if "run" in data:
             run = data["run"]
-            _cli().console.print(
+            common.console.print(
                 f"{run['automation']} {run['run_date']} #{run['attempt']}: {run['status']}; "
                 f"{_counts_text(run['counts'])}",
                 highlight=False,
@@ -359,13 +354,13 @@ def backfill(
     _temporal(work)
     data = {"schedule": name, "runs": [t.isoformat() for t in times]}
     if as_json:
-        _cli().emit_json(data)
+        common.emit_json(data)
         return
-    _cli().console.print(
+    common.console.print(
         f"{name}: {len(times)} run(s) queued, one after the other:", highlight=False
     )
     for t in times:
-        _cli().console.print(f"  {t:%Y-%m-%d %H:%M %Z}", highlight=False)
+        common.console.print(f"  {t:%Y-%m-%d %H:%M %Z}", highlight=False)
 
 
 @schedules_app.command("pause")
@@ -380,7 +375,7 @@ def pause(
     s = _one(_load(file), name)
     _temporal(lambda client, _s: sched.pause(client, name, note))
     hint = "" if s.paused else " (the file says paused: false, so the next apply resumes it)"
-    _cli().console.print(f"{name}: paused{hint}", highlight=False)
+    common.console.print(f"{name}: paused{hint}", highlight=False)
 
 
 @schedules_app.command("resume")
@@ -391,4 +386,4 @@ def resume(name: NameArg, file: FileOpt = DEFAULT_FILE) -> None:
         lambda client, _s: sched.resume(client, name, "resumed with crmflow schedules resume")
     )
     hint = " (the file says paused: true, so the next apply pauses it)" if s.paused else ""
-    _cli().console.print(f"{name}: resumed{hint}", highlight=False)
+    common.console.print(f"{name}: resumed{hint}", highlight=False)

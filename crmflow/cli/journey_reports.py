@@ -18,6 +18,7 @@ from rich.console import Group, RenderableType
 from rich.table import Table
 from rich.text import Text
 
+from crmflow.cli import common
 from store.journey_stats import (
     DEFAULT_LIMIT,
     ENROLLMENT_STATUSES,
@@ -365,15 +366,9 @@ def write_chart(stats: JourneyStats, path: Path) -> None:
 # --------------------------------------------------------------------------- commands
 
 
-def _cli() -> Any:
-    from crmflow import cli
-
-    return cli
-
-
 def stats_command(name: str, *, as_json: bool = False, chart: Path | None = None) -> None:
     """`crmflow journeys stats NAME [--json] [--chart FILE.svg]`."""
-    cli = _cli()
+    cli = common
     if chart is not None and (problem := chart_problem(chart)) is not None:
         cli.fail(problem)
     engine = cli.existing_engine(cli.load_settings())
@@ -406,7 +401,7 @@ def enrollments_command(
     as_json: bool = False,
 ) -> None:
     """`crmflow journeys enrollments NAME [--status S] [--limit N] [--json]`."""
-    cli = _cli()
+    cli = common
     if status is not None and status not in ENROLLMENT_STATUSES:
         cli.fail(f"--status must be one of {', '.join(ENROLLMENT_STATUSES)}, not {status!r}")
     if limit < 1:

@@ -10,6 +10,7 @@ from typing import Annotated, Any, NoReturn
 
 import typer
 
+from crmflow.cli import common
 from journeys.models import EventEntry, Journey, MessageNode, SegmentEntry
 from journeys.validate import LoadedJourney, load_journey
 from rules.source import RuleFileError
@@ -41,12 +42,6 @@ EventsOpt = Annotated[
     ),
 ]
 JsonFlag = Annotated[bool, typer.Option("--json", help="Print JSON instead of text.")]
-
-
-def _cli() -> Any:
-    from crmflow import cli
-
-    return cli
 
 
 def _entry(journey: Journey) -> dict[str, Any]:
@@ -96,18 +91,18 @@ def validate(
         loaded = load_journey(file, program, events or None)
     except RuleFileError as exc:
         if as_json:
-            _cli().emit_json({"ok": False, "errors": [e.__dict__ for e in exc.errors]})
+            common.emit_json({"ok": False, "errors": [e.__dict__ for e in exc.errors]})
         else:
             for e in exc.errors:
-                _cli().err.print(f"[red]{e}[/]", highlight=False, soft_wrap=True)
-            _cli().err.print(f"{len(exc.errors)} problem(s) found")
+                common.err.print(f"[red]{e}[/]", highlight=False, soft_wrap=True)
+            common.err.print(f"{len(exc.errors)} problem(s) found")
         raise typer.Exit(1) from exc
     data = summary(loaded)
     if as_json:
-        _cli().emit_json(data)
+        common.emit_json(data)
         return
     kinds = ", ".join(f"{n} {t}" for t, n in data["node_types"].items())
-    _cli().console.print(
+    common.console.print(
         f"ok: journey {data['journey']!r}, entered {_entry_text(data['entry'])}; "
         f"{len(data['nodes'])} nodes ({kinds}); channels: {', '.join(data['channels']) or 'none'}"
         f"; programme {data['program']}",
@@ -128,10 +123,10 @@ def deploy(file: FileArg, program: ProgramOpt = None, as_json: JsonFlag = False)
         loaded = load_journey(file, program, None)
     except RuleFileError as exc:
         for e in exc.errors:
-            _cli().err.print(f"[red]{e}[/]", highlight=False, soft_wrap=True)
-        _cli().fail(f"{len(exc.errors)} problem(s) found; nothing deployed")
+            common.err.print(f"[red]{e}[/]", highlight=False, soft_wrap=True)
+        common.fail(f"{len(exc.errors)} problem(s) found; nothing deployed")
     j = loaded.journey
-    engine = _cli().migrated_engine(_cli().load_settings())
+    engine = common.migrated_engine(common.load_settings())
     with engine.begin() as conn:
         version, created = deploy_journey(
             conn, j.journey, j.definition(), file.read_text(encoding="utf-8"), str(file)
@@ -145,23 +140,23 @@ def deploy(file: FileArg, program: ProgramOpt = None, as_json: JsonFlag = False)
             status = deployed(conn, j.journey)[0].status
         data["schedule"] = _sync_schedule(j, status)
     if as_json:
-        _cli().emit_json(data)
+        common.emit_json(data)
         return
     what = "deployed" if created else "already deployed; made active"
-    _cli().console.print(f"journey {j.journey!r} version {version} {what}", highlight=False)
+    common.console.print(f"journey {j.journey!r} version {version} {what}", highlight=False)
     if "segment" in data:
         seg = data["segment"]
-        _cli().console.print(
+        common.console.print(
             f"segment: {seg['matched']} of {seg['customers']} customers match; "
             f"{seg['queued']} enrollment(s) queued (a worker's dispatcher starts them)",
             highlight=False,
         )
     if "schedule" in data:
-        _cli().console.print(data["schedule"], highlight=False)
+        common.console.print(data["schedule"], highlight=False)
 
 
 def _fail(message: str) -> NoReturn:
-    _cli().fail(message)
+    common.fail(message)
     raise typer.Exit(1)  # (fail exits; this line tells the type checker so)
 
 
@@ -181,7 +176,7 @@ def _sync_schedule(journey: Journey, status: str) -> str:
     from crmflow.segment_schedules import sync_schedule
     from crmflow.temporal import TemporalSetupError, connect
 
-    settings = _cli().load_settings()
+    settings = common.load_settings()
 
     async def run() -> str:
         client = await connect(settings)
@@ -205,12 +200,12 @@ def enter(
     """Evaluate a journey's segment now and queue everyone in it (once per run key)."""
     from store.db import utcnow
 
-    engine = _cli().existing_engine(_cli().load_settings())
+    engine = common.existing_engine(common.load_settings())
     data = _enter(engine, name, run or utcnow().strftime("%Y%m%dT%H%M"))
     if as_json:
-        _cli().emit_json(data)
+        common.emit_json(data)
         return
-    _cli().console.print(
+    common.console.print(
         f"segment of {name!r} (run {data['run']}): {data['matched']} of {data['customers']} "
         f"customers match; {data['queued']} enrollment(s) queued",
         highlight=False,
@@ -220,17 +215,17 @@ def enter(
 def _set_status(name: str, status: str) -> None:
     from store.journeys import set_status
 
-    engine = _cli().existing_engine(_cli().load_settings())
+    engine = common.existing_engine(common.load_settings())
     with engine.begin() as conn:
         before = set_status(conn, name, status)
     if before is None:
-        _cli().fail(f"no journey {name!r} is deployed (crmflow journeys list)")
-    _cli().console.print(f"journey {name!r}: {before} -> {status}", highlight=False)
+        common.fail(f"no journey {name!r} is deployed (crmflow journeys list)")
+    common.console.print(f"journey {name!r}: {before} -> {status}", highlight=False)
     with engine.connect() as conn:
         journey = Journey.model_validate(deployed(conn, name)[0].definition)
     entry = journey.entry
     if isinstance(entry, SegmentEntry) and entry.schedule is not None:
-        _cli().console.print(_sync_schedule(journey, status), highlight=False)
+        common.console.print(_sync_schedule(journey, status), highlight=False)
 
 
 @journeys_app.command("pause")
@@ -259,7 +254,7 @@ def list_journeys(as_json: JsonFlag = False) -> None:
     from store.journeys import deployed
     from store.models import EnrollmentRow
 
-    engine = _cli().existing_engine(_cli().load_settings())
+    engine = common.existing_engine(common.load_settings())
     with engine.connect() as conn:
         counts: dict[str, dict[str, int]] = {}
         for name, status, n in conn.execute(
@@ -279,7 +274,7 @@ def list_journeys(as_json: JsonFlag = False) -> None:
             for d in deployed(conn)
         ]
     if as_json:
-        _cli().emit_json(rows)
+        common.emit_json(rows)
         return
     from rich.table import Table
 
@@ -292,7 +287,7 @@ def list_journeys(as_json: JsonFlag = False) -> None:
             r["deployed_at"][:19],
             ", ".join(f"{k} {v}" for k, v in sorted(r["enrollments"].items())) or "none",
         )
-    _cli().console.print(table)
+    common.console.print(table)
 
 
 @journeys_app.command("dispatch")
@@ -303,8 +298,8 @@ def dispatch(as_json: JsonFlag = False) -> None:
     from crmflow.dispatch import dispatch_once
     from crmflow.temporal import TemporalSetupError, connect, exit_skipping_finalizers
 
-    settings = _cli().load_settings()
-    engine = _cli().existing_engine(settings)
+    settings = common.load_settings()
+    engine = common.existing_engine(settings)
 
     async def run() -> Any:
         client = await connect(settings)
@@ -313,12 +308,12 @@ def dispatch(as_json: JsonFlag = False) -> None:
     try:
         report = asyncio.run(run())
     except TemporalSetupError as exc:
-        _cli().fail(f"{exc} (start one with `crmflow up`)")
+        common.fail(f"{exc} (start one with `crmflow up`)")
     data = report.__dict__
     if as_json:
-        _cli().emit_json(data)
+        common.emit_json(data)
     else:
-        _cli().console.print(
+        common.console.print(
             f"{report.commands} command(s): {report.started} enrollment(s) started, "
             f"{report.signalled} signal(s); skipped: {report.skipped or 'none'}",
             highlight=False,
@@ -335,7 +330,7 @@ def schema(out: Annotated[Path | None, typer.Option(help="Write to this file")] 
     text = json.dumps(doc, indent=2, ensure_ascii=False) + "\n"
     if out:
         out.write_text(text, encoding="utf-8")
-        _cli().console.print(f"wrote {out}")
+        common.console.print(f"wrote {out}")
     else:
         sys.stdout.write(text)
 
@@ -356,7 +351,7 @@ def stats_cmd(
 ) -> None:
     """Per version and node: entered, waiting, sent, suppressed (why), failed, ended; goal
     conversions per variant and for the holdout, with the uplift."""
-    from crmflow.journey_reports import stats_command
+    from crmflow.cli.journey_reports import stats_command
 
     stats_command(name, as_json=as_json, chart=chart)
 
@@ -376,7 +371,7 @@ def enrollments_cmd(
     as_json: JsonFlag = False,
 ) -> None:
     """Who is where: customer, node, since when, status, variant, version."""
-    from crmflow.journey_reports import enrollments_command
+    from crmflow.cli.journey_reports import enrollments_command
 
     enrollments_command(name, status=status, limit=limit, as_json=as_json)
 
@@ -459,7 +454,7 @@ def simulate_cmd(
     )
     from crmflow.temporal import exit_skipping_finalizers
 
-    settings = _cli().load_settings()
+    settings = common.load_settings()
     try:
         when = None
         if start is not None:
@@ -484,11 +479,11 @@ def simulate_cmd(
             program=program,
         )
     except SimulationError as exc:
-        _cli().fail(escape(str(exc)))
+        common.fail(escape(str(exc)))
     if as_json:
-        _cli().emit_json(report.model_dump(mode="json"))
+        common.emit_json(report.model_dump(mode="json"))
     else:
-        print_report(report, _cli().console)
+        print_report(report, common.console)
     code = 1 if report.outcome == "failed" else 0
     if sys.stdout is sys.__stdout__:
         # run as the program (not in process by a test runner): leave without finalisation,

@@ -6,27 +6,33 @@ import asyncio
 import json
 import sys
 from pathlib import Path
-from typing import Annotated, Any, NoReturn
+from typing import Annotated
 
 import typer
-from pydantic import ValidationError
-from rich.console import Console
 from rich.progress import BarColumn, DownloadColumn, Progress, TimeRemainingColumn
 from rich.table import Table
-from sqlalchemy import Engine
 
-from crmflow.cli_journeys import journeys_app
-from crmflow.cli_projects import project_app
-from crmflow.cli_rules import process_command, rules_app
-from crmflow.cli_schedules import schedules_app
-from crmflow.formats import describe_errors
+from crmflow.cli.common import (
+    JsonFlag,
+    console,
+    emit_json,
+    err,
+    existing_engine,
+    fail,
+    load_settings,
+    migrated_engine,
+    print_report,
+)
+from crmflow.cli.journeys import journeys_app
+from crmflow.cli.projects import project_app
+from crmflow.cli.rules import process_command, rules_app
+from crmflow.cli.schedules import schedules_app
 from crmflow.ingest import ImportError_, ImportReport, Kind, import_file
 from crmflow.processing import ConcurrentProcessing
-from crmflow.settings import Settings
 from crmflow.temporal import TemporalSetupError, exit_skipping_finalizers
 from rules.source import RuleFileError
 from store.db import make_engine
-from store.migrate import current_revision, head_revision, upgrade
+from store.migrate import current_revision
 
 app = typer.Typer(
     help="crmflow: customer journeys, loyalty rules and rollout projects on Temporal.",
@@ -44,52 +50,6 @@ app.add_typer(rules_app, name="rules")
 app.add_typer(journeys_app, name="journeys")
 app.add_typer(project_app, name="project")
 app.add_typer(schedules_app, name="schedules")
-
-console = Console()
-err = Console(stderr=True)
-
-JsonFlag = Annotated[bool, typer.Option("--json", help="Print JSON instead of a table.")]
-
-
-def fail(message: str, code: int = 1) -> NoReturn:
-    err.print(f"[bold red]error:[/] {message}", highlight=False)
-    raise typer.Exit(code)
-
-
-def load_settings() -> Settings:
-    try:
-        return Settings()
-    except ValidationError as exc:
-        fail(f"bad settings (CRMFLOW_* variables or crmflow.toml): {describe_errors(exc)}")
-
-
-def migrated_engine(settings: Settings) -> Engine:
-    """An engine on a schema at head (migrations are applied when behind)."""
-    engine = make_engine(settings.db_url)
-    try:
-        upgrade(engine)
-    except Exception as exc:  # the database itself is unreachable or refuses
-        fail(f"cannot prepare the database at {engine.url!r}: {exc}")
-    return engine
-
-
-def existing_engine(settings: Settings) -> Engine:
-    """An engine for read commands: never creates or migrates anything."""
-    engine = make_engine(settings.db_url)
-    try:
-        rev = current_revision(engine)
-    except Exception as exc:
-        fail(f"cannot open the database at {engine.url!r}: {exc}")
-    if rev != head_revision():
-        fail(
-            f"the database at {engine.url!r} is at schema {rev or 'none'}, not "
-            f"{head_revision()}: run `crmflow migrate` (or import some data) first"
-        )
-    return engine
-
-
-def emit_json(data: Any) -> None:
-    sys.stdout.write(json.dumps(data, indent=2, ensure_ascii=False, default=str) + "\n")
 
 
 @app.command()
@@ -163,21 +123,6 @@ def _import(kind: Kind, path: Path, as_json: bool, workers: int | None = None) -
     else:
         print_report(report)
     return report
-
-
-def print_report(report: ImportReport) -> None:
-    console.print(
-        f"{report.source}: {report.rows} rows, {report.accepted} accepted "
-        f"({report.inserted} new, {report.updated} updated, {report.unchanged} unchanged), "
-        f"{report.rejected} rejected, in {report.seconds:.2f}s",
-        highlight=False,
-    )
-    for r in report.first_errors:
-        err.print(f"  line {r.line}: {r.error}", highlight=False)
-    if report.rejected > len(report.first_errors):
-        err.print(f"  … and {report.rejected - len(report.first_errors)} more")
-    if report.rejects_file:
-        err.print(f"  rejected rows written to {report.rejects_file}", highlight=False)
 
 
 FileArg = Annotated[

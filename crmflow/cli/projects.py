@@ -37,6 +37,7 @@ from temporalio.common import WorkflowIDReusePolicy
 from temporalio.exceptions import ApplicationError, WorkflowAlreadyStartedError
 from temporalio.service import RPCError, RPCStatusCode
 
+from crmflow.cli import common
 from crmflow.formats import describe_errors
 from crmflow.settings import Settings
 from crmflow.temporal import TemporalSetupError, connect
@@ -90,14 +91,8 @@ JsonFlag = Annotated[bool, typer.Option("--json", help="Print JSON instead of a 
 InFile = Annotated[Path, typer.Argument(exists=True, dir_okay=False, readable=True)]
 
 
-def _cli() -> Any:
-    from crmflow import cli
-
-    return cli
-
-
 def fail(message: str) -> NoReturn:
-    _cli().fail(message)
+    common.fail(message)
     raise AssertionError  # fail() exits
 
 
@@ -166,7 +161,7 @@ async def _answer(name: str, settings: Settings, call: Awaitable[T]) -> T:
 
 
 def _settings() -> Settings:
-    settings: Settings = _cli().load_settings()
+    settings: Settings = common.load_settings()
     return settings
 
 
@@ -180,7 +175,7 @@ def _update(name: str, update: Any, arg: Any) -> Any:
 
 
 def _say(result: Any) -> None:
-    _cli().console.print(str(result), highlight=False)
+    common.console.print(str(result), highlight=False)
 
 
 # --------------------------------------------------------------------------- create
@@ -198,7 +193,7 @@ def _params(items: list[str] | None) -> dict[str, str]:
 
 def _file_errors(exc: RuleFileError) -> NoReturn:
     for e in exc.errors:
-        _cli().err.print(f"[red]{e}[/]", highlight=False, soft_wrap=True)
+        common.err.print(f"[red]{e}[/]", highlight=False, soft_wrap=True)
     fail(f"{len(exc.errors)} problem(s) found")
 
 
@@ -285,7 +280,7 @@ def create(
 
     wf_id = run_temporal(settings, work)
     if as_json:
-        _cli().emit_json(
+        common.emit_json(
             {
                 "workflow_id": wf_id,
                 "project_id": slug,
@@ -294,7 +289,7 @@ def create(
             }
         )
         return
-    console = _cli().console
+    console = common.console
     console.print(
         f"project {name!r} started as workflow {wf_id}: {state.plan.start} → "
         f"{state.plan.finish}, critical path {' → '.join(state.plan.critical_path)}",
@@ -315,7 +310,7 @@ _COLOUR = {"green": "green", "amber": "yellow", "red": "red"}
 
 
 def _print_status(report: StatusReport, carry: ProjectCarry) -> None:
-    console = _cli().console
+    console = common.console
     colour = _COLOUR[report.health.status]
     base = (
         f", baseline {report.baseline} finish {report.baseline_finish}" if report.baseline else ""
@@ -405,7 +400,7 @@ def status(name: NameArg, as_json: JsonFlag = False) -> None:
         data["workflow_id"] = workflow_id(name)
         data["closed_at"] = carry.closed_at.isoformat() if carry.closed_at else None
         data["kpi_review"] = carry.kpi_review.model_dump(mode="json") if carry.kpi_review else None
-        _cli().emit_json(data)
+        common.emit_json(data)
         return
     _print_status(report, carry)
 
@@ -431,7 +426,7 @@ def gantt(
         else project_html(snap.state, now)
     )
     out.write_text(text, encoding="utf-8")
-    _cli().console.print(f"wrote {out}", highlight=False)
+    common.console.print(f"wrote {out}", highlight=False)
 
 
 # --------------------------------------------------------------------------- updates
@@ -662,7 +657,7 @@ def list_projects(as_json: JsonFlag = False) -> None:
     settings = _settings()
     rows = run_temporal(settings, lambda c: _list(c, settings))
     if as_json:
-        _cli().emit_json(rows)
+        common.emit_json(rows)
         return
     table = Table("project", "workflow", "status", "health", "forecast finish", "next due")
     for r in rows:
@@ -676,7 +671,7 @@ def list_projects(as_json: JsonFlag = False) -> None:
             _d(r["forecast_finish"]),
             _d(r["next_due"]),
         )
-    _cli().console.print(table)
+    common.console.print(table)
 
 
 # --------------------------------------------------------------------------- migration check
@@ -779,7 +774,7 @@ def migrate_check(
     if as_json:
         summary["recorded"] = recorded.model_dump()
         summary["imported"] = imported
-        _cli().emit_json(summary)
+        common.emit_json(summary)
     else:
         _print_migration(summary, passed, reasons, html)
     if do_import and not passed:
@@ -791,7 +786,7 @@ def migrate_check(
 def _print_migration(
     summary: dict[str, Any], passed: bool, reasons: list[str], html: Path | None
 ) -> None:
-    console = _cli().console
+    console = common.console
     table = Table("figure", "value", title=f"migration check: {summary['source']}")
     for key, value in summary.items():
         if key in ("passed", "reasons", "source"):
@@ -812,7 +807,7 @@ def _import_rows(report: MigrationReport, settings: Settings, as_json: bool) -> 
     from crmflow.ingest import ImportError_, import_file
 
     customers = customer_rows(report)
-    engine = _cli().migrated_engine(settings)
+    engine = common.migrated_engine(settings)
     with tempfile.TemporaryDirectory(prefix="crmflow-migration-") as tmp:
         path = Path(tmp) / "migrated-customers.jsonl"
         path.write_text(
@@ -832,7 +827,7 @@ def _import_rows(report: MigrationReport, settings: Settings, as_json: bool) -> 
             engine.dispose()
         result.rejects_file = None  # it was in a temporary folder: the lines are shown
         if not as_json:
-            _cli().print_report(result)
+            common.print_report(result)
         data = result.as_dict()
         data["source"] = report.source
         return data

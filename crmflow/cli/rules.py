@@ -12,6 +12,7 @@ import typer
 from pydantic import ValidationError
 from rich.table import Table
 
+from crmflow.cli import common
 from crmflow.formats import Event, describe_errors
 from crmflow.processing import evaluate_event, process_pending
 from rules.compiler import CompiledPack
@@ -40,22 +41,16 @@ ProgramOpt = Annotated[
 JsonFlag = Annotated[bool, typer.Option("--json", help="Print JSON instead of a table.")]
 
 
-def _cli() -> Any:
-    from crmflow import cli
-
-    return cli
-
-
 def _load(rules_dir: Path, program: Path | None, as_json: bool) -> tuple[CompiledPack, Any]:
     try:
         return load_pack(rules_dir, program)
     except RuleFileError as exc:
         if as_json:
-            _cli().emit_json({"ok": False, "errors": [e.__dict__ for e in exc.errors]})
+            common.emit_json({"ok": False, "errors": [e.__dict__ for e in exc.errors]})
         else:
             for e in exc.errors:
-                _cli().err.print(f"[red]{e}[/]", highlight=False, soft_wrap=True)
-            _cli().err.print(f"{len(exc.errors)} problem(s) found")
+                common.err.print(f"[red]{e}[/]", highlight=False, soft_wrap=True)
+            common.err.print(f"{len(exc.errors)} problem(s) found")
         raise typer.Exit(1) from exc
 
 
@@ -64,7 +59,7 @@ def validate(rules_dir: DirArg, program: ProgramOpt = None, as_json: JsonFlag = 
     """Check the programme and rule files; every problem with its file and line."""
     pack, source = _load(rules_dir, program, as_json)
     if as_json:
-        _cli().emit_json(
+        common.emit_json(
             {
                 "ok": True,
                 "version": pack.version,
@@ -77,7 +72,7 @@ def validate(rules_dir: DirArg, program: ProgramOpt = None, as_json: JsonFlag = 
             }
         )
         return
-    _cli().console.print(
+    common.console.print(
         f"ok: {len(pack.rules)} rules in {len(source.files)} files, programme "
         f"{pack.program.program!r} ({source.program_path}), version {pack.version}",
         highlight=False,
@@ -97,7 +92,7 @@ def schema(
     text = json.dumps(doc, indent=2) + "\n"
     if out:
         out.write_text(text, encoding="utf-8")
-        _cli().console.print(f"wrote {out}")
+        common.console.print(f"wrote {out}")
     else:
         sys.stdout.write(text)
 
@@ -111,13 +106,13 @@ def _read_events(path: Path) -> list[Event]:
             else [json.loads(line) for line in text.splitlines() if line.strip()]
         )
     except json.JSONDecodeError as exc:
-        _cli().fail(f"{path}: not JSON ({exc})")
+        common.fail(f"{path}: not JSON ({exc})")
     events = []
     for n, doc in enumerate(docs, start=1):
         try:
             events.append(Event.model_validate(doc))
         except ValidationError as exc:
-            _cli().fail(f"{path}: event {n}: {describe_errors(exc)}")
+            common.fail(f"{path}: event {n}: {describe_errors(exc)}")
     return events
 
 
@@ -137,7 +132,7 @@ def test(
     pack, _ = _load(rules_dir, program, as_json)
     events = _read_events(event_file)
     if not events:
-        _cli().fail(f"{event_file}: no events")
+        common.fail(f"{event_file}: no events")
     state = _start_state(pack, customer, events[0])
     results: list[dict[str, Any]] = []
     engine = shared_engine()
@@ -175,11 +170,11 @@ def test(
             }
         )
     if as_json:
-        _cli().emit_json(
+        common.emit_json(
             {"version": pack.version, "customer": state.customer_id, "events": results}
         )
         return
-    console = _cli().console
+    console = common.console
     for res in results:
         console.print(
             f"[bold]{res['event_id']}[/] ({res['type']}): {len(res['fired'])} rule(s) fire",
@@ -217,7 +212,7 @@ def _start_state(pack: CompiledPack, customer: str | None, first: Event) -> Prof
     from crmflow.processing import HISTORY_DAYS
     from store.rule_state import load_states
 
-    engine = _cli().existing_engine(_cli().load_settings())
+    engine = common.existing_engine(common.load_settings())
     with engine.connect() as conn:
         states = load_states(
             conn,
@@ -228,7 +223,7 @@ def _start_state(pack: CompiledPack, customer: str | None, first: Event) -> Prof
             follow_up_event=pack.program.follow_up_event,
         )
     if customer not in states:
-        _cli().fail(f"no customer with id {customer!r}")
+        common.fail(f"no customer with id {customer!r}")
     return states[customer]
 
 
@@ -238,15 +233,15 @@ def deploy(rules_dir: DirArg, program: ProgramOpt = None, as_json: JsonFlag = Fa
     from store.rule_versions import deploy as store_deploy
 
     pack, source = _load(rules_dir, program, as_json)
-    engine = _cli().migrated_engine(_cli().load_settings())
+    engine = common.migrated_engine(common.load_settings())
     with engine.begin() as conn:
         new = store_deploy(conn, pack.version, source, len(pack.rules), str(rules_dir))
     result = {"version": pack.version, "new": new, "rules": len(pack.rules)}
     if as_json:
-        _cli().emit_json(result)
+        common.emit_json(result)
     else:
         what = "deployed" if new else "re-activated"
-        _cli().console.print(
+        common.console.print(
             f"{what} rules version {pack.version} ({len(pack.rules)} rules); "
             "new events use it from now on",
             highlight=False,
@@ -258,11 +253,11 @@ def versions(as_json: JsonFlag = False) -> None:
     """List deployed rules versions; the active one is marked."""
     from store.rule_versions import list_versions
 
-    engine = _cli().existing_engine(_cli().load_settings())
+    engine = common.existing_engine(common.load_settings())
     with engine.connect() as conn:
         rows = list_versions(conn)
     if as_json:
-        _cli().emit_json([r.__dict__ for r in rows])
+        common.emit_json([r.__dict__ for r in rows])
         return
     table = Table("version", "deployed at", "rules", "from", "active")
     for r in rows:
@@ -273,11 +268,11 @@ def versions(as_json: JsonFlag = False) -> None:
             r.source or "",
             "✓" if r.active else "",
         )
-    _cli().console.print(table)
+    common.console.print(table)
 
 
 def process_command(as_json: bool) -> None:
-    engine = _cli().migrated_engine(_cli().load_settings())
+    engine = common.migrated_engine(common.load_settings())
     report = process_pending(engine)
     data = {
         "processed": report.events,
@@ -287,11 +282,11 @@ def process_command(as_json: bool) -> None:
         "at": datetime.now(UTC).isoformat(),
     }
     if as_json:
-        _cli().emit_json(data)
+        common.emit_json(data)
     elif report.version is None and report.events == 0:
-        _cli().console.print("nothing to do (no pending events, or no rules version deployed)")
+        common.console.print("nothing to do (no pending events, or no rules version deployed)")
     else:
-        _cli().console.print(
+        common.console.print(
             f"processed {report.events} events with rules {report.version}: "
             f"{report.rules_fired} rules fired, {report.changes} changes",
             highlight=False,
@@ -319,7 +314,7 @@ def facts(
     rows += [(f"attributes.{a}", k, "declared in attributes") for a, k in prog.attributes.items()]
     rows += [("attributes.<name>", "any", "any other customer attribute")]
     if as_json:
-        _cli().emit_json(
+        common.emit_json(
             [
                 {"fact": n, "type": k, "operators": sorted(OPS_FOR[k]), "description": t}
                 for n, k, t in rows
@@ -329,4 +324,4 @@ def facts(
     table = Table("fact", "type", "operators", "meaning")
     for n, k, t in rows:
         table.add_row(n, k, " ".join(sorted(OPS_FOR[k])), t)
-    _cli().console.print(table)
+    common.console.print(table)

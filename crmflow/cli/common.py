@@ -1,0 +1,80 @@
+"""What every CLI module shares: the consoles, failing with a message, settings, engines,
+JSON output. The bottom of the CLI: it imports no other CLI module."""
+
+from __future__ import annotations
+
+import json
+import sys
+from typing import Annotated, Any, NoReturn
+
+import typer
+from pydantic import ValidationError
+from rich.console import Console
+from sqlalchemy import Engine
+
+from crmflow.formats import describe_errors
+from crmflow.ingest import ImportReport
+from crmflow.settings import Settings
+from store.db import make_engine
+from store.migrate import current_revision, head_revision, upgrade
+
+console = Console()
+err = Console(stderr=True)
+
+JsonFlag = Annotated[bool, typer.Option("--json", help="Print JSON instead of a table.")]
+
+
+def fail(message: str, code: int = 1) -> NoReturn:
+    err.print(f"[bold red]error:[/] {message}", highlight=False)
+    raise typer.Exit(code)
+
+
+def load_settings() -> Settings:
+    try:
+        return Settings()
+    except ValidationError as exc:
+        fail(f"bad settings (CRMFLOW_* variables or crmflow.toml): {describe_errors(exc)}")
+
+
+def migrated_engine(settings: Settings) -> Engine:
+    """An engine on a schema at head (migrations are applied when behind)."""
+    engine = make_engine(settings.db_url)
+    try:
+        upgrade(engine)
+    except Exception as exc:  # the database itself is unreachable or refuses
+        fail(f"cannot prepare the database at {engine.url!r}: {exc}")
+    return engine
+
+
+def existing_engine(settings: Settings) -> Engine:
+    """An engine for read commands: never creates or migrates anything."""
+    engine = make_engine(settings.db_url)
+    try:
+        rev = current_revision(engine)
+    except Exception as exc:
+        fail(f"cannot open the database at {engine.url!r}: {exc}")
+    if rev != head_revision():
+        fail(
+            f"the database at {engine.url!r} is at schema {rev or 'none'}, not "
+            f"{head_revision()}: run `crmflow migrate` (or import some data) first"
+        )
+    return engine
+
+
+def emit_json(data: Any) -> None:
+    sys.stdout.write(json.dumps(data, indent=2, ensure_ascii=False, default=str) + "\n")
+
+
+def print_report(report: ImportReport) -> None:
+    console.print(
+        f"{report.source}: {report.rows} rows, {report.accepted} accepted "
+        f"({report.inserted} new, {report.updated} updated, {report.unchanged} unchanged), "
+        f"{report.rejected} rejected, in {report.seconds:.2f}s",
+        highlight=False,
+    )
+    for r in report.first_errors:
+        err.print(f"  line {r.line}: {r.error}", highlight=False)
+    if report.rejected > len(report.first_errors):
+        err.print(f"  … and {report.rejected - len(report.first_errors)} more")
+    if report.rejects_file:
+        err.print(f"  rejected rows written to {report.rejects_file}", highlight=False)
