@@ -43,7 +43,7 @@ class Settings(BaseSettings):
     temporal_tls_client_key: Path | None = None
     temporal_tls_server_root_ca: Path | None = None
     temporal_tls_server_name: str | None = None
-    temporal_api_key: str | None = None
+    temporal_api_key: SecretStr | None = None
     embedded_port: int = Field(7233, description="gRPC port of the embedded dev server")
     embedded_ui_port: int = Field(8233, description="Web UI port of the embedded dev server")
     default_phone_region: str = Field(
@@ -133,6 +133,28 @@ class Settings(BaseSettings):
         "stack: production MUST set its own long random value (anyone knowing the key can "
         "unsubscribe any customer); changing it invalidates links already sent",
     )
+    api_max_body_bytes: int = Field(
+        1_000_000, ge=1024, le=100_000_000, description="Largest HTTP request body (413 above)"
+    )
+    api_max_batch: int = Field(
+        1000, ge=1, le=100_000, description="Most events or customers in one API request"
+    )
+    api_rate_limit: str = Field(
+        "6000/minute",
+        description="Requests per API key, e.g. `600/minute` or `10/second` (429 above)",
+    )
+    api_rate_limit_storage: str = Field(
+        "memory://",
+        description="Where rate-limit counters live: `memory://` (each API process its own) "
+        "or a shared store such as `redis://host:6379`",
+    )
+    api_public_docs: bool = Field(
+        False,
+        description="Serve /docs, /redoc and /openapi.json without a key (off: every route "
+        "but the unsubscribe links needs one; `crmflow api-schema` prints the schema)",
+    )
+    api_certfile: Path | None = Field(None, description="TLS certificate (PEM) for `crmflow api`")
+    api_keyfile: Path | None = Field(None, description="TLS private key (PEM) for `crmflow api`")
     quiet_hours_start: str = Field(
         "21:00", description="Quiet hours start (HH:MM on the customer's own clock)"
     )
@@ -155,6 +177,17 @@ class Settings(BaseSettings):
         from journeys.timing import parse_clock
 
         parse_clock(v)
+        return v
+
+    @field_validator("api_rate_limit")
+    @classmethod
+    def _rate(cls, v: str) -> str:
+        from limits import parse
+
+        try:
+            parse(v)
+        except ValueError:
+            raise ValueError("expected a rate such as 600/minute or 10/second") from None
         return v
 
     @field_validator("default_phone_region")

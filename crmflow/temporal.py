@@ -61,7 +61,9 @@ async def connect(settings: Settings, target: str | None = None) -> Client:
             address,
             namespace=settings.temporal_namespace,
             tls=_tls(settings),
-            api_key=settings.temporal_api_key,
+            api_key=(
+                settings.temporal_api_key.get_secret_value() if settings.temporal_api_key else None
+            ),
             data_converter=pydantic_data_converter,
         )
     except RuntimeError as exc:

@@ -399,3 +399,40 @@ class AutomationRunRow(Base):
         ),
         Index("ix_automation_runs_started", "schedule", "started_at"),
     )
+
+
+class ApiKeyRow(Base):
+    """An API key: only a hash of its secret is kept. `key_id` is the public part of the
+    token (`crm_<key_id>_<secret>`), shown in lists and the audit log."""
+
+    __tablename__ = "api_keys"
+
+    key_id: Mapped[str] = mapped_column(String(16), primary_key=True)
+    name: Mapped[str] = mapped_column(String(100), unique=True)
+    role: Mapped[str] = mapped_column(String(32))
+    person: Mapped[str | None] = mapped_column(String(200))
+    secret_hash: Mapped[str] = mapped_column(String(64))
+    created_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow)
+    created_by: Mapped[str | None] = mapped_column(String(200))
+    expires_at: Mapped[datetime | None] = mapped_column(UTCDateTime)
+    revoked_at: Mapped[datetime | None] = mapped_column(UTCDateTime)
+    last_used_at: Mapped[datetime | None] = mapped_column(UTCDateTime)
+
+
+class ChangeLogRow(Base):
+    """Every change made through the API or console: who (key and person), what, when and
+    from which address. It holds ids and paths, never request bodies (no personal data)."""
+
+    __tablename__ = "change_log"
+
+    id: Mapped[int] = mapped_column(BigId, primary_key=True, autoincrement=True)
+    at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow, index=True)
+    actor: Mapped[str] = mapped_column(String(120))  # "key:<key_id>" / "user:<name>" / "cli"
+    actor_name: Mapped[str | None] = mapped_column(String(100))
+    person: Mapped[str | None] = mapped_column(String(200))
+    role: Mapped[str | None] = mapped_column(String(32))
+    action: Mapped[str] = mapped_column(String(64))
+    method: Mapped[str] = mapped_column(String(10))
+    target: Mapped[str] = mapped_column(String(500))
+    status: Mapped[int] = mapped_column(Integer)
+    address: Mapped[str | None] = mapped_column(String(64))

@@ -1,0 +1,7 @@
+"""`/api/v1/journeys`: journeys."""
+
+from __future__ import annotations
+
+from fastapi import APIRouter
+
+router = APIRouter(prefix="/journeys", tags=["journeys"])

@@ -1,0 +1,7 @@
+"""`/api/v1/rules`: rules."""
+
+from __future__ import annotations
+
+from fastapi import APIRouter
+
+router = APIRouter(prefix="/rules", tags=["rules"])
