@@ -103,3 +103,7 @@ def cli_env(engine: Engine, db_url: str, tmp_path: Path, monkeypatch: pytest.Mon
 def write_lines(path: Path, lines: list[str]) -> Path:
     path.write_text("\n".join(lines) + "\n", encoding="utf-8")
     return path
+
+
+# the API served by uvicorn, with keys per role (tests/api_helpers.py)
+from tests.api_helpers import api_server  # noqa: E402, F401

@@ -20,10 +20,12 @@ from crmflow.cli.common import (
     existing_engine,
     fail,
     load_settings,
+    masked_url,
     migrated_engine,
     print_report,
 )
 from crmflow.cli.journeys import journeys_app
+from crmflow.cli.keys import keys_app
 from crmflow.cli.projects import project_app
 from crmflow.cli.rules import process_command, rules_app
 from crmflow.cli.schedules import schedules_app
@@ -50,6 +52,7 @@ app.add_typer(rules_app, name="rules")
 app.add_typer(journeys_app, name="journeys")
 app.add_typer(project_app, name="project")
 app.add_typer(schedules_app, name="schedules")
+app.add_typer(keys_app, name="keys")
 
 
 @app.command()
@@ -68,9 +71,11 @@ def migrate(as_json: JsonFlag = False) -> None:
 def show_settings(as_json: JsonFlag = False) -> None:
     """Show the settings in force (environment and crmflow.toml)."""
     s = load_settings()
-    data = s.model_dump(mode="json", exclude={"temporal_api_key"})
+    data = s.model_dump(mode="json")
+    if data.get("database_url"):
+        data["database_url"] = masked_url(data["database_url"])
     data |= {
-        "effective_database_url": s.db_url,
+        "effective_database_url": masked_url(s.db_url),
         "temporal_target": s.temporal_target,
         "embedded": s.embedded,
     }
@@ -217,25 +222,70 @@ def up() -> None:
     exit_skipping_finalizers(0)
 
 
+DEFAULT_UNSUBSCRIBE_SECRET = "crmflow-embedded-unsubscribe-secret-change-me"
+
+
+def _loopback(host: str) -> bool:
+    import ipaddress
+
+    if host == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False
+
+
 @app.command()
 def api(
     host: Annotated[str, typer.Option(help="Address to listen on")] = "127.0.0.1",
-    port: Annotated[int, typer.Option(help="Port to listen on")] = 8080,
+    port: Annotated[int, typer.Option(min=1, max=65535, help="Port to listen on")] = 8080,
+    certfile: Annotated[
+        Path | None,
+        typer.Option(dir_okay=False, help="TLS certificate (PEM): serve HTTPS [api_certfile]"),
+    ] = None,
+    keyfile: Annotated[
+        Path | None, typer.Option(dir_okay=False, help="TLS private key (PEM) [api_keyfile]")
+    ] = None,
 ) -> None:
-    """Serve the HTTP API (events in, unsubscribe links, health) until Ctrl-C."""
+    """Serve the HTTP API (/api/v1, keys required) and the unsubscribe pages until Ctrl-C."""
     import uvicorn
 
     from crmflow.api import create_app
+    from crmflow.services.runtime import Runtime
 
     settings = load_settings()
+    secret = settings.unsubscribe_secret.get_secret_value()
+    if not _loopback(host) and secret == DEFAULT_UNSUBSCRIBE_SECRET:
+        fail(
+            f"refusing to listen on {host}: the unsubscribe secret is the built-in default, "
+            "so anyone could unsubscribe any customer. Set CRMFLOW_UNSUBSCRIBE_SECRET to a "
+            "long random value, e.g. from "
+            "`python -c 'import secrets; print(secrets.token_urlsafe(32))'`"
+        )
+    certfile = certfile or settings.api_certfile
+    keyfile = keyfile or settings.api_keyfile
+    if (certfile is None) != (keyfile is None):
+        fail("give both --certfile and --keyfile (or neither)")
+    for f in (certfile, keyfile):
+        if f is not None and not f.is_file():
+            fail(f"no such file: {f}")
     engine = migrated_engine(settings)
+    scheme = "https" if certfile else "http"
     console.print(
-        f"crmflow API on http://{host}:{port} (docs at /docs); unsubscribe links point at "
-        f"{settings.public_base_url}",
+        f"crmflow API on {scheme}://{host}:{port}/api/v1 (make a key: `crmflow keys create`); "
+        f"unsubscribe links point at {settings.public_base_url}",
         highlight=False,
     )
     try:
-        uvicorn.run(create_app(engine, settings), host=host, port=port, log_level="info")
+        uvicorn.run(
+            create_app(Runtime(settings, engine)),
+            host=host,
+            port=port,
+            log_level="info",
+            ssl_certfile=str(certfile) if certfile else None,
+            ssl_keyfile=str(keyfile) if keyfile else None,
+        )
     finally:
         engine.dispose()
 
@@ -248,10 +298,12 @@ def api_schema(
 ) -> None:
     """Print the HTTP API's OpenAPI schema (JSON), generated from the pydantic models."""
     from crmflow.api import create_app
+    from crmflow.services.runtime import Runtime
 
     settings = load_settings()
     engine = make_engine(settings.db_url)  # not connected: the schema needs no database
-    text = json.dumps(create_app(engine, settings).openapi(), indent=2, ensure_ascii=False)
+    docs = settings.model_copy(update={"api_public_docs": True})
+    text = json.dumps(create_app(Runtime(docs, engine)).openapi(), indent=2, ensure_ascii=False)
     engine.dispose()
     if out is None:
         sys.stdout.write(text + "\n")

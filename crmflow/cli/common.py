@@ -78,3 +78,13 @@ def print_report(report: ImportReport) -> None:
         err.print(f"  … and {report.rejected - len(report.first_errors)} more")
     if report.rejects_file:
         err.print(f"  rejected rows written to {report.rejects_file}", highlight=False)
+
+
+def masked_url(url: str) -> str:
+    """A database URL with its password hidden (`***`)."""
+    from sqlalchemy.engine import make_url
+
+    try:
+        return make_url(url).render_as_string(hide_password=True)
+    except Exception:  # not a URL SQLAlchemy reads: show nothing of it
+        return "<unreadable URL>"
