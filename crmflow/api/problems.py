@@ -82,6 +82,19 @@ PROBLEM_RESPONSES: dict[int | str, dict[str, Any]] = {
 }
 
 
+def responses(*codes: int) -> dict[int | str, dict[str, Any]]:
+    """More problem responses a route may give (404, 409, 503 …), for its OpenAPI."""
+    text = {
+        404: "Not found",
+        409: "Refused in this state, or a conflict with what is stored",
+        503: "Temporal, a worker or the database does not answer: try again later",
+    }
+    return {
+        c: {"model": Problem, "content": {PROBLEM: {}}, "description": text.get(c, "")}
+        for c in codes
+    }
+
+
 def _where(loc: tuple[Any, ...] | list[Any]) -> str:
     return ".".join(str(p) for p in loc)
 

@@ -7,6 +7,7 @@ from typing import Annotated
 from fastapi import APIRouter, Body
 from starlette.concurrency import run_in_threadpool
 
+from crmflow.api.problems import responses
 from crmflow.api.security import RuntimeDep, permit
 from crmflow.formats import Event
 from crmflow.services import events as service
@@ -24,7 +25,7 @@ EXAMPLE = {
 }
 
 
-@router.post("", response_model=service.EventsReport)
+@router.post("", response_model=service.EventsReport, responses=responses(409, 503))
 async def post_event(
     event: Annotated[Event, Body(examples=[EXAMPLE])],
     who: Annotated[Principal, permit("events.write")],
@@ -42,7 +43,7 @@ async def post_event(
     return report
 
 
-@router.post("/batch", response_model=service.EventsReport)
+@router.post("/batch", response_model=service.EventsReport, responses=responses(503))
 async def post_events(
     events: Annotated[
         list[Event],
