@@ -1,12 +1,17 @@
-"""`crmflow rules …`: validate, publish the schema, dry-run, deploy and list rules versions."""
+"""`crmflow rules …`: validate, publish the schema, dry-run, deploy and list rules versions.
+
+A thin face over `crmflow.services.rules`: parse the options, call one service, present
+its result. Service errors become `error: …` and exit code 1 in one place (`_service`).
+"""
 
 from __future__ import annotations
 
 import json
 import sys
-from datetime import UTC, datetime
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
-from typing import Annotated, Any
+from typing import Annotated
 
 import typer
 from pydantic import ValidationError
@@ -14,13 +19,10 @@ from rich.table import Table
 
 from crmflow.cli import common
 from crmflow.formats import Event, describe_errors
-from crmflow.processing import evaluate_event, process_pending
-from rules.compiler import CompiledPack
-from rules.engine import shared_engine
-from rules.facts import EventFacts, ProfileState
-from rules.models import Program, RuleFile
-from rules.pack import load_pack
-from rules.source import RuleFileError
+from crmflow.services import rules as service
+from crmflow.services.errors import ServiceError
+from crmflow.services.runtime import Runtime
+from store.db import make_engine
 
 rules_app = typer.Typer(
     help="Loyalty rules: validate, schema, test, deploy, versions.", no_args_is_help=True
@@ -41,40 +43,41 @@ ProgramOpt = Annotated[
 JsonFlag = Annotated[bool, typer.Option("--json", help="Print JSON instead of a table.")]
 
 
-def _load(rules_dir: Path, program: Path | None, as_json: bool) -> tuple[CompiledPack, Any]:
+@contextmanager
+def _service(as_json: bool = False) -> Iterator[None]:
+    """Map the services' errors to the CLI's: a pack's problems one per line (or as JSON),
+    anything else as `error: …`; exit code 1."""
     try:
-        return load_pack(rules_dir, program)
-    except RuleFileError as exc:
+        yield
+    except service.RulesInvalid as exc:
         if as_json:
-            common.emit_json({"ok": False, "errors": [e.__dict__ for e in exc.errors]})
+            common.emit_json({"ok": False, "errors": [dict(e.__dict__) for e in exc.errors]})
         else:
             for e in exc.errors:
                 common.err.print(f"[red]{e}[/]", highlight=False, soft_wrap=True)
             common.err.print(f"{len(exc.errors)} problem(s) found")
         raise typer.Exit(1) from exc
+    except ServiceError as exc:
+        common.fail(str(exc))
+
+
+def _runtime(*, write: bool = False) -> Runtime:
+    settings = common.load_settings()
+    engine = common.migrated_engine(settings) if write else common.existing_engine(settings)
+    return Runtime(settings, engine)
 
 
 @rules_app.command("validate")
 def validate(rules_dir: DirArg, program: ProgramOpt = None, as_json: JsonFlag = False) -> None:
     """Check the programme and rule files; every problem with its file and line."""
-    pack, source = _load(rules_dir, program, as_json)
+    with _service(as_json):
+        summary = service.validate(service.RulesFolder(folder=rules_dir, program=program))
     if as_json:
-        common.emit_json(
-            {
-                "ok": True,
-                "version": pack.version,
-                "program": source.program_path,
-                "files": [name for name, _ in source.files],
-                "rules": [
-                    {"name": r.rule.name, "file": r.file, "priority": r.rule.priority}
-                    for r in pack.ordered({r.index for r in pack.rules})
-                ],
-            }
-        )
+        common.emit_json(summary.model_dump(include={"ok", "version", "program", "files", "rules"}))
         return
     common.console.print(
-        f"ok: {len(pack.rules)} rules in {len(source.files)} files, programme "
-        f"{pack.program.program!r} ({source.program_path}), version {pack.version}",
+        f"ok: {len(summary.rules)} rules in {len(summary.files)} files, programme "
+        f"{summary.program_name!r} ({summary.program}), version {summary.version}",
         highlight=False,
     )
 
@@ -85,11 +88,7 @@ def schema(
     out: Annotated[Path | None, typer.Option(help="Write to this file")] = None,
 ) -> None:
     """Print the JSON Schema of rule files (or of the programme file) for editors."""
-    model = Program if program else RuleFile
-    doc = model.model_json_schema(by_alias=True)
-    doc["$schema"] = "https://json-schema.org/draft/2020-12/schema"
-    doc["title"] = "crmflow programme file" if program else "crmflow rule file"
-    text = json.dumps(doc, indent=2) + "\n"
+    text = json.dumps(service.json_schema(program), indent=2) + "\n"
     if out:
         out.write_text(text, encoding="utf-8")
         common.console.print(f"wrote {out}")
@@ -129,120 +128,73 @@ def test(
     as_json: JsonFlag = False,
 ) -> None:
     """Show which rules would fire, why, and what they would change — changing nothing."""
-    pack, _ = _load(rules_dir, program, as_json)
     events = _read_events(event_file)
     if not events:
         common.fail(f"{event_file}: no events")
-    state = _start_state(pack, customer, events[0])
-    results: list[dict[str, Any]] = []
-    engine = shared_engine()
-    for ev in events:
-        facts, outcome = evaluate_event(
-            pack,
-            engine,
-            state,
-            EventFacts(ev.event_id, ev.type, ev.occurred_at, ev.properties),
-            explain=True,
-        )
-        fired = [r for r in pack.rules if r.rule.name in outcome.fired]
-        results.append(
-            {
-                "event_id": ev.event_id,
-                "type": ev.type,
-                "fired": [
-                    {
-                        "rule": r.rule.name,
-                        "file": r.file,
-                        "priority": r.rule.priority,
-                        "because": {f: _plain(facts.get(f)) for f in dict.fromkeys(r.facts)},
-                    }
-                    for r in sorted(fired, key=lambda r: outcome.fired.index(r.rule.name))
-                ],
-                "changes": [
-                    {
-                        "rule": c.rule,
-                        "kind": c.kind,
-                        "skipped": c.skipped,
-                        **{k: _plain(v) for k, v in c.detail.items()},
-                    }
-                    for c in outcome.changes
-                ],
-            }
+    if customer is None:
+        # no stored profile is read: the database is neither opened nor checked
+        settings = common.load_settings()
+        rt = Runtime(settings, make_engine(settings.db_url))
+    else:
+        rt = _runtime()
+    with _service(as_json):
+        run = service.dry_run(
+            rt, service.RulesFolder(folder=rules_dir, program=program), events, customer
         )
     if as_json:
         common.emit_json(
-            {"version": pack.version, "customer": state.customer_id, "events": results}
+            {
+                "version": run.version,
+                "customer": run.customer,
+                "events": [
+                    {
+                        "event_id": e.event_id,
+                        "type": e.type,
+                        "fired": [f.model_dump() for f in e.fired],
+                        "changes": [
+                            {"rule": c.rule, "kind": c.kind, "skipped": c.skipped, **c.detail}
+                            for c in e.changes
+                        ],
+                    }
+                    for e in run.events
+                ],
+            }
         )
         return
     console = common.console
-    for res in results:
+    for res in run.events:
         console.print(
-            f"[bold]{res['event_id']}[/] ({res['type']}): {len(res['fired'])} rule(s) fire",
+            f"[bold]{res.event_id}[/] ({res.type}): {len(res.fired)} rule(s) fire",
             highlight=False,
         )
-        for f in res["fired"]:
-            why = ", ".join(f"{k}={v}" for k, v in f["because"].items()) or "always"
+        for f in res.fired:
+            why = ", ".join(f"{k}={v}" for k, v in f.because.items()) or "always"
             console.print(
-                f"  ✓ {f['rule']} (priority {f['priority']}, {f['file']}) because {why}",
+                f"  ✓ {f.rule} (priority {f.priority}, {f.file}) because {why}",
                 highlight=False,
             )
         table = Table("rule", "change", "detail")
-        for c in res["changes"]:
-            detail = {k: v for k, v in c.items() if k not in ("rule", "kind", "skipped")}
-            label = c["kind"] + (f" [dim](skipped: {c['skipped']})[/]" if c["skipped"] else "")
-            table.add_row(c["rule"], label, json.dumps(detail, ensure_ascii=False, default=str))
-        if res["changes"]:
+        for c in res.changes:
+            label = c.kind + (f" [dim](skipped: {c.skipped})[/]" if c.skipped else "")
+            table.add_row(c.rule, label, json.dumps(c.detail, ensure_ascii=False, default=str))
+        if res.changes:
             console.print(table)
     console.print("(nothing was changed: this was a dry run)")
-
-
-def _plain(v: Any) -> Any:
-    if isinstance(v, set):
-        return sorted(v)
-    if isinstance(v, datetime):
-        return v.isoformat()
-    return v
-
-
-def _start_state(pack: CompiledPack, customer: str | None, first: Event) -> ProfileState:
-    if customer is None:
-        return ProfileState(customer_id=first.customer_id, created_at=first.occurred_at)
-    from datetime import timedelta
-
-    from crmflow.processing import HISTORY_DAYS
-    from store.rule_state import load_states
-
-    engine = common.existing_engine(common.load_settings())
-    with engine.connect() as conn:
-        states = load_states(
-            conn,
-            [customer],
-            first.occurred_at - timedelta(days=HISTORY_DAYS),
-            purchase_event=pack.program.purchase_event,
-            spend_property=pack.program.spend_property,
-            follow_up_event=pack.program.follow_up_event,
-        )
-    if customer not in states:
-        common.fail(f"no customer with id {customer!r}")
-    return states[customer]
 
 
 @rules_app.command("deploy")
 def deploy(rules_dir: DirArg, program: ProgramOpt = None, as_json: JsonFlag = False) -> None:
     """Store this rules version and make it the active one (events use it from now on)."""
-    from store.rule_versions import deploy as store_deploy
-
-    pack, source = _load(rules_dir, program, as_json)
-    engine = common.migrated_engine(common.load_settings())
-    with engine.begin() as conn:
-        new = store_deploy(conn, pack.version, source, len(pack.rules), str(rules_dir))
-    result = {"version": pack.version, "new": new, "rules": len(pack.rules)}
+    src = service.RulesFolder(folder=rules_dir, program=program)
+    with _service(as_json):
+        service.validate(src)  # a bad pack is reported before the database is touched
+        done = service.deploy(_runtime(write=True), src)
     if as_json:
-        common.emit_json(result)
+        common.emit_json({"version": done.version, "new": done.new, "rules": done.rules})
     else:
-        what = "deployed" if new else "re-activated"
+        what = "deployed" if done.new else "re-activated"
         common.console.print(
-            f"{what} rules version {pack.version} ({len(pack.rules)} rules); "
+            f"{what} rules version {done.version} ({done.rules} rules); "
             "new events use it from now on",
             highlight=False,
         )
@@ -251,13 +203,10 @@ def deploy(rules_dir: DirArg, program: ProgramOpt = None, as_json: JsonFlag = Fa
 @rules_app.command("versions")
 def versions(as_json: JsonFlag = False) -> None:
     """List deployed rules versions; the active one is marked."""
-    from store.rule_versions import list_versions
-
-    engine = common.existing_engine(common.load_settings())
-    with engine.connect() as conn:
-        rows = list_versions(conn)
+    with _service(as_json):
+        rows = service.list_versions(_runtime())
     if as_json:
-        common.emit_json([r.__dict__ for r in rows])
+        common.emit_json([r.model_dump() for r in rows])
         return
     table = Table("version", "deployed at", "rules", "from", "active")
     for r in rows:
@@ -272,22 +221,16 @@ def versions(as_json: JsonFlag = False) -> None:
 
 
 def process_command(as_json: bool) -> None:
-    engine = common.migrated_engine(common.load_settings())
-    report = process_pending(engine)
-    data = {
-        "processed": report.events,
-        "rules_fired": report.rules_fired,
-        "changes": report.changes,
-        "version": report.version,
-        "at": datetime.now(UTC).isoformat(),
-    }
+    """`crmflow events process` (wired by the app): run pending events through the rules."""
+    with _service(as_json):
+        report = service.process(_runtime(write=True))
     if as_json:
-        common.emit_json(data)
-    elif report.version is None and report.events == 0:
+        common.emit_json(report.model_dump() | {"at": report.at.isoformat()})
+    elif report.version is None and report.processed == 0:
         common.console.print("nothing to do (no pending events, or no rules version deployed)")
     else:
         common.console.print(
-            f"processed {report.events} events with rules {report.version}: "
+            f"processed {report.processed} events with rules {report.version}: "
             f"{report.rules_fired} rules fired, {report.changes} changes",
             highlight=False,
         )
@@ -301,27 +244,12 @@ def facts(
     as_json: JsonFlag = False,
 ) -> None:
     """List the facts conditions can test, with their types and operators."""
-    from rules.facts import FIXED_FACTS
-    from rules.pack import OPS_FOR, load_program
-    from rules.source import load_yaml
-
-    prog = load_program(load_yaml(program))
-    rows = [(name, kind, text) for name, (kind, text) in FIXED_FACTS.items()]
-    rows += [
-        (f"event.{p}", k, "declared in event_properties") for p, k in prog.event_properties.items()
-    ]
-    rows += [("consent.<channel>", "boolean", "marketing consent for a channel")]
-    rows += [(f"attributes.{a}", k, "declared in attributes") for a, k in prog.attributes.items()]
-    rows += [("attributes.<name>", "any", "any other customer attribute")]
+    with _service(as_json):
+        rows = service.list_facts(service.load_program_file(program))
     if as_json:
-        common.emit_json(
-            [
-                {"fact": n, "type": k, "operators": sorted(OPS_FOR[k]), "description": t}
-                for n, k, t in rows
-            ]
-        )
+        common.emit_json([r.model_dump() for r in rows])
         return
     table = Table("fact", "type", "operators", "meaning")
-    for n, k, t in rows:
-        table.add_row(n, k, " ".join(sorted(OPS_FOR[k])), t)
+    for r in rows:
+        table.add_row(r.fact, r.type, " ".join(r.operators), r.description)
     common.console.print(table)

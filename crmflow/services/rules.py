@@ -1,0 +1,497 @@
+"""Loyalty rules as a service: validate, dry-run, deploy, list and activate rules versions,
+list the facts conditions can test, and run pending events through the active version.
+
+A rules pack comes in one of two shapes: a folder on disk with its programme file (the CLI)
+or the YAML texts themselves (the API). Both go through the same loader (`rules.pack`), so
+a problem is reported the same way: `RulesInvalid`, each problem with its file and line.
+YAML from outside is bounded before it is parsed (size, nesting, alias expansion), since
+PyYAML would otherwise follow a "billion laughs" document all the way down.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+from typing import Annotated, Any, Literal
+
+import yaml
+from pydantic import BaseModel, Field, StringConstraints
+from sqlalchemy import select
+
+from crmflow.formats import Event
+from crmflow.processing import HISTORY_DAYS, ConcurrentProcessing, evaluate_event, process_pending
+from crmflow.services.errors import FieldProblem, Invalid, NotFound, Refused, TooLarge, Unavailable
+from crmflow.services.runtime import Runtime
+from rules.compiler import CompiledPack
+from rules.engine import shared_engine
+from rules.facts import FIXED_FACTS, EventFacts, ProfileState
+from rules.models import Program, RuleFile
+from rules.pack import OPS_FOR, PROGRAM_FILE, PackSource, build_pack, load_program, read_source
+from rules.source import RuleError, RuleFileError, Yaml12Loader, parse_yaml
+from store import rule_versions as store
+from store.models import RuleVersionRow
+from store.rule_state import load_states
+
+MAX_FILES = 100  # rule files in one pack
+MAX_FILE_CHARS = 200_000  # characters in one file (the programme or a rule file)
+MAX_TOTAL_CHARS = 1_000_000  # characters in all files of one pack
+MAX_YAML_NODES = 50_000  # nodes of one file with its aliases expanded
+MAX_YAML_DEPTH = 50  # nesting of one file
+
+FileName = Annotated[
+    str,
+    StringConstraints(pattern=r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,99}\.ya?ml$", max_length=104),
+]
+YamlText = Annotated[str, Field(max_length=MAX_FILE_CHARS)]
+
+
+# --------------------------------------------------------------------------- inputs
+
+
+class RulesFolder(BaseModel):
+    """A folder of rule files on disk, and its programme file (default: program.yaml in the
+    folder or its parent)."""
+
+    folder: Path
+    program: Path | None = None
+
+
+class RulesTexts(BaseModel):
+    """A rules pack sent as texts: the programme file and rule files by name."""
+
+    program: YamlText = Field(description=f"the programme file ({PROGRAM_FILE}) as YAML text")
+    files: dict[FileName, YamlText] = Field(
+        max_length=MAX_FILES,
+        description="rule files by file name (`10-points.yaml`), each as YAML text",
+    )
+
+
+RulesSource = RulesFolder | RulesTexts
+
+
+class RulesTestInput(RulesTexts):
+    """A pack as texts and the events to run through it (nothing is stored)."""
+
+    events: list[Event] = Field(min_length=1, max_length=1000)
+    customer: str | None = Field(
+        None, max_length=200, description="start from this stored customer's profile"
+    )
+
+
+# --------------------------------------------------------------------------- outputs
+
+
+class RulesInvalid(Invalid):
+    """The pack does not validate; `errors` has every problem with its file and line."""
+
+    def __init__(self, errors: list[RuleError]) -> None:
+        self.errors = errors
+        super().__init__([FieldProblem(_where(e), e.message) for e in errors])
+
+
+def _where(e: RuleError) -> str:
+    return f"{e.file}:{e.line}" if e.line else e.file
+
+
+class RuleSummary(BaseModel):
+    name: str
+    file: str
+    priority: int
+
+
+class RulesSummary(BaseModel):
+    """A valid pack: its content version, programme and rules in the order they apply."""
+
+    ok: bool = True
+    version: str = Field(description="content hash of the programme and rule files")
+    program: str = Field(description="the programme file's path (or name)")
+    program_name: str = Field(description="the programme's own name (`program:` in the file)")
+    files: list[str]
+    rules: list[RuleSummary] = Field(description="enabled rules, highest priority first")
+
+
+class FiredRule(BaseModel):
+    rule: str
+    file: str
+    priority: int
+    because: dict[str, Any] = Field(description="the facts the rule's condition read")
+
+
+class RuleChange(BaseModel):
+    rule: str
+    kind: str = Field(description="add_tag, remove_tag, earn, debit, tier, stage, owner, …")
+    skipped: str | None = Field(None, description="why the effect changed nothing")
+    detail: dict[str, Any] = Field(default_factory=dict)
+
+
+class EventOutcome(BaseModel):
+    event_id: str
+    type: str
+    fired: list[FiredRule]
+    changes: list[RuleChange]
+
+
+class DryRun(BaseModel):
+    """What a pack would do to these events; nothing was stored."""
+
+    version: str
+    customer: str
+    events: list[EventOutcome]
+
+
+class Deployed(BaseModel):
+    version: str
+    new: bool = Field(description="the version was stored now (not deployed before)")
+    rules: int
+    status: Literal["deployed", "reactivated", "unchanged"] = Field(
+        description="deployed: new; reactivated: stored before, active again; unchanged: "
+        "this version was the active one already"
+    )
+
+
+class RuleVersion(BaseModel):
+    version: str
+    deployed_at: datetime
+    active: bool
+    rule_count: int
+    source: str | None = Field(None, description="where it was deployed from")
+
+
+class FactInfo(BaseModel):
+    fact: str
+    type: str
+    operators: list[str]
+    description: str
+
+
+class ProcessResult(BaseModel):
+    processed: int
+    rules_fired: int
+    changes: int
+    version: str | None
+    at: datetime
+
+
+# --------------------------------------------------------------------------- bounds
+
+
+def _children(node: yaml.Node) -> list[yaml.Node]:
+    if isinstance(node, yaml.MappingNode):
+        return [n for pair in node.value for n in pair]
+    if isinstance(node, yaml.SequenceNode):
+        return list(node.value)
+    return []
+
+
+def yaml_bounds(text: str, path: str) -> RuleError | None:
+    """The problem with a YAML text that is too large to parse safely, or None.
+
+    Counts the nodes with aliases expanded (without expanding them: each node's size is
+    computed once) and the nesting depth; a node that contains itself is refused too."""
+    if len(text) > MAX_FILE_CHARS:
+        return RuleError(path, None, f"{len(text)} characters; at most {MAX_FILE_CHARS}")
+    try:
+        root = yaml.compose(text, Loader=Yaml12Loader)
+    except yaml.YAMLError:
+        return None  # parse_yaml reports it, with its line
+    except RecursionError:
+        return RuleError(path, None, f"nested deeper than {MAX_YAML_DEPTH} levels")
+    if root is None:
+        return None
+    size: dict[int, int] = {}
+    depth: dict[int, int] = {}
+    visiting: set[int] = set()
+    stack: list[tuple[yaml.Node, Iterator[yaml.Node]]] = [(root, iter(_children(root)))]
+    visiting.add(id(root))
+    while stack:
+        node, kids = stack[-1]
+        kid = next(kids, None)
+        if kid is not None:
+            if id(kid) in visiting:
+                return RuleError(path, kid.start_mark.line + 1, "an alias refers to itself")
+            if id(kid) not in size:
+                if len(stack) >= MAX_YAML_DEPTH:
+                    return RuleError(
+                        path, kid.start_mark.line + 1, f"nested deeper than {MAX_YAML_DEPTH} levels"
+                    )
+                visiting.add(id(kid))
+                stack.append((kid, iter(_children(kid))))
+            continue
+        stack.pop()
+        visiting.discard(id(node))
+        own = _children(node)
+        size[id(node)] = 1 + sum(size[id(k)] for k in own)
+        depth[id(node)] = 1 + max((depth[id(k)] for k in own), default=0)
+        if size[id(node)] > MAX_YAML_NODES:
+            return RuleError(
+                path,
+                node.start_mark.line + 1,
+                f"more than {MAX_YAML_NODES} values with aliases expanded",
+            )
+        if depth[id(node)] > MAX_YAML_DEPTH:
+            return RuleError(
+                path, node.start_mark.line + 1, f"nested deeper than {MAX_YAML_DEPTH} levels"
+            )
+    return None
+
+
+def _check_size(source: PackSource) -> None:
+    if len(source.files) > MAX_FILES:
+        raise TooLarge(f"{len(source.files)} rule files; at most {MAX_FILES}")
+    total = len(source.program_text) + sum(len(text) for _, text in source.files)
+    if total > MAX_TOTAL_CHARS:
+        raise TooLarge(f"{total} characters of YAML; at most {MAX_TOTAL_CHARS}")
+
+
+# --------------------------------------------------------------------------- loading
+
+
+def _read(src: RulesSource) -> tuple[PackSource, str, str | None]:
+    """The texts of `src`, the folder its error messages name, and where it came from."""
+    if isinstance(src, RulesFolder):
+        try:
+            source = read_source(src.folder, src.program)
+        except RuleFileError as exc:
+            raise RulesInvalid(exc.errors) from exc
+        return source, str(src.folder), str(src.folder)
+    bad = [name for name in src.files if Path(name).name == PROGRAM_FILE]
+    if bad:
+        raise RulesInvalid(
+            [RuleError(bad[0], None, f"{PROGRAM_FILE} is the programme: send it as `program`")]
+        )
+    return PackSource(PROGRAM_FILE, src.program, sorted(src.files.items())), "", None
+
+
+def load(src: RulesSource) -> tuple[CompiledPack, PackSource, str | None]:
+    """Read, bound, validate and compile a pack: (pack, its texts, its origin).
+
+    `RulesInvalid` lists every problem with file and line; `TooLarge` past the limits."""
+    source, base_dir, origin = _read(src)
+    _check_size(source)
+    errors = [
+        e
+        for e in (
+            yaml_bounds(source.program_text, source.program_path),
+            *(
+                yaml_bounds(text, str(Path(base_dir) / name) if base_dir else name)
+                for name, text in source.files
+            ),
+        )
+        if e is not None
+    ]
+    if errors:
+        raise RulesInvalid(errors)
+    try:
+        pack = build_pack(source, base_dir)
+    except RuleFileError as exc:
+        raise RulesInvalid(exc.errors) from exc
+    return pack, source, origin
+
+
+def load_program_file(path: Path) -> Program:
+    """A programme file, bounded and validated like a pack's."""
+    try:
+        text = path.read_text(encoding="utf-8")
+    except (OSError, UnicodeDecodeError) as exc:
+        raise RulesInvalid([RuleError(str(path), None, f"cannot read the file: {exc}")]) from exc
+    return program_from_text(text, str(path))
+
+
+def program_from_text(text: str, path: str = PROGRAM_FILE) -> Program:
+    bad = yaml_bounds(text, path)
+    if bad is not None:
+        raise RulesInvalid([bad])
+    try:
+        return load_program(parse_yaml(text, path))
+    except RuleFileError as exc:
+        raise RulesInvalid(exc.errors) from exc
+
+
+# --------------------------------------------------------------------------- services
+
+
+def validate(src: RulesSource) -> RulesSummary:
+    """Check the programme and rule files; `RulesInvalid` names every problem's file and line.
+
+    Pure: it reads no database."""
+    pack, source, _ = load(src)
+    return RulesSummary(
+        version=pack.version,
+        program=source.program_path,
+        program_name=pack.program.program,
+        files=[name for name, _ in source.files],
+        rules=[
+            RuleSummary(name=r.rule.name, file=r.file, priority=r.rule.priority)
+            for r in pack.ordered({r.index for r in pack.rules})
+        ],
+    )
+
+
+def json_schema(program: bool = False) -> dict[str, Any]:
+    """The JSON Schema of rule files (or of the programme file), for editors."""
+    model = Program if program else RuleFile
+    doc = model.model_json_schema(by_alias=True)
+    doc["$schema"] = "https://json-schema.org/draft/2020-12/schema"
+    doc["title"] = "crmflow programme file" if program else "crmflow rule file"
+    return doc
+
+
+def _plain(v: Any) -> Any:
+    if isinstance(v, set | frozenset):
+        return sorted(v)
+    if isinstance(v, datetime):
+        return v.isoformat()
+    return v
+
+
+def _start_state(
+    rt: Runtime, pack: CompiledPack, customer: str | None, first: Event
+) -> ProfileState:
+    if customer is None:
+        return ProfileState(customer_id=first.customer_id, created_at=first.occurred_at)
+    program = pack.program
+    with rt.engine.connect() as conn:
+        states = load_states(
+            conn,
+            [customer],
+            first.occurred_at - timedelta(days=HISTORY_DAYS),
+            purchase_event=program.purchase_event,
+            spend_property=program.spend_property,
+            follow_up_event=program.follow_up_event,
+        )
+    if customer not in states:
+        raise NotFound(f"no customer with id {customer!r}")
+    return states[customer]
+
+
+def dry_run(
+    rt: Runtime, src: RulesSource, events: list[Event], customer: str | None = None
+) -> DryRun:
+    """Which rules would fire for each event, why, and what they would change — storing
+    nothing. The events run in order on one profile: the stored customer's `customer`, or
+    a new profile of the first event's customer (then `rt`'s database is not read)."""
+    if not events:
+        raise Invalid("no events", field="events")
+    limit = rt.settings.api_max_batch
+    if len(events) > limit:
+        raise TooLarge(f"{len(events)} events in one dry run; at most {limit} (api_max_batch)")
+    pack, _, _ = load(src)
+    state = _start_state(rt, pack, customer, events[0])
+    engine = shared_engine()
+    out: list[EventOutcome] = []
+    for ev in events:
+        facts, outcome = evaluate_event(
+            pack,
+            engine,
+            state,
+            EventFacts(ev.event_id, ev.type, ev.occurred_at, ev.properties),
+            explain=True,
+        )
+        fired = [r for r in pack.rules if r.rule.name in outcome.fired]
+        out.append(
+            EventOutcome(
+                event_id=ev.event_id,
+                type=ev.type,
+                fired=[
+                    FiredRule(
+                        rule=r.rule.name,
+                        file=r.file,
+                        priority=r.rule.priority,
+                        because={f: _plain(facts.get(f)) for f in dict.fromkeys(r.facts)},
+                    )
+                    for r in sorted(fired, key=lambda r: outcome.fired.index(r.rule.name))
+                ],
+                changes=[
+                    RuleChange(
+                        rule=c.rule,
+                        kind=c.kind,
+                        skipped=c.skipped,
+                        detail={k: _plain(v) for k, v in c.detail.items()},
+                    )
+                    for c in outcome.changes
+                ],
+            )
+        )
+    return DryRun(version=pack.version, customer=state.customer_id, events=out)
+
+
+def deploy(rt: Runtime, src: RulesSource, origin: str | None = None) -> Deployed:
+    """Store this version (once) and make it the active one: events use it from now on.
+
+    `origin` is recorded as where it came from (default: the folder, if any)."""
+    pack, source, where = load(src)
+    with rt.engine.begin() as conn:
+        was_active = store.active_version(conn) == pack.version
+        new = store.deploy(conn, pack.version, source, len(pack.rules), origin or where)
+    status: Literal["deployed", "reactivated", "unchanged"] = (
+        "deployed" if new else "unchanged" if was_active else "reactivated"
+    )
+    return Deployed(version=pack.version, new=new, rules=len(pack.rules), status=status)
+
+
+def list_versions(rt: Runtime) -> list[RuleVersion]:
+    """Deployed versions, oldest first; the active one is marked."""
+    with rt.engine.connect() as conn:
+        rows = store.list_versions(conn)
+    return [RuleVersion.model_validate(r.__dict__) for r in rows]
+
+
+def activate(rt: Runtime, version: str) -> RuleVersion:
+    """Make a stored version the active one again (a rollback). `NotFound` for a version
+    never deployed; `Refused` for one this crmflow can no longer load."""
+    r = RuleVersionRow
+    with rt.engine.begin() as conn:
+        row = conn.execute(
+            select(r.program_path, r.program_text, r.files, r.rule_count, r.source).where(
+                r.version == version
+            )
+        ).first()
+        if row is None:
+            raise NotFound(f"no rules version {version!r} was deployed")
+        source = PackSource(
+            row.program_path, row.program_text, [(str(n), str(t)) for n, t in row.files]
+        )
+        try:
+            build_pack(source)
+        except RuleFileError as exc:
+            raise Refused(f"rules version {version} no longer loads: {exc}") from exc
+        # the store's deploy of a stored version only switches the active flag
+        store.deploy(conn, version, source, row.rule_count, row.source)
+    return next(v for v in list_versions(rt) if v.version == version)
+
+
+def list_facts(program: Program) -> list[FactInfo]:
+    """The facts conditions can test under `program`, with their types and operators."""
+    rows = [(name, kind, text) for name, (kind, text) in FIXED_FACTS.items()]
+    rows += [
+        (f"event.{p}", k, "declared in event_properties")
+        for p, k in program.event_properties.items()
+    ]
+    rows += [("consent.<channel>", "boolean", "marketing consent for a channel")]
+    rows += [
+        (f"attributes.{a}", k, "declared in attributes") for a, k in program.attributes.items()
+    ]
+    rows += [("attributes.<name>", "any", "any other customer attribute")]
+    return [
+        FactInfo(fact=n, type=k, operators=sorted(OPS_FOR[k]), description=t) for n, k, t in rows
+    ]
+
+
+def process(rt: Runtime) -> ProcessResult:
+    """Run stored events that no rules version has processed yet through the active one.
+
+    `Unavailable` when the active version does not load or other writers kept racing."""
+    try:
+        report = process_pending(rt.engine)
+    except RuleFileError as exc:
+        raise Unavailable(f"the active rules version does not load:\n{exc}") from exc
+    except ConcurrentProcessing as exc:
+        raise Unavailable(f"{exc}; run it again") from exc
+    return ProcessResult(
+        processed=report.events,
+        rules_fired=report.rules_fired,
+        changes=report.changes,
+        version=report.version,
+        at=datetime.now(UTC),
+    )
