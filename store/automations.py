@@ -534,6 +534,42 @@ def scan_dates(conn: Connection, ctx: RunContext, cursor: str | None) -> Chunk:
 # --------------------------------------------------------------------------- tier review
 
 
+def qualifying_totals(
+    conn: Connection, program: Program, ids: list[str], as_of: datetime
+) -> tuple[dict[str, Any], dict[str, Any]]:
+    """The tier-qualifying figures of `ids` over the programme's tier window up to `as_of`:
+    `({customer_id: spend}, {customer_id: points earned})` (absent: none). The one
+    definition the tier review and the customer 360 view share."""
+    since = as_of - timedelta(days=program.tier_policy.window_days)
+    e, led = EVENTS.c, LEDGER.c
+    spend = _per_customer(
+        conn,
+        e.customer_id,
+        ids,
+        lambda where: (
+            select(e.customer_id, func.sum(e.properties[program.spend_property].as_float()))
+            .where(
+                where,
+                e.type == program.purchase_event,
+                e.occurred_at > since,
+                e.occurred_at <= as_of,
+            )
+            .group_by(e.customer_id)
+        ),
+    )
+    earned = _per_customer(
+        conn,
+        led.customer_id,
+        ids,
+        lambda where: (
+            select(led.customer_id, func.sum(led.amount))
+            .where(where, led.kind == "earn", led.at > since, led.at <= as_of)
+            .group_by(led.customer_id)
+        ),
+    )
+    return spend, earned
+
+
 def review_tiers(conn: Connection, ctx: RunContext, cursor: str | None) -> Chunk:
     """Apply the programme's tier policy to the next chunk of members with a tier: upgrade
     at once, downgrade after the grace period (the `tier-grace` tag marks its start) or on
@@ -552,33 +588,8 @@ def review_tiers(conn: Connection, ctx: RunContext, cursor: str | None) -> Chunk
     if not rows:
         return Chunk(cursor=cursor, done=True)
     ids = [r.customer_id for r in rows]
-    since = ctx.as_of - timedelta(days=program.tier_policy.window_days)
-    e, led, t, h = EVENTS.c, LEDGER.c, TAGS.c, TIER_HISTORY.c
-    spend = _per_customer(
-        conn,
-        e.customer_id,
-        ids,
-        lambda where: (
-            select(e.customer_id, func.sum(e.properties[program.spend_property].as_float()))
-            .where(
-                where,
-                e.type == program.purchase_event,
-                e.occurred_at > since,
-                e.occurred_at <= ctx.as_of,
-            )
-            .group_by(e.customer_id)
-        ),
-    )
-    earned = _per_customer(
-        conn,
-        led.customer_id,
-        ids,
-        lambda where: (
-            select(led.customer_id, func.sum(led.amount))
-            .where(where, led.kind == "earn", led.at > since, led.at <= ctx.as_of)
-            .group_by(led.customer_id)
-        ),
-    )
+    spend, earned = qualifying_totals(conn, program, ids, ctx.as_of)
+    t, h = TAGS.c, TIER_HISTORY.c
     grace = _per_customer(
         conn,
         t.customer_id,

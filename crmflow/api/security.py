@@ -119,32 +119,32 @@ class ChangeLog:
         if scope["type"] != "http" or scope["method"] in READ_METHODS:
             await self.app(scope, receive, send)
             return
-        status = 500
-
         async def watch(message: Message) -> None:
-            nonlocal status
+            # written before the answer goes out: a caller that has its answer finds the
+            # change in the log
             if message["type"] == "http.response.start":
-                status = int(message["status"])
+                await self._record(scope, int(message["status"]))
             await send(message)
 
-        try:
-            await self.app(scope, receive, watch)
-        finally:
-            state = scope.get("state") or {}
-            who = state.get("principal")
-            if isinstance(who, Principal):
-                client = scope.get("client")
-                rt: Runtime = scope["app"].state.runtime
-                await run_in_threadpool(
-                    record_change,
-                    rt,
-                    who,
-                    action=str(state.get("action", "")),
-                    method=scope["method"],
-                    target=scope["path"],
-                    status=status,
-                    address=client[0] if client else None,
-                )
+        await self.app(scope, receive, watch)
+
+    async def _record(self, scope: Scope, status: int) -> None:
+        state = scope.get("state") or {}
+        who = state.get("principal")
+        if not isinstance(who, Principal):
+            return  # no valid key: nothing was changed by anyone we know
+        client = scope.get("client")
+        rt: Runtime = scope["app"].state.runtime
+        await run_in_threadpool(
+            record_change,
+            rt,
+            who,
+            action=str(state.get("action", "")),
+            method=scope["method"],
+            target=scope["path"],
+            status=status,
+            address=client[0] if client else None,
+        )
 
 
 class _TooLarge(Exception):

@@ -175,19 +175,24 @@ def customer_show(
     customer_id: Annotated[str, typer.Argument(help="The customer's id")],
     as_json: JsonFlag = False,
 ) -> None:
-    """Show one customer's profile, tags, points, tier and events."""
-    from store.profiles import load_profile
+    """Show one customer: profile, tags, points, tier and progress, events, journeys, tasks."""
+    from crmflow.services.customers import customer_360
+    from crmflow.services.errors import ServiceError
+    from crmflow.services.runtime import Runtime
 
-    engine = existing_engine(load_settings())
-    with engine.connect() as conn:
-        profile = load_profile(conn, customer_id)
-    if profile is None:
-        fail(f"no customer with id {customer_id!r}")
+    settings = load_settings()
+    rt = Runtime(settings, existing_engine(settings))
+    try:
+        view = customer_360(rt, customer_id, mask=False)
+    except ServiceError as exc:
+        fail(str(exc))
+    finally:
+        rt.close()
     if as_json:
-        sys.stdout.write(profile.model_dump_json(indent=2) + "\n")
+        sys.stdout.write(view.model_dump_json(indent=2) + "\n")
         return
     table = Table("field", "value", title=f"customer {customer_id}", show_header=False)
-    for key, value in profile.model_dump(mode="json").items():
+    for key, value in view.model_dump(mode="json").items():
         table.add_row(
             key,
             json.dumps(value, ensure_ascii=False) if isinstance(value, dict | list) else str(value),

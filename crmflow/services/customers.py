@@ -1,0 +1,453 @@
+"""Customers: search, the 360 view, upsert, and tags set by hand.
+
+Personal data (e-mail, phone) is masked for callers without the `customers.pii`
+permission: the face says which (`mask=`), the service masks.
+"""
+
+from __future__ import annotations
+
+import time
+from datetime import datetime
+from decimal import Decimal
+from typing import Any, Literal
+
+from pydantic import BaseModel, Field, ValidationError
+from sqlalchemy import Connection, and_, delete, func, insert, select, update
+
+from crmflow.formats import Customer, CustomerProfile, Name
+from crmflow.processing import active_pack
+from crmflow.services.errors import FieldProblem, Invalid, NotFound, TooLarge
+from crmflow.services.runtime import Runtime
+from rules.tiers import qualified_for
+from store.automations import qualifying_totals
+from store.db import utcnow
+from store.ingest import upsert_customers as store_upsert
+from store.models import (
+    AuditRow,
+    CustomerRow,
+    EnrollmentRow,
+    EventRow,
+    FollowUpTaskRow,
+    PointsLedgerRow,
+    TagRow,
+)
+from store.profiles import load_profile
+from store.sql import table_of
+
+MAX_PAGE = 200
+MANUAL = "manual"  # the `source` prefix of a tag set by hand: "manual:<who>"
+
+
+def mask_email(email: str | None) -> str | None:
+    if not email or "@" not in email:
+        return email and "***"
+    local, _, domain = email.partition("@")
+    return f"{local[:1]}***@{domain}"
+
+
+def mask_phone(phone: str | None) -> str | None:
+    if not phone:
+        return phone
+    return phone[:3] + "*" * max(len(phone) - 7, 3) + phone[-4:]
+
+
+# --------------------------------------------------------------------------- search
+
+
+class CustomerQuery(BaseModel):
+    """Filters of the customer list; all optional, combined with AND."""
+
+    customer_id: str | None = Field(None, max_length=200, description="Ids starting with this")
+    email: str | None = Field(None, max_length=320, description="Exact e-mail (any case)")
+    phone: str | None = Field(None, max_length=40, description="Exact phone, as stored (E.164)")
+    name: str | None = Field(None, max_length=200, description="Names containing this")
+    tag: str | None = Field(None, max_length=64)
+    tier: str | None = Field(None, max_length=64)
+    stage: Literal["lead", "prospect", "customer", "member"] | None = None
+    after: str | None = Field(
+        None, max_length=200, description="Cursor: the `next` of the previous page"
+    )
+    limit: int = Field(50, ge=1, le=MAX_PAGE)
+
+
+class CustomerSummary(BaseModel):
+    customer_id: str
+    name: str | None
+    email: str | None
+    phone: str | None
+    lifecycle_stage: str
+    tier: str | None
+    owner: str | None
+    created_at: datetime
+
+
+class CustomerPage(BaseModel):
+    customers: list[CustomerSummary]
+    next: str | None = Field(description="Pass as `after` for the next page; null at the end")
+
+
+def _like(text: str) -> str:
+    return text.replace("\\", "\\\\").replace("%", "\\%").replace("_", "\\_")
+
+
+def search_customers(rt: Runtime, q: CustomerQuery, *, mask: bool) -> CustomerPage:
+    """Customers matching `q`, ordered by id, one page (keyset cursor on the id)."""
+    c = CustomerRow.__table__.c
+    where: list[Any] = []
+    if q.customer_id:
+        where.append(c.customer_id.like(_like(q.customer_id) + "%", escape="\\"))
+    if q.email:
+        where.append(func.lower(c.email) == q.email.strip().lower())
+    if q.phone:
+        where.append(c.phone == q.phone.replace(" ", ""))
+    if q.name:
+        where.append(func.lower(c.name).like("%" + _like(q.name.lower()) + "%", escape="\\"))
+    if q.tier:
+        where.append(c.tier == q.tier)
+    if q.stage:
+        where.append(c.lifecycle_stage == q.stage)
+    if q.tag:
+        t = TagRow.__table__.c
+        where.append(c.customer_id.in_(select(t.customer_id).where(t.tag == q.tag)))
+    if q.after:
+        where.append(c.customer_id > q.after)
+    stmt = (
+        select(
+            c.customer_id,
+            c.name,
+            c.email,
+            c.phone,
+            c.lifecycle_stage,
+            c.tier,
+            c.owner,
+            c.created_at,
+        )
+        .where(and_(True, *where))
+        .order_by(c.customer_id)
+        .limit(q.limit + 1)
+    )
+    with rt.engine.connect() as conn:
+        rows = conn.execute(stmt).all()
+    more = len(rows) > q.limit
+    rows = rows[: q.limit]
+    out = [CustomerSummary.model_validate(dict(r._mapping)) for r in rows]
+    if mask:
+        for s in out:
+            s.email, s.phone = mask_email(s.email), mask_phone(s.phone)
+    return CustomerPage(customers=out, next=out[-1].customer_id if more and out else None)
+
+
+# --------------------------------------------------------------------------- 360 view
+
+
+class TierProgress(BaseModel):
+    tier: str | None
+    qualifies_for: str = Field(description="The tier the figures over the window reach now")
+    metric: str | None = Field(None, description="What the next tier counts: spend or points")
+    value: float | None = Field(None, description="The member's figure over the tier window")
+    next_tier: str | None = None
+    needed: float | None = Field(None, description="How much more reaches the next tier")
+    window_days: int
+
+
+class PointsTotals(BaseModel):
+    balance: float = Field(description="Points left in lots that have not expired")
+    earned: float
+    spent: float = Field(description="Debited (redeemed or clawed back)")
+    expired: float
+    by_kind: dict[str, float]
+
+
+class RecentEvent(BaseModel):
+    event_id: str
+    type: str
+    occurred_at: datetime
+    properties: dict[str, Any]
+
+
+class JourneyPlace(BaseModel):
+    journey: str
+    version: str
+    status: str
+    node: str | None
+    since: datetime | None
+    variant: str | None
+    entered_at: datetime
+    finished_at: datetime | None
+    outcome: str | None
+
+
+class OpenTask(BaseModel):
+    id: int
+    title: str
+    owner: str | None
+    due_at: datetime
+    rule: str | None
+
+
+class Customer360(CustomerProfile):
+    """Everything about one customer in one answer: the profile (tags with the rule or
+    person that set them, lots, tier history, coupons, audit trail) and more."""
+
+    points: PointsTotals
+    tier_progress: TierProgress | None = Field(
+        None, description="null while no rules version (programme) is deployed"
+    )
+    recent_events: list[RecentEvent]
+    journeys: list[JourneyPlace]
+    open_tasks: list[OpenTask]
+
+
+def _points(conn: Connection, customer_id: str, now: datetime) -> PointsTotals:
+    led = PointsLedgerRow.__table__.c
+    by_kind = {
+        k: float(v or 0)
+        for k, v in conn.execute(
+            select(led.kind, func.sum(led.amount))
+            .where(led.customer_id == customer_id)
+            .group_by(led.kind)
+        )
+    }
+    from store.models import PointsLotRow
+
+    lot = PointsLotRow.__table__.c
+    balance = conn.execute(
+        select(func.coalesce(func.sum(lot.remaining), 0)).where(
+            lot.customer_id == customer_id,
+            lot.remaining > 0,
+            (lot.expires_at.is_(None)) | (lot.expires_at > now),
+        )
+    ).scalar_one()
+    return PointsTotals(
+        balance=float(Decimal(balance)),
+        earned=by_kind.get("earn", 0.0),
+        spent=-sum(v for k, v in by_kind.items() if k not in ("earn", "expire") and v < 0),
+        expired=-by_kind.get("expire", 0.0),
+        by_kind=by_kind,
+    )
+
+
+def _tier_progress(conn: Connection, customer_id: str, tier: str | None) -> TierProgress | None:
+    pack = active_pack(conn)
+    if pack is None:
+        return None
+    program = pack.program
+    now = utcnow()
+    spend, earned = qualifying_totals(conn, program, [customer_id], now)
+    s, p = float(spend.get(customer_id) or 0), float(earned.get(customer_id) or 0)
+    reached = qualified_for(program, s, p)
+    ordered = program.ordered_tiers()
+    current = next((t for t in ordered if t.name == (tier or reached)), None)
+    higher = [t for t in ordered if current is None or t.rank > current.rank]
+    nxt = higher[0] if higher else None
+    value = None if nxt is None else (s if nxt.qualify.metric == "spend" else p)
+    return TierProgress(
+        tier=tier,
+        qualifies_for=reached,
+        metric=nxt.qualify.metric if nxt else None,
+        value=value,
+        next_tier=nxt.name if nxt else None,
+        needed=max(nxt.qualify.threshold - (value or 0), 0) if nxt else None,
+        window_days=program.tier_policy.window_days,
+    )
+
+
+def customer_360(rt: Runtime, customer_id: str, *, mask: bool, events: int = 20) -> Customer360:
+    """The 360 view; `NotFound` for an unknown id."""
+    now = utcnow()
+    with rt.engine.connect() as conn:
+        profile = load_profile(conn, customer_id)
+        if profile is None:
+            raise NotFound(f"no customer with id {customer_id!r}")
+        e = EventRow.__table__.c
+        recent = [
+            RecentEvent.model_validate(dict(r._mapping))
+            for r in conn.execute(
+                select(e.event_id, e.type, e.occurred_at, e.properties)
+                .where(e.customer_id == customer_id)
+                .order_by(e.occurred_at.desc(), e.id.desc())
+                .limit(events)
+            )
+        ]
+        en = EnrollmentRow.__table__.c
+        journeys = [
+            JourneyPlace(
+                journey=r.journey,
+                version=r.version,
+                status=r.status,
+                node=r.node,
+                since=r.node_since,
+                variant=r.variant,
+                entered_at=r.entered_at,
+                finished_at=r.finished_at,
+                outcome=r.outcome,
+            )
+            for r in conn.execute(
+                select(EnrollmentRow.__table__)
+                .where(en.customer_id == customer_id)
+                .order_by(en.entered_at.desc())
+                .limit(50)
+            )
+        ]
+        tk = FollowUpTaskRow.__table__.c
+        tasks = [
+            OpenTask(id=r.id, title=r.title, owner=r.owner, due_at=r.due_at, rule=r.rule)
+            for r in conn.execute(
+                select(tk.id, tk.title, tk.owner, tk.due_at, tk.rule)
+                .where(tk.customer_id == customer_id, tk.status == "open")
+                .order_by(tk.due_at)
+            )
+        ]
+        points = _points(conn, customer_id, now)
+        progress = _tier_progress(conn, customer_id, profile.tier)
+    if mask:
+        profile.email, profile.phone = mask_email(profile.email), mask_phone(profile.phone)
+    return Customer360(
+        **dict(profile),
+        points=points,
+        tier_progress=progress,
+        recent_events=recent,
+        journeys=journeys,
+        open_tasks=tasks,
+    )
+
+
+# --------------------------------------------------------------------------- upsert
+
+
+class UpsertReport(BaseModel):
+    """What an upsert of customer profiles did (the same words as `customers import`)."""
+
+    received: int
+    inserted: int
+    updated: int
+    unchanged: int
+    seconds: float
+
+
+def upsert_customers(rt: Runtime, rows: list[dict[str, Any]]) -> UpsertReport:
+    """Validate raw profile rows (phone numbers read in `default_phone_region`) and upsert
+    them in one transaction; any invalid row refuses the whole request (`Invalid`, each
+    problem naming `<index>.<field>`), so nothing is half-written."""
+    limit = rt.settings.api_max_batch
+    if len(rows) > limit:
+        raise TooLarge(f"{len(rows)} customers in one request; at most {limit} (api_max_batch)")
+    started = time.perf_counter()
+    context = {"phone_region": rt.settings.default_phone_region}
+    problems: list[FieldProblem] = []
+    batch = []
+    for i, raw in enumerate(rows):
+        try:
+            item = Customer.model_validate(raw, context=context)
+        except ValidationError as exc:
+            for err in exc.errors():
+                where = ".".join(str(p) for p in (i, *err.get("loc", ())))
+                reason = str(err.get("msg", "")).removeprefix("Value error, ")
+                problems.append(FieldProblem(where, reason))
+            continue
+        row = item.model_dump()
+        row["row_hash"] = item.content_hash()
+        batch.append(row)
+    if problems:
+        raise Invalid(problems)
+    with rt.engine.begin() as conn:
+        counts = store_upsert(conn, batch, utcnow()) if batch else None
+    return UpsertReport(
+        received=len(rows),
+        inserted=counts.inserted if counts else 0,
+        updated=counts.updated if counts else 0,
+        unchanged=counts.unchanged if counts else 0,
+        seconds=round(time.perf_counter() - started, 3),
+    )
+
+
+# --------------------------------------------------------------------------- tags by hand
+
+
+class TagChange(BaseModel):
+    customer_id: str
+    tag: str
+    action: Literal["added", "removed", "unchanged"]
+    source: str | None = None
+    at: datetime
+
+
+def _bump(conn: Connection, customer_id: str) -> None:
+    c = CustomerRow.__table__.c
+    conn.execute(
+        update(table_of(CustomerRow))
+        .where(c.customer_id == customer_id)
+        .values(state_version=c.state_version + 1, updated_at=utcnow())
+    )
+
+
+def _audit(
+    conn: Connection, customer_id: str, kind: str, tag: str, who: str, now: datetime
+) -> None:
+    conn.execute(
+        insert(table_of(AuditRow)).values(
+            customer_id=customer_id,
+            at=now,
+            recorded_at=now,
+            event_id=None,
+            rule=MANUAL,
+            rules_version=None,
+            kind=kind,
+            detail={"tag": tag, "by": who},
+            skipped=None,
+        )
+    )
+
+
+def _existing_customer(conn: Connection, customer_id: str) -> None:
+    """`NotFound` for an unknown id; otherwise bump the customer's rule-state version first
+    (which locks the row on PostgreSQL, in the order the rules take it)."""
+    c = CustomerRow.__table__.c
+    if conn.execute(select(c.customer_id).where(c.customer_id == customer_id)).first() is None:
+        raise NotFound(f"no customer with id {customer_id!r}")
+    _bump(conn, customer_id)
+
+
+def add_tag(
+    rt: Runtime, customer_id: str, tag: Name, *, by: str, expires_at: datetime | None = None
+) -> TagChange:
+    """Add a tag by hand (source `manual:<who>`), beside the rules' tags; the audit trail
+    records who and when. A tag the customer has already is left as it is."""
+    now = utcnow()
+    source = f"{MANUAL}:{by}"[:200]
+    t = TagRow.__table__.c
+    with rt.engine.begin() as conn:
+        _existing_customer(conn, customer_id)
+        have = conn.execute(
+            select(t.source).where(t.customer_id == customer_id, t.tag == tag)
+        ).first()
+        if have is not None:
+            return TagChange(
+                customer_id=customer_id, tag=tag, action="unchanged", source=have.source, at=now
+            )
+        conn.execute(
+            insert(table_of(TagRow)).values(
+                customer_id=customer_id,
+                tag=tag,
+                source=source,
+                created_at=now,
+                expires_at=expires_at,
+            )
+        )
+        _audit(conn, customer_id, "add_tag", tag, by, now)
+    return TagChange(customer_id=customer_id, tag=tag, action="added", source=source, at=now)
+
+
+def remove_tag(rt: Runtime, customer_id: str, tag: Name, *, by: str) -> TagChange:
+    """Remove a tag by hand, whoever set it; audited with who and when."""
+    now = utcnow()
+    t = TagRow.__table__.c
+    with rt.engine.begin() as conn:
+        _existing_customer(conn, customer_id)
+        gone = conn.execute(
+            delete(table_of(TagRow)).where(t.customer_id == customer_id, t.tag == tag)
+        ).rowcount
+        if not gone:
+            return TagChange(customer_id=customer_id, tag=tag, action="unchanged", at=now)
+        _audit(conn, customer_id, "remove_tag", tag, by, now)
+    return TagChange(customer_id=customer_id, tag=tag, action="removed", at=now)
