@@ -13,7 +13,7 @@ import secrets
 from datetime import datetime, timedelta
 
 from pydantic import BaseModel, Field
-from sqlalchemy import select, update
+from sqlalchemy import insert, select, update
 from sqlalchemy.exc import IntegrityError
 
 from crmflow.services.errors import Conflict, Invalid, NotFound
@@ -21,6 +21,7 @@ from crmflow.services.permissions import Role
 from crmflow.services.runtime import Runtime
 from store.db import utcnow
 from store.models import ApiKeyRow
+from store.sql import table_of
 
 PREFIX = "crm_"
 NAME_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9_.@-]{0,99}$"
@@ -110,7 +111,7 @@ def create_key(rt: Runtime, new: NewKey, *, created_by: str | None = None) -> Cr
     try:
         with rt.engine.begin() as conn:
             conn.execute(
-                ApiKeyRow.__table__.insert(),
+                insert(table_of(ApiKeyRow)),
                 [{c.key: getattr(row, c.key) for c in ApiKeyRow.__table__.columns}],
             )
     except IntegrityError:
@@ -128,7 +129,7 @@ def list_keys(rt: Runtime) -> list[KeyInfo]:
 def revoke_key(rt: Runtime, name_or_id: str) -> KeyInfo:
     """Revoke by name or key id (revoking twice keeps the first time)."""
     now = utcnow()
-    t = ApiKeyRow.__table__
+    t = table_of(ApiKeyRow)
     with rt.engine.begin() as conn:
         found = conn.execute(
             select(ApiKeyRow).where((t.c.name == name_or_id) | (t.c.key_id == name_or_id))
@@ -157,7 +158,7 @@ def authenticate(rt: Runtime, token: str) -> Principal | None:
     if parts is None:
         return None
     key_id, secret = parts
-    t = ApiKeyRow.__table__
+    t = table_of(ApiKeyRow)
     now = utcnow()
     with rt.engine.connect() as conn:
         found = conn.execute(select(ApiKeyRow).where(t.c.key_id == key_id)).first()
