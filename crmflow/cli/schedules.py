@@ -1,23 +1,28 @@
 """`crmflow schedules …`: the scheduled automations of a schedules file, as Temporal
-Schedules — validate, preview, apply, list, trigger, backfill, pause, resume, runs, schema."""
+Schedules — validate, preview, apply, list, trigger, backfill, pause, resume, runs, schema.
+
+A thin face over `crmflow.services.schedules`: parse the options, call the service, print.
+"""
 
 from __future__ import annotations
 
+import asyncio
 import json
+from collections.abc import Callable, Coroutine, Iterator
+from contextlib import contextmanager
 from datetime import datetime
 from pathlib import Path
-from typing import Annotated, Any, NoReturn
+from typing import Annotated, Any, TypeVar
 
 import typer
 from rich.table import Table
-from temporalio.client import Client, WorkflowFailureError
 
-from automations.contracts import RunSummary
-from automations.cron import next_runs
-from automations.models import ScheduleBase, SchedulesFile
-from crmflow import schedules as sched
+from automations.models import SchedulesFile
 from crmflow.cli import common
-from rules.source import RuleFileError
+from crmflow.services import schedules as service
+from crmflow.services.errors import Invalid, ServiceError
+from crmflow.services.runtime import Runtime
+from store.db import make_engine
 
 schedules_app = typer.Typer(
     help="Scheduled automations: validate, preview, apply, list, trigger, backfill, pause, "
@@ -38,74 +43,72 @@ FileOpt = Annotated[
 DEFAULT_FILE = Path("examples/schedules.yaml")
 NameArg = Annotated[str, typer.Argument(help="A schedule's name in the file")]
 JsonFlag = Annotated[bool, typer.Option("--json", help="Print JSON instead of text.")]
+T = TypeVar("T")
 
 
-def _fail(message: str) -> NoReturn:
-    common.fail(message)
-    raise AssertionError  # fail() exits
-
-
-def _load(path: Path) -> SchedulesFile:
-    if not path.exists():
-        _fail(f"{path}: no such schedules file (give one with --file)")
+@contextmanager
+def _errors() -> Iterator[None]:
+    """The one place a service's error becomes a message and exit code 1."""
     try:
-        return sched.load_schedules(path)
-    except RuleFileError as exc:
-        for e in exc.errors:
-            common.console.print(f"[red]error[/red] {e}", highlight=False, soft_wrap=True)
-        _fail(f"{path}: {len(exc.errors)} problem(s); nothing was changed")
+        yield
+    except service.SchedulesFileInvalid as exc:
+        for p in exc.problems:
+            common.console.print(
+                f"[red]error[/red] {p.field}: {p.reason}", highlight=False, soft_wrap=True
+            )
+        common.fail(str(exc))
+    except Invalid as exc:
+        hint = " (give one with --file)" if exc.problems[0].field == "file" else ""
+        common.fail(f"{exc.problems[0].reason}{hint}" if hint else str(exc))
+    except ServiceError as exc:
+        common.fail(str(exc))
 
 
-def _one(file: SchedulesFile, name: str) -> ScheduleBase:
-    try:
-        return file.get(name)
-    except KeyError as exc:
-        _fail(str(exc.args[0]))
-
-
-def _temporal(work: Any) -> Any:
-    from crmflow.cli.projects import run_temporal
-
+def _run(work: Callable[[Runtime], Coroutine[Any, Any, T]], *, db: bool = False) -> T:
+    """Run an async service call on a fresh runtime. Only the commands that read the store
+    (`db`) check the database; the others need no database at all."""
     settings = common.load_settings()
+    engine = common.existing_engine(settings) if db else make_engine(settings.db_url)
+    rt = Runtime(settings, engine)
+    try:
+        with _errors():
+            return asyncio.run(work(rt))
+    finally:
+        rt.close()
 
-    async def guarded(client: Client) -> Any:
-        try:
-            return await work(client, settings)
-        except LookupError as exc:
-            _fail(str(exc.args[0]))
 
-    return run_temporal(settings, guarded)
+def _plain(data: Any) -> Any:
+    """A model's dump for `--json`: times as ISO 8601 with their own offset, as before."""
+    if isinstance(data, datetime):
+        return data.isoformat()
+    if isinstance(data, dict):
+        return {k: _plain(v) for k, v in data.items()}
+    if isinstance(data, list):
+        return [_plain(v) for v in data]
+    return data
 
 
-def _summary(s: ScheduleBase) -> dict[str, Any]:
-    return {
-        "name": s.name,
-        "automation": s.automation,
-        "cron": s.cron,
-        "timezone": s.zone,
-        "overlap": s.overlap,
-        "catchup_window": s.catchup_window,
-        "paused": s.paused,
-        "params": s.params.model_dump(),
-    }
+def _counts_text(counts: dict[str, Any] | None) -> str:
+    return ", ".join(f"{k} {v:g}" for k, v in (counts or {}).items()) or "-"
 
 
 @schedules_app.command("validate")
 def validate(file: FileOpt = DEFAULT_FILE, as_json: JsonFlag = False) -> None:
     """Check a schedules file: cron expressions, time zones, automations and parameters."""
-    f = _load(file)
+    with _errors():
+        found = service.validate(file)
     if as_json:
         common.emit_json(
-            {"ok": True, "file": str(file), "schedules": [_summary(s) for s in f.schedules]}
+            {"ok": True, "file": str(file), "schedules": [s.model_dump() for s in found]}
         )
         return
-    for s in f.schedules:
+    for s in found:
         common.console.print(
-            f"{s.name}: {s.automation} at {s.cron!r} ({s.zone})"
+            f"{s.name}: {s.automation} at {s.cron!r} ({s.timezone})"
             + (" [paused]" if s.paused else ""),
             highlight=False,
         )
-    common.console.print(f"{file}: {len(f.schedules)} schedule(s), all valid", highlight=False)
+    common.console.print(f"{file}: {len(found)} schedule(s), all valid", highlight=False)
 
 
 @schedules_app.command("schema")
@@ -126,15 +129,15 @@ def preview(
     as_json: JsonFlag = False,
 ) -> None:
     """The next times a schedule runs, in its time zone (no Temporal needed)."""
-    s = _one(_load(file), name)
-    times = next_runs(s.cron, s.zone, datetime.now().astimezone(), next_)
+    with _errors():
+        p = service.preview(file, name, next_)
     if as_json:
         common.emit_json(
-            {"schedule": name, "timezone": s.zone, "next": [t.isoformat() for t in times]}
+            {"schedule": name, "timezone": p.timezone, "next": [t.isoformat() for t in p.next]}
         )
         return
-    common.console.print(f"{name}: {s.cron!r} in {s.zone}", highlight=False)
-    for t in times:
+    common.console.print(f"{name}: {p.cron!r} in {p.timezone}", highlight=False)
+    for t in p.next:
         common.console.print(
             f"  {t:%a %Y-%m-%d %H:%M %Z}  ({t.astimezone().isoformat()})", highlight=False
         )
@@ -147,83 +150,41 @@ def apply(
     as_json: JsonFlag = False,
 ) -> None:
     """Make the Temporal Schedules match the file: create, update, pause/resume, delete."""
-    f = _load(file)
-
-    async def work(client: Client, settings: Any) -> list[sched.Change]:
-        return await sched.apply(client, f, settings.task_queue, dry_run=dry_run)
-
-    changes: list[sched.Change] = _temporal(work)
+    result = _run(lambda rt: service.apply(rt, file, dry_run=dry_run))
     if as_json:
-        common.emit_json({"dry_run": dry_run, "changes": [c.as_dict() for c in changes]})
+        common.emit_json(result.model_dump())
         return
     verb = "would be " if dry_run else ""
-    for c in changes:
+    for c in result.changes:
         common.console.print(f"{c.schedule}: {verb}{c.action}", highlight=False)
-    changed = sum(1 for c in changes if c.action != "unchanged")
+    changed = sum(1 for c in result.changes if c.action != "unchanged")
     common.console.print(f"{changed} change(s){' (dry run)' if dry_run else ''}", highlight=False)
-
-
-def _last_runs() -> dict[str, Any]:
-    from store.automation_runs import last_runs
-
-    engine = common.existing_engine(common.load_settings())
-    with engine.connect() as conn:
-        return last_runs(conn)
-
-
-def _counts_text(counts: dict[str, Any] | None) -> str:
-    return ", ".join(f"{k} {v:g}" for k, v in (counts or {}).items()) or "-"
 
 
 @schedules_app.command("list")
 def list_schedules(file: FileOpt = DEFAULT_FILE, as_json: JsonFlag = False) -> None:
     """Every schedule: when it runs next, its last run and what that run did."""
-    f = _load(file)
-
-    async def work(client: Client, _settings: Any) -> dict[str, dict[str, Any]]:
-        return await sched.statuses(client, f)
-
-    server = _temporal(work)
-    last = _last_runs()
-    rows = []
-    for s in f.schedules:
-        run = last.get(s.name)
-        rows.append(
-            {
-                **_summary(s),
-                "server": server.get(s.name, {}),
-                "last_run": None
-                if run is None
-                else {
-                    "run_date": run.run_date,
-                    "attempt": run.attempt,
-                    "status": run.status,
-                    "counts": run.counts,
-                    "started_at": run.started_at.isoformat(),
-                    "finished_at": run.finished_at.isoformat() if run.finished_at else None,
-                },
-            }
-        )
+    with _errors():
+        service.load(file)  # before the database is checked, as before
+    rows = _run(lambda rt: service.list_schedules(rt, file), db=True)
     if as_json:
-        common.emit_json(rows)
+        common.emit_json([_plain(r.model_dump(exclude_unset=True)) for r in rows])
         return
     table = Table(
         "schedule", "automation", "cron (zone)", "state", "next run", "last run", "outcome"
     )
     for r in rows:
-        srv = r["server"]
-        state = (
-            "not applied" if not srv.get("on_server") else "paused" if srv["paused"] else "active"
-        )
-        last_run = r["last_run"]
+        srv = r.server
+        state = "not applied" if not srv.on_server else "paused" if srv.paused else "active"
+        last = r.last_run
         table.add_row(
-            r["name"],
-            r["automation"],
-            f"{r['cron']} ({r['timezone']})",
+            r.name,
+            r.automation,
+            f"{r.cron} ({r.timezone})",
             state,
-            (srv.get("next") or ["-"])[0],
-            f"{last_run['run_date']} #{last_run['attempt']}" if last_run else "-",
-            f"{last_run['status']}: {_counts_text(last_run['counts'])}" if last_run else "-",
+            srv.next[0].isoformat() if srv.next else "-",
+            f"{last.run_date} #{last.attempt}" if last else "-",
+            f"{last.status}: {_counts_text(last.counts)}" if last else "-",
         )
     common.console.print(table)
 
@@ -236,53 +197,26 @@ def runs(
     as_json: JsonFlag = False,
 ) -> None:
     """A schedule's recent runs: run date, attempt, outcome and counts; next runs."""
-    from store.automation_runs import recent_runs
-
-    s = _one(_load(file), name)
-
-    async def work(client: Client, _settings: Any) -> dict[str, Any]:
-        return sched.status_of(await sched.describe_or_none(client, name))
-
-    server = _temporal(work)
-    engine = common.existing_engine(common.load_settings())
-    with engine.connect() as conn:
-        found = recent_runs(conn, s.name, limit)
-    data = [
-        {
-            "run_date": r.run_date,
-            "attempt": r.attempt,
-            "status": r.status,
-            "as_of": r.as_of.isoformat(),
-            "started_at": r.started_at.isoformat(),
-            "finished_at": r.finished_at.isoformat() if r.finished_at else None,
-            "step": r.step,
-            "counts": r.counts,
-            "error": r.error,
-            "workflow_id": r.workflow_id,
-        }
-        for r in found
-    ]
+    with _errors():
+        service.one(service.load(file), name)  # before the database is checked, as before
+    found = _run(lambda rt: service.runs(rt, file, name, limit), db=True)
     if as_json:
-        common.emit_json({"schedule": name, "server": server, "runs": data})
+        common.emit_json(_plain(found.model_dump(exclude_unset=True)))
         return
     table = Table("run date", "#", "status", "started", "took", "counts")
-    for r, row in zip(data, found, strict=True):
-        took = (
-            f"{(row.finished_at - row.started_at).total_seconds():.1f} s"
-            if row.finished_at
-            else "-"
-        )
-        status = r["status"] + (f" ({r['error'][:80]})" if r["error"] else "")
+    for r in found.runs:
+        took = f"{(r.finished_at - r.started_at).total_seconds():.1f} s" if r.finished_at else "-"
+        status = r.status + (f" ({r.error[:80]})" if r.error else "")
         table.add_row(
-            r["run_date"],
-            str(r["attempt"]),
+            r.run_date,
+            str(r.attempt),
             status,
-            f"{row.started_at:%Y-%m-%d %H:%M:%S}",
+            f"{r.started_at:%Y-%m-%d %H:%M:%S}",
             took,
-            _counts_text(r["counts"]),
+            _counts_text(r.counts),
         )
     common.console.print(table)
-    nxt = ", ".join(server.get("next") or []) or "-"
+    nxt = ", ".join(t.isoformat() for t in found.server.next) or "-"
     common.console.print(f"next: {nxt}", highlight=False)
 
 
@@ -294,36 +228,21 @@ def trigger(
     as_json: JsonFlag = False,
 ) -> None:
     """Run a schedule now (as of now; its overlap policy applies)."""
-    _one(_load(file), name)
-
-    async def work(client: Client, _settings: Any) -> dict[str, Any]:
-        wid = await sched.trigger(client, name)
-        out: dict[str, Any] = {"schedule": name, "workflow_id": wid}
-        if wait and wid:
-            try:
-                handle = client.get_workflow_handle(wid, result_type=RunSummary)
-                done = await handle.result()
-            except WorkflowFailureError as exc:
-                out["error"] = str(exc.cause or exc)
-            else:
-                out["run"] = done.model_dump()
-        return out
-
-    data = _temporal(work)
+    data = _run(lambda rt: service.trigger(rt, file, name, wait=wait))
     if as_json:
-        common.emit_json(data)
+        common.emit_json(_plain(data.model_dump(exclude_unset=True)))
     else:
-        common.console.print(f"{name}: started {data['workflow_id']}", highlight=False)
-        if "run" in data:
-            run = data["run"]
+        common.console.print(f"{name}: started {data.workflow_id}", highlight=False)
+        if data.run is not None:
+            run = data.run
             common.console.print(
-                f"{run['automation']} {run['run_date']} #{run['attempt']}: {run['status']}; "
-                f"{_counts_text(run['counts'])}",
+                f"{run.automation} {run.run_date} #{run.attempt}: {run.status}; "
+                f"{_counts_text(run.counts)}",
                 highlight=False,
                 soft_wrap=True,
             )
-    if "error" in data:
-        _fail(f"{name}: the run failed: {data['error']}")
+    if data.error is not None:
+        common.fail(f"{name}: the run failed: {data.error}")
 
 
 @schedules_app.command("backfill")
@@ -336,30 +255,15 @@ def backfill(
 ) -> None:
     """Run every time the schedule would have fired between two dates, each as of its own
     time (days missed while nothing ran)."""
-    s = _one(_load(file), name)
-    try:
-        start = sched.parse_when(from_, s.zone, end=False)
-        end = sched.parse_when(to, s.zone, end=True)
-    except ValueError as exc:
-        _fail(str(exc))
-    if end < start:
-        _fail(f"--to {to} is before --from {from_}")
-    times = sched.runs_between(s, start, end)
-    if len(times) > 1000:
-        _fail(f"{len(times)} runs between {from_} and {to}: at most 1,000 at a time")
-
-    async def work(client: Client, _settings: Any) -> None:
-        await sched.backfill(client, s, start, end)
-
-    _temporal(work)
-    data = {"schedule": name, "runs": [t.isoformat() for t in times]}
+    when = service.BackfillRange(from_=from_, to=to)
+    data = _run(lambda rt: service.backfill(rt, file, name, when))
     if as_json:
-        common.emit_json(data)
+        common.emit_json(_plain(data.model_dump()))
         return
     common.console.print(
-        f"{name}: {len(times)} run(s) queued, one after the other:", highlight=False
+        f"{name}: {len(data.runs)} run(s) queued, one after the other:", highlight=False
     )
-    for t in times:
+    for t in data.runs:
         common.console.print(f"  {t:%Y-%m-%d %H:%M %Z}", highlight=False)
 
 
@@ -372,18 +276,16 @@ def pause(
     file: FileOpt = DEFAULT_FILE,
 ) -> None:
     """Stop a schedule's runs until `resume` (a running run finishes)."""
-    s = _one(_load(file), name)
-    _temporal(lambda client, _s: sched.pause(client, name, note))
-    hint = "" if s.paused else " (the file says paused: false, so the next apply resumes it)"
+    done = _run(lambda rt: service.pause(rt, file, name, note))
+    hint = (
+        "" if done.file_paused else " (the file says paused: false, so the next apply resumes it)"
+    )
     common.console.print(f"{name}: paused{hint}", highlight=False)
 
 
 @schedules_app.command("resume")
 def resume(name: NameArg, file: FileOpt = DEFAULT_FILE) -> None:
     """Let a paused schedule run again."""
-    s = _one(_load(file), name)
-    _temporal(
-        lambda client, _s: sched.resume(client, name, "resumed with crmflow schedules resume")
-    )
-    hint = " (the file says paused: true, so the next apply pauses it)" if s.paused else ""
+    done = _run(lambda rt: service.resume(rt, file, name))
+    hint = " (the file says paused: true, so the next apply pauses it)" if done.file_paused else ""
     common.console.print(f"{name}: resumed{hint}", highlight=False)

@@ -1,0 +1,129 @@
+"""`crmflow tasks …` and `crmflow outbox …`: the follow-up tasks rules create for sales
+owners, and the messages in the outbox. A thin face over `crmflow.services.operations`."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from contextlib import contextmanager
+from typing import Annotated, Any, TypeVar
+
+import typer
+from pydantic import BaseModel, ValidationError
+from rich.table import Table
+
+from crmflow.cli import common
+from crmflow.formats import describe_errors
+from crmflow.services import operations as service
+from crmflow.services.errors import ServiceError
+from crmflow.services.runtime import Runtime
+
+tasks_app = typer.Typer(help="Follow-up tasks: list, close.", no_args_is_help=True)
+outbox_app = typer.Typer(help="The message outbox: list.", no_args_is_help=True)
+
+JsonFlag = Annotated[bool, typer.Option("--json", help="Print JSON instead of a table.")]
+Q = TypeVar("Q", bound=BaseModel)
+
+
+def _query(model: type[Q], **options: Any) -> Q:
+    """The service's query from the options; a value it refuses is an error, exit 1."""
+    try:
+        return model(**options)
+    except ValidationError as exc:
+        common.fail(f"bad option: {describe_errors(exc)}")
+
+
+@contextmanager
+def _runtime(*, write: bool = False) -> Iterator[Runtime]:
+    """A runtime on the configured database; a service error becomes its message, exit 1."""
+    settings = common.load_settings()
+    engine = common.migrated_engine(settings) if write else common.existing_engine(settings)
+    rt = Runtime(settings, engine)
+    try:
+        yield rt
+    except ServiceError as exc:
+        common.fail(str(exc))
+    finally:
+        rt.close()
+
+
+@tasks_app.command("list")
+def list_tasks(
+    status: Annotated[
+        service.TaskStatus | None, typer.Option(help="open or done (default: both)")
+    ] = None,
+    owner: Annotated[str | None, typer.Option(help="Only this owner's tasks")] = None,
+    customer: Annotated[str | None, typer.Option(help="Only this customer's tasks")] = None,
+    limit: Annotated[int, typer.Option(min=1, max=service.MAX_LIMIT)] = 50,
+    cursor: Annotated[str | None, typer.Option(help="Where the previous page ended")] = None,
+    as_json: JsonFlag = False,
+) -> None:
+    """Follow-up tasks, soonest due first."""
+    query = _query(
+        service.TaskQuery,
+        status=status,
+        owner=owner,
+        customer_id=customer,
+        limit=limit,
+        cursor=cursor,
+    )
+    with _runtime() as rt:
+        page = service.list_tasks(rt, query)
+    if as_json:
+        common.emit_json(page.model_dump(mode="json"))
+        return
+    table = Table("id", "due", "status", "owner", "customer", "title", "rule")
+    for t in page.tasks:
+        table.add_row(
+            str(t.id),
+            f"{t.due_at:%Y-%m-%d %H:%M}",
+            t.status,
+            t.owner or "-",
+            t.customer_id,
+            t.title,
+            t.rule or "-",
+        )
+    common.console.print(table)
+    if page.next_cursor:
+        common.console.print(f"more: --cursor {page.next_cursor}", highlight=False)
+
+
+@tasks_app.command("close")
+def close_task(
+    task_id: Annotated[int, typer.Argument(metavar="ID", help="The task's id", min=1)],
+    as_json: JsonFlag = False,
+) -> None:
+    """Mark a follow-up task done (closing a done task again changes nothing)."""
+    with _runtime(write=True) as rt:
+        task = service.close_task(rt, task_id)
+    if as_json:
+        common.emit_json(task.model_dump(mode="json"))
+        return
+    common.console.print(f"task {task.id}: {task.status} ({task.title})", highlight=False)
+
+
+@outbox_app.command("list")
+def list_outbox(
+    channel: Annotated[str | None, typer.Option(help="Only this channel's messages")] = None,
+    customer: Annotated[str | None, typer.Option(help="Only this customer's messages")] = None,
+    limit: Annotated[int, typer.Option(min=1, max=service.MAX_LIMIT)] = 20,
+    mask: Annotated[bool, typer.Option("--mask", help="Mask the addresses")] = False,
+    as_json: JsonFlag = False,
+) -> None:
+    """Messages in the outbox, newest first."""
+    query = _query(service.OutboxQuery, channel=channel, customer_id=customer, limit=limit)
+    with _runtime() as rt:
+        page = service.list_outbox(rt, query, mask=mask)
+    if as_json:
+        common.emit_json(page.model_dump(mode="json"))
+        return
+    table = Table("id", "created", "channel", "customer", "address", "subject")
+    for m in page.messages:
+        table.add_row(
+            str(m.id),
+            f"{m.created_at:%Y-%m-%d %H:%M:%S}",
+            m.channel,
+            m.customer_id or "-",
+            m.address or "-",
+            m.subject or (m.body_text or "")[:60] or "-",
+        )
+    common.console.print(table)

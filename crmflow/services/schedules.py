@@ -1,0 +1,410 @@
+"""Scheduled automations as a service: a schedules file made real as Temporal Schedules, and
+what operators read back — validate, preview, apply, list, runs, trigger, backfill, pause,
+resume.
+
+Every function takes the path of the schedules file (the CLI's `--file`, the API's configured
+file): the file is the source of truth for which schedules exist, so a name the file does not
+have is `NotFound` even if an old schedule of that name lingers on the server. A file that
+does not load is `Invalid` (each problem names its file and line); Temporal not answering is
+`Unavailable`. The Temporal plumbing itself is `crmflow.schedules`.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+from datetime import datetime, timedelta
+from pathlib import Path
+from typing import Any
+from zoneinfo import ZoneInfo
+
+from croniter import croniter
+from pydantic import BaseModel, Field
+from temporalio.client import WorkflowFailureError
+from temporalio.service import RPCError, RPCStatusCode
+
+from automations.contracts import RunSummary
+from automations.cron import next_runs
+from automations.models import ScheduleBase, SchedulesFile
+from crmflow import schedules as sched
+from crmflow.services.errors import FieldProblem, Invalid, NotFound, TooLarge, Unavailable
+from crmflow.services.runtime import Runtime
+from rules.source import RuleFileError
+from store.automation_runs import last_runs, recent_runs
+
+MAX_BACKFILL_RUNS = 1000
+MAX_RUNS_LISTED = 1000
+
+
+class SchedulesFileInvalid(Invalid):
+    """A schedules file that does not load: one problem per error (file:line, message);
+    the message says how many and that nothing was changed."""
+
+    def __init__(self, path: Path, errors: list[FieldProblem]) -> None:
+        super().__init__(errors)
+        self.path = path
+        self.message = f"{path}: {len(errors)} problem(s); nothing was changed"
+
+
+# --- models --------------------------------------------------------------------------------
+
+
+class ScheduleInfo(BaseModel):
+    """A schedule as the file defines it."""
+
+    name: str
+    automation: str
+    cron: str
+    timezone: str
+    overlap: str
+    catchup_window: str
+    paused: bool
+    params: dict[str, Any]
+
+
+class ServerState(BaseModel):
+    """A schedule as the Temporal server sees it (only `on_server` when it is not there)."""
+
+    on_server: bool
+    paused: bool | None = None
+    note: str | None = None
+    next: list[datetime] = Field(default_factory=list, description="The next (up to 3) runs")
+    last_scheduled: datetime | None = None
+    last_workflow: str | None = None
+    runs_started: int | None = None
+    missed: int | None = Field(None, description="Runs missed beyond the catch-up window")
+    skipped_overlap: int | None = None
+    running: list[str | None] = Field(default_factory=list, description="Running workflows")
+
+
+class LastRun(BaseModel):
+    run_date: str
+    attempt: int
+    status: str
+    counts: dict[str, int | float]
+    started_at: datetime
+    finished_at: datetime | None
+
+
+class ScheduleStatus(ScheduleInfo):
+    """A schedule in `list`: the file's definition, the server's state, the last run."""
+
+    server: ServerState
+    last_run: LastRun | None
+
+
+class RunRecord(BaseModel):
+    """One attempt of a schedule at a run date, as the store recorded it."""
+
+    run_date: str
+    attempt: int
+    status: str
+    as_of: datetime
+    started_at: datetime
+    finished_at: datetime | None
+    step: str | None
+    counts: dict[str, int | float]
+    error: str | None
+    workflow_id: str | None
+
+
+class ScheduleRuns(BaseModel):
+    schedule: str
+    server: ServerState
+    runs: list[RunRecord]
+
+
+class ScheduleChange(BaseModel):
+    schedule: str
+    action: str = Field(description="created, updated, paused, resumed, deleted or unchanged")
+
+
+class ApplyResult(BaseModel):
+    dry_run: bool
+    changes: list[ScheduleChange]
+
+
+class Preview(BaseModel):
+    schedule: str
+    cron: str
+    timezone: str
+    next: list[datetime]
+
+
+class TriggerResult(BaseModel):
+    """A run started now; with waiting, its summary or its error."""
+
+    schedule: str
+    workflow_id: str | None = Field(
+        None, description="None when the overlap policy skipped the run"
+    )
+    run: RunSummary | None = None
+    error: str | None = Field(None, description="Why the run failed (when waited for)")
+    timed_out: bool = Field(False, description="Still running when the wait ended")
+
+
+class BackfillResult(BaseModel):
+    schedule: str
+    runs: list[datetime] = Field(description="The scheduled times queued, one after the other")
+
+
+class PauseResult(BaseModel):
+    schedule: str
+    paused: bool = Field(description="The state now on the server")
+    file_paused: bool = Field(description="What the file says (the next apply follows the file)")
+
+
+class BackfillRange(BaseModel):
+    """From and to: a day (YYYY-MM-DD, `to` inclusive) or a time, in the schedule's zone
+    unless it names an offset."""
+
+    from_: str = Field(alias="from", min_length=1, max_length=40, examples=["2026-11-01"])
+    to: str = Field(min_length=1, max_length=40, examples=["2026-11-07"])
+
+    model_config = {"populate_by_name": True}
+
+
+# --- the file ------------------------------------------------------------------------------
+
+
+def load(path: Path) -> SchedulesFile:
+    """The schedules file; `Invalid` when it is missing or does not validate."""
+    if not path.exists():
+        raise Invalid(f"{path}: no such schedules file", field="file")
+    try:
+        return sched.load_schedules(path)
+    except RuleFileError as exc:
+        problems = [
+            FieldProblem(f"{e.file}:{e.line}" if e.line else e.file, e.message) for e in exc.errors
+        ]
+        raise SchedulesFileInvalid(path, problems) from None
+
+
+def one(file: SchedulesFile, name: str) -> ScheduleBase:
+    try:
+        return file.get(name)
+    except KeyError as exc:
+        raise NotFound(str(exc.args[0])) from None
+
+
+def info(s: ScheduleBase) -> ScheduleInfo:
+    return ScheduleInfo(
+        name=s.name,
+        automation=s.automation,
+        cron=s.cron,
+        timezone=s.zone,
+        overlap=s.overlap,
+        catchup_window=s.catchup_window,
+        paused=s.paused,
+        params=s.params.model_dump(),
+    )
+
+
+def validate(path: Path) -> list[ScheduleInfo]:
+    """Check a schedules file: cron expressions, time zones, automations and parameters."""
+    return [info(s) for s in load(path).schedules]
+
+
+def preview(path: Path, name: str, count: int = 5, now: datetime | None = None) -> Preview:
+    """The next `count` times a schedule runs, in its zone (no Temporal needed)."""
+    s = one(load(path), name)
+    at = now or datetime.now().astimezone()
+    return Preview(
+        schedule=name, cron=s.cron, timezone=s.zone, next=next_runs(s.cron, s.zone, at, count)
+    )
+
+
+# --- Temporal ------------------------------------------------------------------------------
+
+
+@asynccontextmanager
+async def _temporal_errors() -> AsyncIterator[None]:
+    """`crmflow.schedules` raises LookupError for a schedule not on the server; the server
+    going away mid-call is an RPCError."""
+    try:
+        yield
+    except LookupError as exc:
+        raise NotFound(str(exc.args[0])) from None
+    except RPCError as exc:
+        if exc.status in (RPCStatusCode.UNAVAILABLE, RPCStatusCode.DEADLINE_EXCEEDED):
+            raise Unavailable(f"Temporal did not answer: {exc.message}") from None
+        raise
+
+
+def _server(status: dict[str, Any]) -> ServerState:
+    # validated from the dict so that `exclude_unset` gives back exactly what Temporal said
+    return ServerState.model_validate(status)
+
+
+async def apply(rt: Runtime, path: Path, *, dry_run: bool = False) -> ApplyResult:
+    """Make the Temporal Schedules match the file: create, update, pause/resume, delete."""
+    f = load(path)
+    client = await rt.temporal()
+    async with _temporal_errors():
+        changes = await sched.apply(client, f, rt.settings.task_queue, dry_run=dry_run)
+    return ApplyResult(
+        dry_run=dry_run,
+        changes=[ScheduleChange(schedule=c.schedule, action=c.action) for c in changes],
+    )
+
+
+def _last_run(run: Any) -> LastRun | None:
+    if run is None:
+        return None
+    return LastRun(
+        run_date=run.run_date,
+        attempt=run.attempt,
+        status=run.status,
+        counts=run.counts or {},
+        started_at=run.started_at,
+        finished_at=run.finished_at,
+    )
+
+
+async def list_schedules(rt: Runtime, path: Path) -> list[ScheduleStatus]:
+    """Every schedule of the file: its state on the server (next runs) and its last run."""
+    f = load(path)
+    client = await rt.temporal()
+    async with _temporal_errors():
+        server = await sched.statuses(client, f)
+
+    def read() -> dict[str, Any]:
+        with rt.engine.connect() as conn:
+            return last_runs(conn)
+
+    last = await asyncio.to_thread(read)
+    return [
+        ScheduleStatus(
+            **info(s).model_dump(),
+            server=_server(server.get(s.name, {"on_server": False})),
+            last_run=_last_run(last.get(s.name)),
+        )
+        for s in f.schedules
+    ]
+
+
+async def runs(rt: Runtime, path: Path, name: str, limit: int = 20) -> ScheduleRuns:
+    """A schedule's recent runs (newest first) and its next runs."""
+    s = one(load(path), name)
+    limit = max(1, min(limit, MAX_RUNS_LISTED))
+    client = await rt.temporal()
+    async with _temporal_errors():
+        server = sched.status_of(await sched.describe_or_none(client, name))
+
+    def read() -> list[Any]:
+        with rt.engine.connect() as conn:
+            return recent_runs(conn, s.name, limit)
+
+    found = await asyncio.to_thread(read)
+    return ScheduleRuns(
+        schedule=name,
+        server=_server(server),
+        runs=[
+            RunRecord(
+                run_date=r.run_date,
+                attempt=r.attempt,
+                status=r.status,
+                as_of=r.as_of,
+                started_at=r.started_at,
+                finished_at=r.finished_at,
+                step=r.step,
+                counts=r.counts or {},
+                error=r.error,
+                workflow_id=r.workflow_id,
+            )
+            for r in found
+        ],
+    )
+
+
+async def trigger(
+    rt: Runtime, path: Path, name: str, *, wait: bool = False, timeout: float | None = None
+) -> TriggerResult:
+    """Run a schedule now (as of now; its overlap policy applies). With `wait`, wait for the
+    run (at most `timeout` seconds when given) and give its summary or why it failed."""
+    one(load(path), name)
+    client = await rt.temporal()
+    async with _temporal_errors():
+        wid = await sched.trigger(client, name)
+        out = TriggerResult(schedule=name, workflow_id=wid)
+        if wait and wid:
+            handle = client.get_workflow_handle(wid, result_type=RunSummary)
+            try:
+                out.run = await asyncio.wait_for(handle.result(), timeout)
+            except WorkflowFailureError as exc:
+                out.error = str(exc.cause or exc)
+            except TimeoutError:
+                out.timed_out = True
+    return out
+
+
+def backfill_times(
+    s: ScheduleBase, when: BackfillRange
+) -> tuple[datetime, datetime, list[datetime]]:
+    """The range and the times the schedule fires in it; `Invalid` for a bad or reversed
+    range, `TooLarge` for more than `MAX_BACKFILL_RUNS` runs."""
+    try:
+        start = sched.parse_when(when.from_, s.zone, end=False)
+        end = sched.parse_when(when.to, s.zone, end=True)
+    except ValueError as exc:
+        raise Invalid(str(exc)) from None
+    except OverflowError:  # a day at the edge of the calendar (year 1 or 9999)
+        raise Invalid("the dates are out of range") from None
+    if end < start:
+        raise Invalid(f"{when.to} is before from {when.from_}", field="to")
+    try:
+        times = _fire_times(s, start, end, MAX_BACKFILL_RUNS + 1)
+    except (OverflowError, ValueError):  # croniter's errors are ValueErrors
+        raise Invalid("the dates are out of range") from None
+    if len(times) > MAX_BACKFILL_RUNS:
+        raise TooLarge(
+            f"more than {MAX_BACKFILL_RUNS:,} runs between {when.from_} and {when.to}: at most "
+            f"{MAX_BACKFILL_RUNS:,} at a time"
+        )
+    return start, end, times
+
+
+def _fire_times(s: ScheduleBase, start: datetime, end: datetime, cap: int) -> list[datetime]:
+    """The times the schedule fires in [start, end], at most `cap` of them: what
+    `crmflow.schedules.runs_between` gives, without working out 10,000 times first (a few
+    seconds) for a week's backfill."""
+    zone = ZoneInfo(s.zone)
+    itr = croniter(s.cron.strip(), (start - timedelta(microseconds=1)).astimezone(zone))
+    out: list[datetime] = []
+    while len(out) < cap:
+        at = itr.get_next(datetime).astimezone(zone)
+        if at > end:
+            break
+        out.append(at)
+    return out
+
+
+async def backfill(rt: Runtime, path: Path, name: str, when: BackfillRange) -> BackfillResult:
+    """Run every time the schedule would have fired between two dates, one after the other,
+    each as of its own time (days missed while nothing ran)."""
+    s = one(load(path), name)
+    # croniter takes a moment for a long range: not on the event loop
+    start, end, times = await asyncio.to_thread(backfill_times, s, when)
+    client = await rt.temporal()
+    async with _temporal_errors():
+        await sched.backfill(client, s, start, end)
+    return BackfillResult(schedule=name, runs=times)
+
+
+async def pause(rt: Runtime, path: Path, name: str, note: str | None = None) -> PauseResult:
+    """Stop a schedule's runs until `resume` (a running run finishes)."""
+    s = one(load(path), name)
+    client = await rt.temporal()
+    async with _temporal_errors():
+        await sched.pause(client, name, note or "paused with crmflow schedules pause")
+    return PauseResult(schedule=name, paused=True, file_paused=s.paused)
+
+
+async def resume(rt: Runtime, path: Path, name: str, note: str | None = None) -> PauseResult:
+    """Let a paused schedule run again."""
+    s = one(load(path), name)
+    client = await rt.temporal()
+    async with _temporal_errors():
+        await sched.resume(client, name, note or "resumed with crmflow schedules resume")
+    return PauseResult(schedule=name, paused=False, file_paused=s.paused)
