@@ -19,6 +19,7 @@ from typer.testing import CliRunner
 
 from crmflow.cli import app, journey_reports
 from crmflow.journey_contracts import JOURNEY_EVENT_SIGNAL, JourneyEvent
+from crmflow.services import journey_charts
 from journeys.interpret import assign_variant
 from store.journey_stats import (
     JourneyStats,
@@ -328,7 +329,7 @@ def test_funnel_svg_is_well_formed_and_escaped() -> None:
             )
         ],
     )
-    svg = journey_reports.funnel_svg(st)
+    svg = journey_charts.funnel_svg(st)
     root = ET.fromstring(svg)  # parses: every text is escaped
     assert root.tag.endswith("svg")
     assert "x&amp;&lt;y&gt;" in svg

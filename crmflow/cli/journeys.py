@@ -1,20 +1,33 @@
-"""`crmflow journeys …`: validate a journey file and publish the journey file's JSON Schema."""
+"""`crmflow journeys …`: validate, deploy, change the status of, list, enter, report on,
+simulate and dispatch journeys — thin over `crmflow.services.journeys`."""
 
 from __future__ import annotations
 
+import asyncio
 import json
 import sys
-from collections import Counter
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
-from typing import Annotated, Any, NoReturn
+from typing import Annotated, Any
 
 import typer
+from pydantic import ValidationError
 
 from crmflow.cli import common
-from journeys.models import EventEntry, Journey, MessageNode, SegmentEntry
-from journeys.validate import LoadedJourney, load_journey
-from rules.source import RuleFileError
-from store.journeys import deployed
+from crmflow.formats import describe_errors
+from crmflow.services import journeys as service
+from crmflow.services.errors import NotFound, ServiceError
+from crmflow.services.journeys import (
+    EventEntryInfo,
+    InvalidJourney,
+    JourneyFile,
+    JourneySummary,
+    SegmentEntryInfo,
+    SegmentRunInfo,
+)
+from crmflow.services.runtime import Runtime
+from journeys.models import Journey
 
 journeys_app = typer.Typer(
     help="Customer journeys: validate, deploy, pause, resume, archive, list, dispatch, schema.",
@@ -42,41 +55,42 @@ EventsOpt = Annotated[
     ),
 ]
 JsonFlag = Annotated[bool, typer.Option("--json", help="Print JSON instead of text.")]
+NameArg = Annotated[str, typer.Argument(help="The journey's name")]
 
 
-def _entry(journey: Journey) -> dict[str, Any]:
-    entry = journey.entry
-    if isinstance(entry, EventEntry):
-        return {"kind": "event", "event": entry.event, "when": entry.when is not None}
-    if isinstance(entry, SegmentEntry):
-        return {"kind": "segment", "schedule": entry.schedule, "once": entry.once}
-    return {"kind": "rule"}
+@contextmanager
+def _runtime(*, migrate: bool = False, database: bool = True) -> Iterator[Runtime]:
+    """A runtime for one command; a service's error becomes `error: …` and exit code 1.
+    `database=False`: the engine is made but never opened (a file-only command)."""
+    from store.db import make_engine
+
+    settings = common.load_settings()
+    if not database:
+        engine = make_engine(settings.db_url)
+    elif migrate:
+        engine = common.migrated_engine(settings)
+    else:
+        engine = common.existing_engine(settings)
+    rt = Runtime(settings, engine)
+    try:
+        yield rt
+    except ServiceError as exc:
+        common.fail(str(exc))
+    finally:
+        rt.close()
 
 
-def _entry_text(entry: dict[str, Any]) -> str:
-    if entry["kind"] == "event":
-        return f"on event {entry['event']}" + (" (with a condition)" if entry["when"] else "")
-    if entry["kind"] == "segment":
-        return f"segment on schedule {entry['schedule']!r}" if entry["schedule"] else "segment once"
+def _print_problems(exc: InvalidJourney) -> None:
+    for e in exc.errors:
+        common.err.print(f"[red]{e}[/]", highlight=False, soft_wrap=True)
+
+
+def _entry_text(entry: Any) -> str:
+    if isinstance(entry, EventEntryInfo):
+        return f"on event {entry.event}" + (" (with a condition)" if entry.when else "")
+    if isinstance(entry, SegmentEntryInfo):
+        return f"segment on schedule {entry.schedule!r}" if entry.schedule else "segment once"
     return "by a rule's enroll_journey"
-
-
-def summary(loaded: LoadedJourney) -> dict[str, Any]:
-    """What `validate` reports about a valid journey."""
-    j = loaded.journey
-    used = sorted({n.channel for n in j.nodes.values() if isinstance(n, MessageNode)})
-    return {
-        "ok": True,
-        "file": loaded.path,
-        "program": loaded.program_path,
-        "journey": j.journey,
-        "entry": _entry(j),
-        "start": j.start,
-        "nodes": {nid: node.type for nid, node in j.nodes.items()},
-        "node_types": dict(Counter(node.type for node in j.nodes.values())),
-        "channels": used,
-        "goal": j.goal.model_dump(mode="json", exclude_none=True) if j.goal else None,
-    }
 
 
 @journeys_app.command("validate")
@@ -88,107 +102,64 @@ def validate(
 ) -> None:
     """Check a journey file; every problem with its line and node."""
     try:
-        loaded = load_journey(file, program, events or None)
-    except RuleFileError as exc:
+        data: JourneySummary = service.validate(
+            None, JourneyFile(path=file, program=program), events or None
+        )
+    except InvalidJourney as exc:
         if as_json:
             common.emit_json({"ok": False, "errors": [e.__dict__ for e in exc.errors]})
         else:
-            for e in exc.errors:
-                common.err.print(f"[red]{e}[/]", highlight=False, soft_wrap=True)
+            _print_problems(exc)
             common.err.print(f"{len(exc.errors)} problem(s) found")
         raise typer.Exit(1) from exc
-    data = summary(loaded)
+    except ServiceError as exc:
+        common.fail(str(exc))
     if as_json:
-        common.emit_json(data)
+        common.emit_json(data.model_dump(mode="json"))
         return
-    kinds = ", ".join(f"{n} {t}" for t, n in data["node_types"].items())
+    kinds = ", ".join(f"{n} {t}" for t, n in data.node_types.items())
     common.console.print(
-        f"ok: journey {data['journey']!r}, entered {_entry_text(data['entry'])}; "
-        f"{len(data['nodes'])} nodes ({kinds}); channels: {', '.join(data['channels']) or 'none'}"
-        f"; programme {data['program']}",
+        f"ok: journey {data.journey!r}, entered {_entry_text(data.entry)}; "
+        f"{len(data.nodes)} nodes ({kinds}); channels: {', '.join(data.channels) or 'none'}"
+        f"; programme {data.program}",
         highlight=False,
     )
 
 
-NameArg = Annotated[str, typer.Argument(help="The journey's name")]
+def _segment_line(seg: SegmentRunInfo) -> str:
+    return (
+        f"segment: {seg.matched} of {seg.customers} customers match; "
+        f"{seg.queued} enrollment(s) queued (a worker's dispatcher starts them)"
+    )
 
 
 @journeys_app.command("deploy")
 def deploy(file: FileArg, program: ProgramOpt = None, as_json: JsonFlag = False) -> None:
     """Validate a journey file and store it as a new version: new enrollments use it,
     running ones finish on the version they started with."""
-    from store.journeys import deploy_journey
-
+    source = JourneyFile(path=file, program=program)
     try:
-        loaded = load_journey(file, program, None)
-    except RuleFileError as exc:
-        for e in exc.errors:
-            common.err.print(f"[red]{e}[/]", highlight=False, soft_wrap=True)
+        service.validate(None, source)  # before touching the database, as always
+    except InvalidJourney as exc:
+        _print_problems(exc)
         common.fail(f"{len(exc.errors)} problem(s) found; nothing deployed")
-    j = loaded.journey
-    engine = common.migrated_engine(common.load_settings())
-    with engine.begin() as conn:
-        version, created = deploy_journey(
-            conn, j.journey, j.definition(), file.read_text(encoding="utf-8"), str(file)
-        )
-    data: dict[str, Any] = {"journey": j.journey, "version": version, "new": created}
-    entry = j.entry
-    if isinstance(entry, SegmentEntry) and entry.once:
-        data["segment"] = _enter(engine, j.journey, "once")
-    elif isinstance(entry, SegmentEntry):
-        with engine.connect() as conn:
-            status = deployed(conn, j.journey)[0].status
-        data["schedule"] = _sync_schedule(j, status)
+    except ServiceError as exc:
+        common.fail(str(exc))
+    with _runtime(migrate=True) as rt:
+        report = asyncio.run(service.deploy(rt, source))
+    if report.schedule_problem:
+        common.fail(report.schedule_problem)
     if as_json:
-        common.emit_json(data)
+        common.emit_json(report.model_dump(mode="json", exclude_none=True))
         return
-    what = "deployed" if created else "already deployed; made active"
-    common.console.print(f"journey {j.journey!r} version {version} {what}", highlight=False)
-    if "segment" in data:
-        seg = data["segment"]
-        common.console.print(
-            f"segment: {seg['matched']} of {seg['customers']} customers match; "
-            f"{seg['queued']} enrollment(s) queued (a worker's dispatcher starts them)",
-            highlight=False,
-        )
-    if "schedule" in data:
-        common.console.print(data["schedule"], highlight=False)
-
-
-def _fail(message: str) -> NoReturn:
-    common.fail(message)
-    raise typer.Exit(1)  # (fail exits; this line tells the type checker so)
-
-
-def _enter(engine: Any, name: str, run: str) -> dict[str, Any]:
-    from crmflow.segments import SegmentError, enter_segment
-
-    try:
-        return enter_segment(engine, name, run).__dict__
-    except SegmentError as exc:
-        _fail(str(exc))
-
-
-def _sync_schedule(journey: Journey, status: str) -> str:
-    """Make the journey's Temporal Schedule match it (needs a reachable Temporal)."""
-    import asyncio
-
-    from crmflow.segment_schedules import sync_schedule
-    from crmflow.temporal import TemporalSetupError, connect
-
-    settings = common.load_settings()
-
-    async def run() -> str:
-        client = await connect(settings)
-        return await sync_schedule(client, settings.task_queue, journey, status)
-
-    try:
-        return asyncio.run(run())
-    except TemporalSetupError as exc:
-        _fail(
-            f"the journey is stored, but its segment schedule needs Temporal: {exc}. "
-            "Deploy again (or change its status) once Temporal is up (`crmflow up`)."
-        )
+    what = "deployed" if report.new else "already deployed; made active"
+    common.console.print(
+        f"journey {report.journey!r} version {report.version} {what}", highlight=False
+    )
+    if report.segment is not None:
+        common.console.print(_segment_line(report.segment), highlight=False)
+    if report.schedule is not None:
+        common.console.print(report.schedule, highlight=False)
 
 
 @journeys_app.command("enter")
@@ -198,34 +169,29 @@ def enter(
     as_json: JsonFlag = False,
 ) -> None:
     """Evaluate a journey's segment now and queue everyone in it (once per run key)."""
-    from store.db import utcnow
-
-    engine = common.existing_engine(common.load_settings())
-    data = _enter(engine, name, run or utcnow().strftime("%Y%m%dT%H%M"))
+    with _runtime() as rt:
+        data = service.enter(rt, name, run)
     if as_json:
-        common.emit_json(data)
+        common.emit_json(data.model_dump(mode="json"))
         return
     common.console.print(
-        f"segment of {name!r} (run {data['run']}): {data['matched']} of {data['customers']} "
-        f"customers match; {data['queued']} enrollment(s) queued",
+        f"segment of {name!r} (run {data.run}): {data.matched} of {data.customers} "
+        f"customers match; {data.queued} enrollment(s) queued",
         highlight=False,
     )
 
 
 def _set_status(name: str, status: str) -> None:
-    from store.journeys import set_status
-
-    engine = common.existing_engine(common.load_settings())
-    with engine.begin() as conn:
-        before = set_status(conn, name, status)
-    if before is None:
-        common.fail(f"no journey {name!r} is deployed (crmflow journeys list)")
-    common.console.print(f"journey {name!r}: {before} -> {status}", highlight=False)
-    with engine.connect() as conn:
-        journey = Journey.model_validate(deployed(conn, name)[0].definition)
-    entry = journey.entry
-    if isinstance(entry, SegmentEntry) and entry.schedule is not None:
-        common.console.print(_sync_schedule(journey, status), highlight=False)
+    with _runtime() as rt:
+        try:
+            change = asyncio.run(service.set_status(rt, name, status))
+        except NotFound as exc:
+            common.fail(f"{exc} (crmflow journeys list)")
+    common.console.print(f"journey {name!r}: {change.before} -> {status}", highlight=False)
+    if change.schedule_problem:
+        common.fail(change.schedule_problem)
+    if change.schedule is not None:
+        common.console.print(change.schedule, highlight=False)
 
 
 @journeys_app.command("pause")
@@ -249,43 +215,24 @@ def archive(name: NameArg) -> None:
 @journeys_app.command("list")
 def list_journeys(as_json: JsonFlag = False) -> None:
     """Deployed journeys: status, active version, enrollments by status."""
-    from sqlalchemy import func, select
-
-    from store.journeys import deployed
-    from store.models import EnrollmentRow
-
-    engine = common.existing_engine(common.load_settings())
-    with engine.connect() as conn:
-        counts: dict[str, dict[str, int]] = {}
-        for name, status, n in conn.execute(
-            select(EnrollmentRow.journey, EnrollmentRow.status, func.count()).group_by(
-                EnrollmentRow.journey, EnrollmentRow.status
-            )
-        ):
-            counts.setdefault(name, {})[status] = n
-        rows: list[dict[str, Any]] = [
-            {
-                "journey": d.name,
-                "status": d.status,
-                "version": d.version,
-                "deployed_at": d.deployed_at.isoformat(),
-                "enrollments": counts.get(d.name, {}),
-            }
-            for d in deployed(conn)
-        ]
+    with _runtime() as rt:
+        items = service.list_journeys(rt)
     if as_json:
-        common.emit_json(rows)
+        # deployed_at as Python writes it (`+00:00`), as this command always printed it
+        common.emit_json(
+            [{**i.model_dump(mode="json"), "deployed_at": i.deployed_at.isoformat()} for i in items]
+        )
         return
     from rich.table import Table
 
     table = Table("journey", "status", "version", "deployed", "enrollments")
-    for r in rows:
+    for i in items:
         table.add_row(
-            r["journey"],
-            r["status"],
-            r["version"],
-            r["deployed_at"][:19],
-            ", ".join(f"{k} {v}" for k, v in sorted(r["enrollments"].items())) or "none",
+            i.journey,
+            i.status,
+            i.version,
+            i.deployed_at.isoformat()[:19],
+            ", ".join(f"{k} {v}" for k, v in sorted(i.enrollments.items())) or "none",
         )
     common.console.print(table)
 
@@ -293,25 +240,12 @@ def list_journeys(as_json: JsonFlag = False) -> None:
 @journeys_app.command("dispatch")
 def dispatch(as_json: JsonFlag = False) -> None:
     """Hand pending journey commands to Temporal once (workers do this continuously)."""
-    import asyncio
+    from crmflow.temporal import exit_skipping_finalizers
 
-    from crmflow.dispatch import dispatch_once
-    from crmflow.temporal import TemporalSetupError, connect, exit_skipping_finalizers
-
-    settings = common.load_settings()
-    engine = common.existing_engine(settings)
-
-    async def run() -> Any:
-        client = await connect(settings)
-        return await dispatch_once(client, engine, settings.task_queue)
-
-    try:
-        report = asyncio.run(run())
-    except TemporalSetupError as exc:
-        common.fail(f"{exc} (start one with `crmflow up`)")
-    data = report.__dict__
+    with _runtime() as rt:
+        report = asyncio.run(service.dispatch(rt))
     if as_json:
-        common.emit_json(data)
+        common.emit_json(report.model_dump(mode="json"))
     else:
         common.console.print(
             f"{report.commands} command(s): {report.started} enrollment(s) started, "
@@ -337,12 +271,10 @@ def schema(out: Annotated[Path | None, typer.Option(help="Write to this file")] 
 
 # --------------------------------------------------------------------------- reports
 
-ReportNameArg = Annotated[str, typer.Argument(help="The journey's name")]
-
 
 @journeys_app.command("stats")
 def stats_cmd(
-    name: ReportNameArg,
+    name: NameArg,
     as_json: JsonFlag = False,
     chart: Annotated[
         Path | None,
@@ -351,14 +283,34 @@ def stats_cmd(
 ) -> None:
     """Per version and node: entered, waiting, sent, suppressed (why), failed, ended; goal
     conversions per variant and for the holdout, with the uplift."""
-    from crmflow.cli.journey_reports import stats_command
+    from crmflow.cli.journey_reports import (
+        ChartError,
+        chart_problem,
+        stats_renderables,
+        write_chart,
+    )
 
-    stats_command(name, as_json=as_json, chart=chart)
+    if chart is not None and (problem := chart_problem(chart)) is not None:
+        common.fail(problem)
+    with _runtime() as rt:
+        data = service.stats(rt, name)
+    if chart is not None:
+        try:
+            write_chart(data, chart)
+        except (ChartError, OSError) as exc:
+            common.fail(f"cannot write the chart: {exc}")
+        # with --json, stdout holds the JSON alone
+        (common.err if as_json else common.console).print(f"wrote {chart}", highlight=False)
+    if as_json:
+        common.emit_json(data.model_dump(mode="json"))
+        return
+    for part in stats_renderables(data):
+        common.console.print(part)
 
 
 @journeys_app.command("enrollments")
 def enrollments_cmd(
-    name: ReportNameArg,
+    name: NameArg,
     status: Annotated[
         str | None,
         typer.Option(
@@ -367,13 +319,40 @@ def enrollments_cmd(
             "held_out, failed",
         ),
     ] = None,
+    node: Annotated[
+        str | None, typer.Option("--node", help="Only enrollments now at this node")
+    ] = None,
     limit: Annotated[int, typer.Option("--limit", help="At most this many rows")] = 100,
     as_json: JsonFlag = False,
 ) -> None:
     """Who is where: customer, node, since when, status, variant, version."""
-    from crmflow.cli.journey_reports import enrollments_command
+    from crmflow.cli.journey_reports import enrollments_table
+    from store.journey_stats import ENROLLMENT_STATUSES
 
-    enrollments_command(name, status=status, limit=limit, as_json=as_json)
+    if status is not None and status not in ENROLLMENT_STATUSES:
+        common.fail(f"--status must be one of {', '.join(ENROLLMENT_STATUSES)}, not {status!r}")
+    if limit < 1:
+        common.fail("--limit must be at least 1")
+    if limit > service.MAX_ENROLLMENTS:
+        common.fail(f"--limit must be at most {service.MAX_ENROLLMENTS}")
+    try:
+        query = service.EnrollmentsQuery.model_validate(
+            {"status": status, "node": node, "limit": limit}
+        )
+    except ValidationError as exc:
+        common.fail(describe_errors(exc))
+    with _runtime() as rt:
+        data = service.enrollments(rt, name, query)
+    if as_json:
+        common.emit_json(data.model_dump(mode="json"))
+        return
+    which = f"{status} " if status else ""
+    where = f" at {node}" if node else ""
+    title = (
+        f"journey {name}: {len(data.enrollments)} of {data.total} {which}enrollments{where}, "
+        "latest move first"
+    )
+    common.console.print(enrollments_table(data.enrollments, title))
 
 
 # --------------------------------------------------------------------------- simulation
@@ -445,16 +424,16 @@ def simulate_cmd(
     from rich.markup import escape
 
     from crmflow.simulate import (
+        MAX_DAYS,
         SimulationError,
         load_customer,
         load_events,
         print_report,
-        quiet_hours_overrides,
-        simulate,
     )
     from crmflow.temporal import exit_skipping_finalizers
 
     settings = common.load_settings()
+    # the face reads the files and options; the service runs the simulation
     try:
         when = None
         if start is not None:
@@ -465,21 +444,31 @@ def simulate_cmd(
                     f"--start {start!r}: expected ISO 8601 with a zone, such as "
                     "2026-12-01T09:00:00+08:00"
                 ) from exc
+        if until is not None and not 0 < until <= MAX_DAYS:
+            raise SimulationError(f"--until must be more than 0 and at most {MAX_DAYS} days")
         person = load_customer(customer, settings.default_phone_region)
         happened = load_events(events, person["customer_id"]) if events else []
-        report = simulate(
-            file,
-            person,
-            happened,
-            settings=settings,
-            overrides=quiet_hours_overrides(quiet_hours, no_quiet_hours),
+        options = service.SimulationOptions(
+            customer=person,
+            events=happened,
             start=when,
             until_days=until,
-            rules_dir=rules,
-            program=program,
+            quiet_hours=quiet_hours,
+            no_quiet_hours=no_quiet_hours,
         )
     except SimulationError as exc:
         common.fail(escape(str(exc)))
+    except ValidationError as exc:
+        common.fail(escape(describe_errors(exc)))
+    with _runtime(database=False) as rt:
+        try:
+            report = asyncio.run(
+                service.simulate(
+                    rt, JourneyFile(path=file, program=program), options, rules_dir=rules
+                )
+            )
+        except ServiceError as exc:
+            common.fail(escape(str(exc)))
     if as_json:
         common.emit_json(report.model_dump(mode="json"))
     else:

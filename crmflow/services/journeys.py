@@ -1,0 +1,676 @@
+"""Journeys: validate, deploy, list and show; pause, resume and archive; segment entry; stats
+and who is where; simulation; dispatch. Every face (CLI, HTTP API, console) calls these.
+
+A journey comes as a file (`JourneyFile`: checked against the programme beside it, as the
+CLI always did) or as YAML text (`JourneyText`: checked against the programme of the active
+rules version, the one its conditions will be evaluated with).
+
+Deploying stores the version and, for a journey entered by a segment once, enters that
+segment in the same database transaction: either both happen or neither (a segment that
+cannot be evaluated leaves nothing deployed). A journey entered by a segment on a schedule
+gets its Temporal Schedule made to match after the commit; when Temporal cannot be reached
+the report says so (`schedule_problem`) and the journey stays deployed — deploying again or
+changing its status syncs the schedule once Temporal is up.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import tempfile
+from collections import Counter
+from collections.abc import Collection, Iterator
+from contextlib import contextmanager
+from datetime import datetime
+from pathlib import Path
+from typing import TYPE_CHECKING, Annotated, Any, Literal, cast
+
+from pydantic import BaseModel, ConfigDict, Field
+from sqlalchemy import Connection, Engine, func, select
+
+from crmflow.formats import Event
+from crmflow.services.errors import FieldProblem, Invalid, NotFound, Refused, Unavailable
+from crmflow.services.runtime import Runtime
+from journeys import validate as jv
+from journeys.models import EventEntry, Journey, MessageNode, SegmentEntry, edges
+from rules.pack import load_program
+from rules.source import RuleError, RuleFileError, parse_yaml
+from store import journey_stats as jstats
+from store import journeys as jstore
+from store.db import utcnow
+from store.models import EnrollmentRow
+from store.rule_versions import active_source
+
+if TYPE_CHECKING:
+    from crmflow.simulate import SimulationReport
+
+MAX_YAML_CHARS = 200_000  # a journey file is a few kB; this bounds what a request may send
+MAX_ENROLLMENTS = 10_000  # most enrollments listed at once
+MAX_SIMULATED_EVENTS = 1_000
+TEXT_PATH = "journey.yaml"  # the file name problems of a journey sent as text are reported at
+STATUSES = jstore.STATUSES
+EnrollmentStatus = Literal["active", "completed", "converted", "exited", "held_out", "failed"]
+
+
+# --------------------------------------------------------------------------- inputs
+
+
+class JourneyFile(BaseModel):
+    """A journey file on this machine, with its programme (default: `program.yaml` beside
+    the journey's folder or in its parent)."""
+
+    path: Path
+    program: Path | None = None
+
+
+class JourneyText(BaseModel):
+    """A journey as YAML text; checked against the active rules version's programme."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    yaml: str = Field(
+        min_length=1,
+        max_length=MAX_YAML_CHARS,
+        description="The journey file's text (YAML), as `crmflow journeys validate` reads it",
+    )
+
+
+JourneySource = JourneyFile | JourneyText
+
+
+class InvalidJourney(Invalid):
+    """A journey that does not validate: `errors` has each problem with its file, line and
+    node; `problems` names the node (`yaml.nodes.<id>`) and says the line."""
+
+    def __init__(self, errors: list[RuleError]) -> None:
+        self.errors = errors
+        super().__init__([_problem(e) for e in errors])
+
+
+def _problem(e: RuleError) -> FieldProblem:
+    node = getattr(e, "node", None)
+    field = f"yaml.nodes.{node}" if node else "yaml"
+    reason = f"line {e.line}: {e.message}" if e.line else e.message
+    return FieldProblem(field, reason)
+
+
+# --------------------------------------------------------------------------- validate
+
+
+class EventEntryInfo(BaseModel):
+    kind: Literal["event"] = "event"
+    event: str
+    when: bool = Field(description="the entry has a condition")
+
+
+class SegmentEntryInfo(BaseModel):
+    kind: Literal["segment"] = "segment"
+    schedule: str | None = Field(description="cron expression; None: entered once at deploy")
+    once: bool
+
+
+class RuleEntryInfo(BaseModel):
+    kind: Literal["rule"] = "rule"
+
+
+EntryInfo = Annotated[
+    EventEntryInfo | SegmentEntryInfo | RuleEntryInfo, Field(discriminator="kind")
+]
+
+
+class JourneySummary(BaseModel):
+    """What validating a journey reports about a valid one."""
+
+    ok: bool = True
+    file: str
+    program: str = Field(description="the programme it was checked against")
+    journey: str
+    entry: EntryInfo
+    start: str
+    nodes: dict[str, str] = Field(description="node id -> type")
+    node_types: dict[str, int]
+    channels: list[str] = Field(description="channels its messages use")
+    goal: dict[str, Any] | None
+
+
+def entry_info(journey: Journey) -> EventEntryInfo | SegmentEntryInfo | RuleEntryInfo:
+    entry = journey.entry
+    if isinstance(entry, EventEntry):
+        return EventEntryInfo(event=entry.event, when=entry.when is not None)
+    if isinstance(entry, SegmentEntry):
+        return SegmentEntryInfo(schedule=entry.schedule, once=entry.once)
+    return RuleEntryInfo()
+
+
+def summary(loaded: jv.LoadedJourney) -> JourneySummary:
+    j = loaded.journey
+    used = sorted({n.channel for n in j.nodes.values() if isinstance(n, MessageNode)})
+    return JourneySummary(
+        file=loaded.path,
+        program=loaded.program_path,
+        journey=j.journey,
+        entry=entry_info(j),
+        start=j.start,
+        nodes={nid: node.type for nid, node in j.nodes.items()},
+        node_types=dict(Counter(node.type for node in j.nodes.values())),
+        channels=used,
+        goal=j.goal.model_dump(mode="json", exclude_none=True) if j.goal else None,
+    )
+
+
+def _active_program(rt: Runtime) -> tuple[Any, str, str]:
+    """The active rules version's programme, its path and the version; `Refused` without one."""
+    with rt.engine.connect() as conn:
+        found = active_source(conn)
+    if found is None:
+        raise Refused(
+            "a journey is checked against the programme of the active rules version, and "
+            "none is deployed: deploy a rules version first"
+        )
+    version, source = found
+    try:
+        program = load_program(parse_yaml(source.program_text, source.program_path))
+    except RuleFileError as exc:  # deployed versions validated; a later schema may differ
+        raise Unavailable(f"the active rules version's programme does not load: {exc}") from exc
+    return program, source.program_path, version
+
+
+def load(
+    rt: Runtime | None,
+    source: JourneySource,
+    known_events: Collection[str] | None = None,
+) -> tuple[jv.LoadedJourney, str]:
+    """The validated journey and its text; `InvalidJourney` listing every problem. `rt` is
+    needed for text only (the active rules version's programme)."""
+    if isinstance(source, JourneyFile):
+        try:
+            loaded = jv.load_journey(source.path, source.program, known_events)
+        except RuleFileError as exc:
+            raise InvalidJourney(exc.errors) from exc
+        try:
+            text = source.path.read_text(encoding="utf-8")
+        except (OSError, UnicodeDecodeError) as exc:  # it was read a moment ago
+            raise Invalid(f"{source.path}: cannot read it ({exc})", field="path") from exc
+        return loaded, text
+    if rt is None:
+        raise ValueError("a journey sent as text is checked against the database's rules")
+    program, program_path, _ = _active_program(rt)
+    try:
+        journey = jv.validate_text(source.yaml, TEXT_PATH, program, known_events)
+    except RuleFileError as exc:
+        raise InvalidJourney(exc.errors) from exc
+    return jv.LoadedJourney(journey, TEXT_PATH, program, program_path), source.yaml
+
+
+def validate(
+    rt: Runtime | None,
+    source: JourneySource,
+    known_events: Collection[str] | None = None,
+) -> JourneySummary:
+    """Check a journey: its summary, or `InvalidJourney` with every problem (file:line,
+    node). With `known_events`, other event types are problems too."""
+    loaded, _ = load(rt, source, known_events)
+    return summary(loaded)
+
+
+# --------------------------------------------------------------------------- deploy
+
+
+class SegmentRunInfo(BaseModel):
+    """One evaluation of a journey's segment."""
+
+    journey: str
+    run: str = Field(description="the run key: a customer is queued once per version and run")
+    customers: int
+    matched: int
+    queued: int = Field(description="enrollments queued now (a worker's dispatcher starts them)")
+
+
+class DeployReport(BaseModel):
+    journey: str
+    version: str
+    new: bool = Field(description="false: this version was deployed before; made active")
+    segment: SegmentRunInfo | None = Field(
+        None, description="a segment entered once: who was queued (same transaction)"
+    )
+    schedule: str | None = Field(None, description="what was done to the segment's schedule")
+    schedule_problem: str | None = Field(
+        None, description="the schedule could not be synced (the journey is deployed)"
+    )
+
+
+class _OneTransaction:
+    """An engine-shaped view of one connection: `crmflow.segments.enter_segment` opens its
+    connections and transactions through `connect()` / `begin()`; here both hand it the
+    caller's connection, so its reads and writes join the caller's transaction."""
+
+    def __init__(self, conn: Connection) -> None:
+        self.conn = conn
+
+    @contextmanager
+    def connect(self) -> Iterator[Connection]:
+        yield self.conn
+
+    begin = connect
+
+
+def _enter(target: Engine | Connection, name: str, run: str) -> SegmentRunInfo:
+    from crmflow.segments import SegmentError, enter_segment
+
+    engine = target if isinstance(target, Engine) else cast(Engine, _OneTransaction(target))
+    try:
+        result = enter_segment(engine, name, run)
+    except SegmentError as exc:
+        raise Refused(str(exc)) from exc
+    return SegmentRunInfo(**result.__dict__)
+
+
+def _store(
+    rt: Runtime, journey: Journey, text: str, origin: str | None
+) -> tuple[DeployReport, str]:
+    with rt.engine.begin() as conn:
+        version, created = jstore.deploy_journey(
+            conn, journey.journey, journey.definition(), text, origin
+        )
+        report = DeployReport(journey=journey.journey, version=version, new=created)
+        entry = journey.entry
+        if isinstance(entry, SegmentEntry) and entry.once:
+            # a Refused here rolls the version back with it
+            report.segment = _enter(conn, journey.journey, "once")
+        status = jstore.deployed(conn, journey.journey)[0].status
+    return report, status
+
+
+async def _sync_schedule(
+    rt: Runtime, journey: Journey, status: str
+) -> tuple[str | None, str | None]:
+    """(what was done, None) or (None, why not): make the Temporal Schedule match."""
+    from temporalio.service import RPCError
+
+    from crmflow.segment_schedules import sync_schedule
+
+    try:
+        client = await rt.temporal()
+        return await sync_schedule(client, rt.settings.task_queue, journey, status), None
+    except Unavailable as exc:
+        cause = exc.__cause__ or exc
+        return None, (
+            f"the journey is stored, but its segment schedule needs Temporal: {cause}. "
+            "Deploy again (or change its status) once Temporal is up (`crmflow up`)."
+        )
+    except RPCError as exc:
+        return None, f"the journey is stored, but Temporal refused its segment schedule: {exc}"
+
+
+def _scheduled(journey: Journey) -> bool:
+    return isinstance(journey.entry, SegmentEntry) and journey.entry.schedule is not None
+
+
+async def deploy(rt: Runtime, source: JourneySource, origin: str | None = None) -> DeployReport:
+    """Validate and store a journey as a new version (new enrollments use it; running ones
+    finish on theirs); enter a once-segment in the same transaction; then sync a scheduled
+    segment's Temporal Schedule. `origin` (default: the file's path) is kept with the
+    version."""
+    loaded, text = await asyncio.to_thread(load, rt, source)
+    if origin is None and isinstance(source, JourneyFile):
+        origin = str(source.path)
+    journey = loaded.journey
+    report, status = await asyncio.to_thread(_store, rt, journey, text, origin)
+    if _scheduled(journey):
+        report.schedule, report.schedule_problem = await _sync_schedule(rt, journey, status)
+    return report
+
+
+# --------------------------------------------------------------------------- status
+
+
+class StatusChange(BaseModel):
+    journey: str
+    before: str
+    status: str
+    schedule: str | None = None
+    schedule_problem: str | None = None
+
+
+async def set_status(rt: Runtime, name: str, status: str) -> StatusChange:
+    """Set a journey's status (active, paused, archived) and sync its segment schedule."""
+    if status not in STATUSES:
+        raise Invalid(f"status must be one of {', '.join(STATUSES)}", field="status")
+
+    def change() -> tuple[str | None, Journey | None]:
+        with rt.engine.begin() as conn:
+            before = jstore.set_status(conn, name, status)
+            found = jstore.deployed(conn, name) if before is not None else []
+        return before, Journey.model_validate(found[0].definition) if found else None
+
+    before, journey = await asyncio.to_thread(change)
+    if before is None or journey is None:
+        raise NotFound(f"no journey {name!r} is deployed")
+    out = StatusChange(journey=name, before=before, status=status)
+    if _scheduled(journey):
+        out.schedule, out.schedule_problem = await _sync_schedule(rt, journey, status)
+    return out
+
+
+async def pause(rt: Runtime, name: str) -> StatusChange:
+    """Stop new enrollments; running enrollments go on."""
+    return await set_status(rt, name, "paused")
+
+
+async def resume(rt: Runtime, name: str) -> StatusChange:
+    """Let new enrollments in again."""
+    return await set_status(rt, name, "active")
+
+
+async def archive(rt: Runtime, name: str) -> StatusChange:
+    """Retire a journey: no new enrollments, and it listens to no new events."""
+    return await set_status(rt, name, "archived")
+
+
+# --------------------------------------------------------------------------- list and show
+
+
+class JourneyListItem(BaseModel):
+    journey: str
+    status: str
+    version: str = Field(description="the active version")
+    deployed_at: datetime = Field(description="when the active version was deployed")
+    enrollments: dict[str, int] = Field(description="enrollments by status")
+
+
+def _enrollment_counts(conn: Connection, name: str | None = None) -> dict[str, dict[str, int]]:
+    e = EnrollmentRow
+    stmt = select(e.journey, e.status, func.count()).group_by(e.journey, e.status)
+    if name is not None:
+        stmt = stmt.where(e.journey == name)
+    counts: dict[str, dict[str, int]] = {}
+    for journey, status, n in conn.execute(stmt):
+        counts.setdefault(journey, {})[status] = n
+    return counts
+
+
+def list_journeys(rt: Runtime) -> list[JourneyListItem]:
+    """Deployed journeys by name: status, active version, enrollments by status."""
+    with rt.engine.connect() as conn:
+        counts = _enrollment_counts(conn)
+        return [
+            JourneyListItem(
+                journey=d.name,
+                status=d.status,
+                version=d.version,
+                deployed_at=d.deployed_at,
+                enrollments=counts.get(d.name, {}),
+            )
+            for d in jstore.deployed(conn)
+        ]
+
+
+class NodeInfo(BaseModel):
+    id: str
+    type: str
+    definition: dict[str, Any] = Field(description="the node as deployed")
+
+
+class EdgeInfo(BaseModel):
+    source: str
+    target: str
+    via: str = Field(description="the field naming the target: next, cases.0.next, on_event …")
+
+
+class VersionInfo(BaseModel):
+    version: str
+    deployed_at: datetime
+    origin: str | None = Field(description="where it was deployed from (a file, the API)")
+    active: bool
+
+
+class JourneyDetail(JourneyListItem):
+    """One journey: its active version's graph and every version deployed."""
+
+    description: str | None
+    entry: EntryInfo
+    start: str
+    channels: list[str]
+    goal: dict[str, Any] | None
+    nodes: list[NodeInfo] = Field(description="breadth-first from start")
+    edges: list[EdgeInfo]
+    versions: list[VersionInfo]
+
+
+def get_journey(rt: Runtime, name: str) -> JourneyDetail:
+    """A deployed journey with its graph (nodes, edges) and versions; `NotFound` otherwise."""
+    with rt.engine.connect() as conn:
+        found = jstore.deployed(conn, name)
+        if not found:
+            raise NotFound(f"no journey {name!r} is deployed")
+        d = found[0]
+        counts = _enrollment_counts(conn, name)
+        versions = jstore.versions(conn, name)
+    j = Journey.model_validate(d.definition)
+    definition = j.definition()
+    order = jstats.graph_order(j)  # stored JSON may not keep the file's key order
+    return JourneyDetail(
+        journey=d.name,
+        status=d.status,
+        version=d.version,
+        deployed_at=d.deployed_at,
+        enrollments=counts.get(name, {}),
+        description=j.description,
+        entry=entry_info(j),
+        start=j.start,
+        channels=list(j.channels),
+        goal=j.goal.model_dump(mode="json", exclude_none=True) if j.goal else None,
+        nodes=[
+            NodeInfo(id=nid, type=j.nodes[nid].type, definition=definition["nodes"][nid])
+            for nid in order
+        ],
+        edges=[
+            EdgeInfo(source=nid, target=target, via=".".join(str(p) for p in path))
+            for nid in order
+            for path, target in edges(j.nodes[nid])
+        ],
+        versions=[
+            VersionInfo(version=v, deployed_at=at, origin=origin, active=v == d.version)
+            for v, at, origin in versions
+        ],
+    )
+
+
+# --------------------------------------------------------------------------- segment entry
+
+
+def enter(rt: Runtime, name: str, run: str | None = None) -> SegmentRunInfo:
+    """Evaluate a journey's segment now and queue everyone in it, once per run key
+    (default: now, to the minute)."""
+    with rt.engine.connect() as conn:
+        if not jstore.deployed(conn, name):
+            raise NotFound(f"no journey {name!r} is deployed")
+    return _enter(rt.engine, name, run or utcnow().strftime("%Y%m%dT%H%M"))
+
+
+# --------------------------------------------------------------------------- reports
+
+
+def stats(rt: Runtime, name: str) -> jstats.JourneyStats:
+    """Per version and node: entered, waiting, sent, suppressed (why), failed, ended; goal
+    conversions per variant and for the holdout, with the uplift."""
+    with rt.engine.connect() as conn:
+        try:
+            return jstats.journey_stats(conn, name)
+        except jstats.UnknownJourney as exc:
+            raise NotFound(str(exc)) from exc
+
+
+class EnrollmentsQuery(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    status: EnrollmentStatus | None = None
+    node: str | None = Field(None, min_length=1, max_length=100, description="current node")
+    limit: int = Field(jstats.DEFAULT_LIMIT, ge=1, le=MAX_ENROLLMENTS)
+
+
+class EnrollmentList(BaseModel):
+    journey: str
+    status: str | None
+    node: str | None = None
+    total: int = Field(description="enrollments matching, however many are listed")
+    enrollments: list[jstats.EnrollmentInfo] = Field(description="latest move first")
+
+
+def enrollments(rt: Runtime, name: str, query: EnrollmentsQuery | None = None) -> EnrollmentList:
+    """Who is where: a journey's enrollments (with a status, at a node), latest move first."""
+    q = query or EnrollmentsQuery()
+    e = EnrollmentRow
+    where = [e.journey == name]
+    if q.status is not None:
+        where.append(e.status == q.status)
+    if q.node is not None:
+        where.append(e.node == q.node)
+    with rt.engine.connect() as conn:
+        if not jstats.journey_exists(conn, name):
+            raise NotFound(f"no journey named {name!r} (deploy one, or check the name)")
+        total = conn.execute(select(func.count()).select_from(e).where(*where)).scalar_one()
+        rows = conn.execute(
+            select(
+                e.customer_id,
+                e.node,
+                e.node_since.label("since"),
+                e.status,
+                e.variant,
+                e.version,
+                e.entry_no,
+                e.entered_at,
+                e.finished_at,
+                e.outcome,
+                e.workflow_id,
+            )
+            .where(*where)
+            .order_by(
+                func.coalesce(e.node_since, e.entered_at).desc(), e.customer_id, e.workflow_id
+            )
+            .limit(q.limit)
+        ).all()
+    return EnrollmentList(
+        journey=name,
+        status=q.status,
+        node=q.node,
+        total=int(total),
+        enrollments=[jstats.EnrollmentInfo(**r._mapping) for r in rows],
+    )
+
+
+# --------------------------------------------------------------------------- simulation
+
+
+class SimulationOptions(BaseModel):
+    """One customer's run through a journey on the time-skipping test server."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    customer: dict[str, Any] = Field(
+        description="The customer: one object in the customer import format",
+        examples=[{"customer_id": "C1", "email": "a@example.com", "consent": {"email": True}}],
+    )
+    events: list[Event] = Field(
+        default_factory=list,
+        max_length=MAX_SIMULATED_EVENTS,
+        description="Their events, each signalled at its occurred_at",
+    )
+    start: datetime | None = Field(
+        None, description="When the enrollment starts, with a zone (default: the first event)"
+    )
+    until_days: float | None = Field(
+        None, gt=0, le=400, description="Stop this many simulated days after the start"
+    )
+    quiet_hours: str | None = Field(
+        None, max_length=20, description="Quiet hours on the customer's clock, e.g. 21:00-08:00"
+    )
+    no_quiet_hours: bool = Field(False, description="Simulate without quiet hours")
+    rules: bool = Field(
+        False,
+        description="Deploy the active rules version in the simulation (update nodes and "
+        "branches on rule facts need it); journeys sent as text only",
+    )
+
+
+@contextmanager
+def _materialised(
+    rt: Runtime, text: JourneyText, with_rules: bool
+) -> Iterator[tuple[Path, Path, Path | None]]:
+    """A temporary folder holding the journey, the active programme and (with_rules) the
+    active rules files, as the simulator reads them: (journey, programme, rules folder)."""
+    with rt.engine.connect() as conn:
+        found = active_source(conn)
+    if found is None:
+        raise Refused("no rules version is deployed: deploy one first")
+    _, source = found
+    with tempfile.TemporaryDirectory(prefix="crmflow-journey-") as tmp:
+        folder = Path(tmp)
+        journey = folder / TEXT_PATH
+        journey.write_text(text.yaml, encoding="utf-8")
+        program = folder / "program.yaml"
+        program.write_text(source.program_text, encoding="utf-8")
+        rules_dir: Path | None = None
+        if with_rules:
+            rules_dir = folder / "rules"
+            rules_dir.mkdir()
+            for name, body in source.files:
+                (rules_dir / Path(name).name).write_text(body, encoding="utf-8")
+        yield journey, program, rules_dir
+
+
+async def simulate(
+    rt: Runtime,
+    source: JourneySource,
+    options: SimulationOptions,
+    *,
+    rules_dir: Path | None = None,
+) -> SimulationReport:
+    """Run a journey for one customer in a throwaway world (nothing is sent): the path
+    taken, every message with its simulated send time, the outcome (a `SimulationReport`).
+
+    For a file, `rules_dir` is a rules folder to deploy in the simulation; for text,
+    `options.rules` deploys the active rules version. `Invalid` for input that cannot run.
+    """
+    from crmflow.simulate import SimulationError, quiet_hours_overrides, simulate_async
+
+    async def run(journey: Path, program: Path | None, rules: Path | None) -> SimulationReport:
+        overrides = quiet_hours_overrides(options.quiet_hours, options.no_quiet_hours)
+        return await simulate_async(
+            journey,
+            options.customer,
+            options.events,
+            settings=rt.settings,
+            overrides=overrides,
+            start=options.start,
+            until_days=options.until_days,
+            rules_dir=rules,
+            program=program,
+        )
+
+    try:
+        if isinstance(source, JourneyFile):
+            return await run(source.path, source.program, rules_dir)
+        await asyncio.to_thread(load, rt, source)  # problems named by line, not a temp path
+        with _materialised(rt, source, options.rules) as (journey, program, rules):
+            return await run(journey, program, rules)
+    except SimulationError as exc:
+        raise Invalid(str(exc)) from exc
+
+
+# --------------------------------------------------------------------------- dispatch
+
+
+class DispatchSummary(BaseModel):
+    commands: int
+    started: int
+    signalled: int
+    skipped: dict[str, int]
+
+
+async def dispatch(rt: Runtime, limit: int = 500) -> DispatchSummary:
+    """Hand pending journey commands to Temporal once (workers do this continuously)."""
+    from crmflow.dispatch import dispatch_once
+
+    client = await rt.temporal()
+    report = await dispatch_once(client, rt.engine, rt.settings.task_queue, limit)
+    return DispatchSummary(**report.__dict__)
