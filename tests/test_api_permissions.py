@@ -43,7 +43,7 @@ def api_routes() -> list[tuple[str, str, str | None]]:
     for router in ROUTERS:
         for route in router.routes:
             assert isinstance(route, APIRoute), route
-            for method in sorted(route.methods):
+            for method in sorted(route.methods or ()):
                 out.append((method, PREFIX + route.path, _permission(route)))
     return out
 
