@@ -9,7 +9,7 @@ set-based. The programme that types the facts is the active rules version's, or 
 from __future__ import annotations
 
 from datetime import datetime, timedelta
-from typing import Any
+from typing import Annotated, Any
 
 from pydantic import BaseModel, Field, TypeAdapter, ValidationError
 from sqlalchemy import select
@@ -30,6 +30,7 @@ from store.rule_state import load_states
 
 PAGE = 1000
 MAX_SAMPLE = 100
+MAX_CONDITION_CHARS = 20_000
 FIELD = "condition"
 
 _condition: TypeAdapter[Any] = TypeAdapter(Condition)
@@ -38,7 +39,7 @@ _condition: TypeAdapter[Any] = TypeAdapter(Condition)
 class SegmentQuery(BaseModel):
     """A condition on the customer's profile and how many matching ids to show."""
 
-    condition: dict[str, Any] | str = Field(
+    condition: dict[str, Any] | Annotated[str, Field(max_length=MAX_CONDITION_CHARS)] = Field(
         description="a rules condition: 'tags contains vip', {all: [...]}, {any: [...]}, "
         "{not: ...} (as JSON, or as YAML text)",
         examples=[{"all": ["tags contains big-spender", "consent.email == true"]}],
