@@ -29,6 +29,7 @@ from crmflow.cli.keys import keys_app
 from crmflow.cli.projects import project_app
 from crmflow.cli.rules import process_command, rules_app
 from crmflow.cli.schedules import schedules_app
+from crmflow.cli.segments import segments_app
 from crmflow.ingest import ImportError_, ImportReport, Kind, import_file
 from crmflow.processing import ConcurrentProcessing
 from crmflow.temporal import TemporalSetupError, exit_skipping_finalizers
@@ -53,6 +54,7 @@ app.add_typer(journeys_app, name="journeys")
 app.add_typer(project_app, name="project")
 app.add_typer(schedules_app, name="schedules")
 app.add_typer(keys_app, name="keys")
+app.add_typer(segments_app, name="segments")
 
 
 @app.command()
