@@ -37,7 +37,7 @@ from rules.source import RuleError, RuleFileError, parse_yaml
 from store import journey_stats as jstats
 from store import journeys as jstore
 from store.db import utcnow
-from store.models import EnrollmentRow
+from store.models import EnrollmentRow, JourneyRow, JourneyVersionRow
 from store.rule_versions import active_source
 
 if TYPE_CHECKING:
@@ -198,6 +198,8 @@ def load(
         journey = jv.validate_text(source.yaml, TEXT_PATH, program, known_events)
     except RuleFileError as exc:
         raise InvalidJourney(exc.errors) from exc
+    except RecursionError as exc:  # the YAML composer recurses once per nesting level
+        raise Invalid("the YAML is nested too deeply", field="yaml") from exc
     return jv.LoadedJourney(journey, TEXT_PATH, program, program_path), source.yaml
 
 
@@ -475,6 +477,20 @@ def get_journey(rt: Runtime, name: str) -> JourneyDetail:
     )
 
 
+def deployed_text(rt: Runtime, name: str) -> JourneyText:
+    """The text of a journey's active version, as it was deployed."""
+    j, v = JourneyRow, JourneyVersionRow
+    with rt.engine.connect() as conn:
+        text = conn.execute(
+            select(v.source)
+            .join(j, (j.name == v.journey) & (j.active_version == v.version))
+            .where(j.name == name)
+        ).scalar()
+    if text is None:
+        raise NotFound(f"no journey {name!r} is deployed")
+    return JourneyText(yaml=text)
+
+
 # --------------------------------------------------------------------------- segment entry
 
 
@@ -504,7 +520,9 @@ class EnrollmentsQuery(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
     status: EnrollmentStatus | None = None
-    node: str | None = Field(None, min_length=1, max_length=100, description="current node")
+    node: str | None = Field(
+        None, pattern=r"^[a-z][a-z0-9_.:-]{0,63}$", description="only those now at this node"
+    )
     limit: int = Field(jstats.DEFAULT_LIMIT, ge=1, le=MAX_ENROLLMENTS)
 
 
@@ -624,12 +642,14 @@ async def simulate(
     options: SimulationOptions,
     *,
     rules_dir: Path | None = None,
+    name: str | None = None,
 ) -> SimulationReport:
     """Run a journey for one customer in a throwaway world (nothing is sent): the path
     taken, every message with its simulated send time, the outcome (a `SimulationReport`).
 
     For a file, `rules_dir` is a rules folder to deploy in the simulation; for text,
-    `options.rules` deploys the active rules version. `Invalid` for input that cannot run.
+    `options.rules` deploys the active rules version. With `name`, a journey sent as text
+    must be that journey. `Invalid` for input that cannot run.
     """
     from crmflow.simulate import SimulationError, quiet_hours_overrides, simulate_async
 
@@ -650,7 +670,9 @@ async def simulate(
     try:
         if isinstance(source, JourneyFile):
             return await run(source.path, source.program, rules_dir)
-        await asyncio.to_thread(load, rt, source)  # problems named by line, not a temp path
+        loaded, _ = await asyncio.to_thread(load, rt, source)  # problems by line, not temp path
+        if name is not None and loaded.journey.journey != name:
+            raise Invalid(f"this is journey {loaded.journey.journey!r}, not {name!r}", field="yaml")
         with _materialised(rt, source, options.rules) as (journey, program, rules):
             return await run(journey, program, rules)
     except SimulationError as exc:
