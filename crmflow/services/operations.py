@@ -14,8 +14,8 @@ from __future__ import annotations
 
 import base64
 import binascii
-from datetime import datetime
-from typing import Any, Literal
+from datetime import UTC, datetime
+from typing import Annotated, Any, Literal
 
 from pydantic import BaseModel, Field
 from sqlalchemy import and_, or_, select, update
@@ -30,6 +30,11 @@ TASKS = table_of(FollowUpTaskRow)
 OUTBOX = table_of(OutboxMessageRow)
 
 TaskStatus = Literal["open", "done"]
+# PostgreSQL text cannot hold NUL: a filter with one could match nothing and fails instead
+NO_NUL = r"^[^\x00]*$"
+Owner = Annotated[str, Field(min_length=1, max_length=200, pattern=NO_NUL)]
+CustomerId = Annotated[str, Field(min_length=1, max_length=200, pattern=NO_NUL)]
+Channel = Annotated[str, Field(min_length=1, max_length=32, pattern=NO_NUL)]
 
 
 # --- follow-up tasks -----------------------------------------------------------------------
@@ -50,12 +55,15 @@ class Task(BaseModel):
 
 
 class TaskQuery(BaseModel):
-    status: TaskStatus | None = None
-    owner: str | None = Field(None, min_length=1, max_length=200)
-    customer_id: str | None = Field(None, min_length=1, max_length=200)
+    status: TaskStatus | None = Field(None, description="open or done (default: both)")
+    owner: Owner | None = None
+    customer_id: CustomerId | None = None
     limit: int = Field(50, ge=1, le=MAX_LIMIT)
     cursor: str | None = Field(
-        None, max_length=200, description="`next_cursor` of the previous page"
+        None,
+        max_length=200,
+        pattern=r"^[A-Za-z0-9_-]*$",
+        description="`next_cursor` of the previous page",
     )
 
 
@@ -74,9 +82,10 @@ def _after(cursor: str) -> tuple[datetime, int]:
         raw = base64.urlsafe_b64decode(cursor + "=" * (-len(cursor) % 4)).decode()
         due, _, task_id = raw.partition("|")
         at = datetime.fromisoformat(due)
-        if at.tzinfo is None:
+        last = int(task_id)
+        if at.tzinfo is None or not 0 <= last < 2**62:
             raise ValueError
-        return at, int(task_id)
+        return at.astimezone(UTC), last
     except (ValueError, binascii.Error, UnicodeDecodeError, OverflowError):
         raise Invalid("not a cursor of this list", field="cursor") from None
 
@@ -135,8 +144,8 @@ class OutboxMessage(BaseModel):
 
 
 class OutboxQuery(BaseModel):
-    channel: str | None = Field(None, min_length=1, max_length=32)
-    customer_id: str | None = Field(None, min_length=1, max_length=200)
+    channel: Channel | None = None
+    customer_id: CustomerId | None = None
     limit: int = Field(50, ge=1, le=MAX_LIMIT)
     before_id: int | None = Field(None, ge=1, le=2**62, description="Older than this id")
 
