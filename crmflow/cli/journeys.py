@@ -428,7 +428,6 @@ def simulate_cmd(
         SimulationError,
         load_customer,
         load_events,
-        print_report,
     )
     from crmflow.temporal import exit_skipping_finalizers
 
@@ -472,6 +471,8 @@ def simulate_cmd(
     if as_json:
         common.emit_json(report.model_dump(mode="json"))
     else:
+        from crmflow.cli.simulate_report import print_report
+
         print_report(report, common.console)
     code = 1 if report.outcome == "failed" else 0
     if sys.stdout is sys.__stdout__:
