@@ -26,6 +26,7 @@ from crmflow.cli.common import (
 )
 from crmflow.cli.journeys import journeys_app
 from crmflow.cli.keys import keys_app
+from crmflow.cli.operations import outbox_app, tasks_app
 from crmflow.cli.projects import project_app
 from crmflow.cli.rules import process_command, rules_app
 from crmflow.cli.schedules import schedules_app
@@ -55,6 +56,8 @@ app.add_typer(project_app, name="project")
 app.add_typer(schedules_app, name="schedules")
 app.add_typer(keys_app, name="keys")
 app.add_typer(segments_app, name="segments")
+app.add_typer(tasks_app, name="tasks")
+app.add_typer(outbox_app, name="outbox")
 
 
 @app.command()

@@ -17,6 +17,7 @@ from sqlalchemy import Connection, and_, delete, func, insert, select, update
 from crmflow.formats import Customer, CustomerProfile, Name
 from crmflow.processing import active_pack
 from crmflow.services.errors import FieldProblem, Invalid, NotFound, TooLarge
+from crmflow.services.operations import mask_address
 from crmflow.services.runtime import Runtime
 from rules.tiers import qualified_for
 from store.automations import qualifying_totals
@@ -39,16 +40,11 @@ MANUAL = "manual"  # the `source` prefix of a tag set by hand: "manual:<who>"
 
 
 def mask_email(email: str | None) -> str | None:
-    if not email or "@" not in email:
-        return email and "***"
-    local, _, domain = email.partition("@")
-    return f"{local[:1]}***@{domain}"
+    return mask_address(email)
 
 
 def mask_phone(phone: str | None) -> str | None:
-    if not phone:
-        return phone
-    return phone[:3] + "*" * max(len(phone) - 7, 3) + phone[-4:]
+    return mask_address(phone)
 
 
 # --------------------------------------------------------------------------- search
@@ -92,6 +88,9 @@ def _like(text: str) -> str:
 
 def search_customers(rt: Runtime, q: CustomerQuery, *, mask: bool) -> CustomerPage:
     """Customers matching `q`, ordered by id, one page (keyset cursor on the id)."""
+    texts = (q.customer_id, q.email, q.phone, q.name, q.tag, q.tier, q.after)
+    if any(t and "\x00" in t for t in texts):
+        raise Invalid("a search text cannot hold a NUL character", field="query")
     c = CustomerRow.__table__.c
     where: list[Any] = []
     if q.customer_id:
