@@ -88,3 +88,25 @@ def test_read_command_on_an_empty_database_says_what_to_do(
     result = runner.invoke(app, ["customer", "show", "x"])
     assert result.exit_code == 1
     assert "crmflow migrate" in result.output
+
+
+def test_the_api_refuses_a_public_address_with_the_default_unsubscribe_secret(env: Path) -> None:
+    result = runner.invoke(app, ["api", "--host", "0.0.0.0", "--port", "1"])
+    assert result.exit_code == 1
+    assert "unsubscribe secret is the built-in default" in " ".join(result.output.split())
+    result = runner.invoke(app, ["api", "--certfile", str(env / "missing.pem")])
+    assert result.exit_code == 1
+    assert "--keyfile" in result.output
+
+
+def test_settings_never_print_secrets(env: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("CRMFLOW_DATABASE_URL", "postgresql://crm:s3cret-pw@db:5432/crm")
+    monkeypatch.setenv("CRMFLOW_TEMPORAL_API_KEY", "tmprl-key-value")
+    monkeypatch.setenv("CRMFLOW_UNSUBSCRIBE_SECRET", "unsub-secret-value")
+    for args in (["settings", "--json"], ["settings"]):
+        result = runner.invoke(app, args)
+        assert result.exit_code == 0, result.output
+        for secret in ("s3cret-pw", "tmprl-key-value", "unsub-secret-value"):
+            assert secret not in result.output
+    data = json.loads(runner.invoke(app, ["settings", "--json"]).stdout)
+    assert data["database_url"] == "postgresql://crm:***@db:5432/crm"
