@@ -119,6 +119,7 @@ class ChangeLog:
         if scope["type"] != "http" or scope["method"] in READ_METHODS:
             await self.app(scope, receive, send)
             return
+
         async def watch(message: Message) -> None:
             # written before the answer goes out: a caller that has its answer finds the
             # change in the log
