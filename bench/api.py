@@ -586,11 +586,17 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     return args
 
 
+def _terminated(signum: int, _frame: Any) -> None:
+    raise SystemExit(f"stopped by signal {signum}")
+
+
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
     if args.child:
         child_main(args)
         return 0
+    # SIGTERM unwinds like Ctrl-C: the server is stopped and the databases are dropped
+    signal.signal(signal.SIGTERM, _terminated)
 
     kinds = [k.strip() for k in args.databases.split(",") if k.strip()]
     unknown = [k for k in kinds if k not in DATABASES]
