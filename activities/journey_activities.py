@@ -67,6 +67,9 @@ class _Skip:
 
     why: str
     status: str = "suppressed"
+    # a delivery row names its customer (a foreign key): none for one no longer stored
+    # (erased, or never imported); the step log still says why nothing was sent
+    delivery_row: bool = True
 
 
 def _key_prefix(journey: str) -> str:
@@ -178,7 +181,7 @@ class JourneyActivities:
             if isinstance(decided, DeliverResult):
                 return decided
             if isinstance(decided, _Skip):
-                return self._suppress(conn, req, at, decided.why, decided.status)
+                return self._suppress(conn, req, at, decided)
             message, rendered = decided
             if done is None:
                 opened = jstore.open_delivery(
@@ -217,7 +220,7 @@ class JourneyActivities:
             return DeliverResult(status=done.status, reason=done.reason, sent_at=done.sent_at)
         profile = jstore.message_profile(conn, req.customer_id, at)
         if profile is None:
-            return _Skip("the customer is not in the store")
+            return _Skip("the customer is not in the store", delivery_row=False)
         if done is None:
             why = self._why_not(req, profile)
             if why is not None:
@@ -307,19 +310,19 @@ class JourneyActivities:
                 return minute[-req.rate_limit_per_minute] + timedelta(minutes=1, seconds=1)
         return None
 
-    def _suppress(
-        self, conn: Any, req: DeliverRequest, at: datetime, why: str, status: str = "suppressed"
-    ) -> DeliverResult:
-        jstore.open_delivery(
-            conn,
-            dedupe_key=req.step_key,
-            customer_id=req.customer_id,
-            channel=req.channel,
-            status=status,
-            reason=why,
-            at=at,
-            meta={"journey": req.journey, "node": req.node, "variant": req.variant},
-        )
+    def _suppress(self, conn: Any, req: DeliverRequest, at: datetime, skip: _Skip) -> DeliverResult:
+        why, status = skip.why, skip.status
+        if skip.delivery_row:
+            jstore.open_delivery(
+                conn,
+                dedupe_key=req.step_key,
+                customer_id=req.customer_id,
+                channel=req.channel,
+                status=status,
+                reason=why,
+                at=at,
+                meta={"journey": req.journey, "node": req.node, "variant": req.variant},
+            )
         self._after(conn, req, at, status, why)
         return DeliverResult(status=status, reason=why)
 

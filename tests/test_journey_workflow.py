@@ -339,6 +339,24 @@ async def test_no_consent_and_frequency_cap_suppress_with_a_reason(
     assert "frequency cap" in str(deliveries(engine, "F1")[1][1])
 
 
+async def test_a_customer_no_longer_stored_is_suppressed_not_retried_forever(
+    ts_env: WorkflowEnvironment, engine: Engine
+) -> None:
+    # an erased (or never imported) customer: a delivery row would break its foreign key
+    # on PostgreSQL and the activity would retry for ever; the step log says why instead
+    async with worker(ts_env, engine) as queue:
+        result = await (await start(ts_env, queue, journey(THREE_STEP), "GONE")).result()
+    assert result.sent == 0
+    assert deliveries(engine, "GONE") == []
+    with engine.connect() as conn:
+        reasons = conn.execute(
+            select(JourneyStepRow.reason).where(
+                JourneyStepRow.customer_id == "GONE", JourneyStepRow.kind == "suppressed"
+            )
+        ).scalars()
+        assert set(reasons) == {"the customer is not in the store"}
+
+
 async def test_quiet_hours_hold_a_message_until_morning_in_the_customers_zone(
     ts_env: WorkflowEnvironment, engine: Engine, tmp_path: Path
 ) -> None:
