@@ -20,7 +20,8 @@ from temporalio.worker.workflow_sandbox import SandboxedWorkflowRunner, SandboxR
 
 from activities.registry import build_activities
 from crmflow.dispatch import dispatch_forever
-from crmflow.settings import Settings, get_settings
+from crmflow.rules_runtime import bind
+from crmflow.settings import Settings
 from crmflow.temporal import connect, exit_skipping_finalizers
 from store.db import make_engine
 from workflows.registry import WORKFLOWS
@@ -58,6 +59,7 @@ def build_worker(
 async def run_worker(client: Client, settings: Settings, stop: asyncio.Event) -> None:
     """Poll the task queue until `stop` is set, then drain and return."""
     engine = make_engine(settings.db_url)
+    bind(engine)  # this worker's rules runtime: compiled versions, kept states, rule engine
     # async activities (sending) do their database work with asyncio.to_thread: give that
     # as many threads as the synchronous activities have (the loop's default is cores + 4)
     asyncio.get_running_loop().set_default_executor(ThreadPoolExecutor(ACTIVITY_THREADS))
@@ -82,7 +84,7 @@ def install_stop_handlers(stop: asyncio.Event) -> None:
 
 
 async def _main() -> None:
-    settings = get_settings()
+    settings = Settings()
     stop = asyncio.Event()
     install_stop_handlers(stop)
     client = await connect(settings)

@@ -12,7 +12,6 @@ SQLite, whose customers another writer changed after their state was read — is
 
 from __future__ import annotations
 
-import threading
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
@@ -20,19 +19,16 @@ from typing import Any
 
 from sqlalchemy import Connection, Engine, select, update
 
-from crmflow.state_cache import cache_for, new_state_version, prune
-from journeys.models import Journey
+from crmflow.rules_runtime import rules_runtime
+from crmflow.state_cache import new_state_version, prune
 from rules.compiler import CompiledPack, CompiledRule
 from rules.effects import Outcome, apply_rules
-from rules.engine import RuleEngine, shared_engine
+from rules.engine import RuleEngine
 from rules.facts import EventFacts, ProfileState, build_facts, record_event
 from rules.models import Rule
-from rules.pack import build_pack
-from store import journeys as journey_store
 from store.db import utcnow
 from store.models import CustomerRow, EventRow
 from store.rule_state import ChunkWriter, load_states
-from store.rule_versions import active_source
 from store.sql import table_of, where_in
 
 HISTORY_DAYS = 366  # the longest window a fact looks back over, plus a day
@@ -68,22 +64,10 @@ class ProcessReport:
             self.fired_by_rule[k] = self.fired_by_rule.get(k, 0) + v
 
 
-_packs: dict[str, CompiledPack] = {}
-_packs_lock = threading.Lock()
-
-
 def active_pack(conn: Connection) -> CompiledPack | None:
-    """The deployed active rules version, compiled once per process and version."""
-    found = active_source(conn)
-    if found is None:
-        return None
-    version, source = found
-    with _packs_lock:
-        pack = _packs.get(version)
-        if pack is None:
-            pack = build_pack(source)
-            _packs[version] = pack
-    return pack
+    """The deployed active rules version, compiled once per version by the database's
+    rules runtime (`crmflow.rules_runtime`)."""
+    return rules_runtime(conn.engine).active_pack(conn)
 
 
 def evaluate_event(
@@ -121,14 +105,15 @@ def process_chunk(
     report = ProcessReport(version=pack.version)
     if not events:
         return report
-    engine = engine or shared_engine()
+    runtime = rules_runtime(conn.engine)
+    engine = engine or runtime.rule_engine
     # Arrival order, not time order: the result must not depend on where chunks are cut.
     ordered = list(events)
     since = min(e["occurred_at"] for e in ordered) - timedelta(days=HISTORY_DAYS)
     program = pack.program
     customer_ids = sorted({e["customer_id"] for e in ordered})
     versions = lock_customers(conn, customer_ids)
-    cache = cache_for(conn.engine)
+    cache = runtime.states
     key = state_key(pack)
     states = cache.take(key, versions)
     for state in states.values():
@@ -147,7 +132,7 @@ def process_chunk(
         )
     now = utcnow()
     writer = ChunkWriter(rules_version=pack.version, now=now)
-    journeys = journey_event_types(conn)
+    journeys = runtime.journey_event_types(conn)
     for e in ordered:
         state = states[e["customer_id"]]
         event = EventFacts(e["event_id"], e["type"], e["occurred_at"], e.get("properties") or {})
@@ -211,29 +196,6 @@ def revoke_consents(conn: Connection, events: list[dict[str, Any]], now: datetim
         writer.revoke_consent(cid, e["event_id"], e["occurred_at"], revoke_consent(state, event))
         writer.write(conn, states)
         bump_state_versions(conn, [cid], new_state_version())
-
-
-_journey_types: tuple[Any, dict[str, list[str]]] = (None, {})
-_journey_types_lock = threading.Lock()
-
-
-def journey_event_types(conn: Connection) -> dict[str, list[str]]:
-    """Event type -> the journeys that listen to it (entry, goal, exit, wait_for), over
-    every deployed version (running enrollments keep theirs); archived journeys excluded.
-    Recomputed only when the deployed versions or statuses change."""
-    global _journey_types
-    stamp = journey_store.deployment_stamp(conn)
-    with _journey_types_lock:
-        if _journey_types[0] == stamp:
-            return _journey_types[1]
-    found: dict[str, set[str]] = {}
-    for name, definition in journey_store.listening_definitions(conn):
-        for event_type in Journey.model_validate(definition).event_types():
-            found.setdefault(event_type, set()).add(name)
-    result = {t: sorted(names) for t, names in found.items()}
-    with _journey_types_lock:
-        _journey_types = (stamp, result)
-    return result
 
 
 def state_key(pack: CompiledPack) -> tuple[str, ...]:
@@ -331,7 +293,7 @@ def apply_effects(
     if customer_id not in versions:
         raise KeyError(f"no customer {customer_id!r}")
     program = pack.program
-    cache = cache_for(conn.engine)
+    cache = rules_runtime(conn.engine).states
     states = cache.take(state_key(pack), versions)
     since = at - timedelta(days=HISTORY_DAYS)
     if customer_id in states:

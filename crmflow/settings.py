@@ -7,7 +7,6 @@ embedded default: a SQLite file and the Temporal dev server under `home` (`.crmf
 from __future__ import annotations
 
 import os
-from functools import lru_cache
 from pathlib import Path
 from typing import Literal
 
@@ -226,8 +225,3 @@ class Settings(BaseSettings):
     @property
     def temporal_target(self) -> str:
         return self.temporal_address or f"127.0.0.1:{self.embedded_port}"
-
-
-@lru_cache(maxsize=1)
-def get_settings() -> Settings:
-    return Settings()

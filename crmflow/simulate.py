@@ -330,19 +330,13 @@ def _warnings(journey: Any, rules: bool) -> list[str]:
     return out
 
 
-_runtime: Any = None
-
-
 def _quiet_runtime() -> Any:
-    """A Temporal runtime that logs errors only: the test server lacks capabilities the SDK
-    warns about, which says nothing about the journey."""
-    global _runtime
-    if _runtime is None:
-        from temporalio.runtime import LoggingConfig, Runtime, TelemetryConfig, TelemetryFilter
+    """A Temporal runtime of the simulation's own that logs errors only: the test server
+    lacks capabilities the SDK warns about, which says nothing about the journey."""
+    from temporalio.runtime import LoggingConfig, Runtime, TelemetryConfig, TelemetryFilter
 
-        filt = TelemetryFilter(core_level="ERROR", other_level="ERROR")
-        _runtime = Runtime(telemetry=TelemetryConfig(logging=LoggingConfig(filter=filt)))
-    return _runtime
+    filt = TelemetryFilter(core_level="ERROR", other_level="ERROR")
+    return Runtime(telemetry=TelemetryConfig(logging=LoggingConfig(filter=filt)))
 
 
 @contextmanager
@@ -500,9 +494,13 @@ class _Run:
         self.wid = ""
         self.handled: dict[str, str] = {}
         self.warnings: list[str] = []
+        from crmflow.rules_runtime import bind
         from store.db import make_engine
 
         self.engine = make_engine(f"sqlite:///{folder / 'simulation.db'}")
+        # the throwaway database's own compiled rules and kept states: nothing of the
+        # caller's (an API server's, say) is shared
+        bind(self.engine)
 
     # ---------------------------------------------------------------- the store
 

@@ -1,4 +1,5 @@
-"""A per-process cache of the rules' view of customers, kept across chunks.
+"""A cache of the rules' view of customers, kept across chunks (one per database: its
+`crmflow.rules_runtime.RulesRuntime` holds it).
 
 Loading a customer's rule state (profile, tags, open lots, a year of purchases and
 earnings) costs more than evaluating the rules on one event, and consecutive chunks of an
@@ -18,11 +19,8 @@ from __future__ import annotations
 
 import secrets
 import threading
-import weakref
 from collections import OrderedDict
 from datetime import datetime
-
-from sqlalchemy import Engine
 
 from rules.facts import ProfileState
 
@@ -87,16 +85,3 @@ def prune(state: ProfileState, since: datetime) -> None:
         state.earnings = [e for e in state.earnings if e[0] > since]
     if any(lot.remaining <= 0 for lot in state.lots):
         state.lots = [lot for lot in state.lots if lot.remaining > 0]
-
-
-_caches: weakref.WeakKeyDictionary[Engine, StateCache] = weakref.WeakKeyDictionary()
-_caches_lock = threading.Lock()
-
-
-def cache_for(engine: Engine) -> StateCache:
-    """The process's cache for one database (an engine)."""
-    with _caches_lock:
-        cache = _caches.get(engine)
-        if cache is None:
-            cache = _caches[engine] = StateCache()
-        return cache

@@ -145,16 +145,3 @@ class DurableRulesEngine:
 
 def _no_action(_closure: Any) -> None:
     """Rulesets need an action per rule; evaluation reads which actions started instead."""
-
-
-_shared: DurableRulesEngine | None = None
-_shared_lock = threading.Lock()
-
-
-def shared_engine() -> DurableRulesEngine:
-    """The process's engine: durable_rules has one host per process."""
-    global _shared
-    with _shared_lock:
-        if _shared is None:
-            _shared = DurableRulesEngine()
-        return _shared

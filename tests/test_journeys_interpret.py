@@ -22,9 +22,12 @@ from journeys.models import BranchNode, Journey, MessageNode, SplitNode
 from journeys.templates import choose_locale, sample_profile
 from journeys.validate import load_journey
 from rules.compiler import compile_pack
-from rules.engine import shared_engine
+from rules.engine import DurableRulesEngine
 from rules.models import All, AnyOf, Compare, Not, Program, Rule
 from rules.source import yaml_load
+
+# one engine for the module's checks, as a worker has one for its database
+ENGINE = DurableRulesEngine()
 
 REPO = Path(__file__).resolve().parents[1]
 PROGRAM = Program.model_validate(yaml_load((REPO / "examples/program.yaml").read_text()))
@@ -349,7 +352,7 @@ def test_evaluator_agrees_with_the_rules_engine(
     ]
     pack = compile_pack(f"journeys{next(_versions)}{uuid.uuid4().hex[:12]}", PROGRAM, rules)
     for facts in facts_list:
-        engine = shared_engine().fired(pack, facts)
+        engine = ENGINE.fired(pack, facts)
         ours = {i for i, c in enumerate(conds) if evaluate(c, facts)}
         assert ours == engine, {
             i: (conds[i], i in ours, i in engine) for i in sorted(ours ^ engine)

@@ -29,10 +29,13 @@ from rules.compiler import (
     condition_facts,
     content_version,
 )
-from rules.engine import DurableRulesEngine, shared_engine
+from rules.engine import DurableRulesEngine
 from rules.models import All, AnyOf, Compare, Not, Program, Rule
 from rules.pack import PackSource, build_pack
 from rules.source import RuleFileError, yaml_load
+
+# one engine for the module's checks, as a worker has one for its database
+ENGINE = DurableRulesEngine()
 
 REPO = Path(__file__).resolve().parents[1]
 PROGRAM_TEXT = (REPO / "examples" / "program.yaml").read_text()
@@ -76,7 +79,7 @@ def make_pack(rules_: Sequence[Rule | tuple[str, Rule]]) -> CompiledPack:
 
 
 def fired(pack: CompiledPack, facts: Mapping[str, Any]) -> set[int]:
-    return shared_engine().fired(pack, dict(facts))
+    return ENGINE.fired(pack, dict(facts))
 
 
 # --------------------------------------------------------------------------- reference
@@ -583,7 +586,7 @@ def test_five_thousand_customers_through_one_pack() -> None:
             rule("purchase", on="purchase"),
         ]
     )
-    engine = shared_engine()
+    engine = ENGINE
     start = time.perf_counter()
     for i in range(5000):
         facts = {
@@ -599,7 +602,7 @@ def test_five_thousand_customers_through_one_pack() -> None:
 
 def test_no_facts_are_left_in_the_engine() -> None:
     pack = make_pack([rule("a", "spend_30d > 1"), rule("b", "tags contains vip")])
-    engine = shared_engine()
+    engine = ENGINE
     for i in range(50):
         engine.fired(pack, {"spend_30d": i % 3, "tags": {"vip"} if i % 2 else set()})
     for name in pack.rulesets:
@@ -620,7 +623,7 @@ def test_a_second_version_loads_beside_the_first() -> None:
 
 def test_loading_is_idempotent() -> None:
     pack = make_pack([rule("a", "spend_30d > 1")])
-    engine = shared_engine()
+    engine = ENGINE
     engine.load(pack)
     engine.load(pack)
     same = CompiledPack(pack.version, pack.program, pack.rules, pack.keys, pack.rulesets)
@@ -634,10 +637,10 @@ def test_two_engine_objects_evaluate_the_same_pack() -> None:
     pack = make_pack([rule("a", "spend_30d > 1"), rule("b", "spend_30d > 5")])
     other = DurableRulesEngine()
     for _ in range(2):
-        assert shared_engine().fired(pack, {"spend_30d": 2}) == {0}
+        assert ENGINE.fired(pack, {"spend_30d": 2}) == {0}
         assert other.fired(pack, {"spend_30d": 2}) == {0}
         assert other.fired(pack, {"spend_30d": 9}) == {0, 1}
-        assert shared_engine().fired(pack, {"spend_30d": 0}) == set()
+        assert ENGINE.fired(pack, {"spend_30d": 0}) == set()
 
 
 def test_fired_from_several_threads() -> None:

@@ -324,7 +324,8 @@ def _comparable(state: Any) -> tuple[Any, ...]:
 def test_rule_state_kept_across_chunks_equals_a_fresh_load(engine: Engine, tmp_path: Path) -> None:
     from datetime import UTC, datetime, timedelta
 
-    from crmflow.state_cache import cache_for, prune
+    from crmflow.rules_runtime import rules_runtime
+    from crmflow.state_cache import prune
     from store.rule_state import load_states
 
     deploy_dir(engine, REPO / "examples/rules")
@@ -336,7 +337,7 @@ def test_rule_state_kept_across_chunks_equals_a_fresh_load(engine: Engine, tmp_p
         amount = float(50 + 37 * n % 900)
         rows.append(event(n, customers[n * 7 % 6], kind, at=day.isoformat(), amount=amount))
     import_rows(engine, tmp_path / "e.jsonl", rows, chunk_size=4)
-    cache = cache_for(engine)
+    cache = rules_runtime(engine).states
     with engine.connect() as conn:
         pack = processing.active_pack(conn)
         assert pack is not None

@@ -24,7 +24,6 @@ from crmflow.processing import HISTORY_DAYS, ConcurrentProcessing, evaluate_even
 from crmflow.services.errors import FieldProblem, Invalid, NotFound, Refused, TooLarge, Unavailable
 from crmflow.services.runtime import Runtime
 from rules.compiler import CompiledPack
-from rules.engine import shared_engine
 from rules.facts import FIXED_FACTS, EventFacts, ProfileState
 from rules.models import Program, RuleFile
 from rules.pack import OPS_FOR, PROGRAM_FILE, PackSource, build_pack, load_program, read_source
@@ -378,7 +377,7 @@ def dry_run(
         raise TooLarge(f"{len(events)} events in one dry run; at most {limit} (api_max_batch)")
     pack, _, _ = load(src)
     state = _start_state(rt, pack, customer, events[0])
-    engine = shared_engine()
+    engine = rt.rules.rule_engine
     out: list[EventOutcome] = []
     for ev in events:
         facts, outcome = evaluate_event(

@@ -1,8 +1,10 @@
 """The runtime a face builds once in its entry point and hands to every service.
 
-It holds what used to be process-global: the settings, the database engine and a Temporal
-client made on first use. Two runtimes (an API server and an in-process simulator on a
-throwaway database) share nothing by accident.
+It holds what used to be process-global: the settings, the database engine, the rules
+runtime of that engine (compiled rules versions, the journeys' event-type index, kept rule
+states, the rule engine: `crmflow.rules_runtime`) and a Temporal client made on first use.
+Two runtimes (an API server and an in-process simulator on a throwaway database) share
+nothing by accident.
 """
 
 from __future__ import annotations
@@ -13,6 +15,7 @@ from typing import TYPE_CHECKING
 
 from sqlalchemy import Engine
 
+from crmflow.rules_runtime import RulesRuntime, bind
 from crmflow.services.errors import Unavailable
 from crmflow.settings import Settings
 
@@ -26,8 +29,13 @@ class Runtime:
 
     settings: Settings
     engine: Engine
+    rules: RulesRuntime = field(init=False, repr=False)
     _client: Client | None = field(default=None, repr=False)
     _lock: asyncio.Lock | None = field(default=None, repr=False)
+
+    def __post_init__(self) -> None:
+        # every chunk processed on this engine, from any thread, uses this one
+        self.rules = bind(self.engine)
 
     async def temporal(self) -> Client:
         """The Temporal client, connected on first use; `Unavailable` when it cannot be."""
