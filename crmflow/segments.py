@@ -13,13 +13,15 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from datetime import datetime, timedelta
+from typing import Any
 
-from sqlalchemy import Engine, select
+from sqlalchemy import Connection, Engine, select
 
 from crmflow.processing import HISTORY_DAYS, active_pack
 from journeys.conditions import evaluate
 from journeys.models import Journey, SegmentEntry
 from rules.facts import EventFacts, build_facts
+from rules.models import Condition
 from store import journeys as jstore
 from store.db import utcnow
 from store.models import CustomerRow, JourneyCommandRow
@@ -42,15 +44,17 @@ class SegmentRun:
     queued: int = 0
 
 
-def enter_segment(engine: Engine, name: str, run: str, at: datetime | None = None) -> SegmentRun:
-    """Queue an enrollment for every customer in journey `name`'s segment at `at`.
+@dataclass(frozen=True)
+class _Plan:
+    journey: str
+    version: str
+    segment: Condition  # the entry's condition
+    program: Any  # the active rules' programme
 
-    `run` names this evaluation (`once`, or a schedule's run time): a customer is queued once
-    per journey version and run."""
-    at = at or utcnow()
-    with engine.connect() as conn:
-        found = jstore.deployed(conn, name)
-        pack = active_pack(conn)
+
+def _plan(conn: Connection, name: str) -> _Plan:
+    found = jstore.deployed(conn, name)
+    pack = active_pack(conn)
     if not found:
         raise SegmentError(f"no journey {name!r} is deployed")
     d = found[0]
@@ -59,59 +63,94 @@ def enter_segment(engine: Engine, name: str, run: str, at: datetime | None = Non
         raise SegmentError(f"journey {name!r} is not entered by a segment")
     if pack is None:
         raise SegmentError("a segment is tested on the rules' facts: deploy a rules version first")
-    program = pack.program
+    return _Plan(name, d.version, entry.segment, pack.program)
+
+
+def enter_segment(engine: Engine, name: str, run: str, at: datetime | None = None) -> SegmentRun:
+    """Queue an enrollment for every customer in journey `name`'s segment at `at`, one
+    transaction per page of customers.
+
+    `run` names this evaluation (`once`, or a schedule's run time): a customer is queued once
+    per journey version and run."""
+    at = at or utcnow()
+    with engine.connect() as conn:
+        plan = _plan(conn, name)
     report = SegmentRun(journey=name, run=run)
-    after = ""
-    c = CustomerRow
-    while True:
+    after: str | None = ""
+    while after is not None:
         with engine.begin() as conn:
-            ids = list(
-                conn.execute(
-                    select(c.customer_id)
-                    .where(c.customer_id > after, c.is_stub.is_(False))
-                    .order_by(c.customer_id)
-                    .limit(PAGE)
-                ).scalars()
-            )
-            if not ids:
-                return report
-            after = ids[-1]
-            states = load_states(
-                conn,
-                ids,
-                at - timedelta(days=HISTORY_DAYS),
-                purchase_event=program.purchase_event,
-                spend_property=program.spend_property,
-                follow_up_event=program.follow_up_event,
-            )
-            matched = []
-            for cid in ids:
-                state = states[cid]
-                state.purchases = [p for p in state.purchases if p[0] <= at]
-                facts = build_facts(state, EventFacts("", "", at, {}), program, None)
-                if evaluate(entry.segment, facts):
-                    matched.append(cid)
-            report.customers += len(ids)
-            report.matched += len(matched)
-            if matched:
-                t = table_of(JourneyCommandRow)
-                result = conn.execute(
-                    insert_for(conn, t)
-                    .on_conflict_do_nothing(index_elements=["dedupe_key"])
-                    .returning(t.c.id),
-                    [
-                        {
-                            "dedupe_key": f"segment:{name}:{d.version}:{run}:{cid}",
-                            "customer_id": cid,
-                            "journey": name,
-                            "command": "enroll",
-                            "event": None,
-                            "data": {"segment_run": run},
-                            "event_id": None,
-                            "rule": None,
-                            "created_at": utcnow(),
-                        }
-                        for cid in matched
-                    ],
-                )
-                report.queued += len(result.all())
+            after = _page(conn, plan, run, at, after, report)
+    return report
+
+
+def enter_segment_in(
+    conn: Connection, name: str, run: str, at: datetime | None = None
+) -> SegmentRun:
+    """`enter_segment` inside the caller's transaction: a deploy that enters its segment at
+    once stores the version and the enrollments together, or neither."""
+    at = at or utcnow()
+    plan = _plan(conn, name)
+    report = SegmentRun(journey=name, run=run)
+    after: str | None = ""
+    while after is not None:
+        after = _page(conn, plan, run, at, after, report)
+    return report
+
+
+def _page(
+    conn: Connection, plan: _Plan, run: str, at: datetime, after: str, report: SegmentRun
+) -> str | None:
+    """Test one page of customers after id `after` and queue the ones that match; the last
+    id of the page, or None when there were none."""
+    c = CustomerRow
+    program = plan.program
+    ids = list(
+        conn.execute(
+            select(c.customer_id)
+            .where(c.customer_id > after, c.is_stub.is_(False))
+            .order_by(c.customer_id)
+            .limit(PAGE)
+        ).scalars()
+    )
+    if not ids:
+        return None
+    states = load_states(
+        conn,
+        ids,
+        at - timedelta(days=HISTORY_DAYS),
+        purchase_event=program.purchase_event,
+        spend_property=program.spend_property,
+        follow_up_event=program.follow_up_event,
+    )
+    matched = []
+    for cid in ids:
+        state = states[cid]
+        state.purchases = [p for p in state.purchases if p[0] <= at]
+        facts = build_facts(state, EventFacts("", "", at, {}), program, None)
+        if evaluate(plan.segment, facts):
+            matched.append(cid)
+    report.customers += len(ids)
+    report.matched += len(matched)
+    if matched:
+        t = table_of(JourneyCommandRow)
+        result = conn.execute(
+            insert_for(conn, t)
+            .on_conflict_do_nothing(index_elements=["dedupe_key"])
+            .returning(t.c.id),
+            [
+                {
+                    "dedupe_key": f"segment:{plan.journey}:{plan.version}:{run}:{cid}",
+                    "customer_id": cid,
+                    "journey": plan.journey,
+                    "command": "enroll",
+                    "event": None,
+                    "data": {"segment_run": run},
+                    "event_id": None,
+                    "rule": None,
+                    "created_at": utcnow(),
+                }
+                for cid in matched
+            ],
+        )
+        report.queued += len(result.all())
+    return ids[-1]

@@ -465,8 +465,9 @@ def enrollments(
     name: str,
     status: str | None = None,
     limit: int | None = DEFAULT_LIMIT,
+    node: str | None = None,
 ) -> list[EnrollmentInfo]:
-    """Enrollments of journey `name` (or those with `status`), latest move first."""
+    """Enrollments of journey `name` (those with `status`, at `node`), latest move first."""
     if status is not None and status not in ENROLLMENT_STATUSES:
         raise ValueError(f"status must be one of {', '.join(ENROLLMENT_STATUSES)}")
     if not journey_exists(conn, name):
@@ -485,8 +486,7 @@ def enrollments(
         e.outcome,
         e.workflow_id,
     ).where(e.journey == name)
-    if status is not None:
-        stmt = stmt.where(e.status == status)
+    stmt = stmt.where(*_enrollment_filter(status, node))
     stmt = stmt.order_by(
         func.coalesce(e.node_since, e.entered_at).desc(), e.customer_id, e.workflow_id
     )
@@ -510,9 +510,20 @@ def enrollments(
     ]
 
 
-def count_enrollments(conn: Connection, name: str, status: str | None = None) -> int:
+def count_enrollments(
+    conn: Connection, name: str, status: str | None = None, node: str | None = None
+) -> int:
     e = EnrollmentRow
     stmt = select(func.count()).select_from(e).where(e.journey == name)
-    if status is not None:
-        stmt = stmt.where(e.status == status)
+    stmt = stmt.where(*_enrollment_filter(status, node))
     return int(conn.execute(stmt).scalar_one())
+
+
+def _enrollment_filter(status: str | None, node: str | None) -> list[Any]:
+    e = EnrollmentRow
+    where: list[Any] = []
+    if status is not None:
+        where.append(e.status == status)
+    if node is not None:
+        where.append(e.node == node)
+    return where

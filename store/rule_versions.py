@@ -43,9 +43,26 @@ def deploy(
         .returning(t.c.id)
     )
     created = result.first() is not None
+    activate(conn, version)
+    return created
+
+
+def activate(conn: Connection, version: str) -> None:
+    """Make the stored `version` the active one (the only one)."""
+    t = table_of(RuleVersionRow)
     conn.execute(update(t).where(t.c.active.is_(True)).values(active=False))
     conn.execute(update(t).where(t.c.version == version).values(active=True))
-    return created
+
+
+def stored_source(conn: Connection, version: str) -> PackSource | None:
+    """The files a stored version was compiled from; None for a version never deployed."""
+    r = RuleVersionRow
+    row = conn.execute(
+        select(r.program_path, r.program_text, r.files).where(r.version == version)
+    ).first()
+    if row is None:
+        return None
+    return PackSource(row.program_path, row.program_text, [(str(n), str(t)) for n, t in row.files])
 
 
 def active_source(conn: Connection) -> tuple[str, PackSource] | None:

@@ -22,7 +22,7 @@ from collections.abc import Collection, Iterator
 from contextlib import contextmanager
 from datetime import datetime
 from pathlib import Path
-from typing import TYPE_CHECKING, Annotated, Any, Literal, cast
+from typing import TYPE_CHECKING, Annotated, Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field
 from sqlalchemy import Connection, Engine, func, select
@@ -240,27 +240,14 @@ class DeployReport(BaseModel):
     )
 
 
-class _OneTransaction:
-    """An engine-shaped view of one connection: `crmflow.segments.enter_segment` opens its
-    connections and transactions through `connect()` / `begin()`; here both hand it the
-    caller's connection, so its reads and writes join the caller's transaction."""
-
-    def __init__(self, conn: Connection) -> None:
-        self.conn = conn
-
-    @contextmanager
-    def connect(self) -> Iterator[Connection]:
-        yield self.conn
-
-    begin = connect
-
-
 def _enter(target: Engine | Connection, name: str, run: str) -> SegmentRunInfo:
-    from crmflow.segments import SegmentError, enter_segment
+    from crmflow.segments import SegmentError, enter_segment, enter_segment_in
 
-    engine = target if isinstance(target, Engine) else cast(Engine, _OneTransaction(target))
     try:
-        result = enter_segment(engine, name, run)
+        if isinstance(target, Engine):
+            result = enter_segment(target, name, run)
+        else:
+            result = enter_segment_in(target, name, run)
     except SegmentError as exc:
         raise Refused(str(exc)) from exc
     return SegmentRunInfo(**result.__dict__)
@@ -537,42 +524,17 @@ class EnrollmentList(BaseModel):
 def enrollments(rt: Runtime, name: str, query: EnrollmentsQuery | None = None) -> EnrollmentList:
     """Who is where: a journey's enrollments (with a status, at a node), latest move first."""
     q = query or EnrollmentsQuery()
-    e = EnrollmentRow
-    where = [e.journey == name]
-    if q.status is not None:
-        where.append(e.status == q.status)
-    if q.node is not None:
-        where.append(e.node == q.node)
     with rt.engine.connect() as conn:
         if not jstats.journey_exists(conn, name):
             raise NotFound(f"no journey named {name!r} (deploy one, or check the name)")
-        total = conn.execute(select(func.count()).select_from(e).where(*where)).scalar_one()
-        rows = conn.execute(
-            select(
-                e.customer_id,
-                e.node,
-                e.node_since.label("since"),
-                e.status,
-                e.variant,
-                e.version,
-                e.entry_no,
-                e.entered_at,
-                e.finished_at,
-                e.outcome,
-                e.workflow_id,
-            )
-            .where(*where)
-            .order_by(
-                func.coalesce(e.node_since, e.entered_at).desc(), e.customer_id, e.workflow_id
-            )
-            .limit(q.limit)
-        ).all()
+        total = jstats.count_enrollments(conn, name, q.status, q.node)
+        rows = jstats.enrollments(conn, name, q.status, q.limit, q.node)
     return EnrollmentList(
         journey=name,
         status=q.status,
         node=q.node,
-        total=int(total),
-        enrollments=[jstats.EnrollmentInfo(**r._mapping) for r in rows],
+        total=total,
+        enrollments=rows,
     )
 
 

@@ -17,7 +17,6 @@ from typing import Annotated, Any, Literal
 
 import yaml
 from pydantic import BaseModel, Field, StringConstraints
-from sqlalchemy import select
 
 from crmflow.formats import Event
 from crmflow.processing import HISTORY_DAYS, ConcurrentProcessing, evaluate_event, process_pending
@@ -29,7 +28,6 @@ from rules.models import Program, RuleFile
 from rules.pack import OPS_FOR, PROGRAM_FILE, PackSource, build_pack, load_program, read_source
 from rules.source import RuleError, RuleFileError, Yaml12Loader, parse_yaml
 from store import rule_versions as store
-from store.models import RuleVersionRow
 from store.rule_state import load_states
 
 MAX_FILES = 100  # rule files in one pack
@@ -439,24 +437,15 @@ def list_versions(rt: Runtime) -> list[RuleVersion]:
 def activate(rt: Runtime, version: str) -> RuleVersion:
     """Make a stored version the active one again (a rollback). `NotFound` for a version
     never deployed; `Refused` for one this crmflow can no longer load."""
-    r = RuleVersionRow
     with rt.engine.begin() as conn:
-        row = conn.execute(
-            select(r.program_path, r.program_text, r.files, r.rule_count, r.source).where(
-                r.version == version
-            )
-        ).first()
-        if row is None:
+        source = store.stored_source(conn, version)
+        if source is None:
             raise NotFound(f"no rules version {version!r} was deployed")
-        source = PackSource(
-            row.program_path, row.program_text, [(str(n), str(t)) for n, t in row.files]
-        )
         try:
             build_pack(source)
         except RuleFileError as exc:
             raise Refused(f"rules version {version} no longer loads: {exc}") from exc
-        # the store's deploy of a stored version only switches the active flag
-        store.deploy(conn, version, source, row.rule_count, row.source)
+        store.activate(conn, version)
     return next(v for v in list_versions(rt) if v.version == version)
 
 
