@@ -134,9 +134,9 @@ def _child_prepare(url: str, customers: Path) -> dict[str, Any]:
         report = import_file(engine, customers, "customers")
     finally:
         engine.dispose()
-    if report.rejected or report.inserted != report.rows:
+    if report.rejected or report.stored != report.received:
         raise SystemExit(f"customer import went wrong: {report.as_dict()}")
-    return {"customers": report.inserted, "seconds": report.seconds}
+    return {"customers": report.stored, "seconds": report.seconds}
 
 
 def _count_events_sqlalchemy(url: str) -> int:
@@ -165,10 +165,10 @@ def _child_crmflow(url: str, events: Path) -> dict[str, Any]:
     finally:
         engine.dispose()
     if report.rejected:
-        raise SystemExit(f"crmflow rejected rows: {report.first_errors[:3]}")
+        raise SystemExit(f"crmflow rejected rows: {report.faults[:3]}")
     return {
         "seconds": seconds,
-        "inserted": report.inserted,
+        "stored": report.stored,
         "rows": _count_events_sqlalchemy(url),
         "peak_rss_mb": peak_rss_mb(),
     }

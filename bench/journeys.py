@@ -201,7 +201,7 @@ def prepare_store(
             }
             fh.write(json.dumps(row) + "\n")
     report = import_file(engine, lines, "customers")
-    if report.rejected or report.inserted != len(who):
+    if report.rejected or report.stored != len(who):
         raise SystemExit(f"customer import went wrong: {report.as_dict()}")
     text = JOURNEY.format(name=journey, delay=delay)
     j = Journey.model_validate(yaml.safe_load(text))

@@ -157,9 +157,9 @@ def _child_prepare(url: str, customers: Path) -> dict[str, Any]:
             deploy(conn, pack.version, source, len(pack.rules), "examples/rules")
     finally:
         engine.dispose()
-    if report.rejected or report.inserted != report.rows:
+    if report.rejected or report.stored != report.received:
         raise SystemExit(f"customer import went wrong: {report.as_dict()}")
-    return {"customers": report.inserted, "seconds": report.seconds, "version": pack.version}
+    return {"customers": report.stored, "seconds": report.seconds, "version": pack.version}
 
 
 def _totals(engine: Any) -> dict[str, int]:
@@ -218,7 +218,7 @@ def _child_e2e(url: str, events: Path, profile: Path | None, workers: int) -> di
     finally:
         engine.dispose()
     if report.rejected:
-        raise SystemExit(f"import rejected rows: {report.first_errors[:3]}")
+        raise SystemExit(f"import rejected rows: {report.faults[:3]}")
     return {
         "seconds": seconds,
         "processed": report.processed,

@@ -119,16 +119,18 @@ async def run_demo(
             phone_region=settings.default_phone_region,
         )
         reports.append(report)
+        updated = f", {report.updated} updated" if kind == "customers" else ""
+        conflicts = f", {report.conflicts} conflicts" if kind == "events" else ""
         say(
-            f"  imported {path}: {report.accepted} rows ({report.inserted} new, "
-            f"{report.updated} updated, {report.unchanged} unchanged), {report.rejected} rejected"
+            f"  imported {path}: {report.received} received: {report.stored} stored{updated}, "
+            f"{report.duplicates} duplicates{conflicts}, {report.rejected} rejected"
         )
         if kind == "events":
             say(
                 f"    {report.processed} events through the rules, {report.rules_fired} rules fired"
             )
-        for bad in report.first_errors:
-            say(f"    line {bad.line}: {bad.error}", highlight=False)
+        for bad in report.faults:
+            say(f"    line {bad.at}: {bad.problem}: {bad.reason}", highlight=False)
     where = "the embedded Temporal dev server" if settings.embedded else settings.temporal_target
     say(f"  starting {where} and a worker …")
     async with stack_with_worker(settings) as client:

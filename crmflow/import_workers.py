@@ -8,7 +8,8 @@ races another writer (PostgreSQL row-locks the chunk's customers; on SQLite the 
 lock is taken only after the rules have run, and a chunk whose customers another writer
 changed meanwhile is redone). Workers are started with `spawn` (no engine, pool or
 durable_rules host is shared with the parent), and each queue holds at most two chunks, so
-the parent never reads far ahead of the database.
+the parent never reads far ahead of the database. Each row travels with its line in the file,
+and a chunk's result (counts, conflicts with their lines) comes back pickled.
 """
 
 from __future__ import annotations
@@ -51,9 +52,9 @@ def _worker(url: str, inbox: Any, outbox: Any) -> None:
             item = inbox.get()
             if item is None:
                 return
-            rows, process = item
+            rows, at, process = item
             try:
-                outbox.put(("ok", store_chunk(engine, rows, process=process)))
+                outbox.put(("ok", store_chunk(engine, rows, process=process, at=at)))
                 # what survives a chunk (the kept rule states) lives on: keep the cyclic
                 # garbage collector from walking it again after every chunk
                 gc.freeze()
@@ -82,7 +83,9 @@ class ImportPool:
         self.process = process
         self.results: list[Any] = []
         self._pending = 0
+        # per worker: its rows, and where each came from (a file's line: conflicts name it)
         self._buffers: list[list[dict[str, Any]]] = [[] for _ in range(workers)]
+        self._places: list[list[int]] = [[] for _ in range(workers)]
         self._inboxes = [ctx.Queue(maxsize=QUEUED_PER_WORKER) for _ in range(workers)]
         self._outbox = ctx.Queue()
         self._procs = [
@@ -92,16 +95,18 @@ class ImportPool:
         for p in self._procs:
             p.start()
 
-    def add(self, rows: list[dict[str, Any]]) -> None:
-        """Route validated event rows to their workers; full chunks are sent at once."""
+    def add(self, rows: list[dict[str, Any]], at: list[int]) -> None:
+        """Route validated event rows (from places `at`) to their workers; full chunks are
+        sent at once."""
         n = len(self._buffers)
-        for row in rows:
-            buf = self._buffers[partition(row["customer_id"], n)]
-            buf.append(row)
+        for row, place in zip(rows, at, strict=True):
+            i = partition(row["customer_id"], n)
+            self._buffers[i].append(row)
+            self._places[i].append(place)
         for i, buf in enumerate(self._buffers):
             if len(buf) >= self.chunk_size:
-                self._send(i, buf)
-                self._buffers[i] = []
+                self._send(i, buf, self._places[i])
+                self._buffers[i], self._places[i] = [], []
 
     def finish(self) -> list[Any]:
         """Send what is buffered, wait for every chunk, stop the workers; the chunks'
@@ -109,8 +114,8 @@ class ImportPool:
         try:
             for i, buf in enumerate(self._buffers):
                 if buf:
-                    self._send(i, buf)
-                    self._buffers[i] = []
+                    self._send(i, buf, self._places[i])
+                    self._buffers[i], self._places[i] = [], []
             while self._pending:
                 self._collect(block=True)
             for q in self._inboxes:
@@ -130,11 +135,11 @@ class ImportPool:
             q.close()
             q.cancel_join_thread()
 
-    def _send(self, index: int, rows: list[dict[str, Any]]) -> None:
+    def _send(self, index: int, rows: list[dict[str, Any]], at: list[int]) -> None:
         while True:
             self._collect(block=False)
             try:
-                self._inboxes[index].put((rows, self.process), timeout=POLL_SECONDS)
+                self._inboxes[index].put((rows, at, self.process), timeout=POLL_SECONDS)
             except queue.Full:
                 continue
             self._pending += 1

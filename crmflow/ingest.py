@@ -1,9 +1,14 @@
-"""Import customers and events from JSON Lines or CSV files.
+"""Customers and events in: the file import, and the one chunk loop every arrival uses.
 
 Rows are validated one by one with the canonical models; good rows are written in chunks
-(one transaction per chunk), bad rows are reported with their line number and the field at
-fault and written to `<file>.rejects.jsonl` next to the input. Re-importing a file changes
-nothing: customers are keyed by `customer_id`, events by `event_id`.
+(one transaction per chunk, `ChunkLoop`), bad rows are reported with their line number and
+the field at fault and written to `<file>.rejects.jsonl` next to the input. Re-importing a
+file changes nothing: customers are keyed by `customer_id`, events by `event_id`. An event
+whose id is stored (or came earlier in the file) with other content is a conflict: not
+applied, reported and written to the rejects file with the fields that differ.
+
+The HTTP API stores its requests through the same `ChunkLoop`, and every face reports in the
+words of `crmflow.ingest_report.IngestReport`.
 """
 
 from __future__ import annotations
@@ -14,9 +19,11 @@ import json
 import logging
 import time
 from collections.abc import Callable, Iterator
-from dataclasses import asdict, dataclass, field
+from contextlib import AbstractContextManager, nullcontext
+from dataclasses import dataclass
 from datetime import datetime
 from pathlib import Path
+from types import TracebackType
 from typing import Any, Literal
 
 from pydantic import BaseModel, ValidationError
@@ -24,6 +31,7 @@ from sqlalchemy import Connection, Engine
 
 from crmflow.formats import Customer, Event, describe_errors
 from crmflow.import_workers import ImportPool, can_share
+from crmflow.ingest_report import IngestReport, RowFault
 from crmflow.processing import (
     RACE_RETRIES,
     UNSUBSCRIBED,
@@ -33,13 +41,15 @@ from crmflow.processing import (
     revoke_consents,
 )
 from store.db import utcnow
-from store.ingest import WriteCounts, insert_events, new_events, upsert_customers
+from store.ingest import Conflict, WriteCounts, insert_events, new_events, upsert_customers
 
 log = logging.getLogger(__name__)
 
 Kind = Literal["customers", "events"]
-MAX_REPORTED = 20
 _JSON_COLUMNS = {"consent", "attributes", "properties"}
+
+# The names before issue 12, for code not moved yet (tests/rules_helpers.py); remove with it.
+ImportReport = IngestReport
 
 
 @dataclass(frozen=True)
@@ -47,34 +57,6 @@ class RowProblem:
     """A CSV row that could not even be turned into fields."""
 
     message: str
-
-
-@dataclass
-class Reject:
-    line: int
-    error: str
-
-
-@dataclass
-class ImportReport:
-    kind: str
-    source: str
-    rows: int = 0
-    accepted: int = 0
-    inserted: int = 0
-    updated: int = 0
-    unchanged: int = 0
-    rejected: int = 0
-    rejects_file: str | None = None
-    processed: int = 0
-    rules_fired: int = 0
-    rules_version: str | None = None
-    unprocessed: int = 0  # stored, waiting for a rules version to be deployed
-    first_errors: list[Reject] = field(default_factory=list)
-    seconds: float = 0.0
-
-    def as_dict(self) -> dict[str, Any]:
-        return asdict(self)
 
 
 class ImportError_(ValueError):
@@ -124,11 +106,24 @@ def _csv_rows(fh: Any) -> Iterator[tuple[int, Any, str]]:
         yield reader.line_num, payload, json.dumps(raw, ensure_ascii=False)
 
 
-def _jsonl_rows(fh: Any) -> Iterator[tuple[int, Any, str]]:
+def json_lines(fh: Any) -> Iterator[tuple[int, str]]:
+    """(line number, text) of each non-blank line of an open JSON Lines text file."""
     for number, line in enumerate(fh, start=1):
         text = line.strip()
         if text:
-            yield number, text, text
+            yield number, text
+
+
+def read_json_lines(path: Path) -> Iterator[tuple[int, str]]:
+    """(line number, text) of each non-blank line of a JSON Lines file (UTF-8): the one
+    JSON Lines reader (imports, `crmflow rules test`, simulations)."""
+    with path.open(encoding="utf-8") as fh:
+        yield from json_lines(fh)
+
+
+def _jsonl_rows(fh: Any) -> Iterator[tuple[int, Any, str]]:
+    for number, text in json_lines(fh):
+        yield number, text, text
 
 
 def _open_rows(path: Path, fh: Any) -> Iterator[tuple[int, Any, str]]:
@@ -142,7 +137,7 @@ def _open_rows(path: Path, fh: Any) -> Iterator[tuple[int, Any, str]]:
 
 @dataclass
 class StoredEvents:
-    """What one chunk of events did."""
+    """What one chunk of events did (picklable: import workers send it back)."""
 
     counts: WriteCounts
     processed: int = 0
@@ -159,18 +154,33 @@ class StoredEvents:
 
 
 def store_events(
-    conn: Connection, rows: list[dict[str, Any]], now: datetime, *, process: bool = True
+    conn: Connection,
+    rows: list[dict[str, Any]],
+    now: datetime,
+    *,
+    process: bool = True,
+    at: list[int] | None = None,
 ) -> StoredEvents:
     """Store a chunk of validated events (`Event.model_dump()` dicts) in the caller's
     transaction: new ones only (by event id), run through the active rules version in the
-    same transaction, stored already marked processed. With no rules deployed (or
-    `process=False`) they are stored unprocessed — but an unsubscribe still takes consent
-    away at once. Every way an event arrives (file import, HTTP) comes through here."""
+    same transaction, stored already marked processed. An id stored (or earlier in the
+    chunk) with the same content is a duplicate, with other content a conflict, placed at
+    `at[i]` (by default its index). With no rules deployed (or `process=False`) they are
+    stored unprocessed — but an unsubscribe still takes consent away at once. Every way an
+    event arrives (file import, HTTP, automations) comes through here.
+
+    `ConcurrentProcessing` when another writer stored some of the new ids meanwhile: undo
+    the transaction and try again (the next try compares them with what it stored)."""
     pack = active_pack(conn) if process else None
-    counts, new = new_events(conn, rows, now)
+    counts, new = new_events(conn, rows, now, at)
     out = StoredEvents(counts)
     if pack is None:
-        counts.inserted = insert_events(conn, new, now) if new else 0
+        counts.stored = insert_events(conn, new, now) if new else 0
+        if counts.stored != len(new):
+            # a row left out by the database would be neither stored nor compared
+            raise ConcurrentProcessing(
+                f"{len(new) - counts.stored} of {len(new)} events were stored meanwhile"
+            )
         out.unprocessed = len(new)
         revoke_consents(conn, [e for e in new if e["type"] == UNSUBSCRIBED], now)
         return out
@@ -178,8 +188,8 @@ def store_events(
     def store_marked(c: Connection, _ids: list[str], at: datetime) -> int:
         # the chunk's events are stored already marked, after the rules state is loaded
         # (so the history does not count them twice)
-        counts.inserted = insert_events(c, new, now, processed_at=at)
-        return counts.inserted
+        counts.stored = insert_events(c, new, now, processed_at=at)
+        return counts.stored
 
     done = process_chunk(conn, pack, new, claim=store_marked)
     out.processed = done.events
@@ -189,21 +199,153 @@ def store_events(
 
 
 def store_chunk(
-    engine: Engine, rows: list[dict[str, Any]], *, process: bool = True
+    engine: Engine,
+    rows: list[dict[str, Any]],
+    *,
+    process: bool = True,
+    at: list[int] | None = None,
 ) -> StoredEvents:
     """`store_events` in a transaction of its own; a chunk that raced another writer (of
     the same events, or of the same customers) is rolled back and tried again — the next
-    try skips what the other writer stored and reads the state it left."""
+    try compares what the other writer stored and reads the state it left."""
     attempt = 1
     while True:
         try:
             with engine.begin() as conn:
-                return store_events(conn, rows, utcnow(), process=process)
+                return store_events(conn, rows, utcnow(), process=process, at=at)
         except ConcurrentProcessing:
             if attempt == RACE_RETRIES:
                 raise
             log.info("events chunk raced another writer; retrying (%d)", attempt)
             attempt += 1
+
+
+def conflict_reason(c: Conflict) -> str:
+    """A conflict in words (a report's rows at fault, a rejects file, a 409)."""
+    return (
+        f"event_id {c.event_id!r} names another event (stored, or earlier in this input): "
+        f"it differs in {', '.join(c.differs)}"
+    )
+
+
+Guard = Callable[[], AbstractContextManager[Any]]
+
+
+class ChunkLoop:
+    """The one chunk loop every arrival uses: validated rows in (`add`, with where each came
+    from: a file's line, a request's position), stored `chunk_size` at a time, one
+    transaction per chunk; what each chunk did is summed into `report`.
+
+    Events: with `workers` > 1 and more than one chunk, the chunks go to that many worker
+    processes, each taking a share of the customers (`crmflow.import_workers`). `guard`
+    wraps each chunk stored in this process (the API serialises chunks on SQLite);
+    `on_conflict` sees every conflicting row (a file import writes them to its rejects file).
+    """
+
+    def __init__(
+        self,
+        engine: Engine,
+        report: IngestReport,
+        *,
+        chunk_size: int,
+        process: bool = True,
+        workers: int = 1,
+        guard: Guard | None = None,
+        on_conflict: Callable[[Conflict], None] | None = None,
+    ) -> None:
+        self.engine = engine
+        self.report = report
+        self.chunk_size = chunk_size
+        self.process = process
+        self.guard = guard
+        self.on_conflict = on_conflict
+        self._rows: list[dict[str, Any]] = []
+        self._at: list[int] = []
+        self._url = engine.url.render_as_string(hide_password=False)
+        self._workers = workers if report.kind == "events" and can_share(self._url) else 1
+        self._pool: ImportPool | None = None
+
+    def __enter__(self) -> ChunkLoop:
+        return self
+
+    def __exit__(
+        self,
+        _type: type[BaseException] | None,
+        _exc: BaseException | None,
+        _tb: TracebackType | None,
+    ) -> None:
+        self.close()
+
+    def add(self, row: dict[str, Any], at: int) -> bool:
+        """Queue a validated row; True when that filled a chunk, which was stored (or sent
+        to a worker)."""
+        self._rows.append(row)
+        self._at.append(at)
+        if len(self._rows) < self.chunk_size:
+            return False
+        self._flush(last=False)
+        return True
+
+    def finish(self) -> IngestReport:
+        """Store what is queued, wait for the workers; the report, its faults in order."""
+        self._flush(last=True)
+        if self._pool is not None:
+            for got in self._pool.finish():
+                self._absorb(got)
+        self.report.faults.sort(key=lambda f: f.at)
+        return self.report
+
+    def close(self) -> None:
+        if self._pool is not None:
+            self._pool.stop()
+
+    def _flush(self, *, last: bool) -> None:
+        rows, at = self._rows, self._at
+        if not rows:
+            return
+        self._rows, self._at = [], []
+        if self.report.kind == "customers":
+            with self._guarded(), self.engine.begin() as conn:
+                self._absorb(StoredEvents(upsert_customers(conn, rows, utcnow())))
+        elif self._pool is None and (self._workers == 1 or last):
+            with self._guarded():
+                self._absorb(store_chunk(self.engine, rows, process=self.process, at=at))
+        else:
+            if self._pool is None:  # more than a chunk of events: worth starting the workers
+                self._pool = ImportPool(
+                    self._url, self._workers, chunk_size=self.chunk_size, process=self.process
+                )
+            self._pool.add(rows, at)
+
+    def _guarded(self) -> AbstractContextManager[Any]:
+        return self.guard() if self.guard is not None else nullcontext()
+
+    def _absorb(self, got: StoredEvents) -> None:
+        r, counts = self.report, got.counts
+        r.stored += counts.stored
+        r.updated += counts.updated
+        r.duplicates += counts.duplicates
+        r.conflicts += len(counts.conflicts)
+        for c in counts.conflicts:
+            r.fault(
+                RowFault(
+                    at=c.at,
+                    problem="conflict",
+                    event_id=c.event_id,
+                    differs=list(c.differs),
+                    reason=conflict_reason(c),
+                )
+            )
+            if self.on_conflict is not None:
+                self.on_conflict(c)
+        r.processed += got.processed
+        r.unprocessed += got.unprocessed
+        r.rules_fired += got.rules_fired
+        r.rules_version = got.rules_version or r.rules_version
+
+
+def _json_default(value: Any) -> Any:
+    return value.isoformat() if isinstance(value, datetime) else str(value)
 
 
 def import_file(
@@ -216,52 +358,49 @@ def import_file(
     on_progress: Callable[[int], None] | None = None,
     process: bool = True,
     workers: int = 1,
-) -> ImportReport:
+) -> IngestReport:
     """Validate and write every row of `path`; return what happened.
 
     New events go through the active rules version in the same transaction that stores
     them (`process=False` only stores them, for `crmflow events process` later). With
     `workers` > 1, a file of events longer than one chunk is stored by that many worker
-    processes, each taking a share of the customers (`crmflow.import_workers`).
+    processes, each taking a share of the customers (`crmflow.import_workers`); an event id
+    repeated with another customer id then meets its first row in whichever order the
+    workers get to them, so which of the two rows is reported as the conflict can vary.
     """
     model: type[BaseModel] = Customer if kind == "customers" else Event
     context = {"phone_region": phone_region}
-    report = ImportReport(kind=kind, source=str(path))
+    report = IngestReport(kind=kind, source=str(path))
     started = time.perf_counter()
     reject_file = rejects_path(path)
-    reject_fh = None
-    batch: list[dict[str, Any]] = []
-    totals = WriteCounts()
-    url = engine.url.render_as_string(hide_password=False)
-    parallel = workers > 1 and kind == "events" and can_share(url)
-    pool: ImportPool | None = None
+    reject_fh: Any = None
 
-    def absorb(got: StoredEvents) -> None:
-        totals.add(got.counts)
-        report.unprocessed += got.unprocessed
-        report.processed += got.processed
-        report.rules_fired += got.rules_fired
-        report.rules_version = got.rules_version or report.rules_version
+    def reject(line: int, error: str, row: str) -> None:
+        nonlocal reject_fh
+        if reject_fh is None:
+            reject_fh = reject_file.open("w", encoding="utf-8")
+        record = {"line": line, "error": error, "row": row}
+        reject_fh.write(json.dumps(record, ensure_ascii=False) + "\n")
 
-    def flush(last: bool = False) -> None:
-        nonlocal pool
-        if not batch:
-            return
-        if kind == "customers":
-            with engine.begin() as conn:
-                totals.add(upsert_customers(conn, batch, utcnow()))
-        elif pool is None and (not parallel or last):
-            absorb(store_chunk(engine, batch, process=process))
-        else:
-            if pool is None:  # more than a chunk of events: worth starting the workers
-                pool = ImportPool(url, workers, chunk_size=chunk_size, process=process)
-            pool.add(list(batch))
-        batch.clear()
+    def conflicting(c: Conflict) -> None:
+        row = json.dumps(c.row, ensure_ascii=False, default=_json_default)
+        reject(c.at, "conflict: " + conflict_reason(c), row)
 
     try:
-        with path.open("rb") as binary, io.TextIOWrapper(binary, "utf-8", newline="") as fh:
+        with (
+            path.open("rb") as binary,
+            io.TextIOWrapper(binary, "utf-8", newline="") as fh,
+            ChunkLoop(
+                engine,
+                report,
+                chunk_size=chunk_size,
+                process=process,
+                workers=workers,
+                on_conflict=conflicting,
+            ) as loop,
+        ):
             for line, payload, raw in _open_rows(path, fh):
-                report.rows += 1
+                report.received += 1
                 try:
                     if isinstance(payload, RowProblem):
                         raise ValueError(payload.message)
@@ -272,42 +411,22 @@ def import_file(
                 except (ValidationError, ValueError) as exc:
                     error = describe_errors(exc) if isinstance(exc, ValidationError) else str(exc)
                     report.rejected += 1
-                    if len(report.first_errors) < MAX_REPORTED:
-                        report.first_errors.append(Reject(line, error))
-                    if reject_fh is None:
-                        reject_fh = reject_file.open("w", encoding="utf-8")
-                    reject_fh.write(
-                        json.dumps({"line": line, "error": error, "row": raw}, ensure_ascii=False)
-                        + "\n"
-                    )
+                    report.fault(RowFault(at=line, problem="rejected", reason=error))
+                    reject(line, error, raw)
                     continue
                 row = item.model_dump()
                 if isinstance(item, Customer):
                     row["row_hash"] = item.content_hash()
-                batch.append(row)
-                report.accepted += 1
-                if len(batch) >= chunk_size:
-                    flush()
-                    if on_progress:
-                        # the binary offset: text-mode tell() is off while iterating
-                        on_progress(binary.tell())
-            flush(last=True)
-            if pool is not None:
-                for got in pool.finish():
-                    absorb(got)
+                if loop.add(row, line) and on_progress:
+                    # the binary offset: text-mode tell() is off while iterating
+                    on_progress(binary.tell())
+            loop.finish()
     finally:
-        if pool is not None:
-            pool.stop()
         if reject_fh is not None:
             reject_fh.close()
     if reject_fh is None and reject_file.exists():
         reject_file.unlink()  # an old rejects file would describe a run that is gone
-    report.rejects_file = str(reject_file) if report.rejected else None
-    report.inserted, report.updated, report.unchanged = (
-        totals.inserted,
-        totals.updated,
-        totals.unchanged,
-    )
+    report.rejects_file = str(reject_file) if reject_fh is not None else None
     report.seconds = round(time.perf_counter() - started, 3)
     if on_progress:
         on_progress(path.stat().st_size)

@@ -1,13 +1,16 @@
 """Set-based writes for the ingest path: customers upserted by id, events appended once.
 
 Each function takes one chunk of already validated rows and an open connection inside a
-transaction; the caller commits. Idempotent: the same chunk twice changes nothing.
+transaction; the caller commits. Idempotent: the same chunk twice changes nothing. An event
+id names one event: a row whose id is stored (or came earlier in the chunk) with other
+content is a conflict, left out and reported, never counted as a duplicate.
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass
-from datetime import datetime
+import json
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
 from typing import Any
 
 from sqlalchemy import Connection, or_, select
@@ -19,16 +22,35 @@ from store.sql import insert_for, table_of, where_in
 _CUSTOMER_FIELDS = ("name", "email", "phone", "locale", "consent", "owner", "attributes")
 
 
+@dataclass(frozen=True)
+class Conflict:
+    """An event whose id is stored, or came earlier in the chunk, with other content."""
+
+    at: int  # where the row came from (a file's line, a request's position)
+    event_id: str
+    differs: tuple[str, ...]  # the fields that differ (`EVENT_FIELDS`)
+    row: dict[str, Any]  # the row as validated, for a rejects file
+
+
 @dataclass
 class WriteCounts:
-    inserted: int = 0
-    updated: int = 0
-    unchanged: int = 0
+    """What one chunk's writes did (the words of `crmflow.ingest_report.IngestReport`)."""
+
+    stored: int = 0  # new ids written
+    updated: int = 0  # customers whose content changed
+    duplicates: int = 0  # no effect: stored with the same content, or repeated
+    conflicts: list[Conflict] = field(default_factory=list)
+
+    @property
+    def inserted(self) -> int:
+        # the name before issue 12, still read by activities/automation_activities.py
+        return self.stored
 
     def add(self, other: WriteCounts) -> None:
-        self.inserted += other.inserted
+        self.stored += other.stored
         self.updated += other.updated
-        self.unchanged += other.unchanged
+        self.duplicates += other.duplicates
+        self.conflicts += other.conflicts
 
 
 def _existing(conn: Connection, column: Any, keys: list[str], *extra: Any) -> dict[str, Any]:
@@ -44,7 +66,8 @@ def upsert_customers(conn: Connection, rows: list[dict[str, Any]], now: datetime
     """Insert new customers, update changed ones, leave identical ones alone.
 
     `rows` are `Customer.model_dump()` dicts plus `row_hash`. A later row for the same id in
-    the chunk wins. `lifecycle_stage` and `timezone` left out of a row keep the stored value.
+    the chunk wins (the earlier ones count as duplicates: they have no effect).
+    `lifecycle_stage` and `timezone` left out of a row keep the stored value.
     """
     latest = {r["customer_id"]: r for r in rows}
     stored = _existing(
@@ -55,15 +78,15 @@ def upsert_customers(conn: Connection, rows: list[dict[str, Any]], now: datetime
         CustomerRow.timezone,
         CustomerRow.lifecycle_stage,
     )
-    counts = WriteCounts()
+    counts = WriteCounts(duplicates=len(rows) - len(latest))
     todo = []
     for cid, row in latest.items():
         old = stored.get(cid)
         if old is None:
-            counts.inserted += 1
+            counts.stored += 1
             timezone, stage = "UTC", "lead"
         elif old.row_hash == row["row_hash"]:
-            counts.unchanged += 1
+            counts.duplicates += 1
             continue
         else:
             counts.updated += 1
@@ -134,18 +157,62 @@ def ensure_customers(conn: Connection, customer_ids: set[str], now: datetime) ->
     return len(missing)
 
 
+EVENT_FIELDS = ("customer_id", "type", "occurred_at", "properties")
+
+
+def event_content(
+    customer_id: str, type_: str, occurred_at: datetime, properties: Any
+) -> tuple[Any, ...]:
+    """What an event says, comparable between a row and its stored copy: the instant in UTC
+    at millisecond precision (what every database keeps), properties as canonical JSON."""
+    at = occurred_at.astimezone(UTC) if occurred_at.tzinfo else occurred_at.replace(tzinfo=UTC)
+    return (
+        customer_id,
+        type_,
+        at.replace(microsecond=at.microsecond // 1000 * 1000),
+        json.dumps(properties or {}, sort_keys=True, default=str),
+    )
+
+
+def _content(row: dict[str, Any]) -> tuple[Any, ...]:
+    return event_content(row["customer_id"], row["type"], row["occurred_at"], row.get("properties"))
+
+
+def _differs(a: tuple[Any, ...], b: tuple[Any, ...]) -> tuple[str, ...]:
+    return tuple(name for name, x, y in zip(EVENT_FIELDS, a, b, strict=True) if x != y)
+
+
 def new_events(
-    conn: Connection, rows: list[dict[str, Any]], now: datetime
+    conn: Connection, rows: list[dict[str, Any]], now: datetime, at: list[int] | None = None
 ) -> tuple[WriteCounts, list[dict[str, Any]]]:
-    """The rows whose `event_id` is not stored yet (first of each id); repeats are counted
-    as unchanged. Creates stub customers for unknown customer ids."""
-    first: dict[str, dict[str, Any]] = {}
-    for r in rows:
-        first.setdefault(r["event_id"], r)
-    counts = WriteCounts(unchanged=len(rows) - len(first))
-    stored = _existing(conn, EventRow.event_id, list(first))
-    new = [r for eid, r in first.items() if eid not in stored]
-    counts.unchanged += len(first) - len(new)
+    """The rows whose `event_id` is not stored yet (first of each id). A row whose id is
+    stored, or came earlier in `rows`, with the same content is a duplicate; with other
+    content a conflict (in `counts.conflicts`, placed at `at[i]`, by default its index i).
+    Creates stub customers for the new rows' unknown customer ids."""
+    places = at if at is not None else list(range(len(rows)))
+    first: dict[str, int] = {}  # event id -> index of its first row
+    for i, r in enumerate(rows):
+        first.setdefault(r["event_id"], i)
+    t = table_of(EventRow)
+    columns = (t.c.event_id, t.c.customer_id, t.c.type, t.c.occurred_at, t.c.properties)
+    stored: dict[str, tuple[Any, ...]] = {}
+    for where in where_in(conn, t.c.event_id, list(first)):
+        for s in conn.execute(select(*columns).where(where)):
+            stored[s.event_id] = event_content(s.customer_id, s.type, s.occurred_at, s.properties)
+    counts = WriteCounts()
+    new = []
+    for i, r in enumerate(rows):
+        eid = r["event_id"]
+        if i == first[eid] and eid not in stored:
+            new.append(r)
+            continue
+        # compared with the stored event, or else with the id's first row in the chunk
+        have = stored[eid] if eid in stored else _content(rows[first[eid]])
+        content = _content(r)
+        if content == have:
+            counts.duplicates += 1
+        else:
+            counts.conflicts.append(Conflict(places[i], eid, _differs(have, content), r))
     if new:
         ensure_customers(conn, {r["customer_id"] for r in new}, now)
     return counts, new
@@ -186,5 +253,5 @@ def append_events(
     """Append events not seen before (by `event_id`), unprocessed; return the counts and
     the rows that were new."""
     counts, new = new_events(conn, rows, now)
-    counts.inserted = insert_events(conn, new, now) if new else 0
+    counts.stored = insert_events(conn, new, now) if new else 0
     return counts, new

@@ -76,12 +76,18 @@ def test_events_are_stored_and_run_through_the_rules_once(
         r = http.post("/api/v1/events", json=event(1, "C1", amount=300))
         assert r.status_code == 200, r.text
         assert r.json() | {"seconds": 0} == {
+            "kind": "events",
+            "source": "api",
             "received": 1,
+            "rejected": 0,
             "stored": 0,
+            "updated": 0,
             "duplicates": 1,
+            "faults": [],
+            "rejects_file": None,
             "processed": 0,
             "rules_fired": 0,
-            "conflicts": [],
+            "conflicts": 0,
             "rules_version": version,
             "unprocessed": 0,
             "seconds": 0,
@@ -183,7 +189,10 @@ def test_an_event_id_reused_with_other_content_is_a_conflict(
         assert r.status_code == 200, r.text
         body = r.json()
         assert (body["stored"], body["duplicates"]) == (1, 1)
-        assert body["conflicts"] == [{"index": 1, "event_id": "e1", "differs": ["customer_id"]}]
+        assert body["conflicts"] == 1
+        assert [(f["at"], f["problem"], f["event_id"], f["differs"]) for f in body["faults"]] == [
+            (1, "conflict", "e1", ["customer_id"])
+        ]
     assert ledger_rows(engine, "C1") == 1
     assert ledger_rows(engine, "C2") == 0
 
@@ -211,7 +220,7 @@ def test_a_batch_over_the_limit_and_a_body_over_the_limit_are_refused(
 def customer_with_consent(engine: Engine, tmp_path: Path, customer: str) -> None:
     row = {"customer_id": customer, "email": "li@example.com", "consent": {"email": True}}
     report = import_rows(engine, tmp_path / "customers.jsonl", [row], kind="customers")
-    assert report.accepted == 1
+    assert report.stored == 1
     assert consent(engine, customer) == {"email": True}
 
 

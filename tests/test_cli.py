@@ -22,11 +22,12 @@ def env(cli_env: Path) -> Path:
 def test_import_and_show(env: Path) -> None:
     result = runner.invoke(app, ["customers", "import", str(REPO / "examples/customers.jsonl")])
     assert result.exit_code == 0, result.output
-    assert "28 accepted" in result.output
+    assert "28 received: 28 stored, 0 updated, 0 duplicates, 0 rejected" in result.output
     result = runner.invoke(app, ["events", "import", str(REPO / "examples/events.jsonl"), "--json"])
     assert result.exit_code == 0, result.output
     report = json.loads(result.stdout)
-    assert report["inserted"] == report["rows"] > 100
+    assert report["stored"] == report["received"] > 100
+    assert report["duplicates"] == report["conflicts"] == 0
     result = runner.invoke(app, ["customer", "show", "C0002", "--json"])
     assert result.exit_code == 0, result.output
     profile = json.loads(result.stdout)
@@ -44,8 +45,8 @@ def test_rejects_are_reported_with_lines(env: Path) -> None:
         '"occurred_at": "2026-11-20T10:00:00"}\n'
     )
     result = runner.invoke(app, ["events", "import", str(bad)])
-    assert result.exit_code == 1  # nothing at all was accepted
-    assert "line 1: field 'occurred_at'" in result.output
+    assert result.exit_code == 1  # not one row validated
+    assert "line 1: rejected: field 'occurred_at'" in result.output
     assert (env / "events.jsonl.rejects.jsonl").exists()
 
 

@@ -226,7 +226,7 @@ async def test_gantt_and_migrate_check(served: Path, engine: Engine) -> None:
     data = json.loads(result.stdout)
     assert data["passed"] is True and data["recorded"] == {"passed": True, "failures": []}
     assert data["rows_in"] == data["rows_out"] == 3
-    assert data["imported"]["inserted"] == 3 and data["imported"]["rejected"] == 0
+    assert data["imported"]["stored"] == 3 and data["imported"]["rejected"] == 0
     with engine.connect() as conn:
         stored = conn.execute(
             select(CustomerRow.customer_id, CustomerRow.phone, CustomerRow.attributes).order_by(

@@ -91,7 +91,7 @@ def test_dry_run_explains_and_changes_nothing(env: Path) -> None:
 def test_deploy_versions_then_process_pending(env: Path) -> None:
     result = runner.invoke(app, ["events", "import", str(REPO / "examples/events.jsonl"), "--json"])
     report = json.loads(result.stdout)
-    assert report["unprocessed"] == report["inserted"] > 0
+    assert report["unprocessed"] == report["stored"] > 0
     deployed = json.loads(runner.invoke(app, ["rules", "deploy", EXAMPLES, "--json"]).stdout)
     assert deployed["new"] is True
     again = json.loads(runner.invoke(app, ["rules", "deploy", EXAMPLES, "--json"]).stdout)
@@ -100,7 +100,7 @@ def test_deploy_versions_then_process_pending(env: Path) -> None:
     assert [v["version"] for v in versions] == [deployed["version"]]
     assert versions[0]["active"] is True
     processed = json.loads(runner.invoke(app, ["events", "process", "--json"]).stdout)
-    assert processed["processed"] == report["inserted"]
+    assert processed["processed"] == report["stored"]
     assert processed["version"] == deployed["version"]
     nothing = json.loads(runner.invoke(app, ["events", "process", "--json"]).stdout)
     assert nothing["processed"] == 0

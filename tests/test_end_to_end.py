@@ -61,17 +61,18 @@ def test_demo_runs_twice_and_leaves_nothing_running(home: Path) -> None:
     env = stack_env(home)
     data = run_demo(env)
     customers, events = data["imports"]
-    assert customers["inserted"] == customers["rows"] and customers["rejected"] == 0
-    assert events["inserted"] == events["rows"] and events["rejected"] == 0
-    assert events["processed"] == events["rows"] and events["rules_fired"] > 0
+    assert customers["stored"] == customers["received"] and customers["rejected"] == 0
+    assert events["stored"] == events["received"] and events["rejected"] == 0
+    assert events["processed"] == events["received"] and events["rules_fired"] > 0
     assert data["kpi"]["points_issued"] > 0 and data["kpi"]["tiers"]
-    assert data["kpi"]["customers"] == customers["rows"]
-    assert data["kpi"]["events"] == events["rows"]
+    assert data["kpi"]["customers"] == customers["received"]
+    assert data["kpi"]["events"] == events["received"]
     assert (home / "crmflow.db").exists() and (home / "temporal.db").exists()
     assert processes_using(home) == []
 
     data2 = run_demo(env)
-    assert [r["inserted"] for r in data2["imports"]] == [0, 0]
+    assert [r["stored"] for r in data2["imports"]] == [0, 0]
+    assert [r["duplicates"] for r in data2["imports"]] == [r["received"] for r in data["imports"]]
     assert data2["imports"][1]["processed"] == 0
     assert data2["kpi"]["points_outstanding"] == data["kpi"]["points_outstanding"]
     assert data2["kpi"]["events"] == data["kpi"]["events"]

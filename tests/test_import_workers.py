@@ -120,7 +120,7 @@ def test_workers_give_what_one_process_gives(engine: Engine, tmp_path: Path) -> 
     one, alone = run_import(engine, files, workers=1)
     wipe(engine)
     many, together = run_import(engine, files, workers=3)
-    assert (many.rows, many.inserted, many.processed) == (1800, 1800, 1800)
+    assert (many.received, many.stored, many.processed) == (1800, 1800, 1800)
     assert (many.processed, many.rules_fired, many.rules_version) == (
         one.processed,
         one.rules_fired,
@@ -132,7 +132,7 @@ def test_workers_give_what_one_process_gives(engine: Engine, tmp_path: Path) -> 
 
     # a second import of the same file by the workers stores and applies nothing
     again = import_file(engine, files[1], "events", chunk_size=150, workers=3)
-    assert (again.inserted, again.unchanged, again.processed) == (0, 1800, 0)
+    assert (again.stored, again.duplicates, again.processed) == (0, 1800, 0)
     assert snapshot(engine) == alone
 
 
@@ -145,14 +145,19 @@ def test_one_event_id_under_two_customers_is_stored_once(engine: Engine, tmp_pat
     rows = [event(f"{c}-{i}", c, amount=10.0 + i) for i in range(30) for c in (a, b)]
     rows += [event("same", a, amount=500.0), event("same", b, amount=700.0)]
     report = import_rows(engine, tmp_path / "e.jsonl", rows, chunk_size=10, workers=2)
-    assert (report.inserted, report.unchanged, report.processed) == (61, 1, 61)
+    # the second of the two to reach the database is a conflict (which one varies)
+    assert (report.stored, report.duplicates, report.conflicts, report.processed) == (61, 0, 1, 61)
     with engine.connect() as conn:
         owners = conn.execute(select(EventRow.customer_id).where(EventRow.event_id == "esame"))
-        assert len(owners.all()) == 1
+        (owner,) = owners.one()
         earned = conn.execute(
             select(func.count()).select_from(PointsLedgerRow).where(PointsLedgerRow.kind == "earn")
         ).scalar_one()
     assert earned == 61
+    (fault,) = report.faults
+    assert (fault.event_id, fault.problem) == ("esame", "conflict")
+    assert fault.at == (62 if owner == a else 61)  # the line of the row left out
+    assert set(fault.differs) == {"customer_id", "properties"}
 
 
 def test_a_worker_failure_reaches_the_caller(engine: Engine, tmp_path: Path) -> None:
@@ -251,7 +256,7 @@ def test_a_raced_chunk_is_tried_again(
     monkeypatch.setattr(ingest, "process_chunk", loses_the_first_race)
     rows = [event(i, "R", amount=100.0) for i in range(3)]
     report = import_rows(engine, tmp_path / "e.jsonl", rows)
-    assert (report.inserted, report.processed, len(calls)) == (3, 3, 2)
+    assert (report.stored, report.processed, len(calls)) == (3, 3, 2)
     with engine.connect() as conn:
         earned = conn.execute(
             select(func.count()).select_from(PointsLedgerRow).where(PointsLedgerRow.kind == "earn")

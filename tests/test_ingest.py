@@ -52,7 +52,7 @@ def test_customers_import_normalises_and_reimport_changes_nothing(
 ) -> None:
     path = jsonl(tmp_path / "customers.jsonl", CUSTOMERS)
     first = import_file(engine, path, "customers")
-    assert (first.accepted, first.inserted, first.rejected) == (2, 2, 0)
+    assert (first.received, first.stored, first.rejected) == (2, 2, 0)
     with engine.connect() as conn:
         before = load_profile(conn, "C1")
     assert before is not None
@@ -62,7 +62,7 @@ def test_customers_import_normalises_and_reimport_changes_nothing(
     assert before.lifecycle_stage == "member"
 
     again = import_file(engine, path, "customers")
-    assert (again.inserted, again.updated, again.unchanged) == (0, 0, 2)
+    assert (again.stored, again.updated, again.duplicates) == (0, 0, 2)
     with engine.connect() as conn:
         after = load_profile(conn, "C1")
     assert after == before  # not even updated_at moved
@@ -74,7 +74,7 @@ def test_changed_customer_is_updated_and_unset_fields_keep_their_value(
     import_file(engine, jsonl(tmp_path / "a.jsonl", CUSTOMERS), "customers")
     changed = [{"customer_id": "C1", "name": "Li Wei", "email": "new@example.com"}]
     report = import_file(engine, jsonl(tmp_path / "b.jsonl", changed), "customers")
-    assert (report.inserted, report.updated, report.unchanged) == (0, 1, 0)
+    assert (report.stored, report.updated, report.duplicates) == (0, 1, 0)
     with engine.connect() as conn:
         p = load_profile(conn, "C1")
     assert p is not None
@@ -93,9 +93,9 @@ def test_csv_with_dotted_columns(engine: Engine, tmp_path: Path) -> None:
         encoding="utf-8",
     )
     report = import_file(engine, path, "customers")
-    assert (report.accepted, report.rejected) == (1, 1)
-    assert report.first_errors[0].line == 3
-    assert "field 'phone'" in report.first_errors[0].error
+    assert (report.received, report.stored, report.rejected) == (2, 1, 1)
+    assert report.faults[0].at == 3 and report.faults[0].problem == "rejected"
+    assert "field 'phone'" in report.faults[0].reason
     with engine.connect() as conn:
         p = load_profile(conn, "C9")
     assert p is not None
@@ -116,10 +116,10 @@ def test_bad_rows_are_reported_by_line_and_good_rows_kept(engine: Engine, tmp_pa
         ],
     )
     report = import_file(engine, path, "events")
-    assert (report.rows, report.accepted, report.rejected) == (5, 2, 3)
-    assert [r.line for r in report.first_errors] == [2, 3, 5]
-    assert "field 'occurred_at'" in report.first_errors[0].error
-    assert "field 'type'" in report.first_errors[2].error
+    assert (report.received, report.stored, report.rejected) == (5, 2, 3)
+    assert [r.at for r in report.faults] == [2, 3, 5]
+    assert "field 'occurred_at'" in report.faults[0].reason
+    assert "field 'type'" in report.faults[2].reason
     rejects = [json.loads(x) for x in rejects_path(path).read_text().splitlines()]
     assert [r["line"] for r in rejects] == [2, 3, 5]
     assert rejects[1]["row"] == "{not json"
@@ -128,7 +128,7 @@ def test_bad_rows_are_reported_by_line_and_good_rows_kept(engine: Engine, tmp_pa
     # fixed file: the rejects file of the old run goes away, nothing is applied twice
     write_lines(path, [json.dumps(ev(n)) for n in (1, 2, 3, 4)])
     report = import_file(engine, path, "events")
-    assert (report.inserted, report.unchanged, report.rejected) == (2, 2, 0)
+    assert (report.stored, report.duplicates, report.rejected) == (2, 2, 0)
     assert not rejects_path(path).exists()
     assert count(engine, EventRow) == 4
 
@@ -139,9 +139,9 @@ def test_events_once_per_event_id_across_files_chunks_and_within_a_file(
     rows = [ev(n, customer=f"C{n % 3}") for n in range(1, 11)] + [ev(5, customer="C2")]
     path = jsonl(tmp_path / "events.jsonl", rows)
     report = import_file(engine, path, "events", chunk_size=3)
-    assert (report.accepted, report.inserted, report.unchanged) == (11, 10, 1)
+    assert (report.received, report.stored, report.duplicates) == (11, 10, 1)
     report = import_file(engine, path, "events", chunk_size=4)
-    assert (report.inserted, report.unchanged) == (0, 11)
+    assert (report.stored, report.duplicates) == (0, 11)
     assert count(engine, EventRow) == 10
     with engine.connect() as conn:
         stored = conn.execute(select(EventRow.customer_id).where(EventRow.event_id == "e5")).one()

@@ -38,7 +38,7 @@ def test_example_programme_end_to_end(engine: Engine) -> None:
     version = deploy_dir(engine, REPO / "examples/rules")
     import_file(engine, REPO / "examples/customers.jsonl", "customers")
     report = import_file(engine, REPO / "examples/events.jsonl", "events")
-    assert report.processed == report.inserted == report.rows
+    assert report.processed == report.stored == report.received
     assert report.rules_version == version
     assert count(engine, EventRow, EventRow.processed_at.is_(None)) == 0
     with engine.connect() as conn:
@@ -54,7 +54,7 @@ def test_example_programme_end_to_end(engine: Engine) -> None:
     # re-importing the same file applies nothing twice
     ledger_rows = count(engine, PointsLedgerRow)
     again = import_file(engine, REPO / "examples/events.jsonl", "events")
-    assert (again.inserted, again.processed) == (0, 0)
+    assert (again.stored, again.duplicates, again.processed) == (0, again.received, 0)
     assert count(engine, PointsLedgerRow) == ledger_rows
     assert process_pending(engine).events == 0
 
@@ -419,7 +419,7 @@ def test_an_event_another_import_stored_meanwhile_undoes_the_chunk(
     deploy_dir(engine, REPO / "examples/rules")
     import_rows(engine, tmp_path / "e.jsonl", [event(1, "R", amount=100.0)])
 
-    def blind(_conn: Any, rows: list[dict[str, Any]], _now: Any) -> Any:
+    def blind(_conn: Any, rows: list[dict[str, Any]], _now: Any, _at: Any = None) -> Any:
         return WriteCounts(), list(rows)  # as if e1 had arrived after the look-up
 
     monkeypatch.setattr(ingest, "new_events", blind)

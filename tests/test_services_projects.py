@@ -201,7 +201,7 @@ async def test_migration_check_records_and_imports(rt: Runtime, engine: Engine) 
     ok = await service.migration_check(rt, name, clean, mapping, "clean.csv", import_rows=True)
     assert ok.passed and ok.recorded.passed and ok.summary["rows_out"] == 3
     assert ok.imported is not None
-    assert (ok.imported.inserted, ok.imported.rejected, ok.imported.source) == (3, 0, "clean.csv")
+    assert (ok.imported.stored, ok.imported.rejected, ok.imported.source) == (3, 0, "clean.csv")
     with engine.connect() as conn:
         stored = conn.execute(
             select(CustomerRow.customer_id, CustomerRow.lifecycle_stage, CustomerRow.attributes)
@@ -211,7 +211,7 @@ async def test_migration_check_records_and_imports(rt: Runtime, engine: Engine) 
     assert all(s.attributes["migrated_from"] == "clean.csv" for s in stored)
     # the same rows again change nothing
     again = await service.migration_check(rt, name, clean, mapping, "clean.csv", import_rows=True)
-    assert again.imported is not None and again.imported.unchanged == 3
+    assert again.imported is not None and again.imported.duplicates == 3
     await service.close(rt, name, CloseInput(by="Peter Wang"))
 
 
@@ -222,8 +222,8 @@ def test_import_customers_reports_bad_rows(engine: Engine, tmp_path: Path) -> No
         [{"customer_id": "A1", "email": "a@example.com"}, {"customer_id": "A2", "email": "nope"}],
         "rows",
     )
-    assert (got.rows, got.accepted, got.inserted, got.rejected) == (2, 1, 1, 1)
-    assert got.first_errors[0].line == 2 and "email" in got.first_errors[0].error
+    assert (got.received, got.stored, got.rejected) == (2, 1, 1)
+    assert got.faults[0].at == 2 and "email" in got.faults[0].reason
 
 
 @pytest.mark.devserver

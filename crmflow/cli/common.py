@@ -13,7 +13,7 @@ from rich.console import Console
 from sqlalchemy import Engine
 
 from crmflow.formats import describe_errors
-from crmflow.ingest import ImportReport
+from crmflow.ingest_report import IngestReport
 from crmflow.settings import Settings
 from store.db import make_engine
 from store.migrate import current_revision, head_revision, upgrade
@@ -65,19 +65,37 @@ def emit_json(data: Any) -> None:
     sys.stdout.write(json.dumps(data, indent=2, ensure_ascii=False, default=str) + "\n")
 
 
-def print_report(report: ImportReport) -> None:
+def print_report(report: IngestReport) -> None:
+    """An import's report in the words of every face (`IngestReport`)."""
+    updated = f", {report.updated} updated" if report.kind == "customers" else ""
+    conflicts = f", {report.conflicts} conflicts" if report.kind == "events" else ""
     console.print(
-        f"{report.source}: {report.rows} rows, {report.accepted} accepted "
-        f"({report.inserted} new, {report.updated} updated, {report.unchanged} unchanged), "
-        f"{report.rejected} rejected, in {report.seconds:.2f}s",
+        f"{report.source}: {report.received} received: {report.stored} stored{updated}, "
+        f"{report.duplicates} duplicates{conflicts}, {report.rejected} rejected, "
+        f"in {report.seconds:.2f}s",
         highlight=False,
+        soft_wrap=True,  # one line, however long the path: scripts grep it
     )
-    for r in report.first_errors:
-        err.print(f"  line {r.line}: {r.error}", highlight=False)
-    if report.rejected > len(report.first_errors):
-        err.print(f"  … and {report.rejected - len(report.first_errors)} more")
+    if report.kind == "events" and (report.processed or report.unprocessed):
+        waiting = (
+            f", {report.unprocessed} waiting for a rules version" if report.unprocessed else ""
+        )
+        version = f" ({report.rules_version})" if report.rules_version else ""
+        console.print(
+            f"  {report.processed} processed by the rules{version}, "
+            f"{report.rules_fired} rules fired{waiting}",
+            highlight=False,
+            soft_wrap=True,
+        )
+    for f in report.faults:
+        err.print(f"  line {f.at}: {f.problem}: {f.reason}", highlight=False, soft_wrap=True)
+    at_fault = report.rejected + report.conflicts
+    if at_fault > len(report.faults):
+        err.print(f"  … and {at_fault - len(report.faults)} more")
     if report.rejects_file:
-        err.print(f"  rejected rows written to {report.rejects_file}", highlight=False)
+        err.print(
+            f"  rejected and conflicting rows written to {report.rejects_file}", highlight=False
+        )
 
 
 def masked_url(url: str) -> str:

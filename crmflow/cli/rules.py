@@ -19,6 +19,7 @@ from rich.table import Table
 
 from crmflow.cli import common
 from crmflow.formats import Event, describe_errors
+from crmflow.ingest import read_json_lines
 from crmflow.services import rules as service
 from crmflow.services.errors import ServiceError
 from crmflow.services.runtime import Runtime
@@ -97,21 +98,21 @@ def schema(
 
 
 def _read_events(path: Path) -> list[Event]:
+    """One event (a JSON object, on one line or many) or events (JSON Lines)."""
     text = path.read_text(encoding="utf-8").strip()
     try:
-        docs = (
-            [json.loads(text)]
-            if text.startswith("{") and "\n{" not in text
-            else [json.loads(line) for line in text.splitlines() if line.strip()]
-        )
+        if text.startswith("{") and "\n{" not in text:
+            docs = [("event", json.loads(text))]
+        else:
+            docs = [(f"line {n}", json.loads(line)) for n, line in read_json_lines(path)]
     except json.JSONDecodeError as exc:
         common.fail(f"{path}: not JSON ({exc})")
     events = []
-    for n, doc in enumerate(docs, start=1):
+    for where, doc in docs:
         try:
             events.append(Event.model_validate(doc))
         except ValidationError as exc:
-            common.fail(f"{path}: event {n}: {describe_errors(exc)}")
+            common.fail(f"{path}: {where}: {describe_errors(exc)}")
     return events
 
 

@@ -14,7 +14,9 @@ from typing import Any, Literal
 from pydantic import BaseModel, Field, ValidationError
 from sqlalchemy import Connection, and_, delete, func, insert, select, update
 
-from crmflow.formats import Customer, CustomerProfile, Name
+from crmflow.formats import Customer, CustomerProfile, Name, describe_errors
+from crmflow.ingest import ChunkLoop
+from crmflow.ingest_report import IngestReport
 from crmflow.processing import active_pack
 from crmflow.services.errors import FieldProblem, Invalid, NotFound, TooLarge
 from crmflow.services.operations import mask_address
@@ -22,7 +24,6 @@ from crmflow.services.runtime import Runtime
 from rules.tiers import qualified_for
 from store.automations import qualifying_totals
 from store.db import utcnow
-from store.ingest import upsert_customers as store_upsert
 from store.models import (
     AuditRow,
     CustomerRow,
@@ -314,20 +315,12 @@ def customer_360(rt: Runtime, customer_id: str, *, mask: bool, events: int = 20)
 # --------------------------------------------------------------------------- upsert
 
 
-class UpsertReport(BaseModel):
-    """What an upsert of customer profiles did (the same words as `customers import`)."""
-
-    received: int
-    inserted: int
-    updated: int
-    unchanged: int
-    seconds: float
-
-
-def upsert_customers(rt: Runtime, rows: list[dict[str, Any]]) -> UpsertReport:
-    """Validate raw profile rows (phone numbers read in `default_phone_region`) and upsert
-    them in one transaction; any invalid row refuses the whole request (`Invalid`, each
-    problem naming `<index>.<field>`), so nothing is half-written."""
+def upsert_customers(rt: Runtime, rows: list[dict[str, Any]]) -> IngestReport:
+    """Validate raw profile rows (phone numbers read in `default_phone_region`), then upsert
+    them through the import's chunk loop (`crmflow.ingest.ChunkLoop`); any invalid row
+    refuses the whole request (`Invalid`, each problem naming the row's position and the
+    fields at fault), so nothing is stored of a request that does not validate. The report
+    is the import's (`IngestReport`)."""
     limit = rt.settings.api_max_batch
     if len(rows) > limit:
         raise TooLarge(f"{len(rows)} customers in one request; at most {limit} (api_max_batch)")
@@ -339,25 +332,20 @@ def upsert_customers(rt: Runtime, rows: list[dict[str, Any]]) -> UpsertReport:
         try:
             item = Customer.model_validate(raw, context=context)
         except ValidationError as exc:
-            for err in exc.errors():
-                where = ".".join(str(p) for p in (i, *err.get("loc", ())))
-                reason = str(err.get("msg", "")).removeprefix("Value error, ")
-                problems.append(FieldProblem(where, reason))
+            problems.append(FieldProblem(str(i), describe_errors(exc)))
             continue
         row = item.model_dump()
         row["row_hash"] = item.content_hash()
         batch.append(row)
     if problems:
         raise Invalid(problems)
-    with rt.engine.begin() as conn:
-        counts = store_upsert(conn, batch, utcnow()) if batch else None
-    return UpsertReport(
-        received=len(rows),
-        inserted=counts.inserted if counts else 0,
-        updated=counts.updated if counts else 0,
-        unchanged=counts.unchanged if counts else 0,
-        seconds=round(time.perf_counter() - started, 3),
-    )
+    report = IngestReport(kind="customers", source="api", received=len(rows)).list_all_faults()
+    with ChunkLoop(rt.engine, report, chunk_size=rt.settings.import_chunk_size) as loop:
+        for i, row in enumerate(batch):
+            loop.add(row, i)
+        loop.finish()
+    report.seconds = round(time.perf_counter() - started, 3)
+    return report
 
 
 # --------------------------------------------------------------------------- tags by hand

@@ -38,7 +38,8 @@ from temporalio.exceptions import ApplicationError, WorkflowAlreadyStartedError
 from temporalio.service import RPCError, RPCStatusCode
 
 from crmflow.formats import Customer, describe_errors
-from crmflow.ingest import MAX_REPORTED, ImportReport, Reject
+from crmflow.ingest import ChunkLoop
+from crmflow.ingest_report import IngestReport, RowFault
 from crmflow.services.errors import (
     Conflict,
     FieldProblem,
@@ -72,8 +73,6 @@ from projects.models import (
 from projects.plan import Plan
 from projects.state import ProjectRuleError, new_project
 from rules.source import RuleFileError, YamlDoc
-from store.db import utcnow
-from store.ingest import WriteCounts, upsert_customers
 from workflows.project import (
     WORKFLOW_TYPE,
     CheckInput,
@@ -169,7 +168,7 @@ class MigrationOutcome(BaseModel):
     reasons: list[str]
     summary: dict[str, Any]
     recorded: MigrationCheckResult
-    imported: ImportReport | None = None
+    imported: IngestReport | None = None
 
 
 # --------------------------------------------------------------------------- errors
@@ -537,42 +536,26 @@ def customer_rows(report: MigrationReport) -> list[dict[str, Any]]:
     return out
 
 
-def import_customers(rt: Runtime, rows: list[dict[str, Any]], source: str) -> ImportReport:
-    """Validate customer rows as the customer import does and upsert them chunk by chunk
-    (one transaction each); bad rows are counted and the first few reported by number."""
+def import_customers(rt: Runtime, rows: list[dict[str, Any]], source: str) -> IngestReport:
+    """Validate customer rows as the customer import does and upsert them through its chunk
+    loop (one transaction per chunk); bad rows are counted and the first few reported by
+    number."""
     started = time.perf_counter()
-    report = ImportReport(kind="customers", source=source)
+    report = IngestReport(kind="customers", source=source)
     context = {"phone_region": rt.settings.default_phone_region}
-    totals = WriteCounts()
-    batch: list[dict[str, Any]] = []
-
-    def flush() -> None:
-        if batch:
-            with rt.engine.begin() as conn:
-                totals.add(upsert_customers(conn, batch, utcnow()))
-            batch.clear()
-
-    for number, raw in enumerate(rows, start=1):
-        report.rows += 1
-        try:
-            item = Customer.model_validate(raw, context=context)
-        except ValidationError as exc:
-            report.rejected += 1
-            if len(report.first_errors) < MAX_REPORTED:
-                report.first_errors.append(Reject(number, describe_errors(exc)))
-            continue
-        row = item.model_dump()
-        row["row_hash"] = item.content_hash()
-        batch.append(row)
-        report.accepted += 1
-        if len(batch) >= rt.settings.import_chunk_size:
-            flush()
-    flush()
-    report.inserted, report.updated, report.unchanged = (
-        totals.inserted,
-        totals.updated,
-        totals.unchanged,
-    )
+    with ChunkLoop(rt.engine, report, chunk_size=rt.settings.import_chunk_size) as loop:
+        for number, raw in enumerate(rows, start=1):
+            report.received += 1
+            try:
+                item = Customer.model_validate(raw, context=context)
+            except ValidationError as exc:
+                report.rejected += 1
+                report.fault(RowFault(at=number, problem="rejected", reason=describe_errors(exc)))
+                continue
+            row = item.model_dump()
+            row["row_hash"] = item.content_hash()
+            loop.add(row, number)
+        loop.finish()
     report.seconds = round(time.perf_counter() - started, 3)
     return report
 

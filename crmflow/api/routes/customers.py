@@ -14,6 +14,7 @@ from starlette.concurrency import run_in_threadpool
 from crmflow.api.problems import responses
 from crmflow.api.security import RuntimeDep, may, permit
 from crmflow.formats import Customer, Name
+from crmflow.ingest_report import IngestReport
 from crmflow.services import customers as service
 from crmflow.services.keys import Principal
 
@@ -73,14 +74,14 @@ async def _raw_rows(request: Request) -> list[dict[str, Any]]:
     return body if isinstance(body, list) else [body]
 
 
-@router.put("/{customer_id}", response_model=service.UpsertReport, responses=responses(422))
+@router.put("/{customer_id}", response_model=IngestReport, responses=responses(422))
 async def upsert_one(
     customer_id: CustomerId,
     customer: Customer,
     request: Request,
     who: Annotated[Principal, permit("customers.write")],
     rt: RuntimeDep,
-) -> service.UpsertReport:
+) -> IngestReport:
     """Create or update one customer (the body's `customer_id` must match the path)."""
     if customer.customer_id != customer_id:
         from crmflow.services.errors import Invalid
@@ -89,14 +90,15 @@ async def upsert_one(
     return await run_in_threadpool(service.upsert_customers, rt, await _raw_rows(request))
 
 
-@router.post("/batch", response_model=service.UpsertReport, responses=responses(413, 422))
+@router.post("/batch", response_model=IngestReport, responses=responses(413, 422))
 async def upsert_batch(
     customers: Annotated[list[Customer], Body(description="At most `api_max_batch` profiles")],
     request: Request,
     who: Annotated[Principal, permit("customers.write")],
     rt: RuntimeDep,
-) -> service.UpsertReport:
-    """Create or update customers (upsert by `customer_id`), all or nothing."""
+) -> IngestReport:
+    """Create or update customers (upsert by `customer_id`), as `crmflow customers import`
+    does; a batch with an invalid profile is refused whole (422, nothing stored)."""
     return await run_in_threadpool(service.upsert_customers, rt, await _raw_rows(request))
 
 

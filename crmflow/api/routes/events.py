@@ -10,6 +10,7 @@ from starlette.concurrency import run_in_threadpool
 from crmflow.api.problems import responses
 from crmflow.api.security import RuntimeDep, permit
 from crmflow.formats import Event
+from crmflow.ingest_report import IngestReport
 from crmflow.services import events as service
 from crmflow.services.errors import Conflict
 from crmflow.services.keys import Principal
@@ -25,17 +26,17 @@ EXAMPLE = {
 }
 
 
-@router.post("", response_model=service.EventsReport, responses=responses(409, 503))
+@router.post("", response_model=IngestReport, responses=responses(409, 503))
 async def post_event(
     event: Annotated[Event, Body(examples=[EXAMPLE])],
     who: Annotated[Principal, permit("events.write")],
     rt: RuntimeDep,
-) -> service.EventsReport:
+) -> IngestReport:
     """Store one event and run it through the active rules. The same `event_id` again with
     the same content has no second effect; with other content it is refused (409)."""
     report = await run_in_threadpool(service.store_events, rt, [event])
     if report.conflicts:
-        c = report.conflicts[0]
+        c = report.faults[0]
         raise Conflict(
             f"event_id {c.event_id!r} is stored already with another "
             f"{', '.join(c.differs)}: an event id names one event"
@@ -43,19 +44,20 @@ async def post_event(
     return report
 
 
-@router.post("/batch", response_model=service.EventsReport, responses=responses(503))
+@router.post("/batch", response_model=IngestReport, responses=responses(503))
 async def post_events(
     events: Annotated[
         list[Event],
         Body(
             description="Events to store: a batch with an invalid event is refused whole "
-            "(422, nothing stored); ids that conflict are listed in `conflicts`",
+            "(422, nothing stored); ids that conflict are counted in `conflicts` and listed in "
+            "`faults` with their position in the list",
             examples=[[EXAMPLE]],
         ),
     ],
     who: Annotated[Principal, permit("events.write")],
     rt: RuntimeDep,
-) -> service.EventsReport:
+) -> IngestReport:
     """Store a batch of events (at most `api_max_batch`, default 1,000), as `crmflow events
     import` does. Idempotent by `event_id`."""
     return await run_in_threadpool(service.store_events, rt, events)
