@@ -2,7 +2,8 @@
 
 What it measures, per database (SQLite and PostgreSQL), in the same run:
 
-* API: a real server (`crmflow api`, uvicorn, one process of its own) on a fresh database
+* API: a real server (`crmflow api`, uvicorn, in processes of its own: one on SQLite,
+  `--pg-api-workers` (2) on PostgreSQL, i.e. `crmflow api --workers 2`) on a fresh database
   migrated with `store.migrate.upgrade`, whose customers were imported and whose example rules
   version (`examples/rules`, as `bench/rules.py` prepares it) was deployed beforehand (untimed),
   with an `ingest` key and a `marketer` key made with `crmflow.services.keys.create_key`.
@@ -250,9 +251,12 @@ def free_port() -> int:
         return int(s.getsockname()[1])
 
 
-def start_server(url: str, port: int, workdir: Path, log: Path, profile: Path | None) -> Any:
+def start_server(
+    url: str, port: int, workdir: Path, log: Path, profile: Path | None, workers: int = 1
+) -> Any:
     if profile is None:
         cmd = [*crmflow_command(), "api", "--host", "127.0.0.1", "--port", str(port)]
+        cmd += ["--workers", str(workers)]
     else:
         cmd = [sys.executable, str(Path(__file__).resolve()), "--child", "server"]
         cmd += ["--port", str(port), "--profile-file", str(profile)]
@@ -362,7 +366,7 @@ def drive(
                                     totals[k] += int(report[k])
                                 totals["rules_fired"] += int(report["rules_fired"])
                                 totals["unprocessed"] += int(report["unprocessed"])
-                                totals["conflicts"] += len(report["conflicts"])
+                                totals["conflicts"] += int(report["conflicts"])
                             break
                         if r.status_code in (429, 503):
                             with lock:
@@ -467,7 +471,9 @@ def measure_api(
         base = f"http://127.0.0.1:{port}"
         log = workdir / f"server_{kind}.log"
         profile = args.profile / f"api_{kind}" if args.profile else None
-        server = start_server(url, port, workdir, log, profile)
+        # SQLite: one server process (its one write lock makes more of them slower)
+        workers = args.pg_api_workers if kind == "postgresql" and profile is None else 1
+        server = start_server(url, port, workdir, log, profile, workers)
         try:
             wait_ready(httpx, base, tokens["ingest"], server, log)
             memory = PeakMemory(server.pid)
@@ -491,7 +497,8 @@ def measure_api(
     print(
         f"  {kind:<10} api    {args.events:,} events in {result['seconds']:.2f} s = "
         f"{result['events_per_s']:,.0f} events/s ({args.clients} clients, batches of "
-        f"{args.batch}; POST p50 {result['post_p50'] * 1000:.0f} ms, p95 "
+        f"{args.batch}, {workers} server process(es); POST p50 "
+        f"{result['post_p50'] * 1000:.0f} ms, p95 "
         f"{result['post_p95'] * 1000:.0f} ms; retried: {retries}), {t['rules_fired']:,} rules "
         f"fired, server peak RSS {result['peak_rss_mb']:.0f} MB",
         flush=True,
@@ -561,6 +568,12 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser = bench_parser(__doc__, "purchase events")
     parser.add_argument("--batch", type=int, default=500, help="events per POST (500)")
     parser.add_argument("--clients", type=int, default=4, help="concurrent posting clients (4)")
+    parser.add_argument(
+        "--pg-api-workers",
+        type=int,
+        default=2,
+        help="`crmflow api --workers` on PostgreSQL (2, one per core here; SQLite gets 1)",
+    )
     parser.add_argument(
         "--quick",
         action="store_true",

@@ -34,6 +34,7 @@ from crmflow.services.errors import ServiceError
 from crmflow.services.runtime import Runtime
 
 PREFIX = "/api/v1"
+FACTORY = "crmflow.api.app:app_from_settings"  # for uvicorn's worker processes
 
 ROUTERS = (
     health.router,
@@ -83,3 +84,13 @@ def create_app(rt: Runtime) -> FastAPI:
     app.add_middleware(ChangeLog)
     app.add_middleware(BodyLimit, max_bytes=rt.settings.api_max_body_bytes)
     return app
+
+
+def app_from_settings() -> FastAPI:
+    """The API of one server process of its own (`crmflow api --workers N`): settings from
+    the environment and crmflow.toml, an engine on the database `crmflow api` migrated."""
+    from crmflow.settings import Settings
+    from store.db import make_engine
+
+    settings = Settings()
+    return create_app(Runtime(settings, make_engine(settings.db_url)))

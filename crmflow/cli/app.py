@@ -31,7 +31,8 @@ from crmflow.cli.projects import project_app
 from crmflow.cli.rules import process_command, rules_app
 from crmflow.cli.schedules import schedules_app
 from crmflow.cli.segments import segments_app
-from crmflow.ingest import ImportError_, ImportReport, Kind, import_file
+from crmflow.ingest import ImportError_, Kind, import_file
+from crmflow.ingest_report import IngestReport
 from crmflow.processing import ConcurrentProcessing
 from crmflow.temporal import TemporalSetupError, exit_skipping_finalizers
 from rules.source import RuleFileError
@@ -93,7 +94,7 @@ def show_settings(as_json: JsonFlag = False) -> None:
     console.print(table)
 
 
-def _import(kind: Kind, path: Path, as_json: bool, workers: int | None = None) -> ImportReport:
+def _import(kind: Kind, path: Path, as_json: bool, workers: int | None = None) -> IngestReport:
     settings = load_settings()
     engine = migrated_engine(settings)
     size = path.stat().st_size
@@ -145,7 +146,7 @@ FileArg = Annotated[
 def customers_import(path: FileArg, as_json: JsonFlag = False) -> None:
     """Import customer profiles (upsert by customer_id; bad rows go to a rejects file)."""
     report = _import("customers", path, as_json)
-    if report.rejected and not report.accepted:
+    if report.rejected and report.rejected == report.received:  # not one row validated
         raise typer.Exit(1)
 
 
@@ -163,9 +164,10 @@ def events_import(
         ),
     ] = None,
 ) -> None:
-    """Import events (once per event_id; bad rows go to a rejects file)."""
+    """Import events (once per event_id; bad rows, and events whose id is stored with other
+    content, go to a rejects file)."""
     report = _import("events", path, as_json, workers)
-    if report.rejected and not report.accepted:
+    if report.rejected and report.rejected == report.received:  # not one row validated
         raise typer.Exit(1)
 
 
@@ -257,11 +259,21 @@ def api(
     keyfile: Annotated[
         Path | None, typer.Option(dir_okay=False, help="TLS private key (PEM) [api_keyfile]")
     ] = None,
+    workers: Annotated[
+        int,
+        typer.Option(
+            min=1,
+            max=32,
+            help="server processes (PostgreSQL: about one per core; SQLite: keep 1, its "
+            "one write lock makes more processes slower)",
+        ),
+    ] = 1,
 ) -> None:
     """Serve the HTTP API (/api/v1, keys required) and the unsubscribe pages until Ctrl-C."""
     import uvicorn
 
     from crmflow.api import create_app
+    from crmflow.api.app import FACTORY
     from crmflow.services.runtime import Runtime
 
     settings = load_settings()
@@ -282,20 +294,38 @@ def api(
             fail(f"no such file: {f}")
     engine = migrated_engine(settings)
     scheme = "https" if certfile else "http"
+    processes = f" ({workers} processes)" if workers > 1 else ""
     console.print(
-        f"crmflow API on {scheme}://{host}:{port}/api/v1 (make a key: `crmflow keys create`); "
-        f"unsubscribe links point at {settings.public_base_url}",
+        f"crmflow API on {scheme}://{host}:{port}/api/v1{processes} (make a key: `crmflow keys "
+        f"create`); unsubscribe links point at {settings.public_base_url}",
         highlight=False,
     )
+    ssl_certfile = str(certfile) if certfile else None
+    ssl_keyfile = str(keyfile) if keyfile else None
     try:
-        uvicorn.run(
-            create_app(Runtime(settings, engine)),
-            host=host,
-            port=port,
-            log_level="info",
-            ssl_certfile=str(certfile) if certfile else None,
-            ssl_keyfile=str(keyfile) if keyfile else None,
-        )
+        if workers == 1:
+            uvicorn.run(
+                create_app(Runtime(settings, engine)),
+                host=host,
+                port=port,
+                log_level="info",
+                ssl_certfile=ssl_certfile,
+                ssl_keyfile=ssl_keyfile,
+            )
+        else:
+            # each process builds its own app, engine and rules runtime from the same
+            # settings (environment and crmflow.toml): uvicorn needs an import string
+            engine.dispose()
+            uvicorn.run(
+                FACTORY,
+                factory=True,
+                workers=workers,
+                host=host,
+                port=port,
+                log_level="info",
+                ssl_certfile=ssl_certfile,
+                ssl_keyfile=ssl_keyfile,
+            )
     finally:
         engine.dispose()
 
