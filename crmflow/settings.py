@@ -48,6 +48,10 @@ class Settings(BaseSettings):
     default_phone_region: str = Field(
         "CN", description="ISO region for phone numbers written without a country code"
     )
+    schedules_file: Path = Field(
+        Path("examples/schedules.yaml"),
+        description="The schedules file `crmflow schedules` and the API's /schedules read",
+    )
     import_chunk_size: int = Field(5000, ge=1, le=100_000)
     import_workers: int = Field(
         default_factory=lambda: min(os.cpu_count() or 1, 4),

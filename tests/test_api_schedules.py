@@ -84,7 +84,7 @@ async def test_schedules_are_listed_triggered_backfilled_paused_and_resumed(
     api_on_dev: ApiServer, tag: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     path = write_file(tmp_path / "schedules.yaml", tag)
-    monkeypatch.setenv("CRMFLOW_SCHEDULES", str(path))
+    api_on_dev.runtime.settings.schedules_file = path
     tags, expiry = f"{tag}-tags", f"{tag}-expiry"
     await service.apply(api_on_dev.runtime, path)
 
@@ -150,7 +150,7 @@ async def test_schedules_are_listed_triggered_backfilled_paused_and_resumed(
 
         # in the file, not on the server (never applied)
         other = write_file(tmp_path / "other.yaml", f"{tag}x")
-        monkeypatch.setenv("CRMFLOW_SCHEDULES", str(other))
+        api_on_dev.runtime.settings.schedules_file = other
         r = await http.post(f"/api/v1/schedules/{tag}x-tags/pause")
         assert r.status_code == 404 and "not on the Temporal server" in r.json()["detail"]
 
@@ -164,15 +164,15 @@ def test_a_bad_file_and_temporal_not_answering_are_problems(
     good = write_file(tmp_path / "schedules.yaml", "u")
     for api in server_on(engine, tmp_path, temporal_address=f"127.0.0.1:{free_port()}"):
         with api.client("operator") as http:
-            monkeypatch.setenv("CRMFLOW_SCHEDULES", str(bad))
+            api.runtime.settings.schedules_file = bad
             r = http.get("/api/v1/schedules")
             assert r.status_code == 422
             assert r.headers["content-type"].startswith("application/problem+json")
             assert "1 problem(s)" in r.json()["detail"]
             assert "Mars/Olympus" in r.json()["errors"][0]["reason"]
-            monkeypatch.setenv("CRMFLOW_SCHEDULES", str(tmp_path / "missing.yaml"))
+            api.runtime.settings.schedules_file = tmp_path / "missing.yaml"
             assert http.get("/api/v1/schedules").status_code == 422
-            monkeypatch.setenv("CRMFLOW_SCHEDULES", str(good))
+            api.runtime.settings.schedules_file = good
             r = http.post("/api/v1/schedules/u-tags/pause")
             assert r.status_code == 503 and r.headers["retry-after"] == "5"
             assert "cannot reach Temporal" in r.json()["detail"]

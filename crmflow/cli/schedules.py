@@ -31,19 +31,23 @@ schedules_app = typer.Typer(
 )
 
 FileOpt = Annotated[
-    Path,
+    Path | None,
     typer.Option(
         "--file",
         "-f",
-        envvar="CRMFLOW_SCHEDULES",
         dir_okay=False,
-        help="The schedules file",
+        help="The schedules file [default: the schedules_file setting, examples/schedules.yaml]",
+        show_default=False,
     ),
 ]
-DEFAULT_FILE = Path("examples/schedules.yaml")
 NameArg = Annotated[str, typer.Argument(help="A schedule's name in the file")]
 JsonFlag = Annotated[bool, typer.Option("--json", help="Print JSON instead of text.")]
 T = TypeVar("T")
+
+
+def _file(given: Path | None) -> Path:
+    """`--file`, else the `schedules_file` setting (`CRMFLOW_SCHEDULES_FILE`)."""
+    return given if given is not None else common.load_settings().schedules_file
 
 
 @contextmanager
@@ -93,8 +97,9 @@ def _counts_text(counts: dict[str, Any] | None) -> str:
 
 
 @schedules_app.command("validate")
-def validate(file: FileOpt = DEFAULT_FILE, as_json: JsonFlag = False) -> None:
+def validate(file: FileOpt = None, as_json: JsonFlag = False) -> None:
     """Check a schedules file: cron expressions, time zones, automations and parameters."""
+    file = _file(file)
     with _errors():
         found = service.validate(file)
     if as_json:
@@ -125,10 +130,11 @@ def schema(out: Annotated[Path | None, typer.Option(help="Write to this file")] 
 def preview(
     name: NameArg,
     next_: Annotated[int, typer.Option("--next", min=1, max=100, help="How many")] = 5,
-    file: FileOpt = DEFAULT_FILE,
+    file: FileOpt = None,
     as_json: JsonFlag = False,
 ) -> None:
     """The next times a schedule runs, in its time zone (no Temporal needed)."""
+    file = _file(file)
     with _errors():
         p = service.preview(file, name, next_)
     if as_json:
@@ -145,11 +151,12 @@ def preview(
 
 @schedules_app.command("apply")
 def apply(
-    file: FileOpt = DEFAULT_FILE,
+    file: FileOpt = None,
     dry_run: Annotated[bool, typer.Option("--dry-run", help="Say what would change")] = False,
     as_json: JsonFlag = False,
 ) -> None:
     """Make the Temporal Schedules match the file: create, update, pause/resume, delete."""
+    file = _file(file)
     result = _run(lambda rt: service.apply(rt, file, dry_run=dry_run))
     if as_json:
         common.emit_json(result.model_dump())
@@ -162,8 +169,9 @@ def apply(
 
 
 @schedules_app.command("list")
-def list_schedules(file: FileOpt = DEFAULT_FILE, as_json: JsonFlag = False) -> None:
+def list_schedules(file: FileOpt = None, as_json: JsonFlag = False) -> None:
     """Every schedule: when it runs next, its last run and what that run did."""
+    file = _file(file)
     with _errors():
         service.load(file)  # before the database is checked, as before
     rows = _run(lambda rt: service.list_schedules(rt, file), db=True)
@@ -193,10 +201,11 @@ def list_schedules(file: FileOpt = DEFAULT_FILE, as_json: JsonFlag = False) -> N
 def runs(
     name: NameArg,
     limit: Annotated[int, typer.Option(min=1, max=1000)] = 20,
-    file: FileOpt = DEFAULT_FILE,
+    file: FileOpt = None,
     as_json: JsonFlag = False,
 ) -> None:
     """A schedule's recent runs: run date, attempt, outcome and counts; next runs."""
+    file = _file(file)
     with _errors():
         service.one(service.load(file), name)  # before the database is checked, as before
     found = _run(lambda rt: service.runs(rt, file, name, limit), db=True)
@@ -224,10 +233,11 @@ def runs(
 def trigger(
     name: NameArg,
     wait: Annotated[bool, typer.Option("--wait", help="Wait for the run and print it")] = False,
-    file: FileOpt = DEFAULT_FILE,
+    file: FileOpt = None,
     as_json: JsonFlag = False,
 ) -> None:
     """Run a schedule now (as of now; its overlap policy applies)."""
+    file = _file(file)
     data = _run(lambda rt: service.trigger(rt, file, name, wait=wait))
     if as_json:
         common.emit_json(_plain(data.model_dump(exclude_unset=True)))
@@ -250,11 +260,12 @@ def backfill(
     name: NameArg,
     from_: Annotated[str, typer.Option("--from", help="First day (YYYY-MM-DD) or time")],
     to: Annotated[str, typer.Option("--to", help="Last day (YYYY-MM-DD, inclusive) or time")],
-    file: FileOpt = DEFAULT_FILE,
+    file: FileOpt = None,
     as_json: JsonFlag = False,
 ) -> None:
     """Run every time the schedule would have fired between two dates, each as of its own
     time (days missed while nothing ran)."""
+    file = _file(file)
     when = service.BackfillRange(from_=from_, to=to)
     data = _run(lambda rt: service.backfill(rt, file, name, when))
     if as_json:
@@ -273,9 +284,10 @@ def pause(
     note: Annotated[
         str, typer.Option(help="Why (shown in list and the Temporal UI)")
     ] = "paused with crmflow schedules pause",
-    file: FileOpt = DEFAULT_FILE,
+    file: FileOpt = None,
 ) -> None:
     """Stop a schedule's runs until `resume` (a running run finishes)."""
+    file = _file(file)
     done = _run(lambda rt: service.pause(rt, file, name, note))
     hint = (
         "" if done.file_paused else " (the file says paused: false, so the next apply resumes it)"
@@ -284,8 +296,9 @@ def pause(
 
 
 @schedules_app.command("resume")
-def resume(name: NameArg, file: FileOpt = DEFAULT_FILE) -> None:
+def resume(name: NameArg, file: FileOpt = None) -> None:
     """Let a paused schedule run again."""
+    file = _file(file)
     done = _run(lambda rt: service.resume(rt, file, name))
     hint = " (the file says paused: true, so the next apply pauses it)" if done.file_paused else ""
     common.console.print(f"{name}: resumed{hint}", highlight=False)

@@ -7,8 +7,6 @@ the source of truth, and it is changed where it is deployed, not over HTTP.
 
 from __future__ import annotations
 
-import os
-from pathlib import Path
 from typing import Annotated
 
 from fastapi import APIRouter, Body, Query
@@ -27,12 +25,6 @@ Name = Annotated[
 WAIT_SECONDS = 60
 
 
-def schedules_file() -> Path:
-    """The schedules file the API serves. Until the settings have one, as the CLI's default:
-    `$CRMFLOW_SCHEDULES`, else examples/schedules.yaml under the working directory."""
-    return Path(os.environ.get("CRMFLOW_SCHEDULES") or "examples/schedules.yaml")
-
-
 class Note(BaseModel):
     note: str | None = Field(
         None, max_length=500, description="Why (shown in the list and the Temporal UI)"
@@ -44,7 +36,7 @@ async def list_schedules(
     who: Annotated[Principal, permit("schedules.read")], rt: RuntimeDep
 ) -> list[service.ScheduleStatus]:
     """Every schedule of the file: its state on the server, next runs and its last run."""
-    return await service.list_schedules(rt, schedules_file())
+    return await service.list_schedules(rt, rt.settings.schedules_file)
 
 
 @router.get("/{name}/runs", response_model=service.ScheduleRuns)
@@ -55,7 +47,7 @@ async def schedule_runs(
     limit: Annotated[int, Query(ge=1, le=service.MAX_RUNS_LISTED)] = 20,
 ) -> service.ScheduleRuns:
     """A schedule's recent runs, newest first: run date, attempt, outcome and counts."""
-    return await service.runs(rt, schedules_file(), name, limit)
+    return await service.runs(rt, rt.settings.schedules_file, name, limit)
 
 
 @router.post("/{name}/trigger", response_model=service.TriggerResult)
@@ -75,7 +67,7 @@ async def trigger(
     """Run a schedule now, as of now; its overlap policy applies (`workflow_id` is null when
     the run was skipped)."""
     return await service.trigger(
-        rt, schedules_file(), name, wait=wait_seconds > 0, timeout=wait_seconds or None
+        rt, rt.settings.schedules_file, name, wait=wait_seconds > 0, timeout=wait_seconds or None
     )
 
 
@@ -88,7 +80,7 @@ async def backfill(
 ) -> service.BackfillResult:
     """Run every time the schedule would have fired between two days (at most 1,000 runs),
     one after the other, each as of its own time."""
-    return await service.backfill(rt, schedules_file(), name, when)
+    return await service.backfill(rt, rt.settings.schedules_file, name, when)
 
 
 @router.post("/{name}/pause", response_model=service.PauseResult)
@@ -101,7 +93,7 @@ async def pause(
     """Stop a schedule's runs until resumed (a running run finishes). The next apply of the
     file sets it as the file says."""
     note = (body.note if body else None) or f"paused by {who.name} through the API"
-    return await service.pause(rt, schedules_file(), name, note)
+    return await service.pause(rt, rt.settings.schedules_file, name, note)
 
 
 @router.post("/{name}/resume", response_model=service.PauseResult)
@@ -113,4 +105,4 @@ async def resume(
 ) -> service.PauseResult:
     """Let a paused schedule run again."""
     note = (body.note if body else None) or f"resumed by {who.name} through the API"
-    return await service.resume(rt, schedules_file(), name, note)
+    return await service.resume(rt, rt.settings.schedules_file, name, note)
