@@ -26,7 +26,9 @@ from temporalio.exceptions import ApplicationError
 
 from activities.channels import Channel
 from activities.staff_notices import StaffNotices
-from automations.contracts import (
+from automations.digest import render_digest_html
+from automations.models import KpiDigestParams, parse_params
+from crmflow.contracts.automations import (
     AUTOMATION_BEGIN,
     AUTOMATION_FINISH,
     AUTOMATION_STEP,
@@ -39,8 +41,6 @@ from automations.contracts import (
     StepResult,
     add_counts,
 )
-from automations.digest import render_digest_html
-from automations.models import KpiDigestParams, parse_params
 from crmflow.ingest import store_events
 from crmflow.processing import active_pack
 from crmflow.settings import Settings
@@ -142,7 +142,7 @@ class AutomationActivities:
                 stored = store_events(conn, chunk.events, utcnow())
                 add_counts(
                     chunk.counts,
-                    {"events_stored": stored.counts.inserted, "rules_fired": stored.rules_fired},
+                    {"events_stored": stored.counts.stored, "rules_fired": stored.rules_fired},
                 )
             if not chunk.done and not chunk.notices:
                 record_chunk(conn, run, req.step, chunk.cursor, chunk.counts)

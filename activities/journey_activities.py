@@ -37,7 +37,7 @@ from activities.channels.base import (
 )
 from activities.channels.unsubscribe import make_unsubscribe_token, unsubscribe_url
 from crmflow import segments
-from crmflow.journey_contracts import (
+from crmflow.contracts.journeys import (
     JOURNEY_DELIVER,
     JOURNEY_ENTER_SEGMENT,
     JOURNEY_FACTS,

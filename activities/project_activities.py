@@ -17,16 +17,16 @@ from temporalio import activity
 
 from activities.channels import Channel, build_channels
 from activities.staff_notices import StaffNotices
-from crmflow.settings import Settings
-from projects.reminders import Notice, Recipient
-from store import project_kpis
-from workflows.project import (
+from crmflow.contracts.projects import (
     MEASURE_PROJECT_KPIS,
     SEND_PROJECT_NOTICES,
     KpiMeasurement,
     KpiMeasureRequest,
     NoticeBatch,
 )
+from crmflow.settings import Settings
+from projects.reminders import Notice, Recipient
+from store import project_kpis
 
 
 def message_key(notice: Notice, recipient: Recipient | None) -> str:

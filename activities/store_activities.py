@@ -8,7 +8,7 @@ from typing import Any
 from sqlalchemy import Engine
 from temporalio import activity
 
-from crmflow.contracts import KPI_SNAPSHOT, KpiRequest, KpiSnapshot
+from crmflow.contracts.kpi import KPI_SNAPSHOT, KpiRequest, KpiSnapshot
 from store import kpi
 
 

@@ -307,7 +307,7 @@ class StatementTimer:
 
 async def _crmflow_run(engine: Any) -> dict[str, Any]:
     from activities.automation_activities import AutomationActivities
-    from automations.contracts import (
+    from crmflow.contracts.automations import (
         STEPS,
         AutomationInput,
         BeginRequest,

@@ -513,7 +513,7 @@ async def activity_costs(workdir: Path, count: int, seed: int) -> dict[str, dict
     process. crmflow: deliver (first message), record (the delay node), deliver (second
     message, finishing); baseline: bare_send twice. Wall time, and the process's CPU time
     (less disturbed by other processes on a shared machine)."""
-    from crmflow.journey_contracts import DeliverRequest, RecordRequest, enrollment_workflow_id
+    from crmflow.contracts.journeys import DeliverRequest, RecordRequest, enrollment_workflow_id
 
     journey = "bench-calls"
     who = people(count, seed + 3, offset=900_000)

@@ -51,13 +51,14 @@ from temporalio.worker import Worker  # noqa: E402
 
 from activities.registry import build_activities  # noqa: E402
 from bench.support.bare_workflow import BareWorkflow  # noqa: E402
+from crmflow.contracts.projects import CheckInput  # noqa: E402
 from crmflow.settings import Settings  # noqa: E402
 from crmflow.temporal import find_binary  # noqa: E402
 from projects.models import load_holidays, load_team, load_template  # noqa: E402
 from projects.state import ProjectState, new_project  # noqa: E402
 from store.db import make_engine  # noqa: E402
 from store.migrate import upgrade  # noqa: E402
-from workflows.project import CheckInput, ProjectWorkflow  # noqa: E402
+from workflows.project import ProjectWorkflow  # noqa: E402
 
 TARGET = 2.0
 ROLLOUT = ROOT / "examples/rollout"

@@ -13,8 +13,8 @@ from rich.table import Table
 from sqlalchemy import Engine
 from temporalio.client import Client
 
-from automations.contracts import RunSummary
 from crmflow import schedules
+from crmflow.contracts.automations import RunSummary
 from crmflow.dispatch import dispatch_once
 from crmflow.ingest import Kind, import_file
 from crmflow.settings import Settings

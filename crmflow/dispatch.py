@@ -29,7 +29,7 @@ from temporalio.common import WorkflowIDReusePolicy
 from temporalio.exceptions import WorkflowAlreadyStartedError
 from temporalio.service import RPCError, RPCStatusCode
 
-from crmflow.journey_contracts import (
+from crmflow.contracts.journeys import (
     JOURNEY_EVENT_SIGNAL,
     EnrollmentInput,
     JourneyEvent,

@@ -1,7 +1,8 @@
-"""The canonical formats of what comes in: customers and events.
+"""The domain models: a customer and an event as they come in, and a customer's profile as
+every face shows it (tags, points lots, tier changes, audit, coupons).
 
 These pydantic models are the single description of a customer row and an event, used by the
-file importers, the API and (later) the rules. Validation normalises on the way in: phone
+file importers, the API and the rules. Validation normalises on the way in: phone
 numbers to E.164 (default region from the validation context), e-mail addresses through
 email-validator (no DNS), timestamps must carry a zone and are kept in UTC.
 """

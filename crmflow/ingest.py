@@ -29,7 +29,7 @@ from typing import Any, Literal
 from pydantic import BaseModel, ValidationError
 from sqlalchemy import Connection, Engine
 
-from crmflow.formats import Customer, Event, describe_errors
+from crmflow.domain import Customer, Event, describe_errors
 from crmflow.import_workers import ImportPool, can_share
 from crmflow.ingest_report import IngestReport, RowFault
 from crmflow.processing import (
@@ -47,9 +47,6 @@ log = logging.getLogger(__name__)
 
 Kind = Literal["customers", "events"]
 _JSON_COLUMNS = {"consent", "attributes", "properties"}
-
-# The names before issue 12, for code not moved yet (tests/rules_helpers.py); remove with it.
-ImportReport = IngestReport
 
 
 @dataclass(frozen=True)

@@ -103,9 +103,3 @@ class IngestReport(BaseModel):
 
     def as_dict(self) -> dict[str, object]:
         return self.model_dump(mode="json")
-
-    # The names before issue 12, for code not moved yet (tests/rules_helpers.py,
-    # tests/test_journey_workflow.py); remove with them.
-    @property
-    def first_errors(self) -> list[RowFault]:
-        return self.faults

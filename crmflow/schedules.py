@@ -35,9 +35,9 @@ from temporalio.client import (
 )
 from temporalio.service import RPCError, RPCStatusCode
 
-from automations.contracts import AutomationInput, schedule_id
 from automations.cron import next_runs
 from automations.models import ScheduleBase, SchedulesFile
+from crmflow.contracts.automations import AutomationInput, schedule_id
 from rules.source import load_model
 
 PREFIX = schedule_id("")

@@ -15,7 +15,7 @@ from temporalio.client import (
 )
 from temporalio.service import RPCError, RPCStatusCode
 
-from crmflow.journey_contracts import segment_schedule_id
+from crmflow.contracts.journeys import segment_schedule_id
 from journeys.models import Journey, SegmentEntry
 
 

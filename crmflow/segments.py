@@ -13,7 +13,6 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from datetime import datetime, timedelta
-from typing import Any
 
 from sqlalchemy import Connection, Engine, select
 
@@ -21,7 +20,7 @@ from crmflow.processing import HISTORY_DAYS, active_pack
 from journeys.conditions import evaluate
 from journeys.models import Journey, SegmentEntry
 from rules.facts import EventFacts, build_facts
-from rules.models import Condition
+from rules.models import Condition, Program
 from store import journeys as jstore
 from store.db import utcnow
 from store.models import CustomerRow, JourneyCommandRow
@@ -49,7 +48,7 @@ class _Plan:
     journey: str
     version: str
     segment: Condition  # the entry's condition
-    program: Any  # the active rules' programme
+    program: Program  # the active rules' programme
 
 
 def _plan(conn: Connection, name: str) -> _Plan:
@@ -97,13 +96,18 @@ def enter_segment_in(
     return report
 
 
-def _page(
-    conn: Connection, plan: _Plan, run: str, at: datetime, after: str, report: SegmentRun
-) -> str | None:
-    """Test one page of customers after id `after` and queue the ones that match; the last
-    id of the page, or None when there were none."""
+def match_page(
+    conn: Connection,
+    condition: Condition,
+    program: Program,
+    at: datetime,
+    after: str,
+    needed: frozenset[str] | None = None,
+) -> tuple[list[str], list[str]]:
+    """The next page of customers (ids after `after`, stubs left out) and those of them
+    whose facts at `at` meet `condition`. One page's rule states are loaded set-based;
+    `needed` limits the facts built to the ones the condition reads."""
     c = CustomerRow
-    program = plan.program
     ids = list(
         conn.execute(
             select(c.customer_id)
@@ -113,7 +117,7 @@ def _page(
         ).scalars()
     )
     if not ids:
-        return None
+        return [], []
     states = load_states(
         conn,
         ids,
@@ -126,9 +130,20 @@ def _page(
     for cid in ids:
         state = states[cid]
         state.purchases = [p for p in state.purchases if p[0] <= at]
-        facts = build_facts(state, EventFacts("", "", at, {}), program, None)
-        if evaluate(plan.segment, facts):
+        facts = build_facts(state, EventFacts("", "", at, {}), program, needed)
+        if evaluate(condition, facts):
             matched.append(cid)
+    return ids, matched
+
+
+def _page(
+    conn: Connection, plan: _Plan, run: str, at: datetime, after: str, report: SegmentRun
+) -> str | None:
+    """Test one page of customers after id `after` and queue the ones that match; the last
+    id of the page, or None when there were none."""
+    ids, matched = match_page(conn, plan.segment, plan.program, at, after)
+    if not ids:
+        return None
     report.customers += len(ids)
     report.matched += len(matched)
     if matched:

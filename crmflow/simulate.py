@@ -42,8 +42,7 @@ from temporalio import workflow
 with workflow.unsafe.imports_passed_through():
     from pydantic import BaseModel, Field, ValidationError
 
-    from crmflow.formats import Customer, Event, describe_errors
-    from crmflow.journey_contracts import (
+    from crmflow.contracts.journeys import (
         JOURNEY_EVENT_SIGNAL,
         JOURNEY_POSITION_QUERY,
         EnrollmentInput,
@@ -51,6 +50,7 @@ with workflow.unsafe.imports_passed_through():
         JourneyEvent,
         enrollment_workflow_id,
     )
+    from crmflow.domain import Customer, Event, describe_errors
     from crmflow.settings import Settings
 
 from workflows.journey import JourneyWorkflow
@@ -210,10 +210,13 @@ def load_events(path: Path, customer_id: str | None = None) -> list[Event]:
     is the simulated customer's. Every problem is reported with its line."""
     events: list[Event] = []
     problems: list[str] = []
-    for number, line in enumerate(_read(path).splitlines(), start=1):
-        text = line.strip()
-        if not text:
-            continue
+    from crmflow.ingest import read_json_lines
+
+    try:
+        lines = list(read_json_lines(path))
+    except (OSError, UnicodeDecodeError) as exc:
+        raise SimulationError(f"{path}: cannot read it ({exc})") from exc
+    for number, text in lines:
         try:
             data = json.loads(text)
         except json.JSONDecodeError as exc:
@@ -420,7 +423,7 @@ async def simulate_async(
 ) -> SimulationReport:
     """`simulate` for callers already in an event loop."""
     from journeys.validate import load_journey
-    from rules.source import RuleFileError
+    from rules.source import SourceError
 
     began = time.perf_counter()
     conf = settings or Settings()
@@ -431,7 +434,7 @@ async def simulate_async(
             raise SimulationError(f"bad settings: {describe_errors(exc)}") from exc
     try:
         loaded = load_journey(Path(journey_file), program, None)
-    except RuleFileError as exc:
+    except SourceError as exc:
         lines = "\n".join(str(e) for e in exc.errors)
         raise SimulationError(f"the journey does not validate:\n{lines}") from exc
     cust = validate_customer(customer, conf.default_phone_region)
@@ -510,12 +513,12 @@ class _Run:
         upgrade(self.engine)
         if rules_dir is not None:
             from rules.pack import load_pack
-            from rules.source import RuleFileError
+            from rules.source import SourceError
             from store.rule_versions import deploy
 
             try:
                 pack, source = load_pack(Path(rules_dir), program)
-            except RuleFileError as exc:
+            except SourceError as exc:
                 lines = "\n".join(str(e) for e in exc.errors)
                 raise SimulationError(f"the rules in {rules_dir} do not load:\n{lines}") from exc
             with self.engine.begin() as conn:

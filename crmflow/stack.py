@@ -11,7 +11,7 @@ from rich.console import Console
 from temporalio.client import Client
 from temporalio.common import WorkflowIDReusePolicy
 
-from crmflow.contracts import KpiSnapshot
+from crmflow.contracts.kpi import KpiSnapshot
 from crmflow.settings import Settings
 from crmflow.temporal import temporal_for
 from worker import install_stop_handlers, run_worker

@@ -2,7 +2,7 @@
 
 `load_journey(path)` reads the journey YAML (with line numbers) and the programme
 (`program.yaml` beside the journey's folder or in its parent, or a given file) and returns
-the validated `Journey`, or raises `RuleFileError` listing every problem found:
+the validated `Journey`, or raises `SourceError` listing every problem found:
 
 - the file format (the pydantic models in `journeys.models`);
 - the graph: `start` and every `next` name a node; every node is reachable from `start`;
@@ -58,8 +58,8 @@ from rules.models import Name, Program
 from rules.pack import Checker, find_program, load_program
 from rules.source import (
     LinePath,
-    RuleError,
-    RuleFileError,
+    SourceError,
+    SourceProblem,
     YamlDoc,
     errors_from_validation,
     load_yaml,
@@ -78,7 +78,7 @@ REFUSES: dict[str, tuple[str, ...]] = {"sms": ("subject", "html"), "wechat": ("s
 
 
 @dataclass(frozen=True)
-class JourneyError(RuleError):
+class JourneyError(SourceProblem):
     """A problem in a journey file, with the node it concerns (None for the header)."""
 
     node: str | None = None
@@ -489,11 +489,11 @@ class _Check:
 def check_journey(
     doc: YamlDoc, program: Program, known_events: Collection[str] | None = None
 ) -> Journey:
-    """Validate a parsed journey document; raise RuleFileError listing every problem."""
+    """Validate a parsed journey document; raise SourceError listing every problem."""
     data = doc.data
     if not isinstance(data, dict):
         found = "an empty file" if data is None else f"a {type(data).__name__}"
-        raise RuleFileError(
+        raise SourceError(
             [
                 JourneyError(
                     doc.path, 1, f"a journey file is a mapping (journey:, entry:, …), not {found}"
@@ -529,13 +529,13 @@ def check_journey(
     check.nodes(parts)
     if check.errors:
         unique = list(dict.fromkeys(check.errors))
-        raise RuleFileError(sorted(unique, key=lambda e: (e.line or 0, e.message)))
+        raise SourceError(sorted(unique, key=lambda e: (e.line or 0, e.message)))
     assert journey is not None
     return journey
 
 
-def _as_journey_errors(exc: RuleFileError) -> RuleFileError:
-    return RuleFileError(
+def _as_journey_errors(exc: SourceError) -> SourceError:
+    return SourceError(
         [
             e if isinstance(e, JourneyError) else JourneyError(e.file, e.line, e.message)
             for e in exc.errors
@@ -552,7 +552,7 @@ def validate_text(
     """Validate a journey's text (as stored with a deployed version, say)."""
     try:
         doc = parse_yaml(text, path)
-    except RuleFileError as exc:
+    except SourceError as exc:
         raise _as_journey_errors(exc) from exc
     return check_journey(doc, program, known_events)
 
@@ -568,6 +568,6 @@ def load_journey(
         program_file = find_program(path.parent, program_path)
         program = load_program(load_yaml(program_file))
         journey = check_journey(load_yaml(path), program, known_events)
-    except RuleFileError as exc:
+    except SourceError as exc:
         raise _as_journey_errors(exc) from exc
     return LoadedJourney(journey, str(path), program, str(program_file))

@@ -49,7 +49,7 @@ from jinja2 import Environment
 from pydantic import BaseModel, Field, ValidationError, field_validator, model_validator
 
 from projects.models import Id, MigrationSummary, MigrationThresholds, Strict, migration_failures
-from rules.source import RuleError, RuleFileError, errors_from_validation, load_yaml
+from rules.source import SourceError, SourceProblem, errors_from_validation, load_yaml
 
 Transform = Literal[
     "strip", "lower", "upper", "title", "phone", "email", "date", "decimal", "integer"
@@ -106,13 +106,13 @@ class MappingFile(Strict):
 def load_mapping(path: Path) -> MappingFile:
     doc = load_yaml(path)
     if not isinstance(doc.data, dict):
-        raise RuleFileError(
-            [RuleError(doc.path, 1, "a mapping file is a mapping (fields: [{source, target}])")]
+        raise SourceError(
+            [SourceProblem(doc.path, 1, "a mapping file is a mapping (fields: [{source, target}])")]
         )
     try:
         return MappingFile.model_validate(doc.data)
     except ValidationError as exc:
-        raise RuleFileError(errors_from_validation(doc, exc)) from exc
+        raise SourceError(errors_from_validation(doc, exc)) from exc
 
 
 # --------------------------------------------------------------------------- transforms

@@ -1,7 +1,7 @@
 """The rollout-project file formats, as pydantic models: template, team and holiday calendar.
 
 These models are the single description of the three files; `load_template`, `load_team` and
-`load_holidays` read them with line numbers and raise `RuleFileError` naming file, line and
+`load_holidays` read them with line numbers and raise `SourceError` naming file, line and
 what was expected. Checks that span the template (unknown or cyclic dependencies, milestones
 on unknown stages, repeated ids, conditions on undeclared parameters) are done by
 `check_template`, which reports every problem at once.
@@ -62,8 +62,8 @@ from journeys.timing import parse_clock, zone
 from rules.source import (
     NAME_PATTERN,
     LinePath,
-    RuleError,
-    RuleFileError,
+    SourceError,
+    SourceProblem,
     YamlDoc,
     errors_from_validation,
     load_model,
@@ -592,10 +592,10 @@ def dependency_cycle(graph: Mapping[str, list[str]]) -> list[str] | None:
 class _Checker:
     def __init__(self, doc: YamlDoc) -> None:
         self.doc = doc
-        self.errors: list[RuleError] = []
+        self.errors: list[SourceProblem] = []
 
     def err(self, path: LinePath, message: str) -> None:
-        self.errors.append(RuleError(self.doc.path, self.doc.line_of(path), message))
+        self.errors.append(SourceProblem(self.doc.path, self.doc.line_of(path), message))
 
     def run(self, t: Template) -> None:
         seen: dict[str, str] = {}
@@ -689,14 +689,14 @@ class _Checker:
 
 def check_template(doc: YamlDoc, params: Mapping[str, Any] | None = None) -> Template:
     """Validate a parsed template (and the project's parameters, when given); raise
-    RuleFileError listing every problem with its line."""
+    SourceError listing every problem with its line."""
     bad = not_mapping(doc, "a template", "template:, stages:, …")
     if bad:
         raise bad
     try:
         template = Template.model_validate(doc.data)
     except ValidationError as exc:
-        raise RuleFileError(errors_from_validation(doc, exc)) from exc
+        raise SourceError(errors_from_validation(doc, exc)) from exc
     check = _Checker(doc)
     check.run(template)
     if not check.errors and params is not None:
@@ -706,7 +706,7 @@ def check_template(doc: YamlDoc, params: Mapping[str, Any] | None = None) -> Tem
             check.err(("parameters",), str(exc))
     if check.errors:
         unique = list(dict.fromkeys(check.errors))
-        raise RuleFileError(sorted(unique, key=lambda e: (e.line or 0, e.message)))
+        raise SourceError(sorted(unique, key=lambda e: (e.line or 0, e.message)))
     return template
 
 

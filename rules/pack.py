@@ -33,8 +33,8 @@ from rules.models import (
 )
 from rules.source import (
     LinePath,
-    RuleError,
-    RuleFileError,
+    SourceError,
+    SourceProblem,
     YamlDoc,
     errors_from_validation,
     load_yaml,
@@ -68,8 +68,8 @@ def find_program(rules_dir: Path, program: Path | None = None) -> Path:
     for candidate in (rules_dir / PROGRAM_FILE, rules_dir.parent / PROGRAM_FILE):
         if candidate.is_file():
             return candidate
-    raise RuleFileError(
-        [RuleError(str(rules_dir), None, f"no {PROGRAM_FILE} in this folder or its parent")]
+    raise SourceError(
+        [SourceProblem(str(rules_dir), None, f"no {PROGRAM_FILE} in this folder or its parent")]
     )
 
 
@@ -77,22 +77,22 @@ def load_program(doc: YamlDoc) -> Program:
     try:
         return Program.model_validate(doc.data)
     except ValidationError as exc:
-        raise RuleFileError(errors_from_validation(doc, exc)) from exc
+        raise SourceError(errors_from_validation(doc, exc)) from exc
 
 
 class Checker:
     """Semantic checks of conditions and effects against the programme (facts, types, tiers).
 
-    Collects RuleErrors with file and line; used for rule files and for journeys."""
+    Collects SourceProblems with file and line; used for rule files and for journeys."""
 
     def __init__(self, program: Program, doc: YamlDoc) -> None:
         self.program = program
         self.doc = doc
-        self.errors: list[RuleError] = []
+        self.errors: list[SourceProblem] = []
         self.tiers = [t.name for t in program.tiers]
 
     def err(self, path: LinePath, message: str) -> None:
-        self.errors.append(RuleError(self.doc.path, self.doc.line_of(path), message))
+        self.errors.append(SourceProblem(self.doc.path, self.doc.line_of(path), message))
 
     def condition(self, cond: Any, path: LinePath) -> None:
         if isinstance(cond, All):
@@ -193,7 +193,7 @@ class Checker:
 
 def rule_files(rules_dir: Path) -> list[Path]:
     if not rules_dir.is_dir():
-        raise RuleFileError([RuleError(str(rules_dir), None, "not a folder of rule files")])
+        raise SourceError([SourceProblem(str(rules_dir), None, "not a folder of rule files")])
     return sorted(
         p for p in [*rules_dir.glob("*.yaml"), *rules_dir.glob("*.yml")] if p.name != PROGRAM_FILE
     )
@@ -203,29 +203,29 @@ def read_source(rules_dir: Path, program_path: Path | None = None) -> PackSource
     """The texts of the programme file and of every rule file in `rules_dir`."""
     program_file = find_program(rules_dir, program_path)
     program_text = load_yaml(program_file).text
-    errors: list[RuleError] = []
+    errors: list[SourceProblem] = []
     files: list[tuple[str, str]] = []
     for path in rule_files(rules_dir):
         try:
             files.append((path.name, path.read_text(encoding="utf-8")))
         except (OSError, UnicodeDecodeError) as exc:
-            errors.append(RuleError(str(path), None, f"cannot read the file: {exc}"))
+            errors.append(SourceProblem(str(path), None, f"cannot read the file: {exc}"))
     if errors:
-        raise RuleFileError(errors)
+        raise SourceError(errors)
     return PackSource(str(program_file), program_text, files)
 
 
 def build_pack(source: PackSource, base_dir: str = "") -> CompiledPack:
-    """Validate and compile; raise RuleFileError listing every problem with file and line."""
+    """Validate and compile; raise SourceError listing every problem with file and line."""
     program_doc = parse_yaml(source.program_text, source.program_path)
     program = load_program(program_doc)
-    errors: list[RuleError] = []
+    errors: list[SourceProblem] = []
     rules: list[tuple[str, Rule]] = []
     seen: dict[str, str] = {}
     for name, text in sorted(source.files):
         try:
             doc = parse_yaml(text, str(Path(base_dir) / name) if base_dir else name)
-        except RuleFileError as exc:
+        except SourceError as exc:
             errors += exc.errors
             continue
         try:
@@ -247,7 +247,7 @@ def build_pack(source: PackSource, base_dir: str = "") -> CompiledPack:
             rules.append((name, rule))
         errors += checker.errors
     if errors:
-        raise RuleFileError(errors)
+        raise SourceError(errors)
     return compile_pack(content_version(source.program_text, source.files), program, rules)
 
 

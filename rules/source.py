@@ -1,8 +1,10 @@
 """Reading YAML files with line numbers, so every error names the file and the line.
 
-`load_yaml` returns the data and a map from each node's path (keys and list indexes) to its
-line; `RuleError` carries file, line and message; `errors_from_validation` turns a pydantic
-error into RuleErrors using that map.
+Every YAML language of crmflow reads its files through here: rules and the programme,
+journeys, project templates and plans, migration checks, schedules. `load_yaml` returns the
+data and a map from each node's path (keys and list indexes) to its line; `SourceProblem`
+carries file, line and message; `SourceError` (raised for any of those files) lists them;
+`errors_from_validation` turns a pydantic error into SourceProblems using that map.
 """
 
 from __future__ import annotations
@@ -26,7 +28,7 @@ RULE_NAME_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9_.:-]{0,99}$"
 
 
 @dataclass(frozen=True)
-class RuleError:
+class SourceProblem:
     file: str
     line: int | None
     message: str
@@ -36,10 +38,11 @@ class RuleError:
         return f"{where}: {self.message}"
 
 
-class RuleFileError(ValueError):
-    """One or more problems in the rule files; `errors` lists each with its file and line."""
+class SourceError(ValueError):
+    """One or more problems in a YAML source file (rules, journeys, projects, schedules …);
+    `errors` lists each with its file and line."""
 
-    def __init__(self, errors: list[RuleError]) -> None:
+    def __init__(self, errors: list[SourceProblem]) -> None:
         self.errors = errors
         super().__init__("\n".join(str(e) for e in errors))
 
@@ -106,11 +109,11 @@ def parse_yaml(text: str, path: str) -> YamlDoc:
         mark = getattr(exc, "problem_mark", None)
         line = mark.line + 1 if mark is not None else None
         problem = getattr(exc, "problem", None) or str(exc)
-        raise RuleFileError([RuleError(path, line, f"not valid YAML: {problem}")]) from exc
+        raise SourceError([SourceProblem(path, line, f"not valid YAML: {problem}")]) from exc
     except ValueError as exc:  # a date that does not exist (2025-02-30): PyYAML has no mark
         line = _impossible_date_line(text)
-        raise RuleFileError(
-            [RuleError(path, line, f"not a valid date: {exc}; expected YYYY-MM-DD")]
+        raise SourceError(
+            [SourceProblem(path, line, f"not a valid date: {exc}; expected YYYY-MM-DD")]
         ) from exc
     lines: dict[LinePath, int] = {}
     if node is not None:
@@ -136,7 +139,7 @@ def load_yaml(path: Path) -> YamlDoc:
     try:
         text = path.read_text(encoding="utf-8")
     except (OSError, UnicodeDecodeError) as exc:
-        raise RuleFileError([RuleError(str(path), None, f"cannot read the file: {exc}")]) from exc
+        raise SourceError([SourceProblem(str(path), None, f"cannot read the file: {exc}")]) from exc
     return parse_yaml(text, str(path))
 
 
@@ -185,24 +188,26 @@ def data_path(data: Any, loc: tuple[Any, ...], base: LinePath = ()) -> LinePath:
 
 def errors_from_validation(
     doc: YamlDoc, exc: ValidationError, data: Any = None, base: LinePath = ()
-) -> list[RuleError]:
-    """RuleErrors for `exc`, raised validating `data` (default: the whole file) at `base`."""
+) -> list[SourceProblem]:
+    """SourceProblems for `exc`, raised validating `data` (default: the whole file) at `base`."""
     out = []
     target = doc.data if data is None else data
     for err in exc.errors(include_url=False):
         loc = data_path(target, tuple(err["loc"]), base)
         field = ".".join(str(p) for p in loc)
         where = f"{field}: " if field else ""
-        out.append(RuleError(doc.path, doc.line_of(loc), f"{where}{_message(err)}"))
+        out.append(SourceProblem(doc.path, doc.line_of(loc), f"{where}{_message(err)}"))
     return out
 
 
-def not_mapping(doc: YamlDoc, what: str, example: str) -> RuleFileError | None:
+def not_mapping(doc: YamlDoc, what: str, example: str) -> SourceError | None:
     """The error for a file whose top level is no mapping (an empty file, a list …)."""
     if isinstance(doc.data, dict):
         return None
     found = "an empty file" if doc.data is None else f"a {type(doc.data).__name__}"
-    return RuleFileError([RuleError(doc.path, 1, f"{what} is a mapping ({example}), not {found}")])
+    return SourceError(
+        [SourceProblem(doc.path, 1, f"{what} is a mapping ({example}), not {found}")]
+    )
 
 
 def load_model(path: Path, model: type[M], what: str, example: str) -> M:
@@ -214,4 +219,4 @@ def load_model(path: Path, model: type[M], what: str, example: str) -> M:
     try:
         return model.model_validate(doc.data)
     except ValidationError as exc:
-        raise RuleFileError(errors_from_validation(doc, exc)) from exc
+        raise SourceError(errors_from_validation(doc, exc)) from exc

@@ -9,7 +9,7 @@ from typing import Any
 
 from sqlalchemy import Connection, func, select, update
 
-from automations.contracts import RunStart, add_counts
+from crmflow.contracts.automations import RunStart, add_counts
 from store.db import utcnow
 from store.models import AutomationRunRow
 from store.sql import table_of

@@ -41,11 +41,6 @@ class WriteCounts:
     duplicates: int = 0  # no effect: stored with the same content, or repeated
     conflicts: list[Conflict] = field(default_factory=list)
 
-    @property
-    def inserted(self) -> int:
-        # the name before issue 12, still read by activities/automation_activities.py
-        return self.stored
-
     def add(self, other: WriteCounts) -> None:
         self.stored += other.stored
         self.updated += other.updated

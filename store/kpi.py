@@ -6,7 +6,7 @@ from datetime import timedelta
 
 from sqlalchemy import Connection, case, func, select
 
-from crmflow.contracts import KpiRequest, KpiSnapshot
+from crmflow.contracts.kpi import KpiRequest, KpiSnapshot
 from store.models import (
     CustomerRow,
     EventRow,

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from sqlalchemy import Connection, func, select
 
-from crmflow.formats import (
+from crmflow.domain import (
     AuditView,
     CouponView,
     CustomerProfile,

@@ -8,7 +8,8 @@ from typing import Any
 
 from sqlalchemy import Engine, delete, func, select
 
-from crmflow.ingest import ImportReport, import_file
+from crmflow.ingest import import_file
+from crmflow.ingest_report import IngestReport
 from rules.pack import load_pack
 from store.models import Base, PointsLedgerRow, PointsLotRow
 from store.rule_versions import deploy
@@ -35,7 +36,7 @@ def rules_dir(tmp: Path, rules_yaml: str, name: str = "rules") -> Path:
 
 def import_rows(
     engine: Engine, path: Path, rows: list[dict[str, Any]], kind: str = "events", **kw: Any
-) -> ImportReport:
+) -> IngestReport:
     path.write_text("".join(json.dumps(r) + "\n" for r in rows))
     return import_file(engine, path, kind, **kw)  # type: ignore[arg-type]
 

@@ -13,7 +13,7 @@ from automations.cron import cron_problem, next_runs
 from automations.models import PointsExpirySchedule, SchedulesFile
 from crmflow.schedules import fingerprint, load_schedules, parse_when, runs_between
 from rules.models import Program
-from rules.source import RuleFileError, yaml_load
+from rules.source import SourceError, yaml_load
 from rules.tiers import TierStanding, qualified_for, review_tier
 from tests.rules_helpers import REPO
 
@@ -86,7 +86,7 @@ def test_a_bad_schedules_file_names_each_problem_and_its_line(tmp_path: Path) ->
         '    cron: "0 3 * * *"\n'
         "    automation: tag_expiry\n"
     )
-    with pytest.raises(RuleFileError) as caught:
+    with pytest.raises(SourceError) as caught:
         load_schedules(path)
     found = {(e.line, e.message.split(":")[0]) for e in caught.value.errors}
     assert (1, "timezone") in found
@@ -99,11 +99,11 @@ def test_a_bad_schedules_file_names_each_problem_and_its_line(tmp_path: Path) ->
         "  - {name: a, cron: '0 2 * * *', automation: tag_expiry}\n"
         "  - {name: a, cron: '0 3 * * *', automation: tag_expiry}\n"
     )
-    with pytest.raises(RuleFileError) as caught:
+    with pytest.raises(SourceError) as caught:
         load_schedules(path)
     assert "'a' repeated" in str(caught.value)
     path.write_text("[]\n")
-    with pytest.raises(RuleFileError, match="is a mapping"):
+    with pytest.raises(SourceError, match="is a mapping"):
         load_schedules(path)
 
 

@@ -23,7 +23,7 @@ from temporalio.testing import WorkflowEnvironment
 from temporalio.worker import Worker
 
 from activities.automation_activities import AutomationActivities
-from automations.contracts import (
+from crmflow.contracts.automations import (
     STEPS,
     AutomationInput,
     BeginRequest,

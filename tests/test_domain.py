@@ -7,7 +7,7 @@ from datetime import UTC, datetime
 import pytest
 from pydantic import ValidationError
 
-from crmflow.formats import Customer, Event, describe_errors
+from crmflow.domain import Customer, Event, describe_errors
 
 
 def event(**over: object) -> dict[str, object]:

@@ -19,7 +19,7 @@ from crmflow.import_workers import can_share, partition
 from crmflow.ingest import import_file
 from crmflow.processing import StaleState, active_pack, mark_processed, process_chunk
 from rules.pack import PackSource, load_pack
-from rules.source import RuleFileError
+from rules.source import SourceError
 from store.db import make_engine
 from store.migrate import upgrade
 from store.models import AuditRow, CustomerRow, EventRow, PointsLedgerRow, TagRow
@@ -166,7 +166,7 @@ def test_a_worker_failure_reaches_the_caller(engine: Engine, tmp_path: Path) -> 
     with engine.begin() as conn:
         deploy(conn, "broken-version", broken, 1, "test")
     _, events_file = write_files(tmp_path, 400, seed=6)
-    with pytest.raises(RuleFileError):
+    with pytest.raises(SourceError):
         import_file(engine, events_file, "events", chunk_size=100, workers=2)
     with engine.connect() as conn:  # the failed chunks left nothing
         assert conn.execute(select(func.count()).select_from(EventRow)).scalar_one() == 0

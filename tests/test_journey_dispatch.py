@@ -10,8 +10,8 @@ import yaml
 from sqlalchemy import Engine, select, update
 from temporalio.testing import WorkflowEnvironment
 
+from crmflow.contracts.journeys import EnrollmentResult
 from crmflow.dispatch import dispatch_once
-from crmflow.journey_contracts import EnrollmentResult
 from journeys.models import Journey
 from store.journeys import deploy_journey, set_status
 from store.models import EnrollmentRow, JourneyCommandRow

@@ -18,7 +18,7 @@ from typer.testing import CliRunner
 from activities.channels.outbox import OutboxChannel
 from activities.journey_activities import JourneyActivities
 from crmflow.cli import app
-from crmflow.journey_contracts import segment_schedule_id
+from crmflow.contracts.journeys import segment_schedule_id
 from crmflow.segment_schedules import sync_schedule
 from crmflow.segments import enter_segment
 from journeys.models import Journey

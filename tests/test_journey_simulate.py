@@ -13,7 +13,7 @@ import pytest
 from typer.testing import CliRunner
 
 from crmflow.cli import app
-from crmflow.formats import Event
+from crmflow.domain import Event
 from crmflow.settings import Settings
 from crmflow.simulate import (
     SimulationError,

@@ -18,7 +18,7 @@ from temporalio.testing import WorkflowEnvironment
 from typer.testing import CliRunner
 
 from crmflow.cli import app, journey_reports
-from crmflow.journey_contracts import JOURNEY_EVENT_SIGNAL, JourneyEvent
+from crmflow.contracts.journeys import JOURNEY_EVENT_SIGNAL, JourneyEvent
 from crmflow.services import journey_charts
 from journeys.interpret import assign_variant
 from store.journey_stats import (

@@ -13,7 +13,7 @@ from sqlalchemy import Connection, Engine, func, insert, select
 
 from activities.channels.outbox import OutboxChannel
 from activities.journey_activities import JourneyActivities
-from crmflow.journey_contracts import DeliverRequest
+from crmflow.contracts.journeys import DeliverRequest
 from crmflow.settings import Settings
 from store import journeys as jstore
 from store.models import (

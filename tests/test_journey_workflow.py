@@ -20,14 +20,14 @@ from temporalio.worker import Worker
 
 from activities.channels.outbox import OutboxChannel
 from activities.journey_activities import JourneyActivities
-from crmflow.ingest import import_file
-from crmflow.journey_contracts import (
+from crmflow.contracts.journeys import (
     JOURNEY_EVENT_SIGNAL,
     EnrollmentInput,
     EnrollmentResult,
     JourneyEvent,
     enrollment_workflow_id,
 )
+from crmflow.ingest import import_file
 from crmflow.settings import Settings
 from journeys.models import Journey
 from store.journeys import content_version
@@ -56,7 +56,7 @@ def customers(engine: Engine, tmp_path: Path, *rows: dict[str, Any]) -> None:
         [json.dumps({**base, "email": f"{r['customer_id']}@example.com", **r}) for r in rows],
     )
     report = import_file(engine, tmp_path / "c.jsonl", "customers")
-    assert report.rejected == 0, report.first_errors
+    assert report.rejected == 0, report.faults
 
 
 def journey(text: str) -> Journey:
@@ -492,7 +492,7 @@ async def test_an_email_interrupted_mid_send_is_not_sent_again(
     handing it to the SMTP server, perhaps) records a failure instead of sending twice; the
     outbox channel, which ignores a repeated key, simply sends again."""
     from activities.channels.email import EmailChannel, SmtpConfig
-    from crmflow.journey_contracts import DeliverRequest
+    from crmflow.contracts.journeys import DeliverRequest
     from store.journeys import open_delivery
     from tests.channel_servers import RecordingSmtpHandler, smtp_server
 

@@ -14,7 +14,7 @@ from crmflow.cli.journeys import journeys_app
 from journeys.models import Journey
 from journeys.validate import JourneyError, check_journey, load_journey, validate_text
 from rules.models import Program
-from rules.source import RuleFileError, parse_yaml, yaml_load
+from rules.source import SourceError, parse_yaml, yaml_load
 
 REPO = Path(__file__).resolve().parents[1]
 PROGRAM_TEXT = (REPO / "examples/program.yaml").read_text()
@@ -45,7 +45,7 @@ DONE = """\
 
 def problems(text: str, known_events: list[str] | None = None) -> list[JourneyError]:
     """The errors for a journey's text (dedented), each checked to carry file and line."""
-    with pytest.raises(RuleFileError) as info:
+    with pytest.raises(SourceError) as info:
         validate_text(textwrap.dedent(text), "j.yaml", PROGRAM, known_events)
     errs = info.value.errors
     assert errs
@@ -794,7 +794,7 @@ def test_split_weights_positive() -> None:
 def test_until_attribute_must_not_be_declared_as_a_non_date() -> None:
     program = PROGRAM.model_copy(update={"attributes": {"birthday": "number"}})
     text = HEADER + "  hello: {type: delay, until_attribute: birthday, next: done}\n" + DONE
-    with pytest.raises(RuleFileError) as info:
+    with pytest.raises(SourceError) as info:
         check_journey(parse_yaml(text, "j.yaml"), program)
     [err] = info.value.errors
     assert err.line == 5 and "declared as a number in the programme" in err.message
@@ -855,7 +855,7 @@ def test_programme_missing_or_given(tmp_path: Path) -> None:
     path = tmp_path / "a" / "j.yaml"
     path.parent.mkdir()
     path.write_text(HEADER + HELLO + DONE)
-    with pytest.raises(RuleFileError, match=r"no program\.yaml in this folder or its parent"):
+    with pytest.raises(SourceError, match=r"no program\.yaml in this folder or its parent"):
         load_journey(path)
     program = tmp_path / "elsewhere.yaml"
     program.write_text(PROGRAM_TEXT)
@@ -867,7 +867,7 @@ def test_a_broken_programme_is_reported_at_its_own_line(tmp_path: Path) -> None:
     program.write_text(PROGRAM_TEXT.replace("welcome_tier: basic", "welcome_tier: wood"))
     path = tmp_path / "j.yaml"
     path.write_text(HEADER + HELLO + DONE)
-    with pytest.raises(RuleFileError) as info:
+    with pytest.raises(SourceError) as info:
         load_journey(path, program)
     [err] = info.value.errors
     assert err.file == str(program) and err.line == 5 and "'wood'" in err.message

@@ -13,7 +13,7 @@ from temporalio.testing import WorkflowEnvironment
 from temporalio.worker import Worker
 
 from activities.store_activities import StoreActivities
-from crmflow.contracts import KpiRequest
+from crmflow.contracts.kpi import KpiRequest
 from crmflow.ingest import import_file
 from store.kpi import kpi_snapshot
 from tests.conftest import write_lines

@@ -27,22 +27,22 @@ from temporalio.testing import WorkflowEnvironment
 from temporalio.worker import Worker
 
 from activities.project_activities import ProjectActivities
-from crmflow.ingest import import_file
-from projects.models import load_team, load_template
-from projects.state import ProjectState, RiskChange, RiskInput, new_project
-from store.models import OutboxMessageRow
-from tests.conftest import write_lines
-from workflows.project import (
+from crmflow.contracts.projects import (
     CheckInput,
     CloseInput,
     DoneInput,
     ProjectCarry,
     ProjectOutcome,
-    ProjectWorkflow,
     RiskAddInput,
     RiskUpdateInput,
     SignOffInput,
 )
+from crmflow.ingest import import_file
+from projects.models import load_team, load_template
+from projects.state import ProjectState, RiskChange, RiskInput, new_project
+from store.models import OutboxMessageRow
+from tests.conftest import write_lines
+from workflows.project import ProjectWorkflow
 
 TEMPLATE = """
 template: mini-rollout

@@ -18,7 +18,7 @@ from projects.migration_check import (
     terminal_summary,
 )
 from projects.models import MigrationThresholds, load_template
-from rules.source import RuleFileError
+from rules.source import SourceError
 
 REPO = Path(__file__).resolve().parents[1]
 NOW = datetime(2025, 5, 1, 8, tzinfo=UTC)
@@ -181,11 +181,11 @@ def test_mapping_file_errors(tmp_path: Path) -> None:
           - {source: Spend, target: spend, transforms: [strip, money]}
         """)
     )
-    with pytest.raises(RuleFileError) as info:
+    with pytest.raises(SourceError) as info:
         load_mapping(f)
     (err,) = info.value.errors
     assert err.line == 3
     assert err.message.startswith("fields.0.transforms.1: expected 'strip'")
     f.write_text("amount_field: total\nfields:\n  - {source: Spend, target: spend}\n")
-    with pytest.raises(RuleFileError, match="amount_field 'total' is not a mapped target field"):
+    with pytest.raises(SourceError, match="amount_field 'total' is not a mapped target field"):
         load_mapping(f)

@@ -21,7 +21,7 @@ from projects.models import (
     migration_failures,
     resolve_params,
 )
-from rules.source import RuleError, RuleFileError, parse_yaml
+from rules.source import SourceError, SourceProblem, parse_yaml
 
 REPO = Path(__file__).resolve().parents[1]
 ROLLOUT = REPO / "examples/rollout"
@@ -46,8 +46,8 @@ milestones:
 """
 
 
-def problems(text: str, params: dict[str, object] | None = None) -> list[RuleError]:
-    with pytest.raises(RuleFileError) as info:
+def problems(text: str, params: dict[str, object] | None = None) -> list[SourceProblem]:
+    with pytest.raises(SourceError) as info:
         check_template(parse_yaml(textwrap.dedent(text), "t.yaml"), params)
     errs = info.value.errors
     assert errs and all(e.file == "t.yaml" for e in errs)
@@ -206,7 +206,7 @@ def test_team_errors(tmp_path: Path) -> None:
           - {name: Sam, email: sam-at-example, roles: [executive_sponsor, chef]}
         """)
     )
-    with pytest.raises(RuleFileError) as info:
+    with pytest.raises(SourceError) as info:
         load_team(f)
     got = [(e.file, e.line, e.message) for e in info.value.errors]
     assert got[0][:2] == (str(f), 3)
@@ -218,7 +218,7 @@ def test_team_errors(tmp_path: Path) -> None:
 def test_team_needs_a_manager_and_a_sponsor(tmp_path: Path) -> None:
     f = tmp_path / "team.yaml"
     f.write_text("people:\n  - {name: Pat, email: pat@example.com, roles: [it_lead]}\n")
-    with pytest.raises(RuleFileError) as info:
+    with pytest.raises(SourceError) as info:
         load_team(f)
     assert str(info.value) == (
         f"{f}:1: people: nobody holds project_manager or executive_sponsor; escalations need a "
@@ -229,7 +229,7 @@ def test_team_needs_a_manager_and_a_sponsor(tmp_path: Path) -> None:
 def test_holidays_errors(tmp_path: Path) -> None:
     f = tmp_path / "holidays.yaml"
     f.write_text("holidays:\n  - 2025-01-01\n  - {date: 2025-02-30, name: nope}\n")
-    with pytest.raises(RuleFileError) as info:
+    with pytest.raises(SourceError) as info:
         load_holidays(f)
     (err,) = info.value.errors
     assert (err.line, err.message) == (
@@ -237,11 +237,11 @@ def test_holidays_errors(tmp_path: Path) -> None:
         "not a valid date: day is out of range for month; expected YYYY-MM-DD",
     )
     f.write_text("workdays: [mon, tue, funday]\n")
-    with pytest.raises(RuleFileError) as info:
+    with pytest.raises(SourceError) as info:
         load_holidays(f)
     assert info.value.errors[0].line == 1
     f.write_text("")
-    with pytest.raises(RuleFileError, match="a holidays file is a mapping"):
+    with pytest.raises(SourceError, match="a holidays file is a mapping"):
         load_holidays(f)
 
 

@@ -32,7 +32,7 @@ from rules.compiler import (
 from rules.engine import DurableRulesEngine
 from rules.models import All, AnyOf, Compare, Not, Program, Rule
 from rules.pack import PackSource, build_pack
-from rules.source import RuleFileError, yaml_load
+from rules.source import SourceError, yaml_load
 
 # one engine for the module's checks, as a worker has one for its database
 ENGINE = DurableRulesEngine()
@@ -771,7 +771,7 @@ def test_rule_value_that_is_not_finite_is_refused(value: str) -> None:
     text = (
         f"rules:\n  - name: odd\n    when: event.amount {op} {value}\n    then: [{{add_tag: x}}]\n"
     )
-    with pytest.raises(RuleFileError) as info:
+    with pytest.raises(SourceError) as info:
         build_pack(PackSource("program.yaml", PROGRAM_TEXT, [("a.yaml", text)]))
     [err] = info.value.errors
     assert (err.file, err.line) == ("a.yaml", 3)

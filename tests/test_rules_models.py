@@ -23,7 +23,7 @@ from rules.models import (
     SetTier,
 )
 from rules.pack import PackSource, build_pack, load_pack, read_source
-from rules.source import RuleError, RuleFileError, parse_yaml, yaml_load
+from rules.source import SourceError, SourceProblem, parse_yaml, yaml_load
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -52,11 +52,11 @@ def build(files: dict[str, str], program: str = PROGRAM) -> CompiledPack:
     return build_pack(source(files, program))
 
 
-def errors(files: dict[str, str], program: str = PROGRAM) -> list[RuleError]:
-    with pytest.raises(RuleFileError) as info:
+def errors(files: dict[str, str], program: str = PROGRAM) -> list[SourceProblem]:
+    with pytest.raises(SourceError) as info:
         build(files, program)
     errs = info.value.errors
-    assert errs, "a RuleFileError must list at least one problem"
+    assert errs, "a SourceError must list at least one problem"
     # the exception's text lists every problem, one a line, as file:line: message
     assert str(info.value).splitlines() == [str(e) for e in errs]
     return errs
@@ -67,7 +67,7 @@ def one_rule(when: str) -> str:
     return f"rules:\n  - name: r\n    on: purchase\n    when: {when}\n    then: [{{add_tag: x}}]\n"
 
 
-def the_error(files: dict[str, str], program: str = PROGRAM) -> RuleError:
+def the_error(files: dict[str, str], program: str = PROGRAM) -> SourceProblem:
     errs = errors(files, program)
     assert len(errs) == 1, [str(e) for e in errs]
     return errs[0]
@@ -598,7 +598,7 @@ def test_duplicate_rule_name_with_load_pack_names_the_first_file_path(tmp_path: 
     a = "rules:\n  - name: one\n    then: [{add_tag: x}]\n  - name: dup\n    then: [{add_tag: x}]\n"
     (rules_dir / "a.yaml").write_text(a)
     (rules_dir / "b.yaml").write_text("rules:\n  - name: dup\n    then: [{add_tag: y}]\n")
-    with pytest.raises(RuleFileError) as info:
+    with pytest.raises(SourceError) as info:
         load_pack(rules_dir)
     [err] = info.value.errors
     assert (err.file, err.line) == (str(rules_dir / "b.yaml"), 2)
@@ -719,7 +719,7 @@ def test_several_schema_errors_in_one_file_all_reported_at_once() -> None:
 # --------------------------------------------------------------------------- programme
 
 
-def program_error(program: str) -> RuleError:
+def program_error(program: str) -> SourceProblem:
     return the_error({}, program)
 
 
@@ -890,7 +890,7 @@ def test_load_pack_finds_program_and_reports_paths(tmp_path: Path) -> None:
     (rules_dir / "a.yaml").write_text(one_rule("tier == diamond"))
     (rules_dir / "b.yml").write_text(one_rule("tier == gold").replace("name: r", "name: s"))
     (rules_dir / "notes.txt").write_text("not a rule file")
-    with pytest.raises(RuleFileError) as info:
+    with pytest.raises(SourceError) as info:
         load_pack(rules_dir)
     [err] = info.value.errors
     assert err.file == str(rules_dir / "a.yaml")
@@ -902,10 +902,10 @@ def test_load_pack_finds_program_and_reports_paths(tmp_path: Path) -> None:
 
 
 def test_load_pack_without_program(tmp_path: Path) -> None:
-    with pytest.raises(RuleFileError, match=r"no program\.yaml in this folder or its parent"):
+    with pytest.raises(SourceError, match=r"no program\.yaml in this folder or its parent"):
         load_pack(tmp_path)
     (tmp_path / "program.yaml").write_text(PROGRAM)
-    with pytest.raises(RuleFileError, match="not a folder of rule files"):
+    with pytest.raises(SourceError, match="not a folder of rule files"):
         load_pack(tmp_path / "missing", tmp_path / "program.yaml")
 
 
@@ -918,9 +918,9 @@ def test_program_file_in_rules_dir_is_not_a_rule_file(tmp_path: Path) -> None:
 
 
 def test_rule_error_text() -> None:
-    assert str(RuleError("a.yaml", 3, "bad")) == "a.yaml:3: bad"
-    assert str(RuleError("a.yaml", None, "bad")) == "a.yaml: bad"
-    exc = RuleFileError([RuleError("a", 1, "x"), RuleError("b", None, "y")])
+    assert str(SourceProblem("a.yaml", 3, "bad")) == "a.yaml:3: bad"
+    assert str(SourceProblem("a.yaml", None, "bad")) == "a.yaml: bad"
+    exc = SourceError([SourceProblem("a", 1, "x"), SourceProblem("b", None, "y")])
     assert str(exc) == "a:1: x\nb: y"
     assert isinstance(exc, ValueError)
 
@@ -931,11 +931,11 @@ def test_pyyaml_would_read_on_as_true() -> None:
 
 
 def test_a_date_that_does_not_exist_is_reported_with_its_line() -> None:
-    from rules.source import RuleFileError, parse_yaml
+    from rules.source import SourceError, parse_yaml
 
     try:
         parse_yaml("rules: []\nsince: 2025-02-30\n", "x.yaml")
-    except RuleFileError as exc:
+    except SourceError as exc:
         (err,) = exc.errors
         assert (err.file, err.line) == ("x.yaml", 2)
         assert err.message.startswith("not a valid date") and "YYYY-MM-DD" in err.message

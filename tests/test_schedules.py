@@ -27,10 +27,10 @@ from temporalio.worker import Worker
 from typer.testing import CliRunner
 
 from activities.automation_activities import AutomationActivities
-from automations.contracts import AutomationInput, RunSummary, schedule_id
 from automations.models import SchedulesFile
 from crmflow import schedules as sched
 from crmflow.cli import app
+from crmflow.contracts.automations import AutomationInput, RunSummary, schedule_id
 from crmflow.settings import Settings
 from store.models import AutomationRunRow, CustomerRow, PointsLedgerRow, PointsLotRow
 from tests.conftest import REPO

@@ -19,18 +19,10 @@ from temporalio.testing import WorkflowEnvironment
 from temporalio.worker import Worker
 
 from activities.project_activities import ProjectActivities
-from crmflow.services import projects as service
-from crmflow.services.errors import Conflict, Invalid, NotFound, Refused, Unavailable
-from crmflow.services.runtime import Runtime
-from crmflow.settings import Settings
-from projects.state import RiskChange, RiskInput
-from store.models import CustomerRow
-from tests.conftest import REPO
-from workflows.project import (
+from crmflow.contracts.projects import (
     CheckInput,
     CloseInput,
     DoneInput,
-    ProjectWorkflow,
     RebaselineInput,
     RiskAddInput,
     RiskCloseInput,
@@ -38,6 +30,14 @@ from workflows.project import (
     SignOffInput,
     StageInput,
 )
+from crmflow.services import projects as service
+from crmflow.services.errors import Conflict, Invalid, NotFound, Refused, Unavailable
+from crmflow.services.runtime import Runtime
+from crmflow.settings import Settings
+from projects.state import RiskChange, RiskInput
+from store.models import CustomerRow
+from tests.conftest import REPO
+from workflows.project import ProjectWorkflow
 
 ROLLOUT = REPO / "examples/rollout"
 

@@ -9,7 +9,7 @@ from pathlib import Path
 import pytest
 from sqlalchemy import Engine, func, select
 
-from crmflow.formats import Event
+from crmflow.domain import Event
 from crmflow.services import rules as service
 from crmflow.services import segments
 from crmflow.services.errors import Invalid, NotFound, Refused, TooLarge

@@ -19,7 +19,7 @@ from temporalio.common import RetryPolicy, SearchAttributeKey
 from temporalio.exceptions import ActivityError, ApplicationError
 
 with workflow.unsafe.imports_passed_through():
-    from automations.contracts import (
+    from crmflow.contracts.automations import (
         AUTOMATION_BEGIN,
         AUTOMATION_FINISH,
         AUTOMATION_STEP,

@@ -26,7 +26,7 @@ from temporalio.common import RetryPolicy
 with workflow.unsafe.imports_passed_through():
     from pydantic import ValidationError
 
-    from crmflow.journey_contracts import (
+    from crmflow.contracts.journeys import (
         JOURNEY_DELIVER,
         JOURNEY_EVENT_SIGNAL,
         JOURNEY_FACTS,

@@ -8,7 +8,7 @@ from temporalio import workflow
 from temporalio.common import RetryPolicy
 
 with workflow.unsafe.imports_passed_through():
-    from crmflow.contracts import KPI_SNAPSHOT, KpiRequest, KpiSnapshot
+    from crmflow.contracts.kpi import KPI_SNAPSHOT, KpiRequest, KpiSnapshot
 
 
 @workflow.defn

@@ -15,183 +15,53 @@ activity measures the KPIs in the store before and after go-live, and the review
 beside the state. The project ends when its last stage has finished and the KPI review is
 recorded (or when a manager closes it). Long projects continue as new, carrying the state.
 
-The activity contracts (names and pydantic models) live here too: the activity module and
-the CLI import them, this module imports nothing from `activities/` or `store/`.
+Its contracts (activity names, models) are in `crmflow.contracts.projects`.
 """
 
 from __future__ import annotations
 
 import contextlib
-import re
 from datetime import UTC, date, datetime, time, timedelta
 from typing import Any
 
-from pydantic import BaseModel, Field
 from temporalio import workflow
 from temporalio.common import RetryPolicy
 from temporalio.exceptions import ApplicationError
 
 with workflow.unsafe.imports_passed_through():
+    from crmflow.contracts.projects import (
+        MEASURE_PROJECT_KPIS,
+        REFUSED,
+        SEND_PROJECT_NOTICES,
+        WORKFLOW_TYPE,
+        CheckInput,
+        CloseInput,
+        DoneInput,
+        KpiMeasurement,
+        KpiMeasureRequest,
+        KpiReviewRecord,
+        MigrationCheckInput,
+        MigrationCheckResult,
+        NoticeBatch,
+        ProjectCarry,
+        ProjectOutcome,
+        ProjectSnapshot,
+        RebaselineInput,
+        RiskAddInput,
+        RiskCloseInput,
+        RiskUpdateInput,
+        SignOffInput,
+        StageInput,
+    )
     from journeys.timing import local_instants, parse_clock, zone
     from projects import state as ops
     from projects.health import StatusReport, status_report
-    from projects.kpi import KpiResult, baseline_window, review_date, review_kpis
-    from projects.models import MigrationSummary
+    from projects.kpi import baseline_window, review_date, review_kpis
     from projects.reminders import Notice, due_notices, next_wakeup
     from projects.state import (
         ProjectRuleError,
         ProjectState,
-        RiskChange,
-        RiskInput,
     )
-
-# --------------------------------------------------------------------------- contracts
-
-SEND_PROJECT_NOTICES = "project_send_notices"
-MEASURE_PROJECT_KPIS = "project_measure_kpis"
-WORKFLOW_TYPE = "ProjectWorkflow"
-REFUSED = "ProjectRuleError"  # the ApplicationError type of a refused update
-
-
-def project_slug(name: str) -> str:
-    """The project's id from its name: lower case, runs of other characters as one `-`."""
-    slug = re.sub(r"[^a-z0-9]+", "-", name.strip().casefold()).strip("-")
-    if not slug:
-        raise ValueError(f"project name {name!r} has no letters or digits to make an id from")
-    return slug[:100]
-
-
-def workflow_id(name: str) -> str:
-    return f"project-{project_slug(name)}"
-
-
-class NoticeBatch(BaseModel):
-    """Notices to send now; `at` is the workflow's time, kept with each message."""
-
-    project_id: str
-    notices: list[Notice]
-    at: datetime
-
-
-class KpiMeasureRequest(BaseModel):
-    """Measure `metrics` over [before_from, before_to) and [after_from, after_to)."""
-
-    metrics: list[str]
-    before_from: datetime
-    before_to: datetime
-    after_from: datetime
-    after_to: datetime
-
-
-class KpiMeasurement(BaseModel):
-    before: dict[str, float]
-    after: dict[str, float]
-
-
-class KpiReviewRecord(BaseModel):
-    recorded_at: datetime
-    go_live: date
-    review_date: date
-    before_window: tuple[date, date]
-    after_window: tuple[date, date]
-    results: list[KpiResult]
-
-    @property
-    def met(self) -> bool:
-        return all(r.met for r in self.results)
-
-
-class ProjectCarry(BaseModel):
-    """What the workflow keeps beside the project's state (carried over continue-as-new)."""
-
-    kpi_review: KpiReviewRecord | None = None
-    closed_at: datetime | None = None
-    closed_by: str | None = None
-    close_reason: str | None = None
-    revision: int = Field(0, description="bumped by every accepted update")
-    runs: int = Field(1, description="runs of this project's workflow (continue-as-new)")
-    history_limit: int | None = Field(
-        None, description="continue as new at this many history events (tests; else the server's)"
-    )
-
-
-class ProjectSnapshot(BaseModel):
-    """The `project` query: everything the CLI draws and reports from."""
-
-    state: ProjectState
-    carry: ProjectCarry
-    now: datetime
-
-
-class ProjectOutcome(BaseModel):
-    project_id: str
-    finished: bool
-    closed_at: datetime | None
-    kpi_review: KpiReviewRecord | None
-
-
-# Update inputs: `by` is a team member's name or e-mail.
-
-
-class CheckInput(BaseModel):
-    item: str
-    by: str
-    note: str | None = None
-
-
-class DoneInput(BaseModel):
-    milestone: str
-    by: str
-    note: str | None = None
-
-
-class SignOffInput(BaseModel):
-    gate: str
-    by: str
-    comment: str | None = None
-    role: str | None = None
-
-
-class RiskAddInput(BaseModel):
-    risk: RiskInput
-    by: str
-
-
-class RiskUpdateInput(BaseModel):
-    risk_id: str
-    change: RiskChange
-    by: str
-
-
-class RiskCloseInput(BaseModel):
-    risk_id: str
-    by: str
-    comment: str | None = None
-
-
-class RebaselineInput(BaseModel):
-    by: str
-    reason: str | None = None
-
-
-class StageInput(BaseModel):
-    stage: str
-    by: str
-    on: date | None = None
-
-
-class MigrationCheckInput(BaseModel):
-    summary: MigrationSummary
-
-
-class CloseInput(BaseModel):
-    by: str
-    reason: str | None = None
-
-
-class MigrationCheckResult(BaseModel):
-    passed: bool
-    failures: list[str]
 
 
 def _refuse(exc: Exception) -> ApplicationError:

@@ -10,7 +10,7 @@ from temporalio import workflow
 from temporalio.common import RetryPolicy
 
 with workflow.unsafe.imports_passed_through():
-    from crmflow.journey_contracts import JOURNEY_ENTER_SEGMENT, SegmentRequest
+    from crmflow.contracts.journeys import JOURNEY_ENTER_SEGMENT, SegmentRequest
 
 
 @workflow.defn(name="SegmentEntryWorkflow")

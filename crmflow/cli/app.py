@@ -35,7 +35,7 @@ from crmflow.ingest import ImportError_, Kind, import_file
 from crmflow.ingest_report import IngestReport
 from crmflow.processing import ConcurrentProcessing
 from crmflow.temporal import TemporalSetupError, exit_skipping_finalizers
-from rules.source import RuleFileError
+from rules.source import SourceError
 from store.db import make_engine
 from store.migrate import current_revision
 
@@ -127,7 +127,7 @@ def _import(kind: Kind, path: Path, as_json: bool, workers: int | None = None) -
                 f"{path}: {exc}; that chunk was rolled back (earlier chunks are kept). "
                 "Import the file again: what is already stored is skipped."
             )
-        except RuleFileError as exc:
+        except SourceError as exc:
             fail(f"the active rules version does not load:\n{exc}")
     if as_json:
         emit_json(report.as_dict())

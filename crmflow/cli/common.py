@@ -12,7 +12,7 @@ from pydantic import ValidationError
 from rich.console import Console
 from sqlalchemy import Engine
 
-from crmflow.formats import describe_errors
+from crmflow.domain import describe_errors
 from crmflow.ingest_report import IngestReport
 from crmflow.settings import Settings
 from store.db import make_engine

@@ -15,7 +15,7 @@ import typer
 from pydantic import ValidationError
 
 from crmflow.cli import common
-from crmflow.formats import describe_errors
+from crmflow.domain import describe_errors
 from crmflow.services import journeys as service
 from crmflow.services.errors import NotFound, ServiceError
 from crmflow.services.journeys import (

@@ -11,7 +11,7 @@ from pydantic import ValidationError
 from rich.table import Table
 
 from crmflow.cli.common import JsonFlag, console, emit_json, fail, load_settings, migrated_engine
-from crmflow.formats import describe_errors
+from crmflow.domain import describe_errors
 from crmflow.services import keys as service
 from crmflow.services.errors import ServiceError
 from crmflow.services.permissions import Role, permission_table_markdown

@@ -12,7 +12,7 @@ from pydantic import BaseModel, ValidationError
 from rich.table import Table
 
 from crmflow.cli import common
-from crmflow.formats import describe_errors
+from crmflow.domain import describe_errors
 from crmflow.services import operations as service
 from crmflow.services.errors import ServiceError
 from crmflow.services.runtime import Runtime

@@ -27,15 +27,7 @@ from rich.table import Table
 from sqlalchemy import Engine
 
 from crmflow.cli import common
-from crmflow.formats import describe_errors
-from crmflow.services import projects as service
-from crmflow.services.errors import Invalid, ServiceError
-from crmflow.services.projects import CreatedProject, MigrationOutcome, ProjectStatus
-from crmflow.services.runtime import Runtime
-from projects.migration_check import render_html
-from projects.state import RiskChange, RiskInput
-from store.db import make_engine
-from workflows.project import (
+from crmflow.contracts.projects import (
     CheckInput,
     CloseInput,
     DoneInput,
@@ -46,6 +38,14 @@ from workflows.project import (
     SignOffInput,
     StageInput,
 )
+from crmflow.domain import describe_errors
+from crmflow.services import projects as service
+from crmflow.services.errors import Invalid, ServiceError
+from crmflow.services.projects import CreatedProject, MigrationOutcome, ProjectStatus
+from crmflow.services.runtime import Runtime
+from projects.migration_check import render_html
+from projects.state import RiskChange, RiskInput
+from store.db import make_engine
 
 project_app = typer.Typer(
     help="Rollout projects: create, status, gantt, check, done, signoff, risk, rebaseline, "

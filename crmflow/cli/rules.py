@@ -18,7 +18,7 @@ from pydantic import ValidationError
 from rich.table import Table
 
 from crmflow.cli import common
-from crmflow.formats import Event, describe_errors
+from crmflow.domain import Event, describe_errors
 from crmflow.ingest import read_json_lines
 from crmflow.services import rules as service
 from crmflow.services.errors import ServiceError

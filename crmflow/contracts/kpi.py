@@ -1,8 +1,5 @@
-"""What workflows and activities pass each other: activity names and their pydantic models.
-
-Workflows import this module and nothing from `activities/` or `store/`, so both sides agree
-on names and shapes without the workflow sandbox importing database code.
-"""
+"""What the KPI snapshot workflow and its activity pass each other: the activity's name, its
+request and the programme figures it returns (also what `crmflow stack` prints)."""
 
 from __future__ import annotations
 

@@ -14,7 +14,7 @@ from typing import Any, Literal
 from pydantic import BaseModel, Field, ValidationError
 from sqlalchemy import Connection, and_, delete, func, insert, select, update
 
-from crmflow.formats import Customer, CustomerProfile, Name, describe_errors
+from crmflow.domain import Customer, CustomerProfile, Name, describe_errors
 from crmflow.ingest import ChunkLoop
 from crmflow.ingest_report import IngestReport
 from crmflow.processing import active_pack

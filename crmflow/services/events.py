@@ -17,13 +17,13 @@ from typing import Any
 
 from sqlalchemy import Engine
 
-from crmflow.formats import Event
+from crmflow.domain import Event
 from crmflow.ingest import ChunkLoop
 from crmflow.ingest_report import IngestReport
 from crmflow.processing import ConcurrentProcessing
 from crmflow.services.errors import TooLarge, Unavailable
 from crmflow.services.runtime import Runtime
-from rules.source import RuleFileError
+from rules.source import SourceError
 
 # On SQLite, chunks evaluated at the same time by the threads of one server lose the
 # stale-state check against each other (the one write lock is taken after the rules ran)
@@ -59,7 +59,7 @@ def store_events(rt: Runtime, events: list[Event]) -> IngestReport:
             for i, event in enumerate(events):
                 loop.add(event.model_dump(), i)
             loop.finish()
-    except RuleFileError as exc:
+    except SourceError as exc:
         raise Unavailable(f"the active rules version does not load: {exc}") from exc
     except ConcurrentProcessing as exc:
         raise Unavailable(f"{exc}; send the request again") from exc

@@ -27,13 +27,13 @@ from typing import TYPE_CHECKING, Annotated, Any, Literal
 from pydantic import BaseModel, ConfigDict, Field
 from sqlalchemy import Connection, Engine, func, select
 
-from crmflow.formats import Event
+from crmflow.domain import Event
 from crmflow.services.errors import FieldProblem, Invalid, NotFound, Refused, Unavailable
 from crmflow.services.runtime import Runtime
 from journeys import validate as jv
 from journeys.models import EventEntry, Journey, MessageNode, SegmentEntry, edges
 from rules.pack import load_program
-from rules.source import RuleError, RuleFileError, parse_yaml
+from rules.source import SourceError, SourceProblem, parse_yaml
 from store import journey_stats as jstats
 from store import journeys as jstore
 from store.db import utcnow
@@ -81,12 +81,12 @@ class InvalidJourney(Invalid):
     """A journey that does not validate: `errors` has each problem with its file, line and
     node; `problems` names the node (`yaml.nodes.<id>`) and says the line."""
 
-    def __init__(self, errors: list[RuleError]) -> None:
+    def __init__(self, errors: list[SourceProblem]) -> None:
         self.errors = errors
         super().__init__([_problem(e) for e in errors])
 
 
-def _problem(e: RuleError) -> FieldProblem:
+def _problem(e: SourceProblem) -> FieldProblem:
     node = getattr(e, "node", None)
     field = f"yaml.nodes.{node}" if node else "yaml"
     reason = f"line {e.line}: {e.message}" if e.line else e.message
@@ -169,7 +169,7 @@ def _active_program(rt: Runtime) -> tuple[Any, str, str]:
     version, source = found
     try:
         program = load_program(parse_yaml(source.program_text, source.program_path))
-    except RuleFileError as exc:  # deployed versions validated; a later schema may differ
+    except SourceError as exc:  # deployed versions validated; a later schema may differ
         raise Unavailable(f"the active rules version's programme does not load: {exc}") from exc
     return program, source.program_path, version
 
@@ -184,7 +184,7 @@ def load(
     if isinstance(source, JourneyFile):
         try:
             loaded = jv.load_journey(source.path, source.program, known_events)
-        except RuleFileError as exc:
+        except SourceError as exc:
             raise InvalidJourney(exc.errors) from exc
         try:
             text = source.path.read_text(encoding="utf-8")
@@ -196,7 +196,7 @@ def load(
     program, program_path, _ = _active_program(rt)
     try:
         journey = jv.validate_text(source.yaml, TEXT_PATH, program, known_events)
-    except RuleFileError as exc:
+    except SourceError as exc:
         raise InvalidJourney(exc.errors) from exc
     except RecursionError as exc:  # the YAML composer recurses once per nesting level
         raise Invalid("the YAML is nested too deeply", field="yaml") from exc

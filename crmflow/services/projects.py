@@ -37,7 +37,25 @@ from temporalio.common import WorkflowIDReusePolicy
 from temporalio.exceptions import ApplicationError, WorkflowAlreadyStartedError
 from temporalio.service import RPCError, RPCStatusCode
 
-from crmflow.formats import Customer, describe_errors
+from crmflow.contracts.projects import (
+    WORKFLOW_TYPE,
+    CheckInput,
+    CloseInput,
+    DoneInput,
+    KpiReviewRecord,
+    MigrationCheckInput,
+    MigrationCheckResult,
+    ProjectSnapshot,
+    RebaselineInput,
+    RiskAddInput,
+    RiskCloseInput,
+    RiskUpdateInput,
+    SignOffInput,
+    StageInput,
+    project_slug,
+    workflow_id,
+)
+from crmflow.domain import Customer, describe_errors
 from crmflow.ingest import ChunkLoop
 from crmflow.ingest_report import IngestReport, RowFault
 from crmflow.services.errors import (
@@ -72,26 +90,8 @@ from projects.models import (
 )
 from projects.plan import Plan
 from projects.state import ProjectRuleError, new_project
-from rules.source import RuleFileError, YamlDoc
-from workflows.project import (
-    WORKFLOW_TYPE,
-    CheckInput,
-    CloseInput,
-    DoneInput,
-    KpiReviewRecord,
-    MigrationCheckInput,
-    MigrationCheckResult,
-    ProjectSnapshot,
-    ProjectWorkflow,
-    RebaselineInput,
-    RiskAddInput,
-    RiskCloseInput,
-    RiskUpdateInput,
-    SignOffInput,
-    StageInput,
-    project_slug,
-    workflow_id,
-)
+from rules.source import SourceError, YamlDoc
+from workflows.project import ProjectWorkflow
 
 ANSWER_SECONDS = 30.0  # how long a query or update may wait for a worker to answer
 LIST_SECONDS = 10.0  # the same for each project's status in `list_projects`
@@ -251,7 +251,7 @@ async def _answer(rt: Runtime, client: Client, name: str, call: Awaitable[T]) ->
 # --------------------------------------------------------------------------- create
 
 
-def _rule_problems(exc: RuleFileError) -> Invalid:
+def _rule_problems(exc: SourceError) -> Invalid:
     return Invalid(
         [FieldProblem(f"{e.file}:{e.line}" if e.line else e.file, e.message) for e in exc.errors]
     )
@@ -271,7 +271,7 @@ def spec_from_files(
         tpl = load_template(template, params or {})
         members = load_team(team)
         calendar = load_holidays(holidays) if holidays else None
-    except RuleFileError as exc:
+    except SourceError as exc:
         raise _rule_problems(exc) from None
     return ProjectSpec(
         name=name, start=start, template=tpl, team=members, holidays=calendar, params=params or {}
@@ -291,7 +291,7 @@ def _checked(template: Template, params: dict[str, Scalar]) -> Template:
     doc = YamlDoc("template", template.model_dump(mode="json"), {}, "")
     try:
         return check_template(doc, params)
-    except RuleFileError as exc:
+    except SourceError as exc:
         raise _rule_problems(exc) from None
 
 
@@ -488,7 +488,7 @@ def read_migration_input(source: Path, mapping: Path) -> tuple[list[dict[str, st
     """The legacy rows (CSV) and the mapping file, or `Invalid` naming what is wrong."""
     try:
         mapped = load_mapping(mapping)
-    except RuleFileError as exc:
+    except SourceError as exc:
         raise _rule_problems(exc) from None
     try:
         with source.open(encoding="utf-8-sig", newline="") as fh:

@@ -18,7 +18,7 @@ from typing import Annotated, Any, Literal
 import yaml
 from pydantic import BaseModel, Field, StringConstraints
 
-from crmflow.formats import Event
+from crmflow.domain import Event
 from crmflow.processing import HISTORY_DAYS, ConcurrentProcessing, evaluate_event, process_pending
 from crmflow.services.errors import FieldProblem, Invalid, NotFound, Refused, TooLarge, Unavailable
 from crmflow.services.runtime import Runtime
@@ -26,7 +26,7 @@ from rules.compiler import CompiledPack
 from rules.facts import FIXED_FACTS, EventFacts, ProfileState
 from rules.models import Program, RuleFile
 from rules.pack import OPS_FOR, PROGRAM_FILE, PackSource, build_pack, load_program, read_source
-from rules.source import RuleError, RuleFileError, Yaml12Loader, parse_yaml
+from rules.source import SourceError, SourceProblem, Yaml12Loader, parse_yaml
 from store import rule_versions as store
 from store.rule_state import load_states
 
@@ -82,12 +82,12 @@ class RulesTestInput(RulesTexts):
 class RulesInvalid(Invalid):
     """The pack does not validate; `errors` has every problem with its file and line."""
 
-    def __init__(self, errors: list[RuleError]) -> None:
+    def __init__(self, errors: list[SourceProblem]) -> None:
         self.errors = errors
         super().__init__([FieldProblem(_where(e), e.message) for e in errors])
 
 
-def _where(e: RuleError) -> str:
+def _where(e: SourceProblem) -> str:
     return f"{e.file}:{e.line}" if e.line else e.file
 
 
@@ -181,19 +181,19 @@ def _children(node: yaml.Node) -> list[yaml.Node]:
     return []
 
 
-def yaml_bounds(text: str, path: str) -> RuleError | None:
+def yaml_bounds(text: str, path: str) -> SourceProblem | None:
     """The problem with a YAML text that is too large to parse safely, or None.
 
     Counts the nodes with aliases expanded (without expanding them: each node's size is
     computed once) and the nesting depth; a node that contains itself is refused too."""
     if len(text) > MAX_FILE_CHARS:
-        return RuleError(path, None, f"{len(text)} characters; at most {MAX_FILE_CHARS}")
+        return SourceProblem(path, None, f"{len(text)} characters; at most {MAX_FILE_CHARS}")
     try:
         root = yaml.compose(text, Loader=Yaml12Loader)
     except yaml.YAMLError:
         return None  # parse_yaml reports it, with its line
     except RecursionError:
-        return RuleError(path, None, f"nested deeper than {MAX_YAML_DEPTH} levels")
+        return SourceProblem(path, None, f"nested deeper than {MAX_YAML_DEPTH} levels")
     if root is None:
         return None
     size: dict[int, int] = {}
@@ -206,10 +206,10 @@ def yaml_bounds(text: str, path: str) -> RuleError | None:
         kid = next(kids, None)
         if kid is not None:
             if id(kid) in visiting:
-                return RuleError(path, kid.start_mark.line + 1, "an alias refers to itself")
+                return SourceProblem(path, kid.start_mark.line + 1, "an alias refers to itself")
             if id(kid) not in size:
                 if len(stack) >= MAX_YAML_DEPTH:
-                    return RuleError(
+                    return SourceProblem(
                         path, kid.start_mark.line + 1, f"nested deeper than {MAX_YAML_DEPTH} levels"
                     )
                 visiting.add(id(kid))
@@ -221,13 +221,13 @@ def yaml_bounds(text: str, path: str) -> RuleError | None:
         size[id(node)] = 1 + sum(size[id(k)] for k in own)
         depth[id(node)] = 1 + max((depth[id(k)] for k in own), default=0)
         if size[id(node)] > MAX_YAML_NODES:
-            return RuleError(
+            return SourceProblem(
                 path,
                 node.start_mark.line + 1,
                 f"more than {MAX_YAML_NODES} values with aliases expanded",
             )
         if depth[id(node)] > MAX_YAML_DEPTH:
-            return RuleError(
+            return SourceProblem(
                 path, node.start_mark.line + 1, f"nested deeper than {MAX_YAML_DEPTH} levels"
             )
     return None
@@ -249,13 +249,13 @@ def _read(src: RulesSource) -> tuple[PackSource, str, str | None]:
     if isinstance(src, RulesFolder):
         try:
             source = read_source(src.folder, src.program)
-        except RuleFileError as exc:
+        except SourceError as exc:
             raise RulesInvalid(exc.errors) from exc
         return source, str(src.folder), str(src.folder)
     bad = [name for name in src.files if Path(name).name == PROGRAM_FILE]
     if bad:
         raise RulesInvalid(
-            [RuleError(bad[0], None, f"{PROGRAM_FILE} is the programme: send it as `program`")]
+            [SourceProblem(bad[0], None, f"{PROGRAM_FILE} is the programme: send it as `program`")]
         )
     return PackSource(PROGRAM_FILE, src.program, sorted(src.files.items())), "", None
 
@@ -281,7 +281,7 @@ def load(src: RulesSource) -> tuple[CompiledPack, PackSource, str | None]:
         raise RulesInvalid(errors)
     try:
         pack = build_pack(source, base_dir)
-    except RuleFileError as exc:
+    except SourceError as exc:
         raise RulesInvalid(exc.errors) from exc
     return pack, source, origin
 
@@ -291,7 +291,9 @@ def load_program_file(path: Path) -> Program:
     try:
         text = path.read_text(encoding="utf-8")
     except (OSError, UnicodeDecodeError) as exc:
-        raise RulesInvalid([RuleError(str(path), None, f"cannot read the file: {exc}")]) from exc
+        raise RulesInvalid(
+            [SourceProblem(str(path), None, f"cannot read the file: {exc}")]
+        ) from exc
     return program_from_text(text, str(path))
 
 
@@ -301,7 +303,7 @@ def program_from_text(text: str, path: str = PROGRAM_FILE) -> Program:
         raise RulesInvalid([bad])
     try:
         return load_program(parse_yaml(text, path))
-    except RuleFileError as exc:
+    except SourceError as exc:
         raise RulesInvalid(exc.errors) from exc
 
 
@@ -443,7 +445,7 @@ def activate(rt: Runtime, version: str) -> RuleVersion:
             raise NotFound(f"no rules version {version!r} was deployed")
         try:
             build_pack(source)
-        except RuleFileError as exc:
+        except SourceError as exc:
             raise Refused(f"rules version {version} no longer loads: {exc}") from exc
         store.activate(conn, version)
     return next(v for v in list_versions(rt) if v.version == version)
@@ -472,7 +474,7 @@ def process(rt: Runtime) -> ProcessResult:
     `Unavailable` when the active version does not load or other writers kept racing."""
     try:
         report = process_pending(rt.engine)
-    except RuleFileError as exc:
+    except SourceError as exc:
         raise Unavailable(f"the active rules version does not load:\n{exc}") from exc
     except ConcurrentProcessing as exc:
         raise Unavailable(f"{exc}; run it again") from exc

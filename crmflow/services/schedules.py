@@ -24,13 +24,13 @@ from pydantic import BaseModel, Field
 from temporalio.client import WorkflowFailureError
 from temporalio.service import RPCError, RPCStatusCode
 
-from automations.contracts import RunSummary
 from automations.cron import next_runs
 from automations.models import ScheduleBase, SchedulesFile
 from crmflow import schedules as sched
+from crmflow.contracts.automations import RunSummary
 from crmflow.services.errors import FieldProblem, Invalid, NotFound, TooLarge, Unavailable
 from crmflow.services.runtime import Runtime
-from rules.source import RuleFileError
+from rules.source import SourceError
 from store.automation_runs import last_runs, recent_runs
 
 MAX_BACKFILL_RUNS = 1000
@@ -174,7 +174,7 @@ def load(path: Path) -> SchedulesFile:
         raise Invalid(f"{path}: no such schedules file", field="file")
     try:
         return sched.load_schedules(path)
-    except RuleFileError as exc:
+    except SourceError as exc:
         problems = [
             FieldProblem(f"{e.file}:{e.line}" if e.line else e.file, e.message) for e in exc.errors
         ]

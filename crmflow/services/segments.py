@@ -8,25 +8,21 @@ set-based. The programme that types the facts is the active rules version's, or 
 
 from __future__ import annotations
 
-from datetime import datetime, timedelta
+from datetime import datetime
 from typing import Annotated, Any
 
 from pydantic import BaseModel, Field, TypeAdapter, ValidationError
-from sqlalchemy import select
 
-from crmflow.processing import HISTORY_DAYS, active_pack
+from crmflow.processing import active_pack
+from crmflow.segments import match_page
 from crmflow.services.errors import FieldProblem, Invalid, Refused
 from crmflow.services.rules import MAX_YAML_DEPTH, MAX_YAML_NODES, yaml_bounds
 from crmflow.services.runtime import Runtime
-from journeys.conditions import evaluate
 from rules.compiler import condition_facts
-from rules.facts import EventFacts, build_facts
 from rules.models import Condition, Program
 from rules.pack import Checker
-from rules.source import RuleFileError, YamlDoc, errors_from_validation, parse_yaml
+from rules.source import SourceError, YamlDoc, errors_from_validation, parse_yaml
 from store.db import utcnow
-from store.models import CustomerRow
-from store.rule_state import load_states
 
 PAGE = 1000
 MAX_SAMPLE = 100
@@ -86,7 +82,7 @@ def _doc(condition: dict[str, Any] | str) -> YamlDoc:
         raise Invalid(too_big.message, field=FIELD)
     try:
         return parse_yaml(condition, FIELD)
-    except RuleFileError as exc:
+    except SourceError as exc:
         raise Invalid([FieldProblem(FIELD, e.message) for e in exc.errors]) from exc
 
 
@@ -137,34 +133,12 @@ def preview(
     sample = min(query.sample, MAX_SAMPLE)
     result = SegmentPreview(matched=0, customers=0, sample=[], at=at, rules_version=version)
     after = ""
-    c = CustomerRow
     while True:
         with rt.engine.connect() as conn:
-            ids = list(
-                conn.execute(
-                    select(c.customer_id)
-                    .where(c.customer_id > after, c.is_stub.is_(False))
-                    .order_by(c.customer_id)
-                    .limit(PAGE)
-                ).scalars()
-            )
-            if not ids:
-                return result
-            after = ids[-1]
-            states = load_states(
-                conn,
-                ids,
-                at - timedelta(days=HISTORY_DAYS),
-                purchase_event=program.purchase_event,
-                spend_property=program.spend_property,
-                follow_up_event=program.follow_up_event,
-            )
-        for cid in ids:
-            state = states[cid]
-            state.purchases = [p for p in state.purchases if p[0] <= at]
-            facts = build_facts(state, EventFacts("", "", at, {}), program, needed)
-            if evaluate(cond, facts):
-                result.matched += 1
-                if len(result.sample) < sample:
-                    result.sample.append(cid)
+            ids, matched = match_page(conn, cond, program, at, after, needed)
+        if not ids:
+            return result
+        after = ids[-1]
+        result.matched += len(matched)
+        result.sample.extend(matched[: sample - len(result.sample)])
         result.customers += len(ids)

@@ -13,7 +13,7 @@ from starlette.concurrency import run_in_threadpool
 
 from crmflow.api.problems import responses
 from crmflow.api.security import RuntimeDep, may, permit
-from crmflow.formats import Customer, Name
+from crmflow.domain import Customer, Name
 from crmflow.ingest_report import IngestReport
 from crmflow.services import customers as service
 from crmflow.services.keys import Principal

@@ -9,7 +9,7 @@ from starlette.concurrency import run_in_threadpool
 
 from crmflow.api.problems import responses
 from crmflow.api.security import RuntimeDep, permit
-from crmflow.formats import Event
+from crmflow.domain import Event
 from crmflow.ingest_report import IngestReport
 from crmflow.services import events as service
 from crmflow.services.errors import Conflict

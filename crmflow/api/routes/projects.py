@@ -15,11 +15,7 @@ from fastapi import APIRouter, Path, Response
 from pydantic import BaseModel, ConfigDict, Field
 
 from crmflow.api.security import RuntimeDep, permit
-from crmflow.services import projects as service
-from crmflow.services.errors import Refused
-from crmflow.services.keys import Principal
-from projects.state import RiskChange, RiskInput
-from workflows.project import (
+from crmflow.contracts.projects import (
     CheckInput,
     CloseInput,
     DoneInput,
@@ -30,6 +26,10 @@ from workflows.project import (
     SignOffInput,
     StageInput,
 )
+from crmflow.services import projects as service
+from crmflow.services.errors import Refused
+from crmflow.services.keys import Principal
+from projects.state import RiskChange, RiskInput
 
 router = APIRouter(prefix="/projects", tags=["projects"])
 

@@ -21,7 +21,7 @@ from starlette.concurrency import run_in_threadpool
 
 from activities.channels.unsubscribe import InvalidUnsubscribeToken, read_unsubscribe_token
 from crmflow.api.security import get_runtime
-from crmflow.formats import Event
+from crmflow.domain import Event
 from crmflow.services.errors import ServiceError
 from crmflow.services.events import store_events
 from store.db import utcnow
