@@ -41,7 +41,7 @@ from crmflow.contracts.automations import (
     StepResult,
     add_counts,
 )
-from crmflow.ingest import store_events
+from crmflow.event_chunks import store_events
 from crmflow.processing import active_pack
 from crmflow.settings import Settings
 from store.automation_runs import begin_run, finish_run, lock_run, record_chunk

@@ -3,7 +3,7 @@
 Every event of one customer goes to the same worker, in file order, so each customer's events
 are still evaluated one after another in arrival order — what the rules need — while different
 customers are evaluated on different cores. A worker stores its chunks with
-`crmflow.ingest.store_chunk`: a transaction per chunk, rolled back and tried again when it
+`crmflow.event_chunks.store_chunk`: a transaction per chunk, rolled back and tried again when it
 races another writer (PostgreSQL row-locks the chunk's customers; on SQLite the one write
 lock is taken only after the rules have run, and a chunk whose customers another writer
 changed meanwhile is redone). Workers are started with `spawn` (no engine, pool or
@@ -43,7 +43,7 @@ def can_share(url: str) -> bool:
 
 
 def _worker(url: str, inbox: Any, outbox: Any) -> None:
-    from crmflow.ingest import store_chunk
+    from crmflow.event_chunks import store_chunk
     from store.db import make_engine
 
     engine = make_engine(url)

@@ -536,7 +536,7 @@ class _Run:
             upsert_customers(conn, [data], utcnow())
 
     def _store_event(self, ev: Event, shift: timedelta) -> None:
-        from crmflow.ingest import store_events
+        from crmflow.event_chunks import store_events
         from store.db import utcnow
 
         row = ev.model_dump()

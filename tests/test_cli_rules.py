@@ -109,14 +109,14 @@ def test_deploy_versions_then_process_pending(env: Path) -> None:
 def test_an_import_that_races_another_says_what_to_do(
     env: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    import crmflow.ingest
+    import crmflow.event_chunks
     from crmflow.processing import ConcurrentProcessing
 
     def raced(*_a: object, **_k: object) -> None:
         raise ConcurrentProcessing("1 of 166 events were processed meanwhile")
 
     runner.invoke(app, ["rules", "deploy", EXAMPLES])
-    monkeypatch.setattr(crmflow.ingest, "process_chunk", raced)
+    monkeypatch.setattr(crmflow.event_chunks, "process_chunk", raced)
     result = runner.invoke(app, ["events", "import", str(REPO / "examples/events.jsonl")])
     assert result.exit_code == 1
     said = " ".join(result.output.split())  # rich wraps long lines

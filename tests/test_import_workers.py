@@ -241,7 +241,7 @@ def test_sqlite_chunk_on_a_stale_state_is_undone(sqlite_engine: Engine, tmp_path
 def test_a_raced_chunk_is_tried_again(
     engine: Engine, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    import crmflow.ingest as ingest
+    import crmflow.event_chunks as ingest
 
     deploy_dir(engine, REPO / "examples/rules")
     calls: list[int] = []

@@ -413,7 +413,7 @@ def test_a_chunk_that_fails_after_changing_states_leaves_no_trace_in_the_kept_st
 def test_an_event_another_import_stored_meanwhile_undoes_the_chunk(
     engine: Engine, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    import crmflow.ingest as ingest
+    import crmflow.event_chunks as ingest
     from store.ingest import WriteCounts
 
     deploy_dir(engine, REPO / "examples/rules")
