@@ -20,7 +20,6 @@ from temporalio.worker.workflow_sandbox import SandboxedWorkflowRunner, SandboxR
 
 from activities.registry import build_activities
 from crmflow.dispatch import dispatch_forever
-from crmflow.rules_runtime import bind
 from crmflow.settings import Settings
 from crmflow.temporal import connect, exit_skipping_finalizers
 from store.db import make_engine
@@ -59,7 +58,6 @@ def build_worker(
 async def run_worker(client: Client, settings: Settings, stop: asyncio.Event) -> None:
     """Poll the task queue until `stop` is set, then drain and return."""
     engine = make_engine(settings.db_url)
-    bind(engine)  # this worker's rules runtime: compiled versions, kept states, rule engine
     # async activities (sending) do their database work with asyncio.to_thread: give that
     # as many threads as the synchronous activities have (the loop's default is cores + 4)
     asyncio.get_running_loop().set_default_executor(ThreadPoolExecutor(ACTIVITY_THREADS))

@@ -6,13 +6,14 @@ event types (rebuilt when deployments change), the customers' rule states (`Stat
 and a durable_rules engine with the versions' rulesets registered. They used to be module
 globals; now a `RulesRuntime` holds them, and each holds them for one database engine.
 
-A face builds its runtime in its entry point (`crmflow.services.runtime.Runtime` for the
+Each face makes its engine in its entry point (`crmflow.services.runtime.Runtime` for the
 CLI and the API, `worker.py` for a worker, an import worker process for its share of a
-file) and binds it to its engine with `bind`; the processing code finds it with
-`rules_runtime(conn.engine)`. An engine nobody bound gets a runtime of its own on first
-use. So two databases in one process (the API's and an in-process simulation's throwaway
-SQLite file) never share a cached state or a compiled version by accident, while the API's
-request threads, which share one engine, share one runtime on purpose.
+file, the simulator for its throwaway database), and the engine's runtime comes with it:
+`rules_runtime(engine)` makes it on first use, and the processing code finds it through
+`conn.engine`. So two databases in one process (the API's and an in-process simulation's
+throwaway SQLite file) never share a cached state or a compiled version by accident, while
+the API's request threads, which share one engine, share one runtime on purpose. `bind`
+gives an engine a fresh one.
 """
 
 from __future__ import annotations

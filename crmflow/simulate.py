@@ -497,13 +497,9 @@ class _Run:
         self.wid = ""
         self.handled: dict[str, str] = {}
         self.warnings: list[str] = []
-        from crmflow.rules_runtime import bind
         from store.db import make_engine
 
         self.engine = make_engine(f"sqlite:///{folder / 'simulation.db'}")
-        # the throwaway database's own compiled rules and kept states: nothing of the
-        # caller's (an API server's, say) is shared
-        bind(self.engine)
 
     # ---------------------------------------------------------------- the store
 

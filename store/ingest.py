@@ -188,12 +188,14 @@ def new_events(
     first: dict[str, int] = {}  # event id -> index of its first row
     for i, r in enumerate(rows):
         first.setdefault(r["event_id"], i)
-    t = table_of(EventRow)
-    columns = (t.c.event_id, t.c.customer_id, t.c.type, t.c.occurred_at, t.c.properties)
-    stored: dict[str, tuple[Any, ...]] = {}
-    for where in where_in(conn, t.c.event_id, list(first)):
-        for s in conn.execute(select(*columns).where(where)):
-            stored[s.event_id] = event_content(s.customer_id, s.type, s.occurred_at, s.properties)
+    e = EventRow
+    found = _existing(
+        conn, e.event_id, list(first), e.customer_id, e.type, e.occurred_at, e.properties
+    )
+    stored = {
+        eid: event_content(s.customer_id, s.type, s.occurred_at, s.properties)
+        for eid, s in found.items()
+    }
     counts = WriteCounts()
     new = []
     for i, r in enumerate(rows):

@@ -15,7 +15,7 @@ from typing import TYPE_CHECKING
 
 from sqlalchemy import Engine
 
-from crmflow.rules_runtime import RulesRuntime, bind
+from crmflow.rules_runtime import RulesRuntime, rules_runtime
 from crmflow.services.errors import Unavailable
 from crmflow.settings import Settings
 
@@ -34,8 +34,9 @@ class Runtime:
     _lock: asyncio.Lock | None = field(default=None, repr=False)
 
     def __post_init__(self) -> None:
-        # every chunk processed on this engine, from any thread, uses this one
-        self.rules = bind(self.engine)
+        # the engine's own: every chunk processed on this database, from any thread (and
+        # any other Runtime on the same engine), uses this one
+        self.rules = rules_runtime(self.engine)
 
     async def temporal(self) -> Client:
         """The Temporal client, connected on first use; `Unavailable` when it cannot be."""
