@@ -11,11 +11,13 @@ do not import each other.
 from __future__ import annotations
 
 import logging
+from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
 
-from sqlalchemy import Connection, Engine
+from sqlalchemy import Connection, Engine, select
+from sqlalchemy.exc import DBAPIError
 
 from crmflow.processing import (
     RACE_RETRIES,
@@ -27,6 +29,8 @@ from crmflow.processing import (
 )
 from store.db import utcnow
 from store.ingest import WriteCounts, insert_events, new_events
+from store.models import EventRow
+from store.sql import table_of, where_in
 
 log = logging.getLogger(__name__)
 
@@ -94,6 +98,35 @@ def store_events(
     return out
 
 
+def _retryable(exc: BaseException) -> bool:
+    """A lost race: another writer got there first (`ConcurrentProcessing`), or PostgreSQL
+    gave up a transaction to break a deadlock or a serialization conflict."""
+    if isinstance(exc, ConcurrentProcessing):
+        return True
+    state = getattr(getattr(exc, "orig", None), "sqlstate", None)
+    return isinstance(exc, DBAPIError) and state in ("40P01", "40001")
+
+
+def _retried(engine: Engine, step: Callable[[Connection], StoredEvents], what: str) -> StoredEvents:
+    """`step` in a transaction of its own, rolled back and tried again (up to
+    `RACE_RETRIES` times) when it lost a race; the last loss is raised as
+    `ConcurrentProcessing`."""
+    attempt = 1
+    while True:
+        try:
+            with engine.begin() as conn:
+                return step(conn)
+        except (ConcurrentProcessing, DBAPIError) as exc:
+            if not _retryable(exc):
+                raise
+            if attempt == RACE_RETRIES:
+                if isinstance(exc, ConcurrentProcessing):
+                    raise
+                raise ConcurrentProcessing(f"{what} kept losing races: {exc.orig}") from exc
+            log.info("%s raced another writer; retrying (%d)", what, attempt)
+            attempt += 1
+
+
 def store_chunk(
     engine: Engine,
     rows: list[dict[str, Any]],
@@ -104,13 +137,41 @@ def store_chunk(
     """`store_events` in a transaction of its own; a chunk that raced another writer (of
     the same events, or of the same customers) is rolled back and tried again — the next
     try compares what the other writer stored and reads the state it left."""
-    attempt = 1
-    while True:
-        try:
-            with engine.begin() as conn:
-                return store_events(conn, rows, utcnow(), process=process, at=at)
-        except ConcurrentProcessing:
-            if attempt == RACE_RETRIES:
-                raise
-            log.info("events chunk raced another writer; retrying (%d)", attempt)
-            attempt += 1
+    return _retried(
+        engine,
+        lambda conn: store_events(conn, rows, utcnow(), process=process, at=at),
+        "events chunk",
+    )
+
+
+def _still_pending(conn: Connection, rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """The rows whose stored event is not processed yet, in their order."""
+    t = table_of(EventRow)
+    pending: set[str] = set()
+    for where in where_in(conn, t.c.event_id, [r["event_id"] for r in rows]):
+        pending.update(
+            conn.execute(select(t.c.event_id).where(where, t.c.processed_at.is_(None))).scalars()
+        )
+    return [r for r in rows if r["event_id"] in pending]
+
+
+def process_stored_chunk(engine: Engine, rows: list[dict[str, Any]]) -> StoredEvents:
+    """Run stored, unprocessed events (`rows`: event_id, customer_id, type, occurred_at,
+    properties, in arrival order) through the active rules in a transaction of their own,
+    marking them processed. Events another process got to first are left out (looked up
+    again on every try); a chunk that raced another writer is rolled back and tried again.
+    With no rules version deployed nothing is done (they stay pending)."""
+
+    def step(conn: Connection) -> StoredEvents:
+        pack = active_pack(conn)
+        out = StoredEvents(WriteCounts())
+        if pack is None:
+            out.unprocessed = len(rows)
+            return out
+        done = process_chunk(conn, pack, _still_pending(conn, rows))
+        out.processed = done.events
+        out.rules_fired = done.rules_fired
+        out.rules_version = pack.version
+        return out
+
+    return _retried(engine, step, "processing chunk")

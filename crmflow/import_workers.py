@@ -10,6 +10,10 @@ changed meanwhile is redone). Workers are started with `spawn` (no engine, pool 
 durable_rules host is shared with the parent), and each queue holds at most two chunks, so
 the parent never reads far ahead of the database. Each row travels with its line in the file,
 and a chunk's result (counts, conflicts with their lines) comes back pickled.
+
+The same pool runs events stored unprocessed through the rules (`add_stored`, for the event
+processor of `crmflow.event_processor`): the same partition by customer, so the order of a
+customer's events holds there too.
 """
 
 from __future__ import annotations
@@ -43,7 +47,7 @@ def can_share(url: str) -> bool:
 
 
 def _worker(url: str, inbox: Any, outbox: Any) -> None:
-    from crmflow.event_chunks import store_chunk
+    from crmflow.event_chunks import process_stored_chunk, store_chunk
     from store.db import make_engine
 
     engine = make_engine(url)
@@ -54,7 +58,11 @@ def _worker(url: str, inbox: Any, outbox: Any) -> None:
                 return
             rows, at, process = item
             try:
-                outbox.put(("ok", store_chunk(engine, rows, process=process, at=at)))
+                if at is None:  # stored already: only run them through the rules
+                    done = process_stored_chunk(engine, rows)
+                else:
+                    done = store_chunk(engine, rows, process=process, at=at)
+                outbox.put(("ok", done))
                 # what survives a chunk (the kept rule states) lives on: keep the cyclic
                 # garbage collector from walking it again after every chunk
                 gc.freeze()
@@ -75,7 +83,8 @@ class WorkerFailed(RuntimeError):
 
 
 class ImportPool:
-    """`workers` processes storing event chunks; `send` routes rows by customer."""
+    """`workers` processes storing event chunks (`add`) or processing stored ones
+    (`add_stored`); rows are routed by customer."""
 
     def __init__(self, url: str, workers: int, *, chunk_size: int, process: bool) -> None:
         ctx = mp.get_context("spawn")
@@ -83,6 +92,7 @@ class ImportPool:
         self.process = process
         self.results: list[Any] = []
         self._pending = 0
+        self._stored = False  # rows stored already (`add_stored`): only processed
         # per worker: its rows, and where each came from (a file's line: conflicts name it)
         self._buffers: list[list[dict[str, Any]]] = [[] for _ in range(workers)]
         self._places: list[list[int]] = [[] for _ in range(workers)]
@@ -98,6 +108,15 @@ class ImportPool:
     def add(self, rows: list[dict[str, Any]], at: list[int]) -> None:
         """Route validated event rows (from places `at`) to their workers; full chunks are
         sent at once."""
+        self._route(rows, at)
+
+    def add_stored(self, rows: list[dict[str, Any]]) -> None:
+        """Route stored, unprocessed events (in arrival order) to their workers, to be run
+        through the rules; full chunks are sent at once. Not mixed with `add` in one pool."""
+        self._stored = True
+        self._route(rows, [0] * len(rows))
+
+    def _route(self, rows: list[dict[str, Any]], at: list[int]) -> None:
         n = len(self._buffers)
         for row, place in zip(rows, at, strict=True):
             i = partition(row["customer_id"], n)
@@ -108,23 +127,30 @@ class ImportPool:
                 self._send(i, buf, self._places[i])
                 self._buffers[i], self._places[i] = [], []
 
+    def flush(self) -> list[Any]:
+        """Send what is buffered and wait for every chunk sent; the results gathered since
+        the last flush. The workers keep running. A worker's exception is raised here."""
+        for i, buf in enumerate(self._buffers):
+            if buf:
+                self._send(i, buf, self._places[i])
+                self._buffers[i], self._places[i] = [], []
+        while self._pending:
+            self._collect(block=True)
+        results, self.results = self.results, []
+        return results
+
     def finish(self) -> list[Any]:
         """Send what is buffered, wait for every chunk, stop the workers; the chunks'
         results. A worker's exception is raised here."""
         try:
-            for i, buf in enumerate(self._buffers):
-                if buf:
-                    self._send(i, buf, self._places[i])
-                    self._buffers[i], self._places[i] = [], []
-            while self._pending:
-                self._collect(block=True)
+            results = self.flush()
             for q in self._inboxes:
                 q.put(None)
             for p in self._procs:
                 p.join(30)
         finally:
             self.stop()
-        return self.results
+        return results
 
     def stop(self) -> None:
         for p in self._procs:
@@ -139,7 +165,8 @@ class ImportPool:
         while True:
             self._collect(block=False)
             try:
-                self._inboxes[index].put((rows, at, self.process), timeout=POLL_SECONDS)
+                item = (rows, None if self._stored else at, self.process)
+                self._inboxes[index].put(item, timeout=POLL_SECONDS)
             except queue.Full:
                 continue
             self._pending += 1

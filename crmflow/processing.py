@@ -206,14 +206,16 @@ def state_key(pack: CompiledPack) -> tuple[str, ...]:
 
 def lock_customers(conn: Connection, customer_ids: list[str]) -> dict[str, int]:
     """The customers' state versions; on PostgreSQL also row locks that serialise chunks
-    touching the same customers (taken in id order, so two chunks cannot deadlock). SQLite
-    has one writer at a time already."""
+    touching the same customers (taken in id order, so two chunks cannot deadlock). The
+    locks are `FOR NO KEY UPDATE`: a transaction that only stores events for these
+    customers (their foreign keys take `KEY SHARE`, an asynchronous accept) neither waits
+    for a chunk nor deadlocks with it. SQLite has one writer at a time already."""
     c = table_of(CustomerRow).c
     versions: dict[str, int] = {}
     for where in where_in(conn, c.customer_id, customer_ids):
         stmt = select(c.customer_id, c.state_version).where(where)
         if conn.dialect.name == "postgresql":
-            stmt = stmt.order_by(c.customer_id).with_for_update()
+            stmt = stmt.order_by(c.customer_id).with_for_update(key_share=True)
         versions.update((cid, int(v)) for cid, v in conn.execute(stmt))
     return versions
 

@@ -58,7 +58,15 @@ class Settings(BaseSettings):
         ge=1,
         le=32,
         description="processes that store an event file longer than one chunk, each taking "
-        "a share of the customers (default: one per core, at most 4)",
+        "a share of the customers (default: one per core, at most 4); also the event "
+        "processor's",
+    )
+    process_linger_seconds: float = Field(
+        1.0,
+        ge=0,
+        le=60,
+        description="how long the event processor lets events accepted asynchronously wait "
+        "for more to fill its round (bigger chunks are cheaper per event)",
     )
 
     # Channels (activities/channels). The `outbox` table channel is always on; the others are

@@ -28,7 +28,7 @@ from crmflow.cli.journeys import journeys_app
 from crmflow.cli.keys import keys_app
 from crmflow.cli.operations import outbox_app, tasks_app
 from crmflow.cli.projects import project_app
-from crmflow.cli.rules import process_command, rules_app
+from crmflow.cli.rules import follow_command, process_command, rules_app
 from crmflow.cli.schedules import schedules_app
 from crmflow.cli.segments import segments_app
 from crmflow.ingest import ImportError_, Kind, import_file
@@ -172,9 +172,31 @@ def events_import(
 
 
 @events_app.command("process")
-def events_process(as_json: JsonFlag = False) -> None:
+def events_process(
+    as_json: JsonFlag = False,
+    follow: Annotated[
+        bool,
+        typer.Option(
+            "--follow",
+            help="keep running: process stored events as they arrive (what `crmflow api` "
+            "runs beside the server) until Ctrl-C",
+        ),
+    ] = False,
+    workers: Annotated[
+        int | None,
+        typer.Option(
+            min=1,
+            max=32,
+            help="with --follow: processes running the rules, each taking a share of the "
+            "customers [default: import_workers]",
+        ),
+    ] = None,
+) -> None:
     """Run stored events that no rules version has processed yet through the active one."""
-    process_command(as_json)
+    if follow:
+        follow_command(workers)
+    else:
+        process_command(as_json)
 
 
 @customer_app.command("show")
@@ -268,6 +290,15 @@ def api(
             "one write lock makes more processes slower)",
         ),
     ] = 1,
+    process: Annotated[
+        bool,
+        typer.Option(
+            "--process/--no-process",
+            help="run an event processor beside the server: it applies the rules to events "
+            "accepted with `Prefer: respond-async` (one per database works at a time; "
+            "--no-process when `crmflow events process --follow` runs elsewhere)",
+        ),
+    ] = True,
 ) -> None:
     """Serve the HTTP API (/api/v1, keys required) and the unsubscribe pages until Ctrl-C."""
     import uvicorn
@@ -302,6 +333,11 @@ def api(
     )
     ssl_certfile = str(certfile) if certfile else None
     ssl_keyfile = str(keyfile) if keyfile else None
+    processor = None
+    if process:
+        from crmflow.services.events import event_processor
+
+        processor = event_processor(Runtime(settings, engine)).start()
     try:
         if workers == 1:
             uvicorn.run(
@@ -327,6 +363,8 @@ def api(
                 ssl_keyfile=ssl_keyfile,
             )
     finally:
+        if processor is not None:
+            processor.stop()
         engine.dispose()
 
 

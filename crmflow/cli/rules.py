@@ -6,12 +6,13 @@ its result. Service errors become `error: …` and exit code 1 in one place (`_s
 
 from __future__ import annotations
 
+import contextlib
 import json
 import sys
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
-from typing import Annotated
+from typing import TYPE_CHECKING, Annotated
 
 import typer
 from pydantic import ValidationError
@@ -24,6 +25,9 @@ from crmflow.services import rules as service
 from crmflow.services.errors import ServiceError
 from crmflow.services.runtime import Runtime
 from store.db import make_engine
+
+if TYPE_CHECKING:
+    from crmflow.event_chunks import StoredEvents
 
 rules_app = typer.Typer(
     help="Loyalty rules: validate, schema, test, deploy, versions.", no_args_is_help=True
@@ -235,6 +239,29 @@ def process_command(as_json: bool) -> None:
             f"{report.rules_fired} rules fired, {report.changes} changes",
             highlight=False,
         )
+
+
+def follow_command(workers: int | None) -> None:
+    """`crmflow events process --follow` (wired by the app): process stored events as they
+    arrive, until Ctrl-C."""
+    from crmflow.services.events import event_processor
+
+    processor = event_processor(_runtime(write=True), workers)
+
+    def report(done: StoredEvents) -> None:
+        common.console.print(
+            f"processed {done.processed} events with rules {done.rules_version}: "
+            f"{done.rules_fired} rules fired",
+            highlight=False,
+        )
+
+    processor.on_round = report
+    common.console.print(
+        f"processing stored events as they arrive ({processor.workers} process(es)); Ctrl-C stops",
+        highlight=False,
+    )
+    with contextlib.suppress(KeyboardInterrupt):
+        processor.run()
 
 
 @rules_app.command("facts")

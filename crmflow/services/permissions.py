@@ -43,6 +43,10 @@ PERMISSIONS: dict[str, tuple[frozenset[Role], str]] = {
     "customers.write": (frozenset({ADM, MKT, OPS, ING}), "create or update customer profiles"),
     "customers.tag": (frozenset({ADM, MKT}), "add or remove a tag by hand"),
     "events.write": (frozenset({ADM, MKT, OPS, ING}), "post customer events"),
+    "events.backlog": (
+        frozenset({ADM, MKT, OPS, ING}),
+        "see how many stored events still wait for the rules",
+    ),
     "segments.preview": (
         frozenset({ADM, MKT, VIEW}),
         "count and sample the customers a condition matches",
