@@ -3,7 +3,7 @@
 An API client that asks for an asynchronous accept (`Prefer: respond-async`) gets its batch
 stored — durably, deduplicated, conflicts reported, unsubscribes applied at once — and a
 202 at once; this processor then runs the stored events through the rules: oldest first (by
-arrival), in rounds of up to `workers * chunk_size` events, each customer's events in one
+arrival), up to `workers * chunk_size` events at a time, each customer's events in one
 worker process in arrival order (`crmflow.import_workers.ImportPool.add_stored`), one
 transaction per chunk, as `crmflow events import` does. An event is applied once: the chunk
 marks it processed in the transaction that applies it, and a chunk that races another
@@ -127,13 +127,13 @@ def pending_summary(conn: Connection) -> tuple[int, datetime | None]:
     return int(count), oldest
 
 
-def pending_rows(conn: Connection, limit: int) -> list[dict[str, Any]]:
-    """Up to `limit` stored events not processed yet, in arrival order (with when each
-    arrived)."""
+def pending_rows(conn: Connection, limit: int, after: int = 0) -> list[dict[str, Any]]:
+    """Up to `limit` stored events not processed yet with an id above `after`, in arrival
+    order (with their id and when each arrived)."""
     e = EventRow
     rows = conn.execute(
-        select(e.event_id, e.customer_id, e.type, e.occurred_at, e.properties, e.received_at)
-        .where(e.processed_at.is_(None))
+        select(e.id, e.event_id, e.customer_id, e.type, e.occurred_at, e.properties, e.received_at)
+        .where(e.processed_at.is_(None), e.id > after)
         .order_by(e.id)
         .limit(limit)
     ).all()
@@ -164,48 +164,74 @@ class EventProcessor:
         self._url = engine.url.render_as_string(hide_password=False)
         self.workers = workers if can_share(self._url) else 1
         self._pool: ImportPool | None = None
+        self._cursor = 0  # the last event id handed out (see `step`)
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
         self.total = StoredEvents(WriteCounts())
         self.holding = threading.Event()  # set while this processor holds the lock
         self.on_round: Callable[[StoredEvents], None] | None = None  # after a round's work
 
-    # -- one round -----------------------------------------------------------------------
+    # -- one step ------------------------------------------------------------------------
 
-    def run_once(self, *, linger: bool = False) -> StoredEvents:
-        """Process the oldest pending events (up to `workers * chunk_size`); what was done.
-        Nothing when no rules version is deployed, or (`linger`) when fewer than a full
-        round wait and the oldest of them arrived less than `linger_seconds` ago."""
+    def step(self, *, linger: bool = False) -> tuple[StoredEvents, bool]:
+        """One step of the processing pipeline: what finished during it, and whether there
+        may be more to do right away (False: nothing pending, no rules version deployed,
+        or — `linger` — fewer than a full round wait and the oldest of them arrived less
+        than `linger_seconds` ago).
+
+        Pending events are read in arrival order after a cursor (the last id handed out),
+        up to `workers * chunk_size` at a time, and handed to the worker processes without
+        waiting for the chunks before them (each worker's queue holds two), so reading,
+        sending and the rules overlap as in a file import. When nothing is left after the
+        cursor, the chunks in flight are waited for and the cursor goes back to the start:
+        an event whose transaction committed after ones with higher ids (PostgreSQL) is
+        found by that rescan."""
+        done = StoredEvents(WriteCounts())
+        pool = self._start_pool()
+        if pool is not None:
+            for got in pool.ready():
+                done.add(got)
         full = self.workers * self.chunk_size
         with self.engine.connect() as conn:
             if active_pack(conn) is None:
-                return StoredEvents(WriteCounts())
-            rows = pending_rows(conn, full)
-        done = StoredEvents(WriteCounts())
-        if not rows:
-            return done
-        if linger and len(rows) < full and self.linger_seconds > 0:
+                return self._tally(done), False
+            rows = pending_rows(conn, full, after=self._cursor)
+        if rows and linger and len(rows) < full and self.linger_seconds > 0:
             waited = (utcnow() - rows[0]["received_at"]).total_seconds()
             if waited < self.linger_seconds:
-                return done
-        pool = self._start_pool()
-        if pool is None:
-            for start in range(0, len(rows), self.chunk_size):
-                done.add(process_stored_chunk(self.engine, rows[start : start + self.chunk_size]))
-        else:
-            pool.add_stored(rows)
+                rows = []  # let the round fill up; meanwhile finish what is in flight
+                if pool is None or not pool.in_flight:
+                    return self._tally(done), False
+        if rows:
+            self._cursor = rows[-1]["id"]
+            if pool is None:
+                for start in range(0, len(rows), self.chunk_size):
+                    chunk = rows[start : start + self.chunk_size]
+                    done.add(process_stored_chunk(self.engine, chunk))
+            else:
+                pool.add_stored(rows)
+                pool.send_buffered()
+            return self._tally(done), True
+        if pool is not None and pool.in_flight:
             for got in pool.flush():
                 done.add(got)
+            return self._tally(done), True
+        if self._cursor:
+            self._cursor = 0  # rescan from the start: nothing is in flight now
+            return self._tally(done), True
+        return self._tally(done), False
+
+    def _tally(self, done: StoredEvents) -> StoredEvents:
         self.total.add(done)
         return done
 
     def drain(self) -> StoredEvents:
-        """Rounds until nothing is pending (or no rules version is deployed)."""
+        """Steps until nothing is pending (or no rules version is deployed)."""
         done = StoredEvents(WriteCounts())
         while True:
-            got = self.run_once()
+            got, more = self.step()
             done.add(got)
-            if got.processed == 0:
+            if not more:
                 return done
 
     # -- running -------------------------------------------------------------------------
@@ -222,18 +248,18 @@ class EventProcessor:
             self._start_pool()  # now, not at the first event: a process starts in seconds
             while not self._stop.is_set():
                 try:
-                    got = self.run_once(linger=True)
+                    got, more = self.step(linger=True)
                 except Exception:  # a bad rules version, a lost database: log, back off, go on
                     log.exception("event processor: a round failed; trying again shortly")
                     self._stop_pool()
+                    self._cursor = 0
                     self._stop.wait(ERROR_BACKOFF_SECONDS)
                     self._start_pool()
                     continue
-                if got.processed:
-                    if self.on_round is not None:
-                        self.on_round(got)
-                    continue
-                self._stop.wait(self.poll_seconds)
+                if got.processed and self.on_round is not None:
+                    self.on_round(got)
+                if not more:
+                    self._stop.wait(self.poll_seconds)
         finally:
             self._stop_pool()
             self.holding.clear()

@@ -127,13 +127,29 @@ class ImportPool:
                 self._send(i, buf, self._places[i])
                 self._buffers[i], self._places[i] = [], []
 
-    def flush(self) -> list[Any]:
-        """Send what is buffered and wait for every chunk sent; the results gathered since
-        the last flush. The workers keep running. A worker's exception is raised here."""
+    @property
+    def in_flight(self) -> int:
+        """Chunks sent and not reported back yet."""
+        return self._pending
+
+    def send_buffered(self) -> None:
+        """Send every worker's buffered rows now, a chunk smaller than `chunk_size` too,
+        without waiting for results (only for room in a worker's queue)."""
         for i, buf in enumerate(self._buffers):
             if buf:
                 self._send(i, buf, self._places[i])
                 self._buffers[i], self._places[i] = [], []
+
+    def ready(self) -> list[Any]:
+        """The results that have come back since the last call (does not wait)."""
+        self._collect(block=False)
+        results, self.results = self.results, []
+        return results
+
+    def flush(self) -> list[Any]:
+        """Send what is buffered and wait for every chunk sent; the results gathered since
+        the last flush. The workers keep running. A worker's exception is raised here."""
+        self.send_buffered()
         while self._pending:
             self._collect(block=True)
         results, self.results = self.results, []
