@@ -9,8 +9,12 @@ What it measures, per database (SQLite and PostgreSQL), in the same run:
   with an `ingest` key and a `marketer` key made with `crmflow.services.keys.create_key`.
   `--clients` threads (4), each with its own `httpx.Client`, take the next batch of `--batch`
   events (500) in file order and `POST /api/v1/events/batch` it with the ingest key until all
-  are sent; a 429 or 503 is retried after its `Retry-After`. The clock runs from the first
-  request to the last answer. Meanwhile one more client (the 5th) samples the customer 360
+  are sent; a 429 or 503 is retried after its `Retry-After`. `--mode async` (the default)
+  sends `Prefer: respond-async`: each batch is stored and answered with 202, and the event
+  processor `crmflow api` runs beside the server applies the rules; the clock runs from the
+  first request until `GET /api/v1/events/backlog` says nothing is pending (polled every
+  0.5 s after the last answer), so the figure is events stored *and processed* per second.
+  `--mode sync`: the rules run before each answer, and the clock stops at the last answer. Meanwhile one more client (the 5th) samples the customer 360
   view, `GET /api/v1/customers/{customer_id}` of a random customer, with the marketer key,
   every `--sample-interval` seconds: p50/p95 of its latency under the load.
 * import: `crmflow events import events.jsonl --json` (the CLI, a subprocess, its default
