@@ -14,9 +14,10 @@ What it measures, per database (SQLite and PostgreSQL), in the same run:
   processor `crmflow api` runs beside the server applies the rules; the clock runs from the
   first request until `GET /api/v1/events/backlog` says nothing is pending (polled every
   0.5 s after the last answer), so the figure is events stored *and processed* per second.
-  `--mode sync`: the rules run before each answer, and the clock stops at the last answer. Meanwhile one more client (the 5th) samples the customer 360
-  view, `GET /api/v1/customers/{customer_id}` of a random customer, with the marketer key,
-  every `--sample-interval` seconds: p50/p95 of its latency under the load.
+  `--mode sync`: the rules run before each answer, and the clock stops at the last answer.
+  Meanwhile one more client (the 5th) samples the customer 360 view, `GET
+  /api/v1/customers/{customer_id}` of a random customer, with the marketer key, every
+  `--sample-interval` seconds: p50/p95 of its latency under the load.
 * import: `crmflow events import events.jsonl --json` (the CLI, a subprocess, its default
   import workers) on another fresh database prepared the same way; its time is the report's
   own `seconds` (without the interpreter's start-up).
@@ -28,7 +29,8 @@ throttle the benchmark's clients. Request bodies are built before the clock star
 the file joined into a JSON array), so the clients cost little of the machine's CPU.
 
 The last line printed is `RESULT bench=api ratio=<r> target=>=0.5`, where r is the API's events/s
-divided by the import's events/s on the same database, the lower of the databases.
+(stored and processed) divided by the import's events/s on the same database, the lower of the
+databases.
 
     python bench/api.py                          # 200,000 events, 50,000 customers, both databases
     python bench/api.py --quick --databases sqlite            # smoke run: 20,000 events
