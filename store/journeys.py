@@ -24,6 +24,7 @@ from store.models import (
     PointsLotRow,
     TagRow,
 )
+from store.points import live_lot
 from store.sql import insert_for, table_of
 
 STATUSES = ("active", "paused", "archived")
@@ -439,11 +440,7 @@ def _message_profile_stmt(conn: Connection) -> Executable:
     at = bindparam("at", type_=UTCDateTime())
     balance = (
         select(func.coalesce(func.sum(lot.c.remaining), 0))
-        .where(
-            lot.c.customer_id == c.c.customer_id,
-            lot.c.remaining > 0,
-            or_(lot.c.expires_at.is_(None), lot.c.expires_at > at),
-        )
+        .where(lot.c.customer_id == c.c.customer_id, live_lot(lot.c, at))
         .scalar_subquery()
     )
     unexpired = and_(

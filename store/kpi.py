@@ -16,6 +16,7 @@ from store.models import (
     PointsLotRow,
     TagRow,
 )
+from store.points import live_lot
 
 
 def kpi_snapshot(conn: Connection, req: KpiRequest) -> KpiSnapshot:
@@ -63,8 +64,11 @@ def kpi_snapshot(conn: Connection, req: KpiRequest) -> KpiSnapshot:
             PointsLedgerRow.at <= req.as_of,
         )
     ).scalar_one()
+    # the liability as of the snapshot: lots past their date are not owed, expiry run or not
     outstanding = conn.execute(
-        select(func.coalesce(func.sum(PointsLotRow.remaining), 0))
+        select(func.coalesce(func.sum(PointsLotRow.remaining), 0)).where(
+            live_lot(PointsLotRow, req.as_of)
+        )
     ).scalar_one()
     n = func.count().label("n")
     tags = {

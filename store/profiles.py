@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from datetime import datetime
+
 from sqlalchemy import Connection, func, select
 
 from crmflow.domain import (
@@ -12,6 +14,7 @@ from crmflow.domain import (
     TagView,
     TierChangeView,
 )
+from store.db import utcnow
 from store.models import (
     AuditRow,
     CouponRow,
@@ -21,10 +24,15 @@ from store.models import (
     TagRow,
     TierHistoryRow,
 )
+from store.points import live_lot
 
 
 def load_profile(
-    conn: Connection, customer_id: str, lots: int = 5, history_limit: int = 50
+    conn: Connection,
+    customer_id: str,
+    lots: int = 5,
+    history_limit: int = 50,
+    at: datetime | None = None,
 ) -> CustomerProfile | None:
     c = conn.execute(
         select(CustomerRow.__table__).where(CustomerRow.customer_id == customer_id)
@@ -43,7 +51,8 @@ def load_profile(
             PointsLotRow.earned_at,
             PointsLotRow.expires_at,
         )
-        .where(PointsLotRow.customer_id == customer_id, PointsLotRow.remaining > 0)
+        # as of now: a lot past its date no longer counts, nightly expiry run or not
+        .where(PointsLotRow.customer_id == customer_id, live_lot(PointsLotRow, at or utcnow()))
         .order_by(PointsLotRow.expires_at.is_(None), PointsLotRow.expires_at, PointsLotRow.id)
     ).all()
     history = conn.execute(

@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import time
 from datetime import datetime
-from decimal import Decimal
 from typing import Any, Literal
 
 from pydantic import BaseModel, Field, ValidationError
@@ -20,6 +19,7 @@ from crmflow.ingest_report import IngestReport
 from crmflow.processing import active_pack
 from crmflow.services.errors import FieldProblem, Invalid, NotFound, TooLarge
 from crmflow.services.operations import mask_address
+from crmflow.services.points import PointsTotals, points_totals
 from crmflow.services.runtime import Runtime
 from rules.tiers import qualified_for
 from store.automations import qualifying_totals
@@ -30,7 +30,6 @@ from store.models import (
     EnrollmentRow,
     EventRow,
     FollowUpTaskRow,
-    PointsLedgerRow,
     TagRow,
 )
 from store.profiles import load_profile
@@ -150,14 +149,6 @@ class TierProgress(BaseModel):
     window_days: int
 
 
-class PointsTotals(BaseModel):
-    balance: float = Field(description="Points left in lots that have not expired")
-    earned: float
-    spent: float = Field(description="Debited (redeemed or clawed back)")
-    expired: float
-    by_kind: dict[str, float]
-
-
 class RecentEvent(BaseModel):
     event_id: str
     type: str
@@ -198,35 +189,6 @@ class Customer360(CustomerProfile):
     open_tasks: list[OpenTask]
 
 
-def _points(conn: Connection, customer_id: str, now: datetime) -> PointsTotals:
-    led = PointsLedgerRow.__table__.c
-    by_kind = {
-        k: float(v or 0)
-        for k, v in conn.execute(
-            select(led.kind, func.sum(led.amount))
-            .where(led.customer_id == customer_id)
-            .group_by(led.kind)
-        )
-    }
-    from store.models import PointsLotRow
-
-    lot = PointsLotRow.__table__.c
-    balance = conn.execute(
-        select(func.coalesce(func.sum(lot.remaining), 0)).where(
-            lot.customer_id == customer_id,
-            lot.remaining > 0,
-            (lot.expires_at.is_(None)) | (lot.expires_at > now),
-        )
-    ).scalar_one()
-    return PointsTotals(
-        balance=float(Decimal(balance)),
-        earned=by_kind.get("earn", 0.0),
-        spent=-sum(v for k, v in by_kind.items() if k not in ("earn", "expire") and v < 0),
-        expired=-by_kind.get("expire", 0.0),
-        by_kind=by_kind,
-    )
-
-
 def _tier_progress(conn: Connection, customer_id: str, tier: str | None) -> TierProgress | None:
     pack = active_pack(conn)
     if pack is None:
@@ -256,7 +218,7 @@ def customer_360(rt: Runtime, customer_id: str, *, mask: bool, events: int = 20)
     """The 360 view; `NotFound` for an unknown id."""
     now = utcnow()
     with rt.engine.connect() as conn:
-        profile = load_profile(conn, customer_id)
+        profile = load_profile(conn, customer_id, at=now)
         if profile is None:
             raise NotFound(f"no customer with id {customer_id!r}")
         e = EventRow.__table__.c
@@ -298,7 +260,7 @@ def customer_360(rt: Runtime, customer_id: str, *, mask: bool, events: int = 20)
                 .order_by(tk.due_at)
             )
         ]
-        points = _points(conn, customer_id, now)
+        points = points_totals(conn, customer_id, now)
         progress = _tier_progress(conn, customer_id, profile.tier)
     if mask:
         profile.email, profile.phone = mask_email(profile.email), mask_phone(profile.phone)

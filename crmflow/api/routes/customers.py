@@ -16,6 +16,7 @@ from crmflow.api.security import RuntimeDep, may, permit
 from crmflow.domain import Customer, Name
 from crmflow.ingest_report import IngestReport
 from crmflow.services import customers as service
+from crmflow.services import points as points_service
 from crmflow.services.keys import Principal
 
 router = APIRouter(prefix="/customers", tags=["customers"])
@@ -53,6 +54,23 @@ async def search(
     return await run_in_threadpool(
         service.search_customers, rt, q, mask=not may(who, "customers.pii")
     )
+
+
+@router.get(
+    "/{customer_id}/points",
+    response_model=points_service.PointsStatement,
+    responses=responses(404),
+)
+async def points(
+    customer_id: CustomerId,
+    who: Annotated[Principal, permit("customers.read")],
+    rt: RuntimeDep,
+    ledger: Annotated[int, Query(ge=0, le=points_service.MAX_LEDGER)] = 50,
+) -> points_service.PointsStatement:
+    """The member's points as of now: totals, every lot (active, expired or spent — a lot
+    past its date is expired at once, before the nightly expiry writes its entry) and the
+    newest `ledger` entries."""
+    return await run_in_threadpool(lambda: points_service.statement(rt, customer_id, ledger=ledger))
 
 
 @router.get("/{customer_id}", response_model=service.Customer360, responses=responses(404))
