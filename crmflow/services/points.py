@@ -15,6 +15,7 @@ from typing import Literal
 from pydantic import BaseModel, Field
 from sqlalchemy import Connection, func, select
 
+from crmflow.domain import PointsLotView
 from crmflow.services.errors import NotFound
 from crmflow.services.runtime import Runtime
 from store.db import utcnow
@@ -34,11 +35,9 @@ class PointsTotals(BaseModel):
     by_kind: dict[str, float]
 
 
-class LotLine(BaseModel):
-    earned: float
-    remaining: float
-    earned_at: datetime
-    expires_at: datetime | None
+class LotLine(PointsLotView):
+    """A lot as the profile shows it, with its status and where it came from."""
+
     status: LotStatus
     source: str | None = Field(None, description="The rule (or journey) that awarded it")
     event_id: str | None = None
