@@ -17,4 +17,3 @@ def live_lot(lot: Any, at: Any) -> ColumnElement[bool]:
     """SQL: the lot (`PointsLotRow`, or the columns of its table) has points left at `at`
     (a datetime, or a bound parameter / column)."""
     return and_(lot.remaining > 0, or_(lot.expires_at.is_(None), lot.expires_at > at))
-
