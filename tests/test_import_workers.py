@@ -234,7 +234,7 @@ def test_sqlite_chunk_on_a_stale_state_is_undone(sqlite_engine: Engine, tmp_path
     with engine.begin() as conn:
         assert process_chunk(conn, pack, chunk).events == 1
     with engine.connect() as conn:
-        p = load_profile(conn, "S")
+        p = load_profile(conn, "S", at=datetime(2026, 11, 2, tzinfo=UTC))  # a day after
     assert p is not None and p.tier == "gold" and p.points_balance > 0
 
 

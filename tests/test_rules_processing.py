@@ -3,6 +3,7 @@ exactly-once, versions without a restart, and properties of the points ledger.""
 
 from __future__ import annotations
 
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
@@ -279,7 +280,9 @@ def test_ledger_properties_and_replay(
         out = {}
         with engine.connect() as conn:
             for c in sorted({c for c, *_ in stream}):
-                p = load_profile(conn, c)
+                # balances are read as of a moment: after the stream (2025), before any of
+                # its lots expires (rolling 365 days), so every lot still counts
+                p = load_profile(conn, c, at=datetime(2025, 12, 31, tzinfo=UTC))
                 assert p is not None
                 out[c] = (p.tier, p.points_balance, tuple(sorted(t.tag for t in p.tags)))
         return out
