@@ -165,5 +165,6 @@ def test_points_show_on_the_cli_and_the_api_give_the_same_statement(
     text = CliRunner().invoke(cli_app, ["points", "show", "C2"])
     assert text.exit_code == 0, text.output
     assert "balance 120" in text.output and "expired" in text.output
+    assert "expired 0" in text.output and "expired -0" not in text.output
     missing = CliRunner().invoke(cli_app, ["points", "show", "nobody"])
     assert missing.exit_code == 1 and "no customer with id 'nobody'" in missing.output

@@ -80,7 +80,7 @@ def points_totals(conn: Connection, customer_id: str, at: datetime) -> PointsTot
         balance=float(Decimal(balance)),
         earned=by_kind.get("earn", 0.0),
         spent=-sum(v for k, v in by_kind.items() if k not in ("earn", "expire") and v < 0),
-        expired=-by_kind.get("expire", 0.0),
+        expired=abs(by_kind.get("expire", 0.0)),  # never "-0"
         by_kind=by_kind,
     )
 
