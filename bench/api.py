@@ -419,10 +419,8 @@ def drive(
     backlog_polls = 0
     if args.mode == "async" and not errors:
         # the clock runs on until the event processor has run every event through the rules
-        import httpx as _httpx
-
         headers = {"Authorization": f"Bearer {tokens['ingest']}"}
-        with _httpx.Client(base_url=base, headers=headers, timeout=60) as http:
+        with httpx.Client(base_url=base, headers=headers, timeout=60) as http:
             while True:
                 r = http.get(BACKLOG_PATH)
                 backlog_polls += 1

@@ -98,13 +98,10 @@ def store_events(
     return out
 
 
-def _retryable(exc: BaseException) -> bool:
-    """A lost race: another writer got there first (`ConcurrentProcessing`), or PostgreSQL
-    gave up a transaction to break a deadlock or a serialization conflict."""
-    if isinstance(exc, ConcurrentProcessing):
-        return True
-    state = getattr(getattr(exc, "orig", None), "sqlstate", None)
-    return isinstance(exc, DBAPIError) and state in ("40P01", "40001")
+def _deadlocked(exc: DBAPIError) -> bool:
+    """PostgreSQL gave up the transaction to break a deadlock or a serialization conflict:
+    a lost race like `ConcurrentProcessing`."""
+    return getattr(exc.orig, "sqlstate", None) in ("40P01", "40001")
 
 
 def _retried(engine: Engine, step: Callable[[Connection], StoredEvents], what: str) -> StoredEvents:
@@ -116,15 +113,16 @@ def _retried(engine: Engine, step: Callable[[Connection], StoredEvents], what: s
         try:
             with engine.begin() as conn:
                 return step(conn)
-        except (ConcurrentProcessing, DBAPIError) as exc:
-            if not _retryable(exc):
+        except ConcurrentProcessing:
+            if attempt == RACE_RETRIES:
+                raise
+        except DBAPIError as exc:
+            if not _deadlocked(exc):
                 raise
             if attempt == RACE_RETRIES:
-                if isinstance(exc, ConcurrentProcessing):
-                    raise
                 raise ConcurrentProcessing(f"{what} kept losing races: {exc.orig}") from exc
-            log.info("%s raced another writer; retrying (%d)", what, attempt)
-            attempt += 1
+        log.info("%s raced another writer; retrying (%d)", what, attempt)
+        attempt += 1
 
 
 def store_chunk(

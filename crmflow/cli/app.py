@@ -335,15 +335,16 @@ def api(
     )
     ssl_certfile = str(certfile) if certfile else None
     ssl_keyfile = str(keyfile) if keyfile else None
+    rt = Runtime(settings, engine)  # the app's (one process) and the event processor's
     processor = None
     if process:
         from crmflow.services.events import event_processor
 
-        processor = event_processor(Runtime(settings, engine)).start()
+        processor = event_processor(rt).start()
     try:
         if workers == 1:
             uvicorn.run(
-                create_app(Runtime(settings, engine)),
+                create_app(rt),
                 host=host,
                 port=port,
                 log_level="info",

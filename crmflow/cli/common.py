@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import sys
+from datetime import datetime
 from typing import Annotated, Any, NoReturn
 
 import typer
@@ -106,3 +107,8 @@ def masked_url(url: str) -> str:
         return make_url(url).render_as_string(hide_password=True)
     except Exception:  # not a URL SQLAlchemy reads: show nothing of it
         return "<unreadable URL>"
+
+
+def minute(at: datetime | None, missing: str = "-") -> str:
+    """A moment to the minute, as the CLI's tables show it (`missing` for none)."""
+    return at.strftime("%Y-%m-%d %H:%M") if at is not None else missing

@@ -2,12 +2,21 @@
 
 from __future__ import annotations
 
+from datetime import datetime
 from typing import Annotated
 
 import typer
 from rich.table import Table
 
-from crmflow.cli.common import JsonFlag, console, emit_json, fail, load_settings, migrated_engine
+from crmflow.cli.common import (
+    JsonFlag,
+    console,
+    emit_json,
+    fail,
+    load_settings,
+    migrated_engine,
+    minute,
+)
 from crmflow.services import points as service
 from crmflow.services.errors import ServiceError
 from crmflow.services.runtime import Runtime
@@ -15,8 +24,8 @@ from crmflow.services.runtime import Runtime
 points_app = typer.Typer(help="Members' points: totals, lots and ledger.", no_args_is_help=True)
 
 
-def _when(value: object) -> str:
-    return f"{value:%Y-%m-%d %H:%M}" if value is not None else "never"
+def _when(at: datetime | None) -> str:
+    return minute(at, "never")
 
 
 @points_app.command("show")

@@ -2,14 +2,11 @@
 
 from __future__ import annotations
 
-from datetime import datetime, timedelta
+from datetime import timedelta
 from typing import Any
 
+from crmflow.cli.common import minute
 from crmflow.simulate import SimulationReport
-
-
-def _when(at: datetime) -> str:
-    return at.strftime("%Y-%m-%d %H:%M")
 
 
 def _day(value: float) -> str:
@@ -25,7 +22,7 @@ def print_report(report: SimulationReport, console: Any) -> None:
 
     console.print(
         f"journey {report.journey!r} for customer {report.customer_id} ({report.timezone}), "
-        f"from {_when(report.start)} UTC; quiet hours {report.quiet_hours or 'off'}, "
+        f"from {minute(report.start)} UTC; quiet hours {report.quiet_hours or 'off'}, "
         f"frequency cap {report.frequency_cap or 'off'}, rules "
         f"{report.rules_version or 'none'}",
         highlight=False,
@@ -40,7 +37,9 @@ def print_report(report: SimulationReport, console: Any) -> None:
         title="path taken",
     )
     for p in report.path:
-        path.add_row(_day(p.day), p.node, p.type, _when(p.entered_at), _when(p.local), p.note or "")
+        path.add_row(
+            _day(p.day), p.node, p.type, minute(p.entered_at), minute(p.local), p.note or ""
+        )
     console.print(path)
     msgs = Table(
         "day", "node", "channel", "subject", "sent (UTC)", "local", "status", title="messages"
@@ -50,13 +49,13 @@ def print_report(report: SimulationReport, console: Any) -> None:
         if m.held_seconds >= 60:
             status += f" (held {timedelta(seconds=round(m.held_seconds))})"
         msgs.add_row(
-            _day(m.day), m.node, m.channel, m.subject or "", _when(m.at), _when(m.local), status
+            _day(m.day), m.node, m.channel, m.subject or "", minute(m.at), minute(m.local), status
         )
     console.print(msgs if report.messages else "no messages")
     if report.events:
         evs = Table("event", "type", "occurred (UTC)", "handled", title="events")
         for e in report.events:
-            evs.add_row(e.event_id, e.type, _when(e.occurred_at), e.handled)
+            evs.add_row(e.event_id, e.type, minute(e.occurred_at), e.handled)
         console.print(evs)
     for w in report.warnings:
         console.print(f"[yellow]warning:[/] {w}", highlight=False)
@@ -70,7 +69,7 @@ def print_report(report: SimulationReport, console: Any) -> None:
     console.print(
         f"[{colour}]{report.outcome}[/]"
         + (f" ({report.reason})" if report.reason else "")
-        + f" after {report.simulated_days:g} simulated days at {_when(report.end)} UTC: "
+        + f" after {report.simulated_days:g} simulated days at {minute(report.end)} UTC: "
         f"{report.sent} sent, {report.suppressed} suppressed, {report.failed} failed "
         f"— {report.wall_seconds:.1f} s of real time",
         highlight=False,
