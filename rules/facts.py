@@ -63,7 +63,7 @@ def fact_kind(name: str, program: Program) -> FactKind | None:
         return None
     if head == "event":
         declared = program.event_properties.get(rest)
-        return declared
+        return "number" if declared == "money" else declared
     if head == "consent":
         return "boolean"
     if head == "attributes":
@@ -161,7 +161,7 @@ def _birthday_month(state: ProfileState, at: datetime) -> bool | None:
 
 def _fits(value: Any, kind: str) -> bool:
     """A value of the declared type (a declared number arriving as text is no fact)."""
-    if kind == "number":
+    if kind in ("number", "money"):
         return isinstance(value, int | float) and not isinstance(value, bool)
     if kind == "string":
         return isinstance(value, str)

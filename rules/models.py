@@ -112,13 +112,44 @@ class PointsPolicy(Strict):
     expiry: Annotated[RollingExpiry | PeriodEndExpiry | NoExpiry, Field(discriminator="policy")] = (
         Field(default_factory=lambda: RollingExpiry(policy="rolling", days=365))
     )
+    pending_days: int = Field(
+        0,
+        ge=0,
+        le=365,
+        description="points earned by a purchase become spendable this many days later (the "
+        "return window); a refund inside it cancels the pending points. 0: at once",
+    )
+    negative_balance: Literal["allow", "forbid"] = Field(
+        "forbid",
+        description="when a refund claws back more than the balance: 'allow' lets the balance "
+        "go below zero; 'forbid' keeps it at zero and records the shortfall as a debt that "
+        "later earnings settle first",
+    )
+    clawback: Literal["order", "none"] = Field(
+        "order",
+        description="'order': a refund takes back the points its order earned (pro rata for "
+        "a partial refund); 'none': refunds take no points back",
+    )
+
+    @model_validator(mode="after")
+    def _pending_before_expiry(self) -> PointsPolicy:
+        expiry = self.expiry
+        if isinstance(expiry, RollingExpiry) and self.pending_days >= expiry.days:
+            raise ValueError(
+                f"pending_days ({self.pending_days}) must be shorter than the expiry "
+                f"({expiry.days} days): the points would expire before they can be spent"
+            )
+        return self
 
 
 FactType = Literal["number", "string", "boolean"]
+# An event field's type: `money` is a number that is finite, not negative and has at most two
+# decimals (checked when the event arrives); rules read it as a number.
+EventFieldType = Literal["number", "money", "string", "boolean"]
 
 
-def _default_event_properties() -> dict[str, FactType]:
-    return {"amount": "number", "currency": "string"}
+def _default_event_properties() -> dict[str, EventFieldType]:
+    return {"amount": "money", "currency": "string", "order_id": "string"}
 
 
 class Program(Strict):
@@ -130,7 +161,7 @@ class Program(Strict):
     welcome_tier: Name
     tier_policy: TierPolicy = Field(default_factory=TierPolicy)
     points: PointsPolicy = Field(default_factory=PointsPolicy)
-    event_properties: dict[Name, FactType] = Field(
+    event_properties: dict[Name, EventFieldType] = Field(
         default_factory=_default_event_properties,
         description="event fields rules may use as event.<name>, with their types",
     )
@@ -140,7 +171,21 @@ class Program(Strict):
     )
     spend_property: Name = Field("amount", description="event field holding a purchase amount")
     purchase_event: Name = "purchase"
+    refund_event: Name = Field(
+        "refund",
+        description="event type of a refund: it carries the order's id and, for a partial "
+        "refund, the amount refunded",
+    )
+    order_property: Name = Field("order_id", description="event field holding an order's id")
     follow_up_event: Name = "sales_follow_up"
+    currency_rates: dict[Annotated[str, Field(pattern=r"^[A-Z]{3}$")], float] = Field(
+        default_factory=dict,
+        description="other currencies accepted on events, with their rate to the programme's "
+        "currency (accepted at the door; amounts still count one to one in this version)",
+    )
+    max_amount: float = Field(
+        1e9, gt=0, le=1e11, description="the largest amount of money an event may carry"
+    )
 
     @field_validator("tiers")
     @classmethod

@@ -51,6 +51,7 @@ OPS_FOR: dict[str, set[str]] = {
     "list": {"contains", "exists"},
     "any": {"==", "!=", "<", "<=", ">", ">=", "in", "not_in", "exists"},
 }
+OPS_FOR["money"] = OPS_FOR["number"]
 
 
 @dataclass
@@ -161,6 +162,17 @@ class Checker:
         if rule.when is not None:
             self.condition(rule.when, (*path, "when"))
         self.effects(rule.then, (*path, "then"))
+        points = self.program.points
+        refund = self.program.refund_event
+        if points.clawback == "order" and refund in rule.event_types():
+            for i, effect in enumerate(rule.then):
+                if isinstance(effect, DeductPoints):
+                    self.err(
+                        (*path, "then", i, "deduct_points"),
+                        f"deduct_points on {refund!r}: refunds already claw back the order's "
+                        "points (points.clawback: order); remove this effect, or set "
+                        f"points.clawback: none in {PROGRAM_FILE}",
+                    )
 
     def effects(self, effects: list[Any], path: LinePath, *, event_facts: bool = True) -> None:
         """Check effects at `path` (a list); `event_facts=False` where there is no event."""
@@ -173,10 +185,20 @@ class Checker:
                     f"set_tier: tier {effect.set_tier!r} is not defined; tiers: "
                     + ", ".join(self.tiers),
                 )
-            elif isinstance(effect, AwardPoints):
-                amount, epath = effect.award_points.amount, (*epath, "award_points")
-            elif isinstance(effect, DeductPoints):
-                amount, epath = effect.deduct_points.amount, (*epath, "deduct_points")
+            elif isinstance(effect, AwardPoints | DeductPoints):
+                args = (
+                    effect.award_points
+                    if isinstance(effect, AwardPoints)
+                    else (effect.deduct_points)
+                )
+                epath = (*epath, next(iter(type(effect).model_fields)))
+                amount = args.amount
+                if args.reason is not None and args.reason.startswith("event."):
+                    self.err(
+                        (*epath, "reason"),
+                        f"reason {args.reason!r} is stored as this literal text, not the "
+                        "event's field; write the reason itself",
+                    )
             if not isinstance(amount, str):
                 continue
             self.amount(amount, epath)

@@ -20,6 +20,8 @@ from sqlalchemy import (
     String,
     Text,
     UniqueConstraint,
+    false,
+    true,
 )
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
 
@@ -65,6 +67,9 @@ class CustomerRow(Base):
     # lots, processed events), so a process may cache rule state across chunks and reload
     # only the customers someone else changed.
     state_version: Mapped[int] = mapped_column(BigInteger, default=0, server_default="0")
+    # Points a refund clawed back beyond the balance, under `negative_balance: forbid`:
+    # later credits settle it first.
+    points_debt: Mapped[Decimal] = mapped_column(Points, default=Decimal(0), server_default="0")
     created_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow)
     updated_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow)
 
@@ -124,6 +129,10 @@ class PointsLotRow(Base):
     event_id: Mapped[str | None] = mapped_column(String(200))
     # Names a lot before it has an id (rules plan in memory, the store writes at commit).
     lot_key: Mapped[str | None] = mapped_column(String(40), unique=True)
+    order_id: Mapped[str | None] = mapped_column(String(200))
+    # Pending points (the return window): spendable from `available_at`; null = at once.
+    available_at: Mapped[datetime | None] = mapped_column(UTCDateTime)
+    activated_at: Mapped[datetime | None] = mapped_column(UTCDateTime)
 
     __table_args__ = (
         Index("ix_points_lots_customer_earned", "customer_id", "earned_at"),
@@ -132,7 +141,9 @@ class PointsLotRow(Base):
 
 
 class PointsLedgerRow(Base):
-    """Every change to a balance: earn (+), debit (-), expire (-), adjust (±)."""
+    """Every change to a balance, typed (`rules.ledger.KINDS`): earn, pending (+), activate
+    (a transfer, counted in no total), redeem (-), redeem_reversal (+), clawback (-),
+    adjust_credit (+), adjust_debit (-), expire (-)."""
 
     __tablename__ = "points_ledger"
 
@@ -150,6 +161,78 @@ class PointsLedgerRow(Base):
     reason: Mapped[str | None] = mapped_column(Text)
     # Same effect applied twice (a retried run) must write one entry.
     dedupe_key: Mapped[str | None] = mapped_column(String(250), unique=True)
+    order_id: Mapped[str | None] = mapped_column(String(200))
+    # Counts towards tier qualification (`points_earned`): earnings, and operator credits
+    # marked so.
+    qualifying: Mapped[bool] = mapped_column(default=False, server_default=false())
+    actor: Mapped[str | None] = mapped_column(String(200))  # rule:<name>, a person, a key
+    ref: Mapped[str | None] = mapped_column(String(200), index=True)  # redemption / adjustment
+
+
+class OrderRefundRow(Base):
+    """One refund of an order: what it took back, so no order is clawed back twice and
+    qualifying spend falls by the refunded amount at the purchase's time."""
+
+    __tablename__ = "order_refunds"
+
+    id: Mapped[int] = mapped_column(BigId, primary_key=True, autoincrement=True)
+    customer_id: Mapped[str] = mapped_column(
+        ForeignKey("customers.customer_id", ondelete="CASCADE")
+    )
+    order_id: Mapped[str | None] = mapped_column(String(200))
+    event_id: Mapped[str] = mapped_column(String(200), unique=True)
+    purchased_at: Mapped[datetime | None] = mapped_column(UTCDateTime)
+    refunded_at: Mapped[datetime] = mapped_column(UTCDateTime)
+    amount: Mapped[Decimal] = mapped_column(Points)  # money refunded
+    points: Mapped[Decimal] = mapped_column(Points)  # points clawed back, debt included
+    debt: Mapped[Decimal] = mapped_column(Points)  # the part the balance could not cover
+
+    __table_args__ = (Index("ix_order_refunds_customer_order", "customer_id", "order_id"),)
+
+
+class RewardRow(Base):
+    """The rewards catalogue (rewards.yaml, applied). Stock left = `stock - issued`."""
+
+    __tablename__ = "rewards"
+
+    reward_id: Mapped[str] = mapped_column(String(64), primary_key=True)
+    name: Mapped[str] = mapped_column(String(200))
+    kind: Mapped[str] = mapped_column(String(16))
+    cost: Mapped[Decimal] = mapped_column(Points)
+    stock: Mapped[int | None] = mapped_column(Integer)
+    issued: Mapped[int] = mapped_column(Integer, default=0, server_default="0")
+    per_member_limit: Mapped[int | None] = mapped_column(Integer)
+    valid_from: Mapped[datetime | None] = mapped_column(UTCDateTime)
+    valid_to: Mapped[datetime | None] = mapped_column(UTCDateTime)
+    min_tier: Mapped[str | None] = mapped_column(String(64))
+    description: Mapped[str | None] = mapped_column(Text)
+    coupon: Mapped[dict[str, Any] | None] = mapped_column(JSONDoc)
+    active: Mapped[bool] = mapped_column(default=True, server_default=true())
+    updated_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow)
+
+
+class RedemptionRow(Base):
+    """A member spent points on a reward; `key` makes a retried request one redemption."""
+
+    __tablename__ = "redemptions"
+
+    id: Mapped[int] = mapped_column(BigId, primary_key=True, autoincrement=True)
+    key: Mapped[str] = mapped_column(String(200), unique=True)
+    customer_id: Mapped[str] = mapped_column(
+        ForeignKey("customers.customer_id", ondelete="CASCADE")
+    )
+    reward_id: Mapped[str] = mapped_column(ForeignKey("rewards.reward_id"))
+    cost: Mapped[Decimal] = mapped_column(Points)
+    status: Mapped[str] = mapped_column(String(16))  # done, reversed
+    code: Mapped[str | None] = mapped_column(String(40))
+    by: Mapped[str | None] = mapped_column(String(200))
+    created_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow)
+    reversed_at: Mapped[datetime | None] = mapped_column(UTCDateTime)
+    reversed_by: Mapped[str | None] = mapped_column(String(200))
+
+    __table_args__ = (
+        Index("ix_redemptions_customer_reward", "customer_id", "reward_id", "status"),
+    )
 
 
 class TierHistoryRow(Base):
@@ -276,6 +359,7 @@ class CouponRow(Base):
     event_id: Mapped[str | None] = mapped_column(String(200))
     created_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow)
     redeemed_at: Mapped[datetime | None] = mapped_column(UTCDateTime)
+    voided_at: Mapped[datetime | None] = mapped_column(UTCDateTime)
 
 
 class OutboxMessageRow(Base):

@@ -25,7 +25,7 @@ def test_validate_the_examples() -> None:
     result = runner.invoke(app, ["rules", "validate", EXAMPLES, "--json"])
     assert result.exit_code == 0, result.output
     data = json.loads(result.stdout)
-    assert data["ok"] and len(data["rules"]) == 12
+    assert data["ok"] and len(data["rules"]) == 11
     assert data["rules"][0]["priority"] >= data["rules"][-1]["priority"]
 
 

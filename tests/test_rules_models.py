@@ -795,7 +795,7 @@ def test_program_field_errors(extra: str, line: int, expected: str) -> None:
 def test_program_field_errors_inside_tiers_and_properties() -> None:
     err = program_error(PROGRAM.replace("amount: number", "amount: integer"))
     assert (err.file, err.line) == ("program.yaml", 8)
-    assert "event_properties.amount: expected 'number', 'string' or 'boolean'" in err.message
+    assert "event_properties.amount: expected 'number', 'money', 'string' or 'boolean'" in err.message
     err = program_error(
         PROGRAM.replace("metric: spend, threshold: 2000", "metric: visits, threshold: 1")
     )
@@ -833,7 +833,9 @@ def test_program_defaults() -> None:
             "tiers": [{"name": "b", "rank": 0, "qualify": {"metric": "spend", "threshold": 0}}],
         }
     )
-    assert minimal.event_properties == {"amount": "number", "currency": "string"}
+    assert minimal.event_properties == {"amount": "money", "currency": "string", "order_id": "string"}
+    assert minimal.points.pending_days == 0 and minimal.points.negative_balance == "forbid"
+    assert minimal.points.clawback == "order" and minimal.refund_event == "refund"
 
 
 # --------------------------------------------------------------------------- schema, examples
@@ -856,11 +858,11 @@ def test_rule_file_schema_mentions_every_effect_and_condition() -> None:
 
 def test_examples_load() -> None:
     pack, src = load_pack(REPO / "examples" / "rules")
-    assert len(pack.rules) == 12
+    assert len(pack.rules) == 11
     names = [r.rule.name for r in pack.rules]
-    assert len(set(names)) == 12
+    assert len(set(names)) == 11
     assert names[0] == "earn-on-purchase"
-    assert [r.index for r in pack.rules] == list(range(12))
+    assert [r.index for r in pack.rules] == list(range(11))
     assert pack.rules[0].file == "10-points.yaml"
     assert src.program_path.endswith("program.yaml")
     assert pack.version == content_version(src.program_text, src.files)
@@ -941,3 +943,45 @@ def test_a_date_that_does_not_exist_is_reported_with_its_line() -> None:
         assert err.message.startswith("not a valid date") and "YYYY-MM-DD" in err.message
     else:
         raise AssertionError("2025-02-30 was accepted")
+
+
+# --------------------------------------------------------------------------- points policy
+
+
+def test_deduct_points_on_a_refund_is_refused_while_refunds_claw_back_by_order() -> None:
+    rule = (
+        "rules:\n  - name: old-refund\n    on: refund\n    then:\n"
+        "      - deduct_points: {amount: event.amount, reason: refund}\n"
+    )
+    err = the_error({"r.yaml": rule})
+    assert (err.file, err.line) == ("r.yaml", 5)
+    assert "refunds already claw back the order's points" in err.message
+    # with clawback off, the old style of rule is the programme's own choice
+    off = PROGRAM + "points: {clawback: none}\n"
+    assert [r.rule.name for r in build({"r.yaml": rule}, off).rules] == ["old-refund"]
+
+
+def test_a_reason_naming_an_event_field_is_refused() -> None:
+    rule = (
+        "rules:\n  - name: goodwill\n    on: purchase\n    then:\n"
+        "      - award_points: {amount: 10, reason: event.reason}\n"
+    )
+    err = the_error({"r.yaml": rule})
+    assert (err.file, err.line) == ("r.yaml", 5)
+    assert err.message.startswith("reason 'event.reason' is stored as this literal text")
+
+
+def test_pending_days_must_end_before_the_points_expire() -> None:
+    err = program_error(PROGRAM + "points: {pending_days: 30, expiry: {policy: rolling, days: 30}}\n")
+    assert err.line == 14
+    assert "pending_days (30) must be shorter than the expiry (30 days)" in err.message
+    ok = build({}, PROGRAM + "points: {pending_days: 14, negative_balance: allow}\n")
+    assert ok.program.points.pending_days == 14 and ok.program.points.negative_balance == "allow"
+
+
+def test_money_is_read_as_a_number_by_the_rules() -> None:
+    money = PROGRAM.replace("  amount: number", "  amount: money")
+    pack = build({"r.yaml": one_rule("event.amount >= 100")}, money)
+    assert pack.rules[0].rule.name == "r"
+    err = the_error({"r.yaml": one_rule("event.amount contains 1")}, money)
+    assert "does not fit event.amount (number)" in err.message

@@ -37,7 +37,7 @@ def test_a_folder_and_its_texts_are_the_same_pack() -> None:
     from_folder = service.validate(service.RulesFolder(folder=EXAMPLES))
     from_texts = service.validate(texts())
     assert from_folder.version == from_texts.version
-    assert from_folder.rules == from_texts.rules and len(from_texts.rules) == 12
+    assert from_folder.rules == from_texts.rules and len(from_texts.rules) == 11
     assert from_texts.program == "program.yaml" and from_texts.program_name == "Acme Rewards"
 
 
@@ -96,7 +96,7 @@ def test_a_dry_run_explains_and_stores_nothing(rt: Runtime, tmp_path: Path) -> N
 
 def test_deploy_again_is_unchanged_and_activate_rolls_back(rt: Runtime, tmp_path: Path) -> None:
     first = service.deploy(rt, texts())
-    assert (first.new, first.status, first.rules) == (True, "deployed", 12)
+    assert (first.new, first.status, first.rules) == (True, "deployed", 11)
     assert service.deploy(rt, texts()).status == "unchanged"
     other = texts()
     other.files = {k: v for k, v in other.files.items() if k != "50-sales.yaml"}

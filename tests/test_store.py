@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from datetime import UTC, datetime, timedelta, timezone
+from pathlib import Path
 
 from alembic.autogenerate import compare_metadata
 from alembic.runtime.migration import MigrationContext
@@ -36,3 +37,42 @@ def test_timestamps_round_trip_as_aware_utc(engine: Engine) -> None:
     assert got == at
     assert got.tzinfo == UTC
     assert created.tzinfo == UTC
+
+
+def test_the_typed_ledger_migration_relabels_old_debits_and_marks_earnings(tmp_path: Path) -> None:
+    from sqlalchemy import create_engine, text
+
+    eng = create_engine(f"sqlite:///{tmp_path / 'old.db'}")
+    upgrade(eng, "0006")
+    with eng.begin() as conn:
+        conn.execute(
+            text(
+                "INSERT INTO customers (customer_id, consent, attributes, timezone, "
+                "lifecycle_stage, is_stub, state_version, created_at, updated_at) "
+                "VALUES ('c', '{}', '{}', 'UTC', 'member', 0, 0, :t, :t)"
+            ),
+            {"t": "2026-01-01 00:00:00.000000"},
+        )
+        for kind, amount, reason in [
+            ("earn", 100, "earn-on-purchase: purchase"),
+            ("debit", -40, "refund-deducts-points: refund"),
+            ("debit", -10, "spend: voucher"),
+        ]:
+            conn.execute(
+                text(
+                    "INSERT INTO points_ledger (customer_id, kind, amount, at, reason) "
+                    "VALUES ('c', :k, :a, '2026-01-02 00:00:00.000000', :r)"
+                ),
+                {"k": kind, "a": amount, "r": reason},
+            )
+    upgrade(eng)
+    with eng.connect() as conn:
+        rows = conn.execute(text("SELECT kind, qualifying FROM points_ledger ORDER BY id")).all()
+        debt = conn.execute(text("SELECT points_debt FROM customers")).scalar_one()
+    assert [(k, bool(q)) for k, q in rows] == [
+        ("earn", True),
+        ("clawback", False),
+        ("adjust_debit", False),
+    ]
+    assert float(debt) == 0
+    eng.dispose()
