@@ -87,6 +87,8 @@ class Lot:
     earned_at: datetime
     expires_at: datetime | None
     id: int | None = None
+    order_id: str | None = None
+    available_at: datetime | None = None  # pending until then (the return window)
 
 
 @dataclass
