@@ -178,6 +178,12 @@ class Program(Strict):
     )
     order_property: Name = Field("order_id", description="event field holding an order's id")
     follow_up_event: Name = "sales_follow_up"
+    event_types: list[Name] = Field(
+        default_factory=list,
+        description="the event types rules may listen to (`on:`), besides the built-in ones "
+        "(the purchase, refund and follow-up events, unsubscribed, and the events the "
+        "scheduled automations write); empty: any event type",
+    )
     currency_rates: dict[Annotated[str, Field(pattern=r"^[A-Z]{3}$")], float] = Field(
         default_factory=dict,
         description="other currencies accepted on events, with their rate to the programme's "

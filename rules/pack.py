@@ -5,17 +5,27 @@
 models and against each other (unknown facts, operators that do not fit the fact's type,
 undefined tiers, duplicate rule names, expressions that do not parse) and returns the
 compiled pack. Every problem found is reported at once, each with its file and line.
+
+Two checks depend on what the programme or the caller declares:
+- `on:` event types: when the programme lists `event_types`, a rule may listen only to
+  those and to the built-in ones (`builtin_event_types`: the programme's purchase, refund
+  and follow-up events, `unsubscribed`, and the events the scheduled automations write);
+- journeys: given the names of the journeys there are (`journeys=`), an `enroll_journey` or
+  `journey_event` naming another one is a problem; `named_journeys` lists the ones a pack
+  names, so a caller without the journeys can say they were not checked.
 """
 
 from __future__ import annotations
 
 import math
+from collections.abc import Collection
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, get_args
 
 from pydantic import ValidationError
 
+from automations.models import DateEvent
 from rules.compiler import CompiledPack, compile_pack, content_version
 from rules.expressions import ExpressionError, parse_expression
 from rules.facts import fact_kind, known_facts
@@ -25,6 +35,8 @@ from rules.models import (
     AwardPoints,
     Compare,
     DeductPoints,
+    EnrollJourney,
+    JourneyEvent,
     Not,
     Program,
     Rule,
@@ -52,6 +64,38 @@ OPS_FOR: dict[str, set[str]] = {
     "any": {"==", "!=", "<", "<=", ">", ">=", "in", "not_in", "exists"},
 }
 OPS_FOR["money"] = OPS_FOR["number"]
+
+UNSUBSCRIBED = "unsubscribed"  # written by the unsubscribe pages (crmflow.processing)
+# Event types the scheduled automations write (store/automations.py): expiry notices, churn
+# and lead checks, tier moves, and the date events (birthdays, anniversaries).
+AUTOMATION_EVENTS: tuple[str, ...] = (
+    "points_expiring",
+    "churn_scan",
+    "lead_sla_check",
+    "tier_changed",
+    *get_args(DateEvent),
+)
+
+
+def builtin_event_types(program: Program) -> list[str]:
+    """Event types a rule may always listen to, whatever the programme's `event_types`."""
+    own = [program.purchase_event, program.refund_event, program.follow_up_event, UNSUBSCRIBED]
+    return list(dict.fromkeys([*own, *AUTOMATION_EVENTS]))
+
+
+def journey_name(effect: Any) -> str | None:
+    """The journey an `enroll_journey` or `journey_event` effect names (else None)."""
+    if isinstance(effect, EnrollJourney):
+        return effect.enroll_journey.journey
+    if isinstance(effect, JourneyEvent):
+        return effect.journey_event.journey
+    return None
+
+
+def named_journeys(pack: CompiledPack) -> list[str]:
+    """The journeys a pack's rules enroll customers in or send events to, sorted."""
+    names = {journey_name(e) for r in pack.rules for e in r.rule.then}
+    return sorted(n for n in names if n is not None)
 
 
 @dataclass
@@ -84,13 +128,20 @@ def load_program(doc: YamlDoc) -> Program:
 class Checker:
     """Semantic checks of conditions and effects against the programme (facts, types, tiers).
 
-    Collects SourceProblems with file and line; used for rule files and for journeys."""
+    Collects SourceProblems with file and line; used for rule files and for journeys.
+    `journeys`: the names of the journeys there are, to check the ones rules name (None:
+    not checked)."""
 
-    def __init__(self, program: Program, doc: YamlDoc) -> None:
+    def __init__(
+        self, program: Program, doc: YamlDoc, journeys: Collection[str] | None = None
+    ) -> None:
         self.program = program
         self.doc = doc
         self.errors: list[SourceProblem] = []
         self.tiers = [t.name for t in program.tiers]
+        self.journeys = None if journeys is None else sorted(set(journeys))
+        declared = program.event_types
+        self.event_types = set(declared) | set(builtin_event_types(program)) if declared else None
 
     def err(self, path: LinePath, message: str) -> None:
         self.errors.append(SourceProblem(self.doc.path, self.doc.line_of(path), message))
@@ -158,10 +209,43 @@ class Checker:
             elif kind not in ("number", "any"):
                 self.err(path, f"expression {amount!r} reads {fact} ({kind}), not a number")
 
+    def on(self, rule: Rule, path: LinePath) -> None:
+        """`on:` names only event types the programme declares (when it declares them)."""
+        if self.event_types is None:
+            return
+        listed = isinstance(rule.on, list)
+        for i, kind in enumerate(rule.event_types()):
+            if kind in self.event_types:
+                continue
+            declared = ", ".join(self.program.event_types)
+            builtin = ", ".join(builtin_event_types(self.program))
+            self.err(
+                (*path, "on", i) if listed else (*path, "on"),
+                f"on: event type {kind!r} is not declared in event_types in {PROGRAM_FILE}; "
+                f"declared: {declared} (built in: {builtin})",
+            )
+
+    def journey_names(self, effects: list[Any], path: LinePath) -> None:
+        """Effects name journeys that exist (when the journeys are known)."""
+        if self.journeys is None:
+            return
+        for i, effect in enumerate(effects):
+            name = journey_name(effect)
+            if name is None or name in self.journeys:
+                continue
+            key = next(iter(type(effect).model_fields))
+            there = ", ".join(self.journeys) or "none"
+            self.err(
+                (*path, i, key),
+                f"{key}: journey {name!r} does not exist; journeys: {there}",
+            )
+
     def rule(self, rule: Rule, path: LinePath) -> None:
+        self.on(rule, path)
         if rule.when is not None:
             self.condition(rule.when, (*path, "when"))
         self.effects(rule.then, (*path, "then"))
+        self.journey_names(rule.then, (*path, "then"))
         points = self.program.points
         refund = self.program.refund_event
         if points.clawback == "order" and refund in rule.event_types():
@@ -237,8 +321,13 @@ def read_source(rules_dir: Path, program_path: Path | None = None) -> PackSource
     return PackSource(str(program_file), program_text, files)
 
 
-def build_pack(source: PackSource, base_dir: str = "") -> CompiledPack:
-    """Validate and compile; raise SourceError listing every problem with file and line."""
+def build_pack(
+    source: PackSource, base_dir: str = "", journeys: Collection[str] | None = None
+) -> CompiledPack:
+    """Validate and compile; raise SourceError listing every problem with file and line.
+
+    `journeys`: the names of the journeys there are; rules naming another are refused
+    (None: journey names are not checked)."""
     program_doc = parse_yaml(source.program_text, source.program_path)
     program = load_program(program_doc)
     errors: list[SourceProblem] = []
@@ -255,7 +344,7 @@ def build_pack(source: PackSource, base_dir: str = "") -> CompiledPack:
         except ValidationError as exc:
             errors += errors_from_validation(doc, exc)
             continue
-        checker = Checker(program, doc)
+        checker = Checker(program, doc, journeys)
         for i, rule in enumerate(parsed.rules):
             rpath: LinePath = ("rules", i)
             if rule.name in seen:

@@ -985,3 +985,134 @@ def test_money_is_read_as_a_number_by_the_rules() -> None:
     assert pack.rules[0].rule.name == "r"
     err = the_error({"r.yaml": one_rule("event.amount contains 1")}, money)
     assert "does not fit event.amount (number)" in err.message
+
+
+# --------------------------------------------------------------------------- event types
+
+
+DECLARED = PROGRAM + "event_types: [purchase, sign_in, page_view]\n"
+
+
+def test_an_undeclared_event_type_is_refused_at_its_line_listing_the_declared_ones() -> None:
+    rule = "rules:\n  - name: r\n    on: sign_up\n    then: [{add_tag: x}]\n"
+    err = the_error({"r.yaml": rule}, DECLARED)
+    assert (err.file, err.line) == ("r.yaml", 3)
+    assert err.message.startswith(
+        "on: event type 'sign_up' is not declared in event_types in program.yaml; "
+        "declared: purchase, sign_in, page_view (built in: purchase, refund, "
+    )
+    assert "unsubscribed" in err.message and "churn_scan" in err.message
+    # in a list, each undeclared type at its own line
+    listed = "rules:\n  - name: r\n    on:\n      - sign_in\n      - signin\n      - pageview\n"
+    errs = errors({"r.yaml": listed + "    then: [{add_tag: x}]\n"}, DECLARED)
+    assert [(e.line, e.message.split(";")[0]) for e in errs] == [
+        (5, "on: event type 'signin' is not declared in event_types in program.yaml"),
+        (6, "on: event type 'pageview' is not declared in event_types in program.yaml"),
+    ]
+
+
+@pytest.mark.parametrize(
+    "event_type",
+    [
+        "purchase",
+        "refund",
+        "sales_follow_up",
+        "unsubscribed",
+        "points_expiring",
+        "churn_scan",
+        "lead_sla_check",
+        "tier_changed",
+        "birthday",
+        "membership_anniversary",
+    ],
+)
+def test_built_in_event_types_need_no_declaring(event_type: str) -> None:
+    program = PROGRAM + "event_types: [sign_in]\n"
+    rule = f"rules:\n  - name: r\n    on: {event_type}\n    then: [{{add_tag: x}}]\n"
+    assert build({"r.yaml": rule}, program).rules[0].rule.event_types() == [event_type]
+
+
+def test_the_programmes_own_event_names_are_built_in() -> None:
+    program = PROGRAM + "event_types: [sign_in]\npurchase_event: order\nrefund_event: return\n"
+    rule = "rules:\n  - name: r\n    on: [order, return]\n    then: [{add_tag: x}]\n"
+    assert build({"r.yaml": rule}, program).rules[0].rule.event_types() == ["order", "return"]
+    err = the_error({"r.yaml": rule.replace("return]", "purchase]")}, program)
+    assert "event type 'purchase' is not declared" in err.message  # not this programme's
+
+
+def test_no_event_types_means_any_event_type() -> None:
+    assert Program.model_validate({**yaml.safe_load(PROGRAM)}).event_types == []
+    rule = "rules:\n  - name: r\n    on: [anything_at_all, x]\n    then: [{add_tag: x}]\n"
+    assert build({"r.yaml": rule}).rules[0].rule.event_types() == ["anything_at_all", "x"]
+    bad = program_error(PROGRAM + "event_types: [Sign In]\n")
+    assert bad.line == 14 and "event_types.0" in bad.message
+
+
+def test_automation_events_written_by_the_store_are_built_in() -> None:
+    """Every event type store/automations.py writes is one rules may always listen to."""
+    import re
+
+    from rules.pack import AUTOMATION_EVENTS
+
+    text = (REPO / "store" / "automations.py").read_text()
+    written = set(re.findall(r'_event\(\s*"([a-z_]+)"', text))
+    written |= {"birthday", "membership_anniversary"}  # the date events, by their kind
+    assert written >= {"points_expiring", "churn_scan", "lead_sla_check", "tier_changed"}
+    assert written <= set(AUTOMATION_EVENTS)
+
+
+def test_the_examples_declare_what_their_rules_and_journeys_use() -> None:
+    from rules.pack import builtin_event_types
+
+    pack, _ = load_pack(REPO / "examples" / "rules")  # their rules' `on:` are declared
+    program = pack.program
+    assert program.event_types
+    known = {*program.event_types, *builtin_event_types(program)}
+    for journey in sorted((REPO / "examples" / "journeys").glob("*.yaml")):
+        data = yaml.safe_load(journey.read_text())
+        used = [data.get("entry"), data.get("goal")]
+        events = [d["event"] for d in used if isinstance(d, dict) and "event" in d]
+        assert set(events) <= known, journey.name
+
+
+# --------------------------------------------------------------------------- journey names
+
+
+JOURNEY_RULES = (
+    "rules:\n"
+    "  - name: r\n"
+    "    then:\n"
+    "      - enroll_journey: welcom\n"
+    "      - journey_event: {journey: winback, event: churn_risk}\n"
+    "      - journey_event: {journey: win-back, event: churn_risk}\n"
+)
+
+
+def test_a_journey_that_does_not_exist_is_refused_at_its_line() -> None:
+    with pytest.raises(SourceError) as info:
+        build_pack(source({"r.yaml": JOURNEY_RULES}), journeys=["welcome", "winback"])
+    errs = info.value.errors
+    assert [(e.file, e.line, e.message) for e in errs] == [
+        (
+            "r.yaml",
+            4,
+            "enroll_journey: journey 'welcom' does not exist; journeys: welcome, winback",
+        ),
+        (
+            "r.yaml",
+            6,
+            "journey_event: journey 'win-back' does not exist; journeys: welcome, winback",
+        ),
+    ]
+    with pytest.raises(SourceError) as none:
+        build_pack(source({"r.yaml": JOURNEY_RULES}), journeys=[])
+    assert "journeys: none" in str(none.value)
+
+
+def test_journey_names_are_not_checked_without_the_journeys() -> None:
+    from rules.pack import named_journeys
+
+    pack = build({"r.yaml": JOURNEY_RULES})
+    assert named_journeys(pack) == ["welcom", "win-back", "winback"]
+    ok = build_pack(source({"r.yaml": JOURNEY_RULES}), journeys=["welcom", "winback", "win-back"])
+    assert len(ok.rules) == 1
