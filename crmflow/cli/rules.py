@@ -16,6 +16,7 @@ from typing import TYPE_CHECKING, Annotated
 
 import typer
 from pydantic import ValidationError
+from rich.markup import escape
 from rich.table import Table
 
 from crmflow.cli import common
@@ -24,6 +25,7 @@ from crmflow.ingest import read_json_lines
 from crmflow.services import rules as service
 from crmflow.services.errors import ServiceError
 from crmflow.services.runtime import Runtime
+from rules.explain import RuleExplanation
 from store.db import make_engine
 
 if TYPE_CHECKING:
@@ -43,6 +45,15 @@ ProgramOpt = Annotated[
         exists=True,
         dir_okay=False,
         help="Programme file (default: program.yaml in the folder or its parent)",
+    ),
+]
+JourneysOpt = Annotated[
+    Path | None,
+    typer.Option(
+        "--journeys",
+        exists=True,
+        file_okay=False,
+        help="Folder of journey files: rules may name only these journeys (checked with them)",
     ),
 ]
 JsonFlag = Annotated[bool, typer.Option("--json", help="Print JSON instead of a table.")]
@@ -66,6 +77,12 @@ def _service(as_json: bool = False) -> Iterator[None]:
         common.fail(str(exc))
 
 
+def _warn(warnings: list[str]) -> None:
+    for w in warnings:
+        hint = " (--journeys DIR checks them)" if w.startswith("journey names") else ""
+        common.console.print(f"[yellow]warning:[/] {w}{hint}", highlight=False)
+
+
 def _runtime(*, write: bool = False) -> Runtime:
     settings = common.load_settings()
     engine = common.migrated_engine(settings) if write else common.existing_engine(settings)
@@ -73,13 +90,23 @@ def _runtime(*, write: bool = False) -> Runtime:
 
 
 @rules_app.command("validate")
-def validate(rules_dir: DirArg, program: ProgramOpt = None, as_json: JsonFlag = False) -> None:
-    """Check the programme and rule files; every problem with its file and line."""
+def validate(
+    rules_dir: DirArg,
+    program: ProgramOpt = None,
+    journeys: JourneysOpt = None,
+    as_json: JsonFlag = False,
+) -> None:
+    """Check the programme and rule files (and the journeys they name, with --journeys);
+    every problem with its file and line."""
+    src = service.RulesFolder(folder=rules_dir, program=program, journeys=journeys)
     with _service(as_json):
-        summary = service.validate(service.RulesFolder(folder=rules_dir, program=program))
+        summary = service.validate(src)
     if as_json:
-        common.emit_json(summary.model_dump(include={"ok", "version", "program", "files", "rules"}))
+        common.emit_json(
+            summary.model_dump(include={"ok", "version", "program", "files", "rules", "warnings"})
+        )
         return
+    _warn(summary.warnings)
     common.console.print(
         f"ok: {len(summary.rules)} rules in {len(summary.files)} files, programme "
         f"{summary.program_name!r} ({summary.program}), version {summary.version}",
@@ -120,6 +147,20 @@ def _read_events(path: Path) -> list[Event]:
     return events
 
 
+_RESULT = {
+    "fired": "[green]✓ fired[/]",
+    "not_listening": "[dim]not listening[/]",
+    "condition_false": "✗ condition false",
+    "not_fired": "[red]not fired[/]",
+}
+
+
+def _why(r: RuleExplanation) -> str:
+    if r.false_condition is not None:
+        return "\n".join(r.false_condition.lines())
+    return r.reason.removeprefix("fired: ")
+
+
 @rules_app.command("test")
 def test(
     rules_dir: DirArg,
@@ -132,7 +173,9 @@ def test(
     program: ProgramOpt = None,
     as_json: JsonFlag = False,
 ) -> None:
-    """Show which rules would fire, why, and what they would change — changing nothing."""
+    """Explain every rule for each event — fired, not listening to the event's type, or the
+    first condition that was false with the values it saw — and what the fired ones would
+    change; changing nothing."""
     events = _read_events(event_file)
     if not events:
         common.fail(f"{event_file}: no events")
@@ -160,6 +203,8 @@ def test(
                             {"rule": c.rule, "kind": c.kind, "skipped": c.skipped, **c.detail}
                             for c in e.changes
                         ],
+                        "rules": [r.model_dump() for r in e.rules],
+                        "facts": e.facts,
                     }
                     for e in run.events
                 ],
@@ -169,15 +214,19 @@ def test(
     console = common.console
     for res in run.events:
         console.print(
-            f"[bold]{res.event_id}[/] ({res.type}): {len(res.fired)} rule(s) fire",
+            f"[bold]{res.event_id}[/] ({res.type}): {len(res.fired)} of {len(res.rules)} "
+            "rule(s) fire",
             highlight=False,
         )
-        for f in res.fired:
-            why = ", ".join(f"{k}={v}" for k, v in f.because.items()) or "always"
-            console.print(
-                f"  ✓ {f.rule} (priority {f.priority}, {f.file}) because {why}",
-                highlight=False,
+        rules = Table("rule", "priority", "result", "why")
+        for r in res.rules:
+            rules.add_row(
+                f"{r.rule} [dim]({r.file})[/]",
+                str(r.priority),
+                _RESULT[r.status],
+                escape(_why(r)),
             )
+        console.print(rules)
         table = Table("rule", "change", "detail")
         for c in res.changes:
             label = c.kind + (f" [dim](skipped: {c.skipped})[/]" if c.skipped else "")
@@ -188,15 +237,29 @@ def test(
 
 
 @rules_app.command("deploy")
-def deploy(rules_dir: DirArg, program: ProgramOpt = None, as_json: JsonFlag = False) -> None:
-    """Store this rules version and make it the active one (events use it from now on)."""
-    src = service.RulesFolder(folder=rules_dir, program=program)
+def deploy(
+    rules_dir: DirArg,
+    program: ProgramOpt = None,
+    journeys: JourneysOpt = None,
+    as_json: JsonFlag = False,
+) -> None:
+    """Store this rules version and make it the active one (events use it from now on).
+    With --journeys, rules naming a journey that is not in that folder are refused."""
+    src = service.RulesFolder(folder=rules_dir, program=program, journeys=journeys)
     with _service(as_json):
         service.validate(src)  # a bad pack is reported before the database is touched
         done = service.deploy(_runtime(write=True), src)
     if as_json:
-        common.emit_json({"version": done.version, "new": done.new, "rules": done.rules})
+        common.emit_json(
+            {
+                "version": done.version,
+                "new": done.new,
+                "rules": done.rules,
+                "warnings": done.warnings,
+            }
+        )
     else:
+        _warn(done.warnings)
         what = "deployed" if done.new else "re-activated"
         common.console.print(
             f"{what} rules version {done.version} ({done.rules} rules); "

@@ -6,11 +6,17 @@ or the YAML texts themselves (the API). Both go through the same loader (`rules.
 a problem is reported the same way: `RulesInvalid`, each problem with its file and line.
 YAML from outside is bounded before it is parsed (size, nesting, alias expansion), since
 PyYAML would otherwise follow a "billion laughs" document all the way down.
+
+Either shape may bring the journeys too (a folder, or texts by file name): they are
+validated against the pack's programme, and a rule naming a journey that is not among them
+is a problem. Without them, a pack that names journeys validates with a warning that their
+names were not checked. A dry run explains every rule for every event (`rules.explain`).
 """
 
 from __future__ import annotations
 
 from collections.abc import Iterator
+from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Annotated, Any, Literal
@@ -22,10 +28,20 @@ from crmflow.domain import Event
 from crmflow.processing import HISTORY_DAYS, ConcurrentProcessing, evaluate_event, process_pending
 from crmflow.services.errors import FieldProblem, Invalid, NotFound, Refused, TooLarge, Unavailable
 from crmflow.services.runtime import Runtime
+from journeys.validate import check_journey
 from rules.compiler import CompiledPack
+from rules.explain import RuleExplanation, explain_event
 from rules.facts import FIXED_FACTS, EventFacts, ProfileState
 from rules.models import Program, RuleFile
-from rules.pack import OPS_FOR, PROGRAM_FILE, PackSource, build_pack, load_program, read_source
+from rules.pack import (
+    OPS_FOR,
+    PROGRAM_FILE,
+    PackSource,
+    build_pack,
+    load_program,
+    named_journeys,
+    read_source,
+)
 from rules.source import SourceError, SourceProblem, Yaml12Loader, parse_yaml
 from store import rule_versions as store
 from store.rule_state import load_states
@@ -48,10 +64,11 @@ YamlText = Annotated[str, Field(max_length=MAX_FILE_CHARS)]
 
 class RulesFolder(BaseModel):
     """A folder of rule files on disk, and its programme file (default: program.yaml in the
-    folder or its parent)."""
+    folder or its parent); optionally the folder of journey files the rules may name."""
 
     folder: Path
     program: Path | None = None
+    journeys: Path | None = None
 
 
 class RulesTexts(BaseModel):
@@ -61,6 +78,12 @@ class RulesTexts(BaseModel):
     files: dict[FileName, YamlText] = Field(
         max_length=MAX_FILES,
         description="rule files by file name (`10-points.yaml`), each as YAML text",
+    )
+    journeys: dict[FileName, YamlText] | None = Field(
+        None,
+        max_length=MAX_FILES,
+        description="journey files by file name (`welcome.yaml`), each as YAML text: rules "
+        "may name only these journeys. Left out: journey names are not checked (a warning)",
     )
 
 
@@ -106,6 +129,9 @@ class RulesSummary(BaseModel):
     program_name: str = Field(description="the programme's own name (`program:` in the file)")
     files: list[str]
     rules: list[RuleSummary] = Field(description="enabled rules, highest priority first")
+    warnings: list[str] = Field(
+        default_factory=list, description="what was not checked (journey names without journeys)"
+    )
 
 
 class FiredRule(BaseModel):
@@ -127,6 +153,11 @@ class EventOutcome(BaseModel):
     type: str
     fired: list[FiredRule]
     changes: list[RuleChange]
+    rules: list[RuleExplanation] = Field(
+        description="every rule, in the order effects apply: fired, not listening to this "
+        "event type, or the first condition that was false with the values it saw"
+    )
+    facts: dict[str, Any] = Field(description="the facts the rules saw (missing ones left out)")
 
 
 class DryRun(BaseModel):
@@ -144,6 +175,9 @@ class Deployed(BaseModel):
     status: Literal["deployed", "reactivated", "unchanged"] = Field(
         description="deployed: new; reactivated: stored before, active again; unchanged: "
         "this version was the active one already"
+    )
+    warnings: list[str] = Field(
+        default_factory=list, description="what was not checked (journey names without journeys)"
     )
 
 
@@ -233,10 +267,12 @@ def yaml_bounds(text: str, path: str) -> SourceProblem | None:
     return None
 
 
-def _check_size(source: PackSource) -> None:
+def _check_size(source: PackSource, journeys: list[tuple[str, str]]) -> None:
     if len(source.files) > MAX_FILES:
         raise TooLarge(f"{len(source.files)} rule files; at most {MAX_FILES}")
-    total = len(source.program_text) + sum(len(text) for _, text in source.files)
+    if len(journeys) > MAX_FILES:
+        raise TooLarge(f"{len(journeys)} journey files; at most {MAX_FILES}")
+    total = len(source.program_text) + sum(len(text) for _, text in [*source.files, *journeys])
     if total > MAX_TOTAL_CHARS:
         raise TooLarge(f"{total} characters of YAML; at most {MAX_TOTAL_CHARS}")
 
@@ -260,12 +296,94 @@ def _read(src: RulesSource) -> tuple[PackSource, str, str | None]:
     return PackSource(PROGRAM_FILE, src.program, sorted(src.files.items())), "", None
 
 
-def load(src: RulesSource) -> tuple[CompiledPack, PackSource, str | None]:
-    """Read, bound, validate and compile a pack: (pack, its texts, its origin).
+def _journey_texts(src: RulesSource) -> list[tuple[str, str]] | None:
+    """The journey files that came with `src`, as (path or name, text); None: none did."""
+    if isinstance(src, RulesTexts):
+        if src.journeys is None:
+            return None
+        return [(f"journeys/{name}", text) for name, text in sorted(src.journeys.items())]
+    folder = src.journeys
+    if folder is None:
+        return None
+    if not folder.is_dir():
+        raise RulesInvalid([SourceProblem(str(folder), None, "not a folder of journey files")])
+    paths = sorted(
+        p for p in [*folder.glob("*.yaml"), *folder.glob("*.yml")] if p.name != PROGRAM_FILE
+    )
+    if len(paths) > MAX_FILES:
+        raise TooLarge(f"{len(paths)} journey files; at most {MAX_FILES}")
+    texts: list[tuple[str, str]] = []
+    errors: list[SourceProblem] = []
+    for path in paths:
+        try:
+            texts.append((str(path), path.read_text(encoding="utf-8")))
+        except (OSError, UnicodeDecodeError) as exc:
+            errors.append(SourceProblem(str(path), None, f"cannot read the file: {exc}"))
+    if errors:
+        raise RulesInvalid(errors)
+    return texts
+
+
+def _journey_names(
+    texts: list[tuple[str, str]], program: Program
+) -> tuple[list[str], list[SourceProblem]]:
+    """The names of the journeys in `texts`, each validated against `program` as
+    `crmflow journeys validate` does, and their problems. A journey with problems still
+    gives its name when it has one, so rules naming it are not refused as well."""
+    names: dict[str, str] = {}
+    errors: list[SourceProblem] = []
+    for path, text in texts:
+        try:
+            doc = parse_yaml(text, path)
+        except SourceError as exc:
+            errors += exc.errors
+            continue
+        try:
+            check_journey(doc, program)
+        except SourceError as exc:
+            errors += exc.errors
+        except RecursionError:  # the YAML composer recurses once per nesting level
+            errors.append(SourceProblem(path, None, "the YAML is nested too deeply"))
+        name = doc.data.get("journey") if isinstance(doc.data, dict) else None
+        if not isinstance(name, str):
+            continue
+        if name in names:
+            errors.append(
+                SourceProblem(
+                    path,
+                    doc.line_of(("journey",)),
+                    f"journey {name!r} is in {names[name]} as well: one file per journey",
+                )
+            )
+        names.setdefault(name, path)
+    return list(names), errors
+
+
+def _program_of(source: PackSource) -> Program | None:
+    """The pack's programme, or None when it does not load (`build_pack` says why)."""
+    try:
+        return load_program(parse_yaml(source.program_text, source.program_path))
+    except SourceError:
+        return None
+
+
+@dataclass
+class Loaded:
+    """A valid pack: compiled, its texts, where it came from, and what was not checked."""
+
+    pack: CompiledPack
+    source: PackSource
+    origin: str | None
+    warnings: list[str] = field(default_factory=list)
+
+
+def load(src: RulesSource) -> Loaded:
+    """Read, bound, validate and compile a pack, with the journeys it came with (if any).
 
     `RulesInvalid` lists every problem with file and line; `TooLarge` past the limits."""
     source, base_dir, origin = _read(src)
-    _check_size(source)
+    journeys = _journey_texts(src)
+    _check_size(source, journeys or [])
     errors = [
         e
         for e in (
@@ -274,16 +392,30 @@ def load(src: RulesSource) -> tuple[CompiledPack, PackSource, str | None]:
                 yaml_bounds(text, str(Path(base_dir) / name) if base_dir else name)
                 for name, text in source.files
             ),
+            *(yaml_bounds(text, path) for path, text in journeys or []),
         )
         if e is not None
     ]
     if errors:
         raise RulesInvalid(errors)
+    names: list[str] | None = None
+    journey_errors: list[SourceProblem] = []
+    program = _program_of(source) if journeys is not None else None
+    if journeys is not None and program is not None:
+        names, journey_errors = _journey_names(journeys, program)
     try:
-        pack = build_pack(source, base_dir)
+        pack = build_pack(source, base_dir, names)
     except SourceError as exc:
-        raise RulesInvalid(exc.errors) from exc
-    return pack, source, origin
+        raise RulesInvalid([*exc.errors, *journey_errors]) from exc
+    if journey_errors:
+        raise RulesInvalid(journey_errors)
+    warnings: list[str] = []
+    named = named_journeys(pack)
+    if journeys is None and named:
+        warnings.append(
+            "journey names were not checked (no journeys were given): " + ", ".join(named)
+        )
+    return Loaded(pack, source, origin, warnings)
 
 
 def load_program_file(path: Path) -> Program:
@@ -314,7 +446,8 @@ def validate(src: RulesSource) -> RulesSummary:
     """Check the programme and rule files; `RulesInvalid` names every problem's file and line.
 
     Pure: it reads no database."""
-    pack, source, _ = load(src)
+    loaded = load(src)
+    pack, source = loaded.pack, loaded.source
     return RulesSummary(
         version=pack.version,
         program=source.program_path,
@@ -324,6 +457,7 @@ def validate(src: RulesSource) -> RulesSummary:
             RuleSummary(name=r.rule.name, file=r.file, priority=r.rule.priority)
             for r in pack.ordered({r.index for r in pack.rules})
         ],
+        warnings=loaded.warnings,
     )
 
 
@@ -375,7 +509,7 @@ def dry_run(
     limit = rt.settings.api_max_batch
     if len(events) > limit:
         raise TooLarge(f"{len(events)} events in one dry run; at most {limit} (api_max_batch)")
-    pack, _, _ = load(src)
+    pack = load(src).pack
     state = _start_state(rt, pack, customer, events[0])
     engine = rt.rules.rule_engine
     out: list[EventOutcome] = []
@@ -410,6 +544,8 @@ def dry_run(
                     )
                     for c in outcome.changes
                 ],
+                rules=explain_event(pack, facts, outcome.fired),
+                facts={k: _plain(v) for k, v in facts.items()},
             )
         )
     return DryRun(version=pack.version, customer=state.customer_id, events=out)
@@ -419,14 +555,21 @@ def deploy(rt: Runtime, src: RulesSource, origin: str | None = None) -> Deployed
     """Store this version (once) and make it the active one: events use it from now on.
 
     `origin` is recorded as where it came from (default: the folder, if any)."""
-    pack, source, where = load(src)
+    loaded = load(src)
+    pack, source, where = loaded.pack, loaded.source, loaded.origin
     with rt.engine.begin() as conn:
         was_active = store.active_version(conn) == pack.version
         new = store.deploy(conn, pack.version, source, len(pack.rules), origin or where)
     status: Literal["deployed", "reactivated", "unchanged"] = (
         "deployed" if new else "unchanged" if was_active else "reactivated"
     )
-    return Deployed(version=pack.version, new=new, rules=len(pack.rules), status=status)
+    return Deployed(
+        version=pack.version,
+        new=new,
+        rules=len(pack.rules),
+        status=status,
+        warnings=loaded.warnings,
+    )
 
 
 def list_versions(rt: Runtime) -> list[RuleVersion]:
@@ -453,7 +596,9 @@ def activate(rt: Runtime, version: str) -> RuleVersion:
 
 def list_facts(program: Program) -> list[FactInfo]:
     """The facts conditions can test under `program`, with their types and operators."""
-    rows = [(name, kind, text) for name, (kind, text) in FIXED_FACTS.items()]
+    rows: list[tuple[str, str, str]] = [
+        (name, kind, text) for name, (kind, text) in FIXED_FACTS.items()
+    ]
     rows += [
         (f"event.{p}", k, "declared in event_properties")
         for p, k in program.event_properties.items()

@@ -31,8 +31,10 @@ async def list_versions(
 async def validate(
     pack: service.RulesTexts, who: Annotated[Principal, permit("rules.write")], rt: RuntimeDep
 ) -> service.RulesSummary:
-    """Check a programme and its rule files; 422 lists every problem as `file:line` and the
-    field at fault. Nothing is stored."""
+    """Check a programme and its rule files (and, when sent, the journeys they may name:
+    a rule naming another journey is a problem; without them `warnings` says journey names
+    were not checked); 422 lists every problem as `file:line` and the field at fault.
+    Nothing is stored."""
     return await run_in_threadpool(service.validate, pack)
 
 
@@ -42,8 +44,9 @@ async def dry_run(
     who: Annotated[Principal, permit("rules.write")],
     rt: RuntimeDep,
 ) -> service.DryRun:
-    """Which rules would fire for each event, why, and what they would change — on the
-    stored profile of `customer`, or on a new one. Nothing is stored."""
+    """Every rule explained for each event — fired, not listening to its type, or the first
+    condition that was false with the values it saw — and what the fired ones would change;
+    on the stored profile of `customer`, or on a new one. Nothing is stored."""
     return await run_in_threadpool(service.dry_run, rt, body, body.events, body.customer)
 
 
@@ -52,7 +55,7 @@ async def deploy(
     pack: service.RulesTexts, who: Annotated[Principal, permit("rules.write")], rt: RuntimeDep
 ) -> service.Deployed:
     """Store this version and make it the active one; the same content again is
-    `unchanged`."""
+    `unchanged`. Journeys sent with it are checked as in `/rules/validate`."""
     return await run_in_threadpool(service.deploy, rt, pack, f"api {who.actor}")
 
 
