@@ -13,8 +13,9 @@ The window is `(as_of - window_days, as_of]`. What the figures mean:
 - `buyers`, `repeat_buyers`: customers (any stage) with one / two or more `purchase` events in
   the window; `repurchase_rate` = repeat buyers / buyers (0 when nobody bought); `revenue`: the
   sum of the purchases' `amount`.
-- `points_issued`, `points_redeemed`, `points_expired`: the ledger's `earn`, `debit` and
-  `expire` entries in the window, as positive numbers (`adjust` entries are left out).
+- `points_issued`, `points_redeemed`, `points_expired`: the ledger's `earn` and `pending`,
+  `redeem` net of `redeem_reversal`, and `expire` entries in the window, as positive numbers
+  (clawbacks and operator adjustments are left out).
 - `tier_distribution`: customers per tier now (customers without a tier are left out).
 - `tier_movement`: `tier_history` rows changed in the window, per (from, to); `from_tier` is
   None for a first tier.

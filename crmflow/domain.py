@@ -214,6 +214,9 @@ class PointsLotView(BaseModel):
     remaining: float
     earned_at: datetime
     expires_at: datetime | None = None
+    available_at: datetime | None = Field(
+        None, description="pending until then (the return window); null: spendable at once"
+    )
 
 
 class TierChangeView(BaseModel):
@@ -259,7 +262,13 @@ class CustomerProfile(BaseModel):
     created_at: datetime
     updated_at: datetime
     tags: list[TagView] = Field(default_factory=list)
-    points_balance: float = 0.0
+    points_balance: float = Field(
+        0.0, description="points that can be spent now (pending points and a debt apart)"
+    )
+    points_pending: float = Field(0.0, description="points still inside the return window")
+    points_debt: float = Field(
+        0.0, description="what refunds clawed back beyond the balance; later earnings settle it"
+    )
     expiring_lots: list[PointsLotView] = Field(
         default_factory=list, description="lots with points left, soonest expiry first"
     )

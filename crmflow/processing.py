@@ -22,13 +22,13 @@ from sqlalchemy import Connection, Engine, select, update
 from crmflow.rules_runtime import rules_runtime
 from crmflow.state_cache import new_state_version, prune
 from rules.compiler import CompiledPack, CompiledRule
-from rules.effects import Outcome, apply_rules
+from rules.effects import Outcome, apply_rules, plan_refund
 from rules.engine import RuleEngine
 from rules.facts import EventFacts, ProfileState, build_facts, record_event
 from rules.models import Rule
 from store.db import utcnow
 from store.models import CustomerRow, EventRow
-from store.rule_state import ChunkWriter, load_states
+from store.rule_state import ChunkWriter, load_orders, load_states
 from store.sql import table_of, where_in
 
 HISTORY_DAYS = 366  # the longest window a fact looks back over, plus a day
@@ -78,14 +78,20 @@ def evaluate_event(
     *,
     explain: bool = False,
 ) -> tuple[dict[str, Any], Outcome]:
-    """One event through the rules: facts, fired rules (in order), effects applied to state."""
+    """One event through the rules: facts, fired rules (in order), effects applied to state.
+    A refund first claws back its order's points (`plan_refund`); the rules then see the
+    state after it, and its change comes first in the outcome."""
     record_event(state, event, pack.program)
+    refund = plan_refund(pack.program, state, event)
     # explanations show every fact; evaluation computes only the ones the rules read
     facts = build_facts(state, event, pack.program, None if explain else pack.needed_facts)
     fired = pack.ordered(engine.fired(pack, facts))
     # effects update `facts` as they apply (tier, stage, owner); keep the facts the rules saw
     seen = dict(facts) if explain else facts
-    return seen, apply_rules(pack, fired, state, event, facts)
+    outcome = apply_rules(pack, fired, state, event, facts)
+    if refund:
+        outcome.changes[:0] = refund
+    return seen, outcome
 
 
 def process_chunk(
@@ -130,6 +136,7 @@ def process_chunk(
                 follow_up_event=program.follow_up_event,
             )
         )
+    load_orders(conn, states, ordered, program)
     now = utcnow()
     writer = ChunkWriter(rules_version=pack.version, now=now)
     journeys = runtime.journey_event_types(conn)
@@ -201,7 +208,14 @@ def revoke_consents(conn: Connection, events: list[dict[str, Any]], now: datetim
 def state_key(pack: CompiledPack) -> tuple[str, ...]:
     """What kept rule states depend on: the rules version and the events the history reads."""
     p = pack.program
-    return (pack.version, p.purchase_event, p.spend_property, p.follow_up_event)
+    return (
+        pack.version,
+        p.purchase_event,
+        p.spend_property,
+        p.follow_up_event,
+        p.refund_event,
+        p.order_property,
+    )
 
 
 def lock_customers(conn: Connection, customer_ids: list[str]) -> dict[str, int]:

@@ -85,3 +85,9 @@ def prune(state: ProfileState, since: datetime) -> None:
         state.earnings = [e for e in state.earnings if e[0] > since]
     if any(lot.remaining <= 0 for lot in state.lots):
         state.lots = [lot for lot in state.lots if lot.remaining > 0]
+    if state.refunds:
+        state.refunds = [r for r in state.refunds if r[0] > since]
+    if state.credits:
+        state.credits = [c for c in state.credits if c[0] > since]
+    # orders are loaded for the refunds of a chunk, never kept: a fresh load has none
+    state.orders.clear()

@@ -24,7 +24,8 @@ from zoneinfo import ZoneInfo
 
 from rules.compiler import CompiledPack, CompiledRule
 from rules.expressions import Evaluator, parse_expression
-from rules.facts import EventFacts, Lot, ProfileState, zone
+from rules.facts import EventFacts, Lot, ProfileState, order_of, zone
+from rules.ledger import ZERO, OrderState, cents, clawback_due, fifo, settle_debt, take_from
 from rules.models import (
     AddTag,
     AssignOwner,
@@ -53,7 +54,8 @@ class Change:
     """One applied (or skipped) effect, as the store writes it and the audit trail shows it."""
 
     rule: str
-    kind: str  # add_tag, remove_tag, earn, debit, tier, stage, owner, journey, task, coupon
+    # add_tag, remove_tag, earn, debit, clawback, tier, stage, owner, journey, task, coupon
+    kind: str
     detail: dict[str, Any]
     skipped: str | None = None  # the reason, when the effect changed nothing
 
@@ -191,9 +193,29 @@ class _Planner:
             return
         value = _money(points)
         key = _key(self.event.event_id, rule, index)
-        expires = lot_expiry(self.program, self.at, self.state.timezone)
-        self.state.lots.append(Lot(key=key, remaining=value, earned_at=self.at, expires_at=expires))
+        policy = self.program.points
+        purchase = self.event.type == self.program.purchase_event
+        # purchase points wait out the return window; their expiry counts from its end
+        available = self.at + timedelta(days=policy.pending_days) if purchase else None
+        if available is not None and policy.pending_days == 0:
+            available = None
+        expires = lot_expiry(self.program, available or self.at, self.state.timezone)
+        order_id = order_of(self.event, self.program) if purchase else None
+        settled = settle_debt(self.state.debt, value)  # a debt is paid before anything else
+        self.state.debt -= settled
+        self.state.lots.append(
+            Lot(
+                key=key,
+                remaining=value - settled,
+                earned_at=self.at,
+                expires_at=expires,
+                order_id=order_id,
+                available_at=available,
+            )
+        )
         self.state.earnings.append((self.at, float(value)))
+        if order_id is not None and order_id in self.state.orders:
+            self.state.orders[order_id].points += value
         self.change(
             rule,
             "earn",
@@ -202,6 +224,9 @@ class _Planner:
             expires_at=expires,
             reason=args.reason,
             capped=capped,
+            order_id=order_id,
+            available_at=available,
+            debt_settled=float(settled) if settled else None,
         )
 
     def deduct(self, rule: str, index: int, eff: DeductPoints) -> None:
@@ -213,27 +238,15 @@ class _Planner:
         need = _money(wanted)
         balance = self.state.balance(self.at)
         if balance < need:
-            # never negative: a debit larger than the balance is refused whole
+            # a rule's deduction never makes a debt: larger than the balance, it is refused
             self.change(
                 rule, "debit", "insufficient points", requested=float(need), balance=float(balance)
             )
             return
-        allocations: list[dict[str, Any]] = []
-        live = [
-            lot
-            for lot in self.state.lots
-            if lot.remaining > 0 and (lot.expires_at is None or lot.expires_at > self.at)
+        taken, _ = fifo(self.state.lots, need, self.at)
+        allocations = [
+            {"lot_key": lot.key, "lot_id": lot.id, "amount": float(take)} for lot, take in taken
         ]
-        far = datetime.max.replace(tzinfo=UTC)
-        live.sort(key=lambda lot: (lot.expires_at or far, lot.earned_at))  # first to expire first
-        left = need
-        for lot in live:
-            if left <= 0:
-                break
-            take = min(lot.remaining, left)
-            lot.remaining -= take
-            left -= take
-            allocations.append({"lot_key": lot.key, "lot_id": lot.id, "amount": float(take)})
         self.change(
             rule,
             "debit",
@@ -343,6 +356,9 @@ class _Planner:
         before, self.state.lifecycle_stage = self.state.lifecycle_stage, stage
         self.facts["lifecycle_stage"] = stage
         self.change(rule, "stage", from_stage=before, to_stage=stage)
+        if stage == "member" and self.state.tier is None:
+            # a new member starts in the welcome tier, whatever made them a member
+            self.set_tier(rule, self.program.welcome_tier, "welcome")
 
 
 def apply_rules(
@@ -357,3 +373,68 @@ def apply_rules(
     for compiled in fired:
         planner.apply(compiled)
     return Outcome(fired=[c.rule.name for c in fired], changes=planner.out)
+
+
+REFUND_RULE = "refund"
+
+
+def plan_refund(program: Program, state: ProfileState, event: EventFacts) -> list[Change]:
+    """A refund event's own effect, before any rule sees it: take back the points its order
+    earned (`clawback_due`) — from the order's own lots first (a pending lot is cancelled),
+    then from the other spendable lots, first to expire first, and what is left becomes the
+    member's debt — and lower the spend, at the purchase's time. Returns one `clawback`
+    change (skipped, with the reason, when no points are taken); the store records every
+    refund (`order_refunds`) from it, skipped or not."""
+    if event.type != program.refund_event:
+        return []
+    at = event.occurred_at
+    raw = event.properties.get(program.spend_property)
+    amount = (
+        cents(raw)
+        if isinstance(raw, int | float) and not isinstance(raw, bool) and raw >= 0
+        else None
+    )
+    oid = order_of(event, program)
+    order = state.orders.get(oid) if oid is not None else None
+    detail: dict[str, Any] = {"order_id": oid, "points": 0.0, "debt": 0.0, "allocations": []}
+
+    def done(
+        skipped: str | None, purchased_at: datetime, money: Decimal, points: Decimal
+    ) -> list[Change]:
+        detail.update(purchased_at=purchased_at, amount=float(money))
+        state.refunds.append((purchased_at, at, float(money), float(points)))
+        return [Change(REFUND_RULE, "clawback", detail, skipped)]
+
+    if order is None:
+        # spend still falls, at the refund's time: there is no purchase to put it against
+        reason = "the refund names no order" if oid is None else f"no purchase with order {oid}"
+        return done(reason, at, amount or ZERO, ZERO)
+    due, money = clawback_due(order, amount)
+    order.refunded += money
+    purchased = order.purchased_at or at
+    if program.points.clawback == "none":
+        return done("points.clawback is none", purchased, money, ZERO)
+    if order.points <= 0:
+        return done(f"order {oid} earned no points", purchased, money, ZERO)
+    if due <= 0:
+        return done(f"order {oid} is already clawed back in full", purchased, money, ZERO)
+    order.clawed += due
+    before = {id(lot): lot.remaining for lot in state.lots}
+    own = [lot for lot in state.lots if lot.order_id == oid]
+    left = take_from(own, due, at)
+    if left > 0:
+        _, left = fifo(state.lots, left, at)
+    state.debt += left
+    detail["allocations"] = [
+        {"lot_key": lot.key, "lot_id": lot.id, "amount": float(before[id(lot)] - lot.remaining)}
+        for lot in state.lots
+        if lot.remaining != before[id(lot)]
+    ]
+    detail.update(points=float(due), debt=float(left))
+    return done(None, purchased, money, due)
+
+
+def load_order(state: ProfileState, order: OrderState) -> None:
+    """Give the state an order read from the store (a refund names a purchase of an earlier
+    chunk)."""
+    state.orders.setdefault(order.order_id, order)

@@ -15,6 +15,7 @@ from functools import lru_cache
 from typing import Any, Literal
 from zoneinfo import ZoneInfo
 
+from rules.ledger import ZERO, OrderState, cents, is_pending, is_spendable
 from rules.models import Program
 
 FactKind = Literal["number", "string", "boolean", "list", "any"]
@@ -27,14 +28,26 @@ FIXED_FACTS: dict[str, tuple[FactKind, str]] = {
     "event.type": ("string", "the event's type"),
     "tier": ("string", "current tier name"),
     "tier_rank": ("number", "rank of the current tier (the welcome tier's when none)"),
-    "points_balance": ("number", "points remaining in unexpired lots"),
+    "points_balance": (
+        "number",
+        "points that can be spent now: unexpired lots past their return window (less the "
+        "debt where the programme allows a negative balance)",
+    ),
+    "points_pending": ("number", "points earned by purchases still inside the return window"),
     "tags": ("list", "current (unexpired) tags; test with contains"),
     "lifecycle_stage": ("string", "lead, prospect, customer or member"),
     "owner": ("string", "sales owner; missing when the customer is in the shared pool"),
     "has_owner": ("boolean", "the customer has a sales owner"),
-    **{f"spend_{d}d": ("number", f"purchase amount over the last {d} days") for d in WINDOWS},
+    **{
+        f"spend_{d}d": ("number", f"purchase amount over the last {d} days, less refunds")
+        for d in WINDOWS
+    },
     **{f"purchases_{d}d": ("number", f"number of purchases in the last {d} days") for d in WINDOWS},
-    "points_earned_365d": ("number", "points earned in the last 365 days"),
+    "points_earned_365d": (
+        "number",
+        "points earned in the last 365 days, less what refunds clawed back, plus operator "
+        "credits marked qualifying",
+    ),
     "days_since_last_purchase": ("number", "days since the latest purchase (0 on a purchase)"),
     "avg_days_between_purchases": (
         "number",
@@ -108,12 +121,20 @@ class ProfileState:
     purchases: list[tuple[datetime, float]] = field(default_factory=list)  # sorted by time
     earnings: list[tuple[datetime, float]] = field(default_factory=list)  # points earned
     last_follow_up_at: datetime | None = None
+    # what a refund clawed back beyond the lots; later credits settle it first
+    debt: Decimal = ZERO
+    # purchases a refund of this chunk may name (loaded on demand; not kept between chunks)
+    orders: dict[str, OrderState] = field(default_factory=dict)
+    # (purchased_at, refunded_at, money, points): refunds lower spend at the purchase's time
+    refunds: list[tuple[datetime, datetime, float, float]] = field(default_factory=list)
+    credits: list[tuple[datetime, float]] = field(default_factory=list)  # qualifying credits
 
     def balance(self, at: datetime) -> Decimal:
-        return sum(
-            (lot.remaining for lot in self.lots if lot.expires_at is None or lot.expires_at > at),
-            Decimal(0),
-        )
+        """Points spendable at `at` (pending lots are not)."""
+        return sum((lot.remaining for lot in self.lots if is_spendable(lot, at)), ZERO)
+
+    def pending(self, at: datetime) -> Decimal:
+        return sum((lot.remaining for lot in self.lots if is_pending(lot, at)), ZERO)
 
     def live_tags(self, at: datetime) -> set[str]:
         return {t for t, exp in self.tags.items() if exp is None or exp > at}
@@ -172,6 +193,12 @@ def _fits(value: Any, kind: str) -> bool:
     return isinstance(value, str | int | float | bool)
 
 
+def order_of(event: EventFacts, program: Program) -> str | None:
+    """The order an event names (a purchase's or a refund's), or None."""
+    oid = event.properties.get(program.order_property)
+    return oid if isinstance(oid, str) and oid else None
+
+
 def record_event(state: ProfileState, event: EventFacts, program: Program) -> None:
     """Fold the event itself into the state (a purchase counts towards its own facts)."""
     if event.type == program.purchase_event:
@@ -179,6 +206,13 @@ def record_event(state: ProfileState, event: EventFacts, program: Program) -> No
         if isinstance(amount, int | float) and not isinstance(amount, bool):
             state.purchases.append((event.occurred_at, float(amount)))
             state.purchases.sort(key=lambda p: p[0])
+            oid = order_of(event, program)
+            if oid is not None:
+                order = state.orders.get(oid)
+                if order is None:
+                    state.orders[oid] = OrderState(oid, event.occurred_at, cents(amount))
+                else:  # one order sent as several purchases (split shipments)
+                    order.amount += cents(amount)
     elif event.type == program.follow_up_event and (
         state.last_follow_up_at is None or event.occurred_at > state.last_follow_up_at
     ):
@@ -219,7 +253,12 @@ def build_facts(
         facts["tier"] = state.tier
     facts["tier_rank"] = tier_def.rank if tier_def else 0
     if every or "points_balance" in want:
-        facts["points_balance"] = float(state.balance(at))
+        balance = state.balance(at)
+        if program.points.negative_balance == "allow":
+            balance -= state.debt
+        facts["points_balance"] = float(balance)
+    if every or "points_pending" in want:
+        facts["points_pending"] = float(state.pending(at))
     if every or "tags" in want:
         facts["tags"] = state.live_tags(at)
     facts["lifecycle_stage"] = state.lifecycle_stage
@@ -236,7 +275,9 @@ def build_facts(
                 if t > since:
                     spend += a
                     count += 1
-            facts[spend_key] = round(spend, 2)
+            if state.refunds:
+                spend -= sum(m for p, r, m, _ in state.refunds if since < p <= at and r <= at)
+            facts[spend_key] = round(max(spend, 0.0), 2)
             facts[count_key] = count
         if past:
             facts["days_since_last_purchase"] = _days(at - past[-1][0])
@@ -249,7 +290,10 @@ def build_facts(
                     facts["purchase_gap_ratio"] = round(ratio, 4)
     if every or "points_earned_365d" in want:
         earned = sum(a for t, a in state.earnings if year_ago < t <= at)
-        facts["points_earned_365d"] = round(earned, 2)
+        if state.refunds:
+            earned -= sum(x for p, r, _, x in state.refunds if year_ago < p <= at and r <= at)
+        earned += sum(a for t, a in state.credits if year_ago < t <= at)
+        facts["points_earned_365d"] = round(max(earned, 0.0), 2)
     if every or not want.isdisjoint(_FOLLOW_UP_FACTS):
         since_follow_up = at - (state.last_follow_up_at or state.created_at)
         facts["days_since_last_follow_up"] = _days(since_follow_up)

@@ -41,6 +41,17 @@ KINDS = (
     EXPIRE,
 )
 EARNED_KINDS = (EARN, PENDING)  # what qualifies for a tier on `points_earned`
+REDEEMED_KINDS = (REDEEM, REDEEM_REVERSAL)  # net: a reversed redemption spent nothing
+
+# The one map from ledger kinds to the figures KPIs report (each as a positive number).
+KIND_FIGURES: dict[str, str] = {
+    EARN: "points_issued",
+    PENDING: "points_issued",
+    REDEEM: "points_redeemed",
+    REDEEM_REVERSAL: "points_redeemed",
+    CLAWBACK: "points_clawed_back",
+    EXPIRE: "points_expired",
+}
 
 _FAR = datetime.max.replace(tzinfo=UTC)
 

@@ -43,6 +43,7 @@ from automations.models import (
 )
 from journeys.timing import anniversary, parse_date
 from rules.facts import zone
+from rules.ledger import ACTIVATE
 from rules.models import Program
 from rules.tiers import GRACE_TAG, TierStanding, review_tier
 from store.bulk import insert_rows
@@ -51,6 +52,7 @@ from store.models import (
     AuditRow,
     CustomerRow,
     EventRow,
+    OrderRefundRow,
     PointsLedgerRow,
     PointsLotRow,
     TagRow,
@@ -65,6 +67,7 @@ LEDGER = table_of(PointsLedgerRow)
 TAGS = table_of(TagRow)
 AUDIT = table_of(AuditRow)
 TIER_HISTORY = table_of(TierHistoryRow)
+REFUNDS = table_of(OrderRefundRow)
 
 
 @dataclass(frozen=True)
@@ -182,6 +185,46 @@ def expire_points(conn: Connection, ctx: RunContext, cursor: str | None) -> Chun
         cursor=str(hi),
         done=False,
         counts={"lots_expired": lots, "points_expired": float(points), "customers": customers},
+    )
+
+
+def activate_points(conn: Connection, ctx: RunContext, cursor: str | None) -> Chunk:
+    """Make the next chunk of pending lots spendable once their return window has closed:
+    an `activate` ledger entry (keyed `activate:<lot id>`; a transfer from pending to active,
+    counted in no total) and the lot's `activated_at`. Balances read the clock, so a lot is
+    spendable from `available_at` on whether or not this has run; this records it."""
+    p: PointsExpiryParams = ctx.params
+    lo = int(cursor or 0)
+    lot = LOTS.c
+    due = and_(lot.available_at <= ctx.as_of, lot.activated_at.is_(None))
+    found = _next_ids(conn, LOTS, lo, due, p.chunk_size)
+    if found is None:
+        return Chunk(cursor=str(lo), done=True)
+    hi, chunk = found
+    lots, points = conn.execute(
+        select(func.count(), func.coalesce(func.sum(lot.remaining), 0)).where(chunk)
+    ).one()
+    entries = select(
+        lot.customer_id,
+        lot.id,
+        literal(ACTIVATE, String),
+        lot.remaining,
+        lot.available_at,
+        lot.order_id,
+        literal("return window closed", String),
+        literal("activate:", String) + cast(lot.id, String),
+    ).where(chunk, lot.remaining > 0)
+    columns = ["customer_id", "lot_id", "kind", "amount", "at", "order_id", "reason", "dedupe_key"]
+    conn.execute(
+        insert_for(conn, LEDGER)
+        .from_select(columns, entries)
+        .on_conflict_do_nothing(index_elements=["dedupe_key"])
+    )
+    conn.execute(update(LOTS).where(chunk).values(activated_at=ctx.as_of))
+    return Chunk(
+        cursor=str(hi),
+        done=False,
+        counts={"lots_activated": lots, "points_activated": float(points)},
     )
 
 
@@ -541,7 +584,7 @@ def qualifying_totals(
     `({customer_id: spend}, {customer_id: points earned})` (absent: none). The one
     definition the tier review and the customer 360 view share."""
     since = as_of - timedelta(days=program.tier_policy.window_days)
-    e, led = EVENTS.c, LEDGER.c
+    e, led, ref = EVENTS.c, LEDGER.c, REFUNDS.c
     spend = _per_customer(
         conn,
         e.customer_id,
@@ -563,10 +606,29 @@ def qualifying_totals(
         ids,
         lambda where: (
             select(led.customer_id, func.sum(led.amount))
-            .where(where, led.kind == "earn", led.at > since, led.at <= as_of)
+            .where(where, led.qualifying.is_(True), led.at > since, led.at <= as_of)
             .group_by(led.customer_id)
         ),
     )
+    # refunds take their money and points off the window of the purchase they refund
+    in_window = (
+        ref.purchased_at > since,
+        ref.purchased_at <= as_of,
+        ref.refunded_at <= as_of,
+    )
+
+    def refunded(column: Any) -> Callable[[Any], Any]:
+        return lambda where: (
+            select(ref.customer_id, func.sum(column))
+            .where(where, *in_window)
+            .group_by(ref.customer_id)
+        )
+
+    for totals, column in ((spend, ref.amount), (earned, ref.points)):
+        taken = _per_customer(conn, ref.customer_id, ids, refunded(column))
+        for cid, value in taken.items():
+            if cid in totals:
+                totals[cid] = max(float(totals[cid] or 0) - float(value or 0), 0.0)
     return spend, earned
 
 
@@ -706,6 +768,7 @@ def review_tiers(conn: Connection, ctx: RunContext, cursor: str | None) -> Chunk
 STEP_FUNCTIONS: dict[tuple[str, str], StepFn] = {
     ("points_expiry", "expire"): expire_points,
     ("points_expiry", "notify"): warn_expiring,
+    ("points_expiry", "activate"): activate_points,
     ("tag_expiry", "expire"): expire_tags,
     ("churn_scan", "scan"): scan_churn,
     ("lead_sla", "scan"): scan_leads,

@@ -7,6 +7,7 @@ from datetime import timedelta
 from sqlalchemy import Connection, case, func, select
 
 from crmflow.contracts.kpi import KpiRequest, KpiSnapshot
+from rules.ledger import EARNED_KINDS
 from store.models import (
     CustomerRow,
     EventRow,
@@ -59,7 +60,7 @@ def kpi_snapshot(conn: Connection, req: KpiRequest) -> KpiSnapshot:
     )
     issued = conn.execute(
         select(func.coalesce(func.sum(PointsLedgerRow.amount), 0)).where(
-            PointsLedgerRow.kind == "earn",
+            PointsLedgerRow.kind.in_(EARNED_KINDS),
             PointsLedgerRow.at > since,
             PointsLedgerRow.at <= req.as_of,
         )

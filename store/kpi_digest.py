@@ -18,11 +18,13 @@ from sqlalchemy import ColumnElement, Connection, and_, case, func, select
 
 from automations.digest import JourneyConversion, KpiDigest, TierMove
 from journeys.models import HOLDOUT
+from rules.ledger import EARNED_KINDS, KIND_FIGURES
 from store.models import CustomerRow, EnrollmentRow, EventRow, PointsLedgerRow, TierHistoryRow
 
 MEMBER = "member"
 PURCHASE = "purchase"
-LEDGER_KINDS = {"earn": "points_issued", "debit": "points_redeemed", "expire": "points_expired"}
+# the ledger kinds the digest reports (the clawbacks are not one of its figures)
+LEDGER_KINDS = {k: f for k, f in KIND_FIGURES.items() if f != "points_clawed_back"}
 
 
 def _int(v: Any) -> int:
@@ -141,9 +143,10 @@ def revenue(conn: Connection, w: _Windows) -> tuple[float, float]:
 
 
 def points(conn: Connection, w: _Windows) -> tuple[dict[str, float], dict[str, float]]:
-    """Points earned, debited and expired in the window and the previous one, positive."""
+    """Points issued, redeemed (net of reversals) and expired in the window and the previous
+    one, positive."""
     p = PointsLedgerRow
-    size = func.abs(p.amount)
+    size = case((p.kind.in_(EARNED_KINDS), p.amount), else_=-p.amount)
     rows = conn.execute(
         select(
             p.kind,
@@ -156,8 +159,8 @@ def points(conn: Connection, w: _Windows) -> tuple[dict[str, float], dict[str, f
     now = dict.fromkeys(LEDGER_KINDS.values(), 0.0)
     then = dict(now)
     for kind, n, t in rows:
-        now[LEDGER_KINDS[kind]] = _points(n)
-        then[LEDGER_KINDS[kind]] = _points(t)
+        now[LEDGER_KINDS[kind]] += _points(n)
+        then[LEDGER_KINDS[kind]] += _points(t)
     return now, then
 
 

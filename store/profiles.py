@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from datetime import datetime
+from typing import Any
 
 from sqlalchemy import Connection, func, select
 
@@ -39,6 +40,11 @@ def load_profile(
     ).first()
     if c is None:
         return None
+    moment = at or utcnow()
+
+    def waiting(lot: Any) -> bool:  # still inside its return window
+        return lot.available_at is not None and lot.available_at > moment
+
     tags = conn.execute(
         select(TagRow.tag, TagRow.source, TagRow.expires_at)
         .where(TagRow.customer_id == customer_id)
@@ -50,9 +56,10 @@ def load_profile(
             PointsLotRow.remaining,
             PointsLotRow.earned_at,
             PointsLotRow.expires_at,
+            PointsLotRow.available_at,
         )
         # as of now: a lot past its date no longer counts, nightly expiry run or not
-        .where(PointsLotRow.customer_id == customer_id, live_lot(PointsLotRow, at or utcnow()))
+        .where(PointsLotRow.customer_id == customer_id, live_lot(PointsLotRow, moment))
         .order_by(PointsLotRow.expires_at.is_(None), PointsLotRow.expires_at, PointsLotRow.id)
     ).all()
     history = conn.execute(
@@ -111,10 +118,14 @@ def load_profile(
         created_at=c.created_at,
         updated_at=c.updated_at,
         tags=[TagView(tag=t, source=s, expires_at=e) for t, s, e in tags],
-        points_balance=float(sum((lot.remaining for lot in open_lots), 0)),
+        points_balance=float(sum((lot.remaining for lot in open_lots if not waiting(lot)), 0)),
+        points_pending=float(sum((lot.remaining for lot in open_lots if waiting(lot)), 0)),
+        points_debt=float(c.points_debt or 0),
         expiring_lots=[
-            PointsLotView(earned=float(e), remaining=float(r), earned_at=at, expires_at=exp)
-            for e, r, at, exp in open_lots[:lots]
+            PointsLotView(
+                earned=float(e), remaining=float(r), earned_at=at, expires_at=exp, available_at=av
+            )
+            for e, r, at, exp, av in open_lots[:lots]
         ],
         tier_history=[
             TierChangeView(from_tier=f, to_tier=t, changed_at=at, reason=r, event_id=ev)

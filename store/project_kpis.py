@@ -9,7 +9,8 @@ e-mail sent) is left out, so the review says "not measured" instead of judging a
 - new_members: customers whose first event of any kind falls in the window;
 - journey_conversion: customers who were sent a message (`message_deliveries`, status sent)
   and bought at or after their first message in the window / customers sent a message;
-- points_issued: points earned (ledger `earn`); points_redeemed: points debited (`debit`);
+- points_issued: points earned (ledger `earn` and `pending`); points_redeemed: points spent on
+  rewards, net of reversals (`redeem`, `redeem_reversal`);
   redemption_rate: redeemed / issued;
 - average_order_value: mean purchase `amount`;
 - churn_rate: customers who bought in the equally long window just before and not in this
@@ -25,6 +26,7 @@ from typing import Any
 
 from sqlalchemy import ColumnElement, Connection, and_, case, exists, func, select
 
+from rules.ledger import KIND_FIGURES
 from store.models import DeliveryRow, EventRow, PointsLedgerRow
 
 Window = tuple[datetime, datetime]
@@ -94,26 +96,28 @@ def journey_conversion(conn: Connection, w: Window) -> float | None:
     return _ratio(float(converted), float(total))
 
 
-def _points(conn: Connection, w: Window, kind: str) -> float:
+def _points(conn: Connection, w: Window, figure: str) -> float:
+    """A points figure (`rules.ledger.KIND_FIGURES`) over the window, as a positive number."""
+    kinds = [k for k, f in KIND_FIGURES.items() if f == figure]
     total = conn.execute(
-        select(func.coalesce(func.sum(func.abs(PointsLedgerRow.amount)), 0)).where(
-            PointsLedgerRow.kind == kind,
+        select(func.coalesce(func.sum(PointsLedgerRow.amount), 0)).where(
+            PointsLedgerRow.kind.in_(kinds),
             _in(PointsLedgerRow.at, w),
         )
     ).scalar_one()
-    return float(total)
+    return abs(float(total))
 
 
 def points_issued(conn: Connection, w: Window) -> float | None:
-    return _points(conn, w, "earn")
+    return _points(conn, w, "points_issued")
 
 
 def points_redeemed(conn: Connection, w: Window) -> float | None:
-    return _points(conn, w, "debit")
+    return _points(conn, w, "points_redeemed")
 
 
 def redemption_rate(conn: Connection, w: Window) -> float | None:
-    return _ratio(_points(conn, w, "debit"), _points(conn, w, "earn"))
+    return _ratio(_points(conn, w, "points_redeemed"), _points(conn, w, "points_issued"))
 
 
 def average_order_value(conn: Connection, w: Window) -> float | None:

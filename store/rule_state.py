@@ -17,7 +17,9 @@ from typing import Any
 from sqlalchemy import Connection, bindparam, delete, func, select, update
 
 from rules.effects import Change
-from rules.facts import Lot, ProfileState
+from rules.facts import EventFacts, Lot, ProfileState, order_of
+from rules.ledger import ADJUST_CREDIT, ADJUST_DEBIT, CLAWBACK, EARN, PENDING, OrderState, cents
+from rules.models import Program
 from store.bulk import insert_rows
 from store.models import (
     AuditRow,
@@ -26,6 +28,7 @@ from store.models import (
     EventRow,
     FollowUpTaskRow,
     JourneyCommandRow,
+    OrderRefundRow,
     PointsLedgerRow,
     PointsLotRow,
     TagRow,
@@ -57,6 +60,7 @@ def load_states(
                 c.owner,
                 c.consent,
                 c.attributes,
+                c.points_debt,
             ).where(where)
         ):
             states[row.customer_id] = ProfileState(
@@ -68,6 +72,7 @@ def load_states(
                 owner=row.owner,
                 consent=dict(row.consent or {}),
                 attributes=dict(row.attributes or {}),
+                debt=cents(row.points_debt or 0),
             )
     ids = list(states)
     for where in where_in(conn, TagRow.customer_id, ids):
@@ -79,7 +84,14 @@ def load_states(
     for where in where_in(conn, lot.customer_id, ids):
         for r in conn.execute(
             select(
-                lot.customer_id, lot.id, lot.lot_key, lot.remaining, lot.earned_at, lot.expires_at
+                lot.customer_id,
+                lot.id,
+                lot.lot_key,
+                lot.remaining,
+                lot.earned_at,
+                lot.expires_at,
+                lot.order_id,
+                lot.available_at,
             )
             .where(where, lot.remaining > 0)
             .order_by(lot.id)
@@ -87,10 +99,12 @@ def load_states(
             states[r.customer_id].lots.append(
                 Lot(
                     key=r.lot_key or f"id:{r.id}",
-                    remaining=Decimal(r.remaining),
+                    remaining=cents(r.remaining),
                     earned_at=r.earned_at,
                     expires_at=r.expires_at,
                     id=r.id,
+                    order_id=r.order_id,
+                    available_at=r.available_at,
                 )
             )
     e = EventRow
@@ -116,13 +130,95 @@ def load_states(
             states[cid].last_follow_up_at = last
     led = PointsLedgerRow
     for where in where_in(conn, led.customer_id, ids):
-        for cid, at, points in conn.execute(
-            select(led.customer_id, led.at, led.amount).where(
-                where, led.kind == "earn", led.at > since
+        for cid, kind, at, points in conn.execute(
+            select(led.customer_id, led.kind, led.at, led.amount).where(
+                where,
+                led.at > since,
+                led.kind.in_((EARN, PENDING, ADJUST_CREDIT)),
+                led.qualifying.is_(True),
             )
         ):
-            states[cid].earnings.append((at, float(points)))
+            target = states[cid].credits if kind == ADJUST_CREDIT else states[cid].earnings
+            target.append((at, float(points)))
+    ref = OrderRefundRow
+    for where in where_in(conn, ref.customer_id, ids):
+        for cid, bought, refunded, money, clawed in conn.execute(
+            select(
+                ref.customer_id, ref.purchased_at, ref.refunded_at, ref.amount, ref.points
+            ).where(where, ref.purchased_at > since)
+        ):
+            if bought is not None:
+                states[cid].refunds.append((bought, refunded, float(money), float(clawed)))
     return states
+
+
+def load_orders(
+    conn: Connection,
+    states: dict[str, ProfileState],
+    events: list[dict[str, Any]],
+    program: Program,
+) -> None:
+    """Give `states` the orders this chunk's refunds name that they do not hold yet (bought
+    in an earlier chunk): the purchase's time and amount, the points its lots earned, what
+    earlier refunds took. Three queries, and none for a chunk without refunds."""
+    wanted: dict[str, set[str]] = {}
+    for e in events:
+        if e["type"] != program.refund_event:
+            continue
+        oid = order_of(
+            EventFacts("", e["type"], e["occurred_at"], e.get("properties") or {}), program
+        )
+        state = states.get(e["customer_id"])
+        if oid is not None and state is not None and oid not in state.orders:
+            wanted.setdefault(e["customer_id"], set()).add(oid)
+    if not wanted:
+        return
+    cids = sorted(wanted)
+    oids = sorted(set().union(*wanted.values()))
+    found: dict[tuple[str, str], OrderState] = {}
+    ev = EventRow
+    order_col = ev.properties[program.order_property].as_string()
+    amount_col = ev.properties[program.spend_property].as_float()
+    for where in where_in(conn, ev.customer_id, cids):
+        for cid, oid, at, amount in conn.execute(
+            select(ev.customer_id, order_col, ev.occurred_at, amount_col)
+            .where(
+                where,
+                ev.type == program.purchase_event,
+                ev.processed_at.is_not(None),
+                order_col.in_(oids),
+            )
+            .order_by(ev.occurred_at, ev.id)
+        ):
+            if oid not in wanted[cid] or amount is None:
+                continue
+            order = found.get((cid, oid))
+            if order is None:
+                found[(cid, oid)] = OrderState(oid, at, cents(amount))
+            else:
+                order.amount += cents(amount)
+    if not found:
+        return
+    lot, ref = PointsLotRow, OrderRefundRow
+    for where in where_in(conn, lot.customer_id, cids):
+        for cid, oid, earned in conn.execute(
+            select(lot.customer_id, lot.order_id, func.sum(lot.earned))
+            .where(where, lot.order_id.in_(oids))
+            .group_by(lot.customer_id, lot.order_id)
+        ):
+            if oid is not None and (cid, oid) in found:
+                found[(cid, oid)].points = cents(earned or 0)
+    for where in where_in(conn, ref.customer_id, cids):
+        for cid, oid, amount, points in conn.execute(
+            select(ref.customer_id, ref.order_id, func.sum(ref.amount), func.sum(ref.points))
+            .where(where, ref.order_id.in_(oids))
+            .group_by(ref.customer_id, ref.order_id)
+        ):
+            if oid is not None and (cid, oid) in found:
+                found[(cid, oid)].refunded = cents(amount or 0)
+                found[(cid, oid)].clawed = cents(points or 0)
+    for (cid, oid), order in found.items():
+        states[cid].orders.setdefault(oid, order)
 
 
 @dataclass
@@ -137,7 +233,9 @@ class ChunkWriter:
     tasks: list[dict[str, Any]] = field(default_factory=list)
     coupons: list[dict[str, Any]] = field(default_factory=list)
     earns: list[dict[str, Any]] = field(default_factory=list)
+    # points taken from lots (a rule's deduction, a refund's clawback); lot_key None: a debt
     debits: list[dict[str, Any]] = field(default_factory=list)
+    refunds: list[dict[str, Any]] = field(default_factory=list)
     touched: set[str] = field(default_factory=set)
     tags_touched: set[str] = field(default_factory=set)
     lots_touched: set[str] = field(default_factory=set)
@@ -198,13 +296,29 @@ class ChunkWriter:
                     "skipped": ch.skipped,
                 }
             )
+            d = ch.detail
+            if ch.kind == "clawback":
+                # every refund is recorded, skipped or not: it lowers spend all the same
+                self.refunds.append(
+                    {
+                        "customer_id": customer_id,
+                        "order_id": d.get("order_id"),
+                        "event_id": event_id,
+                        "purchased_at": d.get("purchased_at"),
+                        "refunded_at": at,
+                        "amount": cents(d.get("amount") or 0),
+                        "points": cents(d.get("points") or 0),
+                        "debt": cents(d.get("debt") or 0),
+                    }
+                )
             if ch.skipped:
                 continue
-            d = ch.detail
             if ch.kind in ("add_tag", "remove_tag"):
                 self.tags_touched.add(customer_id)
             elif ch.kind == "earn":
                 self.lots_touched.add(customer_id)
+                if d.get("debt_settled"):
+                    self.touched.add(customer_id)  # the debt fell
                 self.earns.append(
                     {
                         "customer_id": customer_id,
@@ -212,7 +326,10 @@ class ChunkWriter:
                         "points": Decimal(str(d["points"])),
                         "at": at,
                         "expires_at": d["expires_at"],
+                        "available_at": d.get("available_at"),
+                        "order_id": d.get("order_id"),
                         "event_id": event_id,
+                        "rule": ch.rule,
                         "reason": f"{ch.rule}: {d.get('reason') or 'earn'}",
                     }
                 )
@@ -223,11 +340,38 @@ class ChunkWriter:
                         {
                             "customer_id": customer_id,
                             "lot_key": alloc["lot_key"],
+                            "kind": ADJUST_DEBIT,
                             "amount": -Decimal(str(alloc["amount"])),
                             "at": at,
                             "event_id": event_id,
+                            "order_id": None,
+                            "actor": f"rule:{ch.rule}",
                             "reason": f"{ch.rule}: {d.get('reason') or 'debit'}",
                             "dedupe_key": f"debit:{d['dedupe']}:{i}",
+                        }
+                    )
+            elif ch.kind == "clawback":
+                self.lots_touched.add(customer_id)
+                self.touched.add(customer_id)  # the debt may rise
+                parts = [
+                    (a["lot_key"], a["amount"], str(i)) for i, a in enumerate(d["allocations"])
+                ]
+                if d.get("debt"):
+                    parts.append((None, d["debt"], "debt"))
+                for lot_key, amount, suffix in parts:
+                    self.debits.append(
+                        {
+                            "customer_id": customer_id,
+                            "lot_key": lot_key,
+                            "kind": CLAWBACK,
+                            "amount": -cents(amount),
+                            "at": at,
+                            "event_id": event_id,
+                            "order_id": d.get("order_id"),
+                            "actor": f"rule:{ch.rule}",
+                            "reason": f"refund of order {d.get('order_id')}"
+                            + (" (beyond the balance: a debt)" if lot_key is None else ""),
+                            "dedupe_key": f"claw:{event_id}:{suffix}",
                         }
                     )
             elif ch.kind in ("tier", "stage", "owner"):
@@ -298,6 +442,7 @@ class ChunkWriter:
         keyed: list[tuple[Any, list[dict[str, Any]], str]] = [
             (JourneyCommandRow, self.outbox, "dedupe_key"),
             (CouponRow, self.coupons, "code"),
+            (OrderRefundRow, self.refunds, "event_id"),
         ]
         for model, rows, key in keyed:
             if rows:
@@ -318,6 +463,7 @@ class ChunkWriter:
                 lifecycle_stage=bindparam("stage"),
                 owner=bindparam("owner"),
                 consent=bindparam("consent", type_=c.consent.type),
+                points_debt=bindparam("debt", type_=c.points_debt.type),
                 updated_at=bindparam("now"),
             )
         )
@@ -330,6 +476,7 @@ class ChunkWriter:
                     "stage": states[cid].lifecycle_stage,
                     "owner": states[cid].owner,
                     "consent": states[cid].consent,
+                    "debt": states[cid].debt,
                     "now": self.now,
                 }
                 for cid in sorted(self.touched)
@@ -385,6 +532,8 @@ class ChunkWriter:
                     "source": e["reason"][:200],
                     "event_id": e["event_id"],
                     "lot_key": e["lot_key"],
+                    "order_id": e["order_id"],
+                    "available_at": e["available_at"],
                 }
                 for e in self.earns
             ],
@@ -397,12 +546,15 @@ class ChunkWriter:
                 {
                     "customer_id": e["customer_id"],
                     "lot_id": e["lot_key"],
-                    "kind": "earn",
+                    "kind": PENDING if e["available_at"] is not None else EARN,
                     "amount": e["points"],
                     "at": e["at"],
                     "event_id": e["event_id"],
                     "reason": e["reason"],
                     "dedupe_key": f"earn:{e['lot_key']}",
+                    "order_id": e["order_id"],
+                    "qualifying": True,
+                    "actor": f"rule:{e['rule']}",
                 }
                 for e in self.earns
             ],
@@ -412,28 +564,34 @@ class ChunkWriter:
             return
         # Debits are rare: the lots they drew on get their new `remaining` by id; a lot
         # earned by an earlier chunk of this process does not know its id yet.
-        debited = [final[k] for k in dict.fromkeys(d["lot_key"] for d in self.debits)]
+        drawn = (d["lot_key"] for d in self.debits if d["lot_key"] is not None)
+        debited = [final[k] for k in dict.fromkeys(drawn)]
         unknown = [lot.key for lot in debited if lot.id is None]
         for where in where_in(conn, lots.c.lot_key, unknown) if unknown else []:
             for key, lot_id in conn.execute(select(lots.c.lot_key, lots.c.id).where(where)):
                 final[str(key)].id = lot_id
-        conn.execute(
-            update(lots).where(lots.c.id == bindparam("lid")).values(remaining=bindparam("left")),
-            [{"lid": lot.id, "left": lot.remaining} for lot in debited],
-        )
+        if debited:
+            conn.execute(
+                update(lots)
+                .where(lots.c.id == bindparam("lid"))
+                .values(remaining=bindparam("left")),
+                [{"lid": lot.id, "left": lot.remaining} for lot in debited],
+            )
         insert_rows(
             conn,
             table_of(PointsLedgerRow),
             [
                 {
                     "customer_id": d["customer_id"],
-                    "lot_id": final[d["lot_key"]].id,
-                    "kind": "debit",
+                    "lot_id": final[d["lot_key"]].id if d["lot_key"] is not None else None,
+                    "kind": d["kind"],
                     "amount": d["amount"],
                     "at": d["at"],
                     "event_id": d["event_id"],
                     "reason": d["reason"],
                     "dedupe_key": d["dedupe_key"],
+                    "order_id": d["order_id"],
+                    "actor": d["actor"],
                 }
                 for d in self.debits
             ],

@@ -32,7 +32,7 @@ def test_validate_and_dry_run(api_server: ApiServer, tmp_path: Path) -> None:
     with api_server.client("marketer") as http:
         ok = http.post("/api/v1/rules/validate", json=pack())
         assert ok.status_code == 200, ok.text
-        assert len(ok.json()["rules"]) == 12 and ok.json()["program_name"] == "Acme Rewards"
+        assert len(ok.json()["rules"]) == 11 and ok.json()["program_name"] == "Acme Rewards"
         bad = http.post(
             "/api/v1/rules/validate",
             json=pack(
@@ -67,12 +67,12 @@ def test_validate_and_dry_run(api_server: ApiServer, tmp_path: Path) -> None:
 def test_deploy_versions_activate(api_server: ApiServer) -> None:
     with api_server.client("admin") as http:
         first = http.post("/api/v1/rules/deploy", json=pack()).json()
-        assert (first["status"], first["new"], first["rules"]) == ("deployed", True, 12)
+        assert (first["status"], first["new"], first["rules"]) == ("deployed", True, 11)
         again = http.post("/api/v1/rules/deploy", json=pack()).json()
         assert again["status"] == "unchanged" and again["version"] == first["version"]
         other = pack(**{"60-more.yaml": "rules:\n  - name: more\n    then: [{add_tag: more}]\n"})
         second = http.post("/api/v1/rules/deploy", json=other).json()
-        assert second["status"] == "deployed" and second["rules"] == 13
+        assert second["status"] == "deployed" and second["rules"] == 12
         listed = http.get("/api/v1/rules/versions").json()
         assert [(v["version"], v["active"]) for v in listed] == [
             (first["version"], False),

@@ -605,3 +605,38 @@ async def test_kpi_digest_writes_json_and_html_and_mails_them(
         ("kpi_digest:weekly-kpi:2026-11-20:ops@acme.example", "ops@acme.example")
     ]
     assert mail[0][2] == html
+
+
+async def test_points_expiry_activates_lots_whose_return_window_closed(
+    via: str, engine: Engine
+) -> None:
+    customers(engine, {"customer_id": "c1"}, {"customer_id": "c2"})
+    with engine.begin() as conn:
+        conn.execute(
+            insert(PointsLotRow),
+            [
+                {**lot(1, "c1", 100, 100, ago(-300)), "available_at": ago(1)},  # window closed
+                {**lot(2, "c1", 40, 0, ago(-300)), "available_at": ago(2)},  # closed, refunded
+                {**lot(3, "c2", 70, 70, ago(-300)), "available_at": ago(-3)},  # still pending
+                {**lot(4, "c2", 10, 10, ago(-300)), "available_at": None},  # never pending
+            ],
+        )
+    before = versions(engine)
+    summary = await run(engine, "points_expiry", {"notice_days": 0, "chunk_size": 1})
+    assert summary.counts["lots_activated"] == 2
+    assert summary.counts["points_activated"] == 100
+    with engine.connect() as conn:
+        activated = conn.execute(
+            select(PointsLotRow.id).where(PointsLotRow.activated_at.is_not(None))
+        ).scalars()
+        ledger = conn.execute(
+            select(PointsLedgerRow.lot_id, PointsLedgerRow.kind, PointsLedgerRow.amount)
+        ).all()
+        assert sorted(activated) == [1, 2]
+    # a lot with nothing left is marked, but writes no entry of nothing
+    assert [(i, k, float(a)) for i, k, a in ledger] == [(1, "activate", 100.0)]
+    assert versions(engine)["c1"] > before["c1"]
+    again = await run(engine, "points_expiry", {"notice_days": 0}, wf="wf-2")
+    assert again.counts.get("lots_activated", 0) == 0
+    with engine.connect() as conn:
+        assert len(conn.execute(select(PointsLedgerRow.id)).all()) == 1

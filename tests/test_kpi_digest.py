@@ -116,11 +116,11 @@ def seed(conn: Connection) -> None:
     # previous earn 40, debit 10, expire 3 (exactly at the window's start); outside: 999
     s.ledger("M1", "earn", "100", AS_OF)
     s.ledger("M2", "earn", "50.50", AS_OF - DAY)
-    s.ledger("M1", "debit", "-30", AS_OF - 2 * DAY)
+    s.ledger("M1", "redeem", "-30", AS_OF - 2 * DAY)
     s.ledger("M3", "expire", "-12.25", AS_OF - 3 * DAY)
     s.ledger("M1", "adjust", "5", AS_OF - DAY)
     s.ledger("M3", "earn", "40", AS_OF - 10 * DAY)
-    s.ledger("M3", "debit", "-10", AS_OF - 9 * DAY)
+    s.ledger("M3", "redeem", "-10", AS_OF - 9 * DAY)
     s.ledger("M3", "expire", "-3", SINCE)
     s.ledger("M1", "earn", "999", AS_OF - 20 * DAY)
     s.ledger("M1", "earn", "999", AS_OF + DAY)

@@ -795,7 +795,9 @@ def test_program_field_errors(extra: str, line: int, expected: str) -> None:
 def test_program_field_errors_inside_tiers_and_properties() -> None:
     err = program_error(PROGRAM.replace("amount: number", "amount: integer"))
     assert (err.file, err.line) == ("program.yaml", 8)
-    assert "event_properties.amount: expected 'number', 'money', 'string' or 'boolean'" in err.message
+    assert (
+        "event_properties.amount: expected 'number', 'money', 'string' or 'boolean'" in err.message
+    )
     err = program_error(
         PROGRAM.replace("metric: spend, threshold: 2000", "metric: visits, threshold: 1")
     )
@@ -833,7 +835,11 @@ def test_program_defaults() -> None:
             "tiers": [{"name": "b", "rank": 0, "qualify": {"metric": "spend", "threshold": 0}}],
         }
     )
-    assert minimal.event_properties == {"amount": "money", "currency": "string", "order_id": "string"}
+    assert minimal.event_properties == {
+        "amount": "money",
+        "currency": "string",
+        "order_id": "string",
+    }
     assert minimal.points.pending_days == 0 and minimal.points.negative_balance == "forbid"
     assert minimal.points.clawback == "order" and minimal.refund_event == "refund"
 
@@ -972,7 +978,9 @@ def test_a_reason_naming_an_event_field_is_refused() -> None:
 
 
 def test_pending_days_must_end_before_the_points_expire() -> None:
-    err = program_error(PROGRAM + "points: {pending_days: 30, expiry: {policy: rolling, days: 30}}\n")
+    err = program_error(
+        PROGRAM + "points: {pending_days: 30, expiry: {policy: rolling, days: 30}}\n"
+    )
     assert err.line == 14
     assert "pending_days (30) must be shorter than the expiry (30 days)" in err.message
     ok = build({}, PROGRAM + "points: {pending_days: 14, negative_balance: allow}\n")

@@ -179,26 +179,45 @@ def test_a_new_rules_version_loads_without_a_restart(engine: Engine, tmp_path: P
     assert versions == {"e1": v1, "e2": v2}
 
 
-def test_refund_larger_than_the_balance_is_refused_and_fifo_debits(
+def test_a_deduction_larger_than_the_balance_is_refused_and_fifo_debits(
     engine: Engine, tmp_path: Path
 ) -> None:
-    deploy_dir(engine, REPO / "examples/rules")
+    spend = """
+rules:
+  - name: earn
+    on: purchase
+    then: [{award_points: {amount: event.amount, multiplier: none}}]
+  - name: voucher
+    on: points_redeemed
+    then: [{deduct_points: {amount: event.amount, reason: voucher}}]
+"""
+    deploy_dir(engine, rules_dir(tmp_path, spend))
     rows = [
         event(1, "A", at="2026-01-01T10:00:00+08:00", amount=100.0),
         event(2, "A", at="2026-02-01T10:00:00+08:00", amount=100.0),
-        event(3, "A", "refund", at="2026-03-01T10:00:00+08:00", amount=150.0),
-        event(4, "A", "refund", at="2026-03-02T10:00:00+08:00", amount=500.0),
+        event(3, "A", "points_redeemed", at="2026-03-01T10:00:00+08:00", amount=150.0),
+        event(4, "A", "points_redeemed", at="2026-03-02T10:00:00+08:00", amount=500.0),
     ]
     import_rows(engine, tmp_path / "e.jsonl", rows)
     with engine.connect() as conn:
-        p = load_profile(conn, "A")
+        p = load_profile(conn, "A", at=datetime(2026, 3, 3, tzinfo=UTC))
         refused = conn.execute(
             select(AuditRow.skipped).where(AuditRow.event_id == "e4", AuditRow.kind == "debit")
         ).scalar_one()
+        kinds = conn.execute(
+            select(PointsLedgerRow.kind, PointsLedgerRow.amount, PointsLedgerRow.actor)
+            .where(PointsLedgerRow.event_id == "e3")
+            .order_by(PointsLedgerRow.id)
+        ).all()
     assert p is not None
     assert p.points_balance == 50.0
     assert [(lot.earned, lot.remaining) for lot in p.expiring_lots] == [(100.0, 50.0)]
     assert refused == "insufficient points"
+    # a rule's deduction is an adjustment by that rule, lot by lot, oldest first
+    assert [(k, float(a), by) for k, a, by in kinds] == [
+        ("adjust_debit", -100.0, "rule:voucher"),
+        ("adjust_debit", -50.0, "rule:voucher"),
+    ]
     assert points(engine, "A") == (50.0, 50.0)
 
 
@@ -317,10 +336,17 @@ def _comparable(state: Any) -> tuple[Any, ...]:
         state.consent,
         state.attributes,
         state.tags,
-        [(lot.key, lot.remaining, lot.earned_at, lot.expires_at) for lot in state.lots],
+        [
+            (lot.key, lot.remaining, lot.earned_at, lot.expires_at, lot.order_id, lot.available_at)
+            for lot in state.lots
+        ],
         sorted(state.purchases),
         sorted(state.earnings),
         state.last_follow_up_at,
+        state.debt,
+        sorted(state.refunds),
+        sorted(state.credits),
+        state.orders,
     )
 
 
@@ -338,7 +364,14 @@ def test_rule_state_kept_across_chunks_equals_a_fresh_load(engine: Engine, tmp_p
         kind = ["purchase", "purchase", "refund", "sales_follow_up"][n % 4]
         day = datetime(2025, 1, 1, tzinfo=UTC) + timedelta(days=7 * n)  # spans 21 months
         amount = float(50 + 37 * n % 900)
-        rows.append(event(n, customers[n * 7 % 6], kind, at=day.isoformat(), amount=amount))
+        # a refund names the order its customer placed six events before, and refunds part
+        # of it: the orders of earlier chunks are read from the store
+        order = f"O{n - 6}" if kind == "refund" else f"O{n}"
+        if kind == "refund":
+            amount = float(50 + 37 * (n - 6) % 900) / 2
+        rows.append(
+            event(n, customers[n * 7 % 6], kind, at=day.isoformat(), amount=amount, order_id=order)
+        )
     import_rows(engine, tmp_path / "e.jsonl", rows, chunk_size=4)
     cache = rules_runtime(engine).states
     with engine.connect() as conn:

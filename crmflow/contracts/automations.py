@@ -15,7 +15,8 @@ AUTOMATION_FINISH = "automation_finish"
 # The steps of each automation, in order. A step works through its rows chunk by chunk,
 # committing each chunk with the run's cursor, so a crashed step resumes after its last chunk.
 STEPS: dict[str, tuple[str, ...]] = {
-    "points_expiry": ("expire", "notify"),
+    # "activate" last: runs started before it existed replay without it (a workflow patch)
+    "points_expiry": ("expire", "notify", "activate"),
     "tier_review": ("review",),
     "tag_expiry": ("expire",),
     "churn_scan": ("scan",),
