@@ -489,7 +489,8 @@ def test_conditions_are_checked_like_rules() -> None:
     assert (
         10,
         "node 'hello': unknown fact 'spend_12m'; known facts: event.type, tier, "
-        "tier_rank, points_balance, points_pending, tags, lifecycle_stage, owner, has_owner, spend_30d, "
+        "tier_rank, points_balance, points_pending, tags, lifecycle_stage, owner, has_owner, "
+        "spend_30d, "
         "spend_90d, spend_365d, purchases_30d, purchases_90d, purchases_365d, "
         "points_earned_365d, days_since_last_purchase, avg_days_between_purchases, "
         "purchase_gap_ratio, days_since_last_follow_up, hours_since_last_follow_up, "
