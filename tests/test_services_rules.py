@@ -94,6 +94,20 @@ def test_a_dry_run_explains_and_stores_nothing(rt: Runtime, tmp_path: Path) -> N
     assert fresh.customer == "C1" and fresh.version == run.version
 
 
+def test_a_dry_run_of_a_refund_claws_back_the_stored_order(rt: Runtime, tmp_path: Path) -> None:
+    from tests.rules_helpers import deploy_dir
+
+    deploy_dir(rt.engine, EXAMPLES)
+    buy = event("b1", "C1", at="2026-11-01T10:00:00+00:00", amount=400.0, order_id="SO1")
+    import_rows(rt.engine, tmp_path / "e.jsonl", [buy])
+    ev = Event.model_validate(
+        event("r1", "C1", "refund", at="2026-11-02T10:00:00+00:00", amount=100.0, order_id="SO1")
+    )
+    run = service.dry_run(rt, texts(), [ev], customer="C1")
+    claw = next(c for c in run.events[0].changes if c.kind == "clawback")
+    assert (claw.rule, claw.skipped, claw.detail["points"]) == ("refund", None, 100.0)
+
+
 def test_deploy_again_is_unchanged_and_activate_rolls_back(rt: Runtime, tmp_path: Path) -> None:
     first = service.deploy(rt, texts())
     assert (first.new, first.status, first.rules) == (True, "deployed", 11)

@@ -44,7 +44,7 @@ from rules.pack import (
 )
 from rules.source import SourceError, SourceProblem, Yaml12Loader, parse_yaml
 from store import rule_versions as store
-from store.rule_state import load_states
+from store.rule_state import load_orders, load_states
 
 MAX_FILES = 100  # rule files in one pack
 MAX_FILE_CHARS = 200_000  # characters in one file (the programme or a rule file)
@@ -479,8 +479,9 @@ def _plain(v: Any) -> Any:
 
 
 def _start_state(
-    rt: Runtime, pack: CompiledPack, customer: str | None, first: Event
+    rt: Runtime, pack: CompiledPack, customer: str | None, events: list[Event]
 ) -> ProfileState:
+    first = events[0]
     if customer is None:
         return ProfileState(customer_id=first.customer_id, created_at=first.occurred_at)
     program = pack.program
@@ -493,6 +494,9 @@ def _start_state(
             spend_property=program.spend_property,
             follow_up_event=program.follow_up_event,
         )
+        # the stored orders the events' refunds name, as processing reads them
+        as_rows = [{**e.model_dump(), "customer_id": customer} for e in events]
+        load_orders(conn, states, as_rows, program)
     if customer not in states:
         raise NotFound(f"no customer with id {customer!r}")
     return states[customer]
@@ -510,7 +514,7 @@ def dry_run(
     if len(events) > limit:
         raise TooLarge(f"{len(events)} events in one dry run; at most {limit} (api_max_batch)")
     pack = load(src).pack
-    state = _start_state(rt, pack, customer, events[0])
+    state = _start_state(rt, pack, customer, events)
     engine = rt.rules.rule_engine
     out: list[EventOutcome] = []
     for ev in events:
