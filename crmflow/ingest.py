@@ -2,10 +2,12 @@
 
 Rows are validated one by one with the canonical models; good rows are written in chunks
 (one transaction per chunk, `ChunkLoop`), bad rows are reported with their line number and
-the field at fault and written to `<file>.rejects.jsonl` next to the input. Re-importing a
-file changes nothing: customers are keyed by `customer_id`, events by `event_id`. An event
-whose id is stored (or came earlier in the file) with other content is a conflict: not
-applied, reported and written to the rejects file with the fields that differ.
+the field at fault and written to `<file>.rejects.jsonl` next to the input. With a rules
+version deployed, an event's properties must also match the programme's declarations
+(`rules.properties`). Re-importing a file changes nothing: customers are keyed by
+`customer_id`, events by `event_id`. An event whose id is stored (or came earlier in the
+file) with other content is a conflict: not applied, reported and written to the rejects
+file with the fields that differ.
 
 The HTTP API stores its requests through the same `ChunkLoop`, and every face reports in the
 words of `crmflow.ingest_report.IngestReport`.
@@ -26,14 +28,19 @@ from types import TracebackType
 from typing import Any, Literal
 
 from pydantic import BaseModel, ValidationError
-from sqlalchemy import Engine
+from sqlalchemy import Connection, Engine
 
 from crmflow.domain import Customer, Event, describe_errors
 from crmflow.event_chunks import StoredEvents, store_chunk
 from crmflow.import_workers import ImportPool, can_share
 from crmflow.ingest_report import IngestReport, RowFault
+from rules.models import Program
+from rules.pack import load_program
+from rules.properties import check_properties
+from rules.source import parse_yaml
 from store.db import utcnow
 from store.ingest import Conflict, upsert_customers
+from store.rule_versions import active_version, stored_source
 
 Kind = Literal["customers", "events"]
 _JSON_COLUMNS = {"consent", "attributes", "properties"}
@@ -130,6 +137,36 @@ def conflict_reason(c: Conflict) -> str:
     )
 
 
+# the programme of each rules version, by version (a content hash: the same version is the
+# same programme in every database)
+_PROGRAMS: dict[str, Program] = {}
+
+
+def active_program(conn: Connection) -> tuple[str, Program] | None:
+    """The active rules version and its programme (read once per version per process);
+    None when no rules version is deployed. Only the programme file is read, so a door
+    check does not wait for the rules to compile. `SourceError` when it does not load."""
+    version = active_version(conn)
+    if version is None:
+        return None
+    program = _PROGRAMS.get(version)
+    if program is None:
+        source = stored_source(conn, version)
+        if source is None:  # deployed and gone between the two reads
+            return None
+        program = load_program(parse_yaml(source.program_text, source.program_path))
+        _PROGRAMS[version] = program
+    return version, program
+
+
+def property_faults(event: Event, program: Program | None) -> list[tuple[str, str]]:
+    """The fields of a validated event that the programme's declarations refuse: `(field,
+    reason)` (`rules.properties.check_properties`); none when no rules are deployed."""
+    if program is None or not event.properties:
+        return []
+    return check_properties(event.type, event.properties, program)
+
+
 Guard = Callable[[], AbstractContextManager[Any]]
 
 
@@ -142,6 +179,8 @@ class ChunkLoop:
     processes, each taking a share of the customers (`crmflow.import_workers`). `guard`
     wraps each chunk stored in this process (the API serialises chunks on SQLite);
     `on_conflict` sees every conflicting row (a file import writes them to its rejects file).
+
+    The active programme is read once per loop (`program`).
     """
 
     def __init__(
@@ -166,6 +205,8 @@ class ChunkLoop:
         self._url = engine.url.render_as_string(hide_password=False)
         self._workers = workers if report.kind == "events" and can_share(self._url) else 1
         self._pool: ImportPool | None = None
+        self._active: tuple[str, Program] | None = None
+        self._active_read = False
 
     def __enter__(self) -> ChunkLoop:
         return self
@@ -200,6 +241,20 @@ class ChunkLoop:
     def close(self) -> None:
         if self._pool is not None:
             self._pool.stop()
+
+    def active(self) -> tuple[str, Program] | None:
+        """The active rules version and its programme, read once for this loop (None: no
+        rules deployed)."""
+        if not self._active_read:
+            with self.engine.connect() as conn:
+                self._active = active_program(conn)
+            self._active_read = True
+        return self._active
+
+    def program(self) -> Program | None:
+        """The active programme, read once for this loop (None: no rules deployed)."""
+        active = self.active()
+        return active[1] if active is not None else None
 
     def _flush(self, *, last: bool) -> None:
         rows, at = self._rows, self._at
@@ -263,6 +318,11 @@ def import_file(
 ) -> IngestReport:
     """Validate and write every row of `path`; return what happened.
 
+    With a rules version deployed, an event's properties must also match the programme's
+    declarations (`rules.properties`: types, money, currency), read once per import; a row
+    that does not is rejected like any other invalid row. With none deployed, only the
+    model's JSON checks apply.
+
     New events go through the active rules version in the same transaction that stores
     them (`process=False` only stores them, for `crmflow events process` later). With
     `workers` > 1, a file of events longer than one chunk is stored by that many worker
@@ -301,6 +361,7 @@ def import_file(
                 on_conflict=conflicting,
             ) as loop,
         ):
+            program = loop.program() if kind == "events" else None
             for line, payload, raw in _open_rows(path, fh):
                 report.received += 1
                 try:
@@ -310,6 +371,12 @@ def import_file(
                         item = model.model_validate_json(payload, context=context)
                     else:
                         item = model.model_validate(payload, context=context)
+                    if isinstance(item, Event) and program is not None:
+                        faults = property_faults(item, program)
+                        if faults:
+                            raise ValueError(
+                                "; ".join(f"field {where!r}: {why}" for where, why in faults)
+                            )
                 except (ValidationError, ValueError) as exc:
                     error = describe_errors(exc) if isinstance(exc, ValidationError) else str(exc)
                     report.rejected += 1

@@ -7,6 +7,11 @@ never applied and never counted as a duplicate. A request goes through the same 
 and chunk size as `crmflow events import` (`crmflow.ingest.ChunkLoop`), which finds the
 conflicts as it stores; the report is the import's (`IngestReport`).
 
+At the door, with a rules version deployed, each event's properties must match the
+programme's declarations (`rules.properties`); a request with one that does not is refused
+whole (`Invalid`, naming `events.<i>.properties.<name>`). With no rules deployed, only the
+model's JSON checks apply.
+
 Two ways to accept: synchronous (the rules run before the answer, as before) or
 asynchronous (`process=False`: stored, deduplicated, unsubscribes applied, and the rules run
 shortly after by the event processor, `crmflow.event_processor`); `backlog` says how many
@@ -26,10 +31,10 @@ from sqlalchemy import Engine
 
 from crmflow.domain import Event
 from crmflow.event_processor import EventProcessor, pending_summary, processor_running
-from crmflow.ingest import ChunkLoop
+from crmflow.ingest import ChunkLoop, property_faults
 from crmflow.ingest_report import IngestReport
 from crmflow.processing import ConcurrentProcessing
-from crmflow.services.errors import TooLarge, Unavailable
+from crmflow.services.errors import FieldProblem, Invalid, TooLarge, Unavailable
 from crmflow.services.runtime import Runtime
 from rules.source import SourceError
 from store.rule_versions import active_source
@@ -52,6 +57,11 @@ def store_events(rt: Runtime, events: list[Event], *, process: bool = True) -> I
     still takes consent away at once), for the event processor: their count is the
     report's `unprocessed`.
 
+    With a rules version deployed, every event's properties must match the programme's
+    declarations first (`rules.properties`: declared types, money, currency): `Invalid`
+    naming each field at fault (`events.<i>.properties.amount`), and nothing of the request
+    is stored. With none deployed only the model's JSON checks apply.
+
     `TooLarge` past the batch limit; `Unavailable` when the active rules do not load or a
     chunk kept racing another writer (nothing of that chunk is stored: send it again).
     """
@@ -68,6 +78,14 @@ def store_events(rt: Runtime, events: list[Event], *, process: bool = True) -> I
             process=process,
             guard=lambda: _one_chunk_at_a_time(rt.engine),
         ) as loop:
+            program = loop.program()
+            problems = [
+                FieldProblem(f"events.{i}.{where}", why)
+                for i, event in enumerate(events)
+                for where, why in property_faults(event, program)
+            ]
+            if problems:
+                raise Invalid(problems)
             for i, event in enumerate(events):
                 loop.add(event.model_dump(), i)
             loop.finish()
