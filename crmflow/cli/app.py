@@ -29,6 +29,7 @@ from crmflow.cli.keys import keys_app
 from crmflow.cli.operations import outbox_app, tasks_app
 from crmflow.cli.points import points_app
 from crmflow.cli.projects import project_app
+from crmflow.cli.rewards import rewards_app
 from crmflow.cli.rules import follow_command, process_command, rules_app
 from crmflow.cli.schedules import schedules_app
 from crmflow.cli.segments import segments_app
@@ -53,6 +54,7 @@ app.add_typer(customers_app, name="customers")
 app.add_typer(events_app, name="events")
 app.add_typer(customer_app, name="customer")
 app.add_typer(points_app, name="points")
+app.add_typer(rewards_app, name="rewards")
 app.add_typer(rules_app, name="rules")
 app.add_typer(journeys_app, name="journeys")
 app.add_typer(project_app, name="project")

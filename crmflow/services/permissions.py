@@ -42,6 +42,8 @@ PERMISSIONS: dict[str, tuple[frozenset[Role], str]] = {
     ),
     "customers.write": (frozenset({ADM, MKT, OPS, ING}), "create or update customer profiles"),
     "customers.tag": (frozenset({ADM, MKT}), "add or remove a tag by hand"),
+    "rewards.read": (frozenset({ADM, MKT, OPS, ING, VIEW}), "read the rewards catalogue"),
+    "rewards.write": (frozenset({ADM, MKT}), "validate and apply the rewards catalogue"),
     "events.write": (frozenset({ADM, MKT, OPS, ING}), "post customer events"),
     "events.backlog": (
         frozenset({ADM, MKT, OPS, ING}),

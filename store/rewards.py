@@ -1,0 +1,128 @@
+"""The rewards catalogue in the database: apply a catalogue (upsert, withdraw what it leaves
+out), read it, take or give back one item of a reward's stock; and the redemptions' rows.
+
+`issued` counts the items handed out and not given back; it belongs to the database, never
+to the file: applying a catalogue keeps it. Stock left = `stock - issued` (no stock: no
+limit). Taking an item is one conditional `UPDATE`, so two redemptions of the last item
+cannot both get it.
+"""
+
+from __future__ import annotations
+
+from datetime import datetime
+from typing import Any
+
+from sqlalchemy import Connection, Row, func, insert, select, update
+
+from store.models import RedemptionRow, RewardRow
+from store.sql import insert_for, table_of
+
+REWARDS = table_of(RewardRow)
+DONE, REVERSED = "done", "reversed"  # a redemption's status
+# what a catalogue file sets; `issued` and `active` are the database's
+FILE_COLUMNS = (
+    "name",
+    "kind",
+    "cost",
+    "stock",
+    "per_member_limit",
+    "valid_from",
+    "valid_to",
+    "min_tier",
+    "description",
+    "coupon",
+)
+
+
+def read(conn: Connection, *, withdrawn: bool = True) -> list[Row[Any]]:
+    """Every reward (or only the active ones), by id."""
+    r = REWARDS.c
+    query = select(REWARDS).order_by(r.reward_id)
+    if not withdrawn:
+        query = query.where(r.active.is_(True))
+    return list(conn.execute(query))
+
+
+def one(conn: Connection, reward_id: str) -> Row[Any] | None:
+    return conn.execute(select(REWARDS).where(REWARDS.c.reward_id == reward_id)).first()
+
+
+def upsert(conn: Connection, rows: list[dict[str, Any]], now: datetime) -> None:
+    """Insert or update rewards (`reward_id` and the FILE_COLUMNS); each becomes active, and
+    an existing one keeps what it has issued."""
+    if not rows:
+        return
+    ins = insert_for(conn, REWARDS)
+    stmt = ins.on_conflict_do_update(
+        index_elements=["reward_id"],
+        set_={
+            **{c: ins.excluded[c] for c in FILE_COLUMNS},
+            "active": True,
+            "updated_at": now,
+        },
+    )
+    conn.execute(stmt, [{**row, "active": True, "issued": 0, "updated_at": now} for row in rows])
+
+
+def withdraw(conn: Connection, reward_ids: list[str], now: datetime) -> None:
+    """Mark these rewards withdrawn (inactive); their redemptions and `issued` stay."""
+    if reward_ids:
+        r = REWARDS.c
+        conn.execute(
+            update(REWARDS)
+            .where(r.reward_id.in_(reward_ids), r.active.is_(True))
+            .values(active=False, updated_at=now)
+        )
+
+
+def take_one(conn: Connection, reward_id: str) -> bool:
+    """Issue one item of the reward's stock; False when none is left."""
+    r = REWARDS.c
+    done = conn.execute(
+        update(REWARDS)
+        .where(r.reward_id == reward_id, (r.stock.is_(None)) | (r.issued < r.stock))
+        .values(issued=r.issued + 1)
+    )
+    return bool(done.rowcount)
+
+
+def give_back(conn: Connection, reward_id: str) -> None:
+    """Return one issued item to the stock (a reversed redemption)."""
+    r = REWARDS.c
+    conn.execute(
+        update(REWARDS).where(r.reward_id == reward_id, r.issued > 0).values(issued=r.issued - 1)
+    )
+
+
+# --------------------------------------------------------------------------- redemptions
+
+REDEMPTIONS = table_of(RedemptionRow)
+
+
+def redemption(conn: Connection, key: str) -> Row[Any] | None:
+    """The redemption with this key."""
+    return conn.execute(select(REDEMPTIONS).where(REDEMPTIONS.c.key == key)).first()
+
+
+def redeemed_count(conn: Connection, customer_id: str, reward_id: str) -> int:
+    """How many redemptions of the reward the member has that are not reversed."""
+    r = REDEMPTIONS.c
+    return int(
+        conn.execute(
+            select(func.count()).where(
+                r.customer_id == customer_id, r.reward_id == reward_id, r.status == DONE
+            )
+        ).scalar_one()
+    )
+
+
+def add_redemption(conn: Connection, row: dict[str, Any]) -> None:
+    conn.execute(insert(REDEMPTIONS).values(**row))
+
+
+def mark_reversed(conn: Connection, key: str, at: datetime, by: str | None) -> None:
+    conn.execute(
+        update(REDEMPTIONS)
+        .where(REDEMPTIONS.c.key == key)
+        .values(status=REVERSED, reversed_at=at, reversed_by=by)
+    )
