@@ -1,4 +1,6 @@
-"""`crmflow points …`: a member's points statement (totals, lots and ledger, as of now)."""
+"""`crmflow points …`: a member's points statement (totals, lots and ledger, as of now);
+redeem a reward, reverse a redemption, adjust points by hand. A thin face over
+`crmflow.services.points`."""
 
 from __future__ import annotations
 
@@ -6,7 +8,7 @@ from datetime import datetime
 from typing import Annotated
 
 import typer
-from rich.table import Table
+from rich.table import Column, Table
 
 from crmflow.cli.common import (
     JsonFlag,
@@ -21,7 +23,9 @@ from crmflow.services import points as service
 from crmflow.services.errors import ServiceError
 from crmflow.services.runtime import Runtime
 
-points_app = typer.Typer(help="Members' points: totals, lots and ledger.", no_args_is_help=True)
+points_app = typer.Typer(
+    help="Members' points: statement, redeem, reverse, adjust.", no_args_is_help=True
+)
 
 
 def _when(at: datetime | None) -> str:
@@ -53,22 +57,168 @@ def show(
     t = found.totals
     console.print(
         f"[bold]{found.customer_id}[/bold] as of {_when(found.as_of)} UTC: balance "
-        f"{t.balance:,.0f}; earned {t.earned:,.0f}, spent {t.spent:,.0f}, expired "
-        f"{t.expired:,.0f}",
+        f"{_pts(t.balance)}; active {_pts(t.active)}, pending {_pts(t.pending)}, debt "
+        f"{_pts(t.debt)}",
         highlight=False,
     )
-    lots = Table("earned at", "earned", "remaining", "expires", "status", "source", title="lots")
+    console.print(
+        f"  earned {_pts(t.earned)}, credited {_pts(t.credited)}, spent {_pts(t.spent)}, "
+        f"expired {_pts(t.expired)}, clawed back {_pts(t.clawed_back)}, debited "
+        f"{_pts(t.debited)}",
+        highlight=False,
+    )
+    lots = Table(
+        "lot", "earned at", "earned", "remaining", "expires", "status", "source", title="lots"
+    )
     for lot in found.lots:
+        status: str = lot.status
+        if lot.status == "pending" and lot.available_at is not None:
+            status = f"pending until {_when(lot.available_at)}"
         lots.add_row(
+            str(lot.id),
             _when(lot.earned_at),
-            f"{lot.earned:,.0f}",
-            f"{lot.remaining:,.0f}",
+            _pts(lot.earned),
+            _pts(lot.remaining),
             _when(lot.expires_at),
-            lot.status,
+            status,
             lot.source or "",
         )
     console.print(lots)
-    entries = Table("at", "kind", "amount", "event", "reason", title="ledger (newest first)")
+    entries = Table(
+        "at",
+        Column("kind", no_wrap=True),
+        "amount",
+        "event / ref",
+        "by",
+        "reason",
+        title="ledger (newest first)",
+    )
     for e in found.ledger:
-        entries.add_row(_when(e.at), e.kind, f"{e.amount:+,.0f}", e.event_id or "", e.reason or "")
+        entries.add_row(
+            _when(e.at),
+            e.kind,
+            f"{e.amount:+,.2f}".removesuffix(".00"),
+            e.event_id or e.ref or "",
+            e.actor or "",
+            e.reason or "",
+        )
     console.print(entries)
+
+
+def _pts(value: float) -> str:
+    """Points as the CLI prints them: 1,250 or 12.50 (never -0)."""
+    value = value + 0.0
+    text = f"{value:,.2f}".removesuffix(".00")
+    return "0" if text == "-0" else text
+
+
+def _runtime() -> Runtime:
+    settings = load_settings()
+    return Runtime(settings, migrated_engine(settings))
+
+
+KeyOpt = Annotated[
+    str,
+    typer.Option(
+        "--key",
+        min=1,
+        help="Your idempotency key (e.g. the till's receipt number): the same key again gives "
+        "the stored result",
+    ),
+]
+
+
+def _print_redemption(found: service.Redemption, as_json: bool) -> None:
+    if as_json:
+        emit_json(found.model_dump(mode="json"))
+        return
+    verb = "reversed" if found.status == "reversed" else "redeemed"
+    code = f", coupon {found.code}" if found.code else ""
+    console.print(
+        f"{verb} {found.reward_id} for {found.customer_id} (key {found.key}): "
+        f"{_pts(found.cost)} points{code}; balance {_pts(found.balance)}",
+        highlight=False,
+        soft_wrap=True,
+    )
+
+
+@points_app.command("redeem")
+def redeem(
+    customer_id: Annotated[str, typer.Argument(help="The customer's id")],
+    reward_id: Annotated[str, typer.Argument(help="The reward's id (crmflow rewards list)")],
+    key: KeyOpt,
+    by: Annotated[str | None, typer.Option("--by", help="Who redeems (recorded)")] = None,
+    as_json: JsonFlag = False,
+) -> None:
+    """Spend a member's points on a reward, first to expire first. Refused with the reason:
+    withdrawn, outside its validity, tier too low, limit reached, not enough points, out of
+    stock. A coupon reward prints its code."""
+    rt = _runtime()
+    try:
+        found = service.redeem(rt, customer_id, reward_id, key=key, by=by)
+    except ServiceError as exc:
+        fail(str(exc))
+    finally:
+        rt.close()
+    _print_redemption(found, as_json)
+
+
+@points_app.command("reverse")
+def reverse(
+    key: Annotated[str, typer.Argument(help="The redemption's key")],
+    by: Annotated[str | None, typer.Option("--by", help="Who reverses (recorded)")] = None,
+    as_json: JsonFlag = False,
+) -> None:
+    """Undo a redemption: the points go back to the lots they came from (or to a new lot
+    keeping the old one's expiry, if the nightly run has expired it since), the stock is
+    given back and a coupon voided."""
+    rt = _runtime()
+    try:
+        found = service.reverse(rt, key, by=by)
+    except ServiceError as exc:
+        fail(str(exc))
+    finally:
+        rt.close()
+    _print_redemption(found, as_json)
+
+
+@points_app.command("adjust")
+def adjust(
+    customer_id: Annotated[str, typer.Argument(help="The customer's id")],
+    amount: Annotated[
+        str, typer.Option("--amount", help="Points: +N credits, -N debits (two decimals at most)")
+    ],
+    reason: Annotated[str, typer.Option("--reason", help="Why (recorded verbatim)")],
+    by: Annotated[str, typer.Option("--by", help="Who adjusts (recorded)")],
+    qualifying: Annotated[
+        bool,
+        typer.Option("--qualifying", help="Count a credit as earned for tier qualification"),
+    ] = False,
+    key: Annotated[
+        str | None, typer.Option("--key", help="Idempotency key (default: a new one)")
+    ] = None,
+    as_json: JsonFlag = False,
+) -> None:
+    """Credit or debit points by hand. A credit is never capped nor pending and pays the
+    member's debt first; a debit larger than the balance is refused unless the programme
+    allows a negative balance (then the rest becomes a debt)."""
+    rt = _runtime()
+    try:
+        found = service.adjust(
+            rt, customer_id, amount, reason=reason, by=by, qualifying=qualifying, key=key
+        )
+    except ServiceError as exc:
+        fail(str(exc))
+    finally:
+        rt.close()
+    if as_json:
+        emit_json(found.model_dump(mode="json"))
+        return
+    verb = "credited" if found.amount > 0 else "debited"
+    debt = f", debt {_pts(found.debt)}" if found.debt else ""
+    console.print(
+        f"{verb} {_pts(abs(found.amount))} points to {found.customer_id} (key {found.key}); "
+        f"balance {_pts(found.balance)}{debt}",
+        highlight=False,
+        soft_wrap=True,
+    )

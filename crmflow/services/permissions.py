@@ -42,6 +42,15 @@ PERMISSIONS: dict[str, tuple[frozenset[Role], str]] = {
     ),
     "customers.write": (frozenset({ADM, MKT, OPS, ING}), "create or update customer profiles"),
     "customers.tag": (frozenset({ADM, MKT}), "add or remove a tag by hand"),
+    "points.read": (
+        frozenset({ADM, MKT, OPS, VIEW}),
+        "read a member's points: lots, totals, ledger",
+    ),
+    "points.redeem": (
+        frozenset({ADM, OPS, ING}),
+        "redeem rewards and reverse redemptions (ingest: a till)",
+    ),
+    "points.adjust": (frozenset({ADM, OPS}), "credit or debit points by hand, with a reason"),
     "rewards.read": (frozenset({ADM, MKT, OPS, ING, VIEW}), "read the rewards catalogue"),
     "rewards.write": (frozenset({ADM, MKT}), "validate and apply the rewards catalogue"),
     "events.write": (frozenset({ADM, MKT, OPS, ING}), "post customer events"),

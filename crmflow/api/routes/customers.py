@@ -63,7 +63,7 @@ async def search(
 )
 async def points(
     customer_id: CustomerId,
-    who: Annotated[Principal, permit("customers.read")],
+    who: Annotated[Principal, permit("points.read")],
     rt: RuntimeDep,
     ledger: Annotated[int, Query(ge=0, le=points_service.MAX_LEDGER)] = 50,
 ) -> points_service.PointsStatement:
