@@ -6,6 +6,7 @@ coupons, stock, debt, and the totals' identity."""
 from __future__ import annotations
 
 import hashlib
+import threading
 from collections.abc import Iterator
 from datetime import UTC, datetime, timedelta
 from decimal import Decimal
@@ -633,3 +634,68 @@ def test_tiers_are_checked_against_the_active_programme(
         f"{path}:2: rewards.0.min_tier: unknown tier 'diamond'; the tiers are basic, silver, gold"
     ]
     assert rewards.json_schema()["title"] == "crmflow rewards file"
+
+
+def test_two_members_racing_for_one_key_get_one_redemption_and_one_conflict(
+    engine: Engine, rt: Runtime, tmp_path: Path
+) -> None:
+    deploy_program(engine, tmp_path)
+    for who in ("C1", "C2"):
+        member(engine, who)
+        lot(engine, 1000, customer_id=who)
+    catalogue(rt, MUG)
+    outcomes: list[str] = []
+
+    def go(who: str) -> None:
+        try:
+            points.redeem(rt, who, "mug", key="shared", by=None, now=NOW)
+            outcomes.append("done")
+        except Conflict:
+            outcomes.append("conflict")
+
+    threads = [threading.Thread(target=go, args=(who,)) for who in ("C1", "C2")]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert sorted(outcomes) == ["conflict", "done"]
+    assert len(ledger(engine, "redeem")) == 1
+
+
+def test_a_key_taken_between_look_up_and_insert_is_found_on_the_second_run(
+    engine: Engine, rt: Runtime, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The race made certain: the first run's look-up misses the other request's row."""
+    deploy_program(engine, tmp_path)
+    for who in ("C1", "C2"):
+        member(engine, who)
+        lot(engine, 1000, customer_id=who)
+    catalogue(rt, MUG)
+    points.redeem(rt, "C1", "mug", key="shared", by=None, now=NOW)
+    points.adjust(rt, "C1", 5, reason="x", by="ops", key="adj", now=NOW)
+    from store import rewards as reward_store
+
+    real_redemption, real_adjustment = reward_store.redemption, points._stored_adjustment
+    misses = {"redemption": 1, "adjustment": 1}
+
+    def redemption(conn: Any, key: str) -> Any:
+        if misses["redemption"]:
+            misses["redemption"] -= 1
+            return None
+        return real_redemption(conn, key)
+
+    def adjustment(conn: Any, key: str) -> Any:
+        if misses["adjustment"]:
+            misses["adjustment"] -= 1
+            return None
+        return real_adjustment(conn, key)
+
+    monkeypatch.setattr(reward_store, "redemption", redemption)
+    monkeypatch.setattr(points, "_stored_adjustment", adjustment)
+    with pytest.raises(Conflict, match="was used for another redemption"):
+        points.redeem(rt, "C2", "mug", key="shared", by=None, now=NOW)
+    again = points.adjust(rt, "C1", 5, reason="x", by="ops", key="adj", now=NOW)
+    assert again.amount == 5
+    assert misses == {"redemption": 0, "adjustment": 0}
+    assert len(ledger(engine, "redeem")) == 1 and len(ledger(engine, "adjust_credit")) == 1
+    check_identity(rt, "C2")

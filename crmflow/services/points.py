@@ -21,12 +21,14 @@ from __future__ import annotations
 import hashlib
 import uuid
 from collections import OrderedDict
+from collections.abc import Callable
 from datetime import datetime, timedelta
 from decimal import Decimal, InvalidOperation
-from typing import Any, Literal
+from typing import Any, Literal, TypeVar
 
 from pydantic import BaseModel, Field
 from sqlalchemy import Connection, select
+from sqlalchemy.exc import IntegrityError
 
 from crmflow.domain import PointsLotView
 from crmflow.processing import active_pack
@@ -59,6 +61,7 @@ MAX_REASON = 500
 MAX_AMOUNT = Decimal(1_000_000_000)
 DEFAULT_EXPIRY_DAYS = 365  # PointsPolicy's default rolling expiry
 _PROGRAMS: OrderedDict[str, Program] = OrderedDict()  # by rules version (a content hash)
+T = TypeVar("T")
 
 
 # --------------------------------------------------------------------------- models
@@ -373,6 +376,15 @@ def _lot_key(*parts: str) -> str:
     return f"{kind}:{hashlib.blake2b(':'.join(rest).encode(), digest_size=16).hexdigest()}"
 
 
+def _once_more_after_a_race(attempt: Callable[[], T]) -> T:
+    """Run a transaction; run it once more when it lost a race to another one with the same
+    key (a unique key taken meanwhile): the second run finds what the winner stored."""
+    try:
+        return attempt()
+    except IntegrityError:
+        return attempt()
+
+
 def coupon_code(prefix: str, key: str, length: int = 8) -> str:
     """`<prefix>-<the first hex digits of blake2b(key)>`: the same key, the same code."""
     return f"{prefix}-{hashlib.blake2b(key.encode()).hexdigest()[:length]}"
@@ -440,20 +452,24 @@ def redeem(
     _text(key, "key", MAX_KEY)
     if by is not None:
         _text(by, "by", 200)
-    now = now or utcnow()
-    with rt.engine.begin() as conn:
-        member = store.bump(conn, customer_id)
-        if member is None:
-            raise NotFound(f"no customer with id {customer_id!r}")
-        done = reward_store.redemption(conn, key)
-        if done is not None:
-            if done.customer_id != customer_id or done.reward_id != reward_id:
-                raise Conflict(
-                    f"key {key!r} was used for another redemption (customer "
-                    f"{done.customer_id}, reward {done.reward_id})"
-                )
-            return _redemption(done, _current_balance(conn, customer_id, now))
-        return _redeem(conn, customer_id, reward_id, member, key=key, by=by, now=now)
+    at = now or utcnow()
+
+    def attempt() -> Redemption:
+        with rt.engine.begin() as conn:
+            member = store.bump(conn, customer_id)
+            if member is None:
+                raise NotFound(f"no customer with id {customer_id!r}")
+            done = reward_store.redemption(conn, key)
+            if done is not None:
+                if done.customer_id != customer_id or done.reward_id != reward_id:
+                    raise Conflict(
+                        f"key {key!r} was used for another redemption (customer "
+                        f"{done.customer_id}, reward {done.reward_id})"
+                    )
+                return _redemption(done, _current_balance(conn, customer_id, at))
+            return _redeem(conn, customer_id, reward_id, member, key=key, by=by, now=at)
+
+    return _once_more_after_a_race(attempt)
 
 
 def _redeem(
@@ -694,48 +710,56 @@ def adjust(
     _text(reason, "reason", MAX_REASON)
     _text(by, "by", 200)
     key = _text(key, "key", MAX_KEY) if key is not None else f"adj-{uuid.uuid4().hex}"
-    now = now or utcnow()
-    with rt.engine.begin() as conn:
-        member = store.bump(conn, customer_id)
-        if member is None:
-            raise NotFound(f"no customer with id {customer_id!r}")
-        stored = _stored_adjustment(conn, key)
-        if stored is not None:
-            same = (
-                stored.customer_id == customer_id
-                and cents(stored.amount) == points
-                and stored.reason == reason
-                and stored.qualifying == qualifying
-            )
-            if not same:
-                raise Conflict(
-                    f"key {key!r} was used for another adjustment ({_pts(cents(stored.amount))} "
-                    f"for customer {stored.customer_id}: {stored.reason!r})"
+    at = now or utcnow()
+
+    def attempt() -> Adjustment:
+        with rt.engine.begin() as conn:
+            member = store.bump(conn, customer_id)
+            if member is None:
+                raise NotFound(f"no customer with id {customer_id!r}")
+            program = _program(conn)
+            policy = _policy(program)
+            stored = _stored_adjustment(conn, key)
+            if stored is not None:
+                if (stored.customer_id, cents(stored.amount), stored.reason, stored.qualifying) != (
+                    customer_id,
+                    points,
+                    reason,
+                    qualifying,
+                ):
+                    raise Conflict(
+                        f"key {key!r} was used for another adjustment "
+                        f"({_pts(cents(stored.amount))} for customer {stored.customer_id}: "
+                        f"{stored.reason!r})"
+                    )
+                t = store.totals(conn, customer_id, at)
+                debt, active = t.debt, t.active
+                done = stored
+            else:
+                if points > 0:
+                    debt, active = _credit(
+                        conn, customer_id, member, points, program, reason, by, qualifying, key, at
+                    )
+                else:
+                    debt, active = _debit(
+                        conn, customer_id, member, -points, policy, reason, by, key, at
+                    )
+                done = Adjustment(
+                    key=key,
+                    customer_id=customer_id,
+                    amount=float(points),
+                    reason=reason,
+                    qualifying=qualifying,
+                    by=by,
+                    at=at,
+                    debt=0,
+                    balance=0,
                 )
-            t = store.totals(conn, customer_id, now)
-            policy = _policy(_program(conn))
-            return stored.model_copy(
-                update={"debt": _f(t.debt), "balance": _f(_balance(t.active, t.debt, policy))}
-            )
-        program = _program(conn)
-        policy = _policy(program)
-        if points > 0:
-            debt, active = _credit(
-                conn, customer_id, member, points, program, reason, by, qualifying, key, now
-            )
-        else:
-            debt, active = _debit(conn, customer_id, member, -points, policy, reason, by, key, now)
-    return Adjustment(
-        key=key,
-        customer_id=customer_id,
-        amount=float(points),
-        reason=reason,
-        qualifying=qualifying,
-        by=by,
-        at=now,
-        debt=_f(debt),
-        balance=_f(_balance(active, debt, policy)),
-    )
+        return done.model_copy(
+            update={"debt": _f(debt), "balance": _f(_balance(active, debt, policy))}
+        )
+
+    return _once_more_after_a_race(attempt)
 
 
 def _stored_adjustment(conn: Connection, key: str) -> Adjustment | None:
