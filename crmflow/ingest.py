@@ -4,7 +4,8 @@ Rows are validated one by one with the canonical models; good rows are written i
 (one transaction per chunk, `ChunkLoop`), bad rows are reported with their line number and
 the field at fault and written to `<file>.rejects.jsonl` next to the input. With a rules
 version deployed, an event's properties must also match the programme's declarations
-(`rules.properties`). Re-importing a file changes nothing: customers are keyed by
+(`rules.properties`), and imported members without a tier get its welcome tier
+(`store.tiers`). Re-importing a file changes nothing: customers are keyed by
 `customer_id`, events by `event_id`. An event whose id is stored (or came earlier in the
 file) with other content is a conflict: not applied, reported and written to the rejects
 file with the fields that differ.
@@ -41,8 +42,10 @@ from rules.source import parse_yaml
 from store.db import utcnow
 from store.ingest import Conflict, upsert_customers
 from store.rule_versions import active_version, stored_source
+from store.tiers import welcome_members
 
 Kind = Literal["customers", "events"]
+IMPORT_WELCOME = "welcome tier: a member imported without a tier"
 _JSON_COLUMNS = {"consent", "attributes", "properties"}
 
 
@@ -180,6 +183,8 @@ class ChunkLoop:
     wraps each chunk stored in this process (the API serialises chunks on SQLite);
     `on_conflict` sees every conflicting row (a file import writes them to its rejects file).
 
+    Customers: with a rules version deployed, the chunk's members without a tier get the
+    programme's welcome tier in the chunk's transaction (`store.tiers.welcome_members`).
     The active programme is read once per loop (`program`).
     """
 
@@ -262,8 +267,14 @@ class ChunkLoop:
             return
         self._rows, self._at = [], []
         if self.report.kind == "customers":
+            active = self.active()
             with self._guarded(), self.engine.begin() as conn:
-                self._absorb(StoredEvents(upsert_customers(conn, rows, utcnow())))
+                now = utcnow()
+                self._absorb(StoredEvents(upsert_customers(conn, rows, now)))
+                if active is not None:
+                    version, program = active
+                    ids = [r["customer_id"] for r in rows]
+                    welcome_members(conn, program, now, ids, IMPORT_WELCOME, rules_version=version)
         elif self._pool is None and (self._workers == 1 or last):
             with self._guarded():
                 self._absorb(store_chunk(self.engine, rows, process=self.process, at=at))
