@@ -91,26 +91,23 @@ def currency_problem(value: Any, program: Program) -> str | None:
     )
 
 
-def declared_types(event_type: str, program: Program) -> dict[str, EventFieldType]:
-    """The type each property of an `event_type` event must have."""
-    declared = dict(program.event_properties)
-    if event_type in (program.purchase_event, program.refund_event):
-        declared[program.spend_property] = "money"
-    return declared
-
-
 def check_properties(
     event_type: str, props: dict[str, Any], program: Program
 ) -> list[tuple[str, str]]:
     """The properties of an `event_type` event that do not match the programme's
     declarations: `(field, reason)` pairs, the field as `properties.<name>`, in the order of
     `props`; empty when all is well."""
-    declared = declared_types(event_type, program)
+    declared = program.event_properties
+    spend = (
+        program.spend_property
+        if event_type == program.purchase_event or event_type == program.refund_event
+        else None
+    )
     problems: list[tuple[str, str]] = []
-    for name, value in props.items():
+    for name, value in props.items():  # a plain loop: this runs for every event that arrives
         if value is None:
             continue
-        kind = declared.get(name)
+        kind: EventFieldType | None = "money" if name == spend else declared.get(name)
         why = type_problem(kind, value, program) if kind is not None else None
         if why is None and name == CURRENCY:
             why = currency_problem(value, program)
