@@ -17,7 +17,7 @@ from store.ingest import upsert_customers
 from store.models import AuditRow, CustomerRow, TierHistoryRow
 from store.tiers import WELCOME_RULE, grant_welcome_tier
 from tests.api_helpers import ApiServer
-from tests.rules_helpers import REPO, deploy_dir
+from tests.rules_helpers import REPO, deploy_dir, import_rows
 
 NOW = datetime(2026, 11, 20, 10, 0, tzinfo=UTC)
 
@@ -226,3 +226,25 @@ def test_an_api_customer_upsert_grants_it_too(engine: Engine, api_server: ApiSer
     assert r.status_code == 200, r.text
     assert customers(engine)["K1"][1] == "basic"
     assert [cid for cid, *_ in history(engine)] == ["K1"]
+
+
+def test_deploying_a_programme_gives_existing_members_the_welcome_tier(
+    engine: Engine, tmp_path: Path
+) -> None:
+    from crmflow.services import rules as rules_service
+    from crmflow.services.runtime import Runtime
+    from crmflow.settings import Settings
+
+    rows = [
+        {"customer_id": "W1", "lifecycle_stage": "member"},
+        {"customer_id": "W2", "lifecycle_stage": "lead"},
+    ]
+    import_rows(engine, tmp_path / "c.jsonl", rows, kind="customers")  # no programme yet
+    rt = Runtime(Settings(home=tmp_path / "home"), engine)
+    done = rules_service.deploy(rt, rules_service.RulesFolder(folder=REPO / "examples/rules"))
+    assert done.welcomed == 1
+    with engine.connect() as conn:
+        tiers = dict(conn.execute(select(CustomerRow.customer_id, CustomerRow.tier)).all())
+    assert tiers == {"W1": "basic", "W2": None}
+    again = rules_service.deploy(rt, rules_service.RulesFolder(folder=REPO / "examples/rules"))
+    assert again.welcomed == 0

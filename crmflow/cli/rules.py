@@ -256,6 +256,7 @@ def deploy(
                 "new": done.new,
                 "rules": done.rules,
                 "warnings": done.warnings,
+                "welcomed": done.welcomed,
             }
         )
     else:
@@ -266,6 +267,11 @@ def deploy(
             "new events use it from now on",
             highlight=False,
         )
+        if done.welcomed:
+            common.console.print(
+                f"{done.welcomed} member(s) without a tier start in the welcome tier",
+                highlight=False,
+            )
 
 
 @rules_app.command("versions")

@@ -44,7 +44,9 @@ from rules.pack import (
 )
 from rules.source import SourceError, SourceProblem, Yaml12Loader, parse_yaml
 from store import rule_versions as store
+from store.db import utcnow
 from store.rule_state import load_orders, load_states
+from store.tiers import welcome_members
 
 MAX_FILES = 100  # rule files in one pack
 MAX_FILE_CHARS = 200_000  # characters in one file (the programme or a rule file)
@@ -179,6 +181,7 @@ class Deployed(BaseModel):
     warnings: list[str] = Field(
         default_factory=list, description="what was not checked (journey names without journeys)"
     )
+    welcomed: int = Field(0, description="members without a tier given the welcome tier")
 
 
 class RuleVersion(BaseModel):
@@ -564,6 +567,14 @@ def deploy(rt: Runtime, src: RulesSource, origin: str | None = None) -> Deployed
     with rt.engine.begin() as conn:
         was_active = store.active_version(conn) == pack.version
         new = store.deploy(conn, pack.version, source, len(pack.rules), origin or where)
+        # members who became members before any programme was active start in its welcome tier
+        welcomed = welcome_members(
+            conn,
+            pack.program,
+            utcnow(),
+            reason=f"welcome tier: rules version {pack.version} deployed",
+            rules_version=pack.version,
+        )
     status: Literal["deployed", "reactivated", "unchanged"] = (
         "deployed" if new else "unchanged" if was_active else "reactivated"
     )
@@ -573,6 +584,7 @@ def deploy(rt: Runtime, src: RulesSource, origin: str | None = None) -> Deployed
         rules=len(pack.rules),
         status=status,
         warnings=loaded.warnings,
+        welcomed=welcomed,
     )
 
 
@@ -591,10 +603,17 @@ def activate(rt: Runtime, version: str) -> RuleVersion:
         if source is None:
             raise NotFound(f"no rules version {version!r} was deployed")
         try:
-            build_pack(source)
+            pack = build_pack(source)
         except SourceError as exc:
             raise Refused(f"rules version {version} no longer loads: {exc}") from exc
         store.activate(conn, version)
+        welcome_members(
+            conn,
+            pack.program,
+            utcnow(),
+            reason=f"welcome tier: rules version {version} activated",
+            rules_version=version,
+        )
     return next(v for v in list_versions(rt) if v.version == version)
 
 
