@@ -1,17 +1,21 @@
 """Benchmark: purchase events through the example rule pack end to end, against durable_rules alone.
 
+The workload: purchases, and refunds of 2% of them 1-30 days later (half of them partial, so
+the built-in clawback by order runs), under the example programme with purchase points pending
+for 14 days (`points.pending_days`; `--refunds`, `--pending-days`).
+
 What it measures:
 
 * end to end, per database (SQLite and PostgreSQL): `crmflow.ingest.import_file(engine,
   events.jsonl, "events")` on a fresh database migrated with `store.migrate.upgrade`, whose
   customers were imported and whose example rules version (`examples/rules`, programme
-  `examples/program.yaml`) was deployed beforehand (untimed). That is pydantic validation of
+  `examples/program.yaml` with the return window) was deployed beforehand (untimed). That is pydantic validation of
   every line, the idempotent event writes, then per 5,000-event chunk in the same transaction
   `crmflow.processing.process_chunk`: load the customers' rule state, build the facts of each
   event, ask durable_rules which rules fire, plan and apply the effects (points lots and ledger,
   tiers and tier history, tags, stage, audit trail), write them and mark the events processed.
 * baseline, in memory, no database: the same events with the same profile facts, computed
-  beforehand (untimed) with the same pure code (`record_event`, `build_facts`,
+  beforehand (untimed) with the same pure code (`record_event`, `plan_refund`, `build_facts`,
   `CompiledPack.message`, effects applied with `apply_rules` so that tiers, tags and points
   evolve as they do end to end), then — timed — each message asserted and retracted one at a
   time in one sid of a durable_rules ruleset holding the pack's compiled conditions, with a
@@ -109,8 +113,10 @@ def _amount(rng: random.Random) -> float:
     return round(min(max(rng.lognormvariate(math.log(300.0), 0.8), 19.9), 2999.0), 2)
 
 
-def write_events(path: Path, count: int, customers: int, seed: int) -> None:
-    """`count` purchases over ~18 months ending 2026-11-20, in time order, +08:00 offsets.
+def write_events(path: Path, count: int, customers: int, seed: int, refunds: float) -> int:
+    """`count` purchases over ~18 months ending 2026-11-20, and refunds of a share `refunds`
+    of them 1-30 days later (half of them partial), in time order, +08:00 offsets. Returns
+    how many events were written.
 
     Customers buy at different rates (log-normal weights), so some reach gold or platinum.
     """
@@ -120,27 +126,72 @@ def write_events(path: Path, count: int, customers: int, seed: int) -> None:
     span = FEED_DAYS * 86400
     start = FEED_END - timedelta(seconds=span)
     offsets = sorted(rng.randrange(span) for _ in range(count))
-    with path.open("w", encoding="utf-8") as fh:
-        for n, (cust, offset) in enumerate(zip(who, offsets, strict=True)):
-            row = {
-                "event_id": str(uuid.UUID(int=rng.getrandbits(128), version=4)),
-                "customer_id": customer_id(cust),
-                "type": "purchase",
-                "occurred_at": (start + timedelta(seconds=offset)).isoformat(),
-                "properties": {
-                    "amount": _amount(rng),
-                    "currency": "CNY",
-                    "order_id": f"SO{n:08d}",
-                    "channel": rng.choice(CHANNELS),
+    rows: list[tuple[int, dict[str, Any]]] = []
+    for n, (cust, offset) in enumerate(zip(who, offsets, strict=True)):
+        amount = _amount(rng)
+        order = f"SO{n:08d}"
+        rows.append(
+            (
+                offset,
+                {
+                    "event_id": str(uuid.UUID(int=rng.getrandbits(128), version=4)),
+                    "customer_id": customer_id(cust),
+                    "type": "purchase",
+                    "occurred_at": (start + timedelta(seconds=offset)).isoformat(),
+                    "properties": {
+                        "amount": amount,
+                        "currency": "CNY",
+                        "order_id": order,
+                        "channel": rng.choice(CHANNELS),
+                    },
                 },
-            }
+            )
+        )
+        if rng.random() >= refunds:
+            continue
+        later = offset + rng.randrange(86400, 30 * 86400)
+        if later >= span:
+            continue
+        props: dict[str, Any] = {"order_id": order, "currency": "CNY"}
+        if rng.random() < 0.5:  # a partial refund says how much; a full one need not
+            props["amount"] = round(amount * rng.uniform(0.2, 0.8), 2)
+        rows.append(
+            (
+                later,
+                {
+                    "event_id": str(uuid.UUID(int=rng.getrandbits(128), version=4)),
+                    "customer_id": customer_id(cust),
+                    "type": "refund",
+                    "occurred_at": (start + timedelta(seconds=later)).isoformat(),
+                    "properties": props,
+                },
+            )
+        )
+    rows.sort(key=lambda r: r[0])  # stable: a purchase stays before its refund
+    with path.open("w", encoding="utf-8") as fh:
+        for _, row in rows:
             fh.write(json.dumps(row, ensure_ascii=False) + "\n")
+    return len(rows)
+
+
+def write_rules(workdir: Path, pending_days: int) -> Path:
+    """The example rules beside a copy of the example programme with purchase points
+    pending for `pending_days` (the return window)."""
+    folder = workdir / "rules"
+    folder.mkdir()
+    programme = (RULES_DIR.parent / "program.yaml").read_text(encoding="utf-8")
+    (workdir / "program.yaml").write_text(
+        programme.replace("pending_days: 0", f"pending_days: {pending_days}"), encoding="utf-8"
+    )
+    for rule_file in RULES_DIR.glob("*.yaml"):
+        (folder / rule_file.name).write_text(rule_file.read_text(encoding="utf-8"))
+    return folder
 
 
 # --------------------------------------------------------------------------- child processes
 
 
-def _child_prepare(url: str, customers: Path) -> dict[str, Any]:
+def _child_prepare(url: str, customers: Path, rules_dir: Path) -> dict[str, Any]:
     """Migrate, import the customers and deploy the example rules (not timed)."""
     from crmflow.ingest import import_file
     from rules.pack import load_pack
@@ -152,7 +203,7 @@ def _child_prepare(url: str, customers: Path) -> dict[str, Any]:
     try:
         upgrade(engine)
         report = import_file(engine, customers, "customers")
-        pack, source = load_pack(RULES_DIR)
+        pack, source = load_pack(rules_dir)
         with engine.begin() as conn:
             deploy(conn, pack.version, source, len(pack.rules), "examples/rules")
     finally:
@@ -168,6 +219,7 @@ def _totals(engine: Any) -> dict[str, int]:
     from store.models import (
         AuditRow,
         EventRow,
+        OrderRefundRow,
         PointsLedgerRow,
         PointsLotRow,
         TagRow,
@@ -184,6 +236,7 @@ def _totals(engine: Any) -> dict[str, int]:
             "unprocessed": count(EventRow, EventRow.processed_at.is_(None)),
             "points_lots": count(PointsLotRow),
             "points_ledger": count(PointsLedgerRow),
+            "order_refunds": count(OrderRefundRow),
             "tier_history": count(TierHistoryRow),
             "customer_tags": count(TagRow),
             "audit_log": count(AuditRow),
@@ -231,17 +284,17 @@ def _child_e2e(url: str, events: Path, profile: Path | None, workers: int) -> di
     }
 
 
-def _child_baseline(customers: Path, events: Path) -> dict[str, Any]:
+def _child_baseline(customers: Path, events: Path, rules_dir: Path) -> dict[str, Any]:
     """Precompute every event's message (untimed), then time assert + retract of each."""
     from durable import engine as dr_engine
     from durable.lang import get_host
 
-    from rules.effects import apply_rules
+    from rules.effects import apply_rules, plan_refund
     from rules.engine import DurableRulesEngine
     from rules.facts import EventFacts, ProfileState, build_facts, record_event
     from rules.pack import load_pack
 
-    pack, _ = load_pack(RULES_DIR)
+    pack, _ = load_pack(rules_dir)
     program = pack.program
     created_at = datetime.now(UTC)  # as the import stamps new profiles
     states: dict[str, ProfileState] = {}
@@ -276,6 +329,7 @@ def _child_baseline(customers: Path, events: Path) -> dict[str, Any]:
             )
             state = states[e["customer_id"]]
             record_event(state, event, program)
+            plan_refund(program, state, event)  # a refund's clawback, as processing does
             facts = build_facts(state, event, program)
             fired = pack.ordered(engine.fired(pack, facts))
             messages.append(pack.message(facts))
@@ -350,7 +404,7 @@ def _child_baseline(customers: Path, events: Path) -> dict[str, Any]:
 
 def child_main(args: argparse.Namespace) -> None:
     if args.child == "prepare":
-        result = _child_prepare(args.url, args.customers_file)
+        result = _child_prepare(args.url, args.customers_file, args.rules_dir)
     elif args.child == "e2e":
         if args.workers is None:  # crmflow's default, as `crmflow events import` uses it
             from crmflow.settings import Settings
@@ -358,7 +412,7 @@ def child_main(args: argparse.Namespace) -> None:
             args.workers = Settings().import_workers
         result = _child_e2e(args.url, args.events_file, args.profile_file, args.workers)
     elif args.child == "baseline":
-        result = _child_baseline(args.customers_file, args.events_file)
+        result = _child_baseline(args.customers_file, args.events_file, args.rules_dir)
     else:
         raise SystemExit(f"unknown child role {args.child!r}")
     print(json.dumps(result), flush=True)
@@ -372,6 +426,7 @@ def run_child(
     workers: int | None = None,
 ) -> dict[str, Any]:
     customers, events = files
+    rules_dir = customers.parent / "rules"
     cmd = [
         sys.executable,
         str(Path(__file__).resolve()),
@@ -383,6 +438,8 @@ def run_child(
         str(customers),
         "--events-file",
         str(events),
+        "--rules-dir",
+        str(rules_dir),
     ]
     if profile is not None:
         cmd += ["--profile-file", str(profile)]
@@ -480,6 +537,19 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
         help="run the end-to-end children under cProfile, writing <dir>/e2e_<database>.pstats",
     )
     parser.add_argument("--profile-file", type=Path, help=argparse.SUPPRESS)
+    parser.add_argument("--rules-dir", type=Path, default=RULES_DIR, help=argparse.SUPPRESS)
+    parser.add_argument(
+        "--refunds",
+        type=float,
+        default=0.02,
+        help="share of purchases refunded 1-30 days later, half of them in part (default 0.02)",
+    )
+    parser.add_argument(
+        "--pending-days",
+        type=int,
+        default=14,
+        help="the programme's return window: purchase points pending this long (default 14)",
+    )
     parser.add_argument(
         "--workers",
         type=int,
@@ -509,11 +579,13 @@ def main(argv: list[str] | None = None) -> int:
         files = (workdir / "customers.jsonl", workdir / "events.jsonl")
         started = time.perf_counter()
         write_customers(files[0], args.customers, args.seed)
-        write_events(files[1], args.events, args.customers, args.seed)
+        total = write_events(files[1], args.events, args.customers, args.seed, args.refunds)
+        write_rules(workdir, args.pending_days)
         print(
-            f"generated {args.customers:,} customers and {args.events:,} purchase events "
-            f"({files[1].stat().st_size / 1e6:.1f} MB JSONL) in "
-            f"{time.perf_counter() - started:.1f} s",
+            f"generated {args.customers:,} customers, {args.events:,} purchase events and "
+            f"{total - args.events:,} refunds ({files[1].stat().st_size / 1e6:.1f} MB JSONL) "
+            f"in {time.perf_counter() - started:.1f} s; purchase points pending "
+            f"{args.pending_days} days",
             flush=True,
         )
 
@@ -522,12 +594,10 @@ def main(argv: list[str] | None = None) -> int:
         e2e: dict[str, list[dict[str, Any]]] = {kind: [] for kind in kinds}
         try:
             for _ in range(args.repeat):
-                baselines.append(measure_baseline(files, args.events))
+                baselines.append(measure_baseline(files, total))
                 for kind in kinds:
                     profile = args.profile / f"e2e_{kind}.pstats" if args.profile else None
-                    e2e[kind].append(
-                        measure_e2e(dbs, kind, files, args.events, profile, args.workers)
-                    )
+                    e2e[kind].append(measure_e2e(dbs, kind, files, total, profile, args.workers))
         finally:
             dbs.drop_all()
 
