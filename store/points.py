@@ -16,15 +16,15 @@ from, and the lot, ledger, debt and coupon writes.
 
 from __future__ import annotations
 
+import json
 from dataclasses import dataclass, field
-from datetime import datetime
+from datetime import UTC, datetime
 from decimal import Decimal
 from typing import Any
 
 from sqlalchemy import (
     ColumnElement,
     Connection,
-    Executable,
     and_,
     bindparam,
     func,
@@ -33,6 +33,7 @@ from sqlalchemy import (
     select,
     update,
 )
+from sqlalchemy.exc import DBAPIError, StatementError
 
 from rules.ledger import (
     ADJUST_CREDIT,
@@ -147,6 +148,102 @@ def active_version(conn: Connection) -> str | None:
     ).scalar()
 
 
+# --------------------------------------------------------------------------- the driver
+
+# A redemption's statements run through the driver's cursor of the SQLAlchemy connection, in
+# its transaction: at a few hundred microseconds a redemption, SQLAlchemy's own work per
+# statement (parameter processing, result set-up) cost more than the statements did
+# (bench/redeem.py). Values are converted as `store.bulk` converts them, to what the ORM
+# stores: on SQLite a UTC time is the text `YYYY-MM-DD HH:MM:SS.ffffff`, a number a float, a
+# boolean 0 or 1, JSON text.
+
+_PG_SQL: dict[str, str] = {}
+
+
+class Driver:
+    """The DB-API cursor of `conn` (inside its transaction), with SQLite's and PostgreSQL's
+    ways of binding and reading times and numbers."""
+
+    def __init__(self, conn: Connection) -> None:
+        self.sqlite = conn.dialect.name == "sqlite"
+        dbapi = conn.connection.dbapi_connection
+        assert dbapi is not None
+        self.cursor = dbapi.cursor()
+        self.errors = conn.dialect.loaded_dbapi.Error
+        self._time: tuple[datetime | None, Any] = (None, None)
+
+    @classmethod
+    def of(cls, conn: Connection) -> Driver:
+        """The driver of `conn`'s DB-API connection, made once per connection (the pool
+        keeps it with the connection: a cursor serves transaction after transaction)."""
+        info = conn.connection.info
+        found = info.get("store.points.driver")
+        if found is None:
+            found = info["store.points.driver"] = cls(conn)
+        return found
+
+    def _failed(self, text: str, params: Any, exc: Exception) -> StatementError:
+        """The driver's error as SQLAlchemy's (`IntegrityError` for a unique key taken …),
+        as every other statement raises it."""
+        return DBAPIError.instance(text, params, exc, self.errors)
+
+    def sql(self, text: str) -> str:
+        """`text` with the driver's placeholders (written with `?`)."""
+        if self.sqlite:
+            return text
+        found = _PG_SQL.get(text)
+        if found is None:
+            found = _PG_SQL[text] = text.replace("?", "%s")
+        return found
+
+    def run(self, text: str, params: tuple[Any, ...]) -> list[tuple[Any, ...]]:
+        try:
+            self.cursor.execute(self.sql(text), params)
+            return list(self.cursor.fetchall()) if self.cursor.description else []
+        except self.errors as exc:
+            raise self._failed(text, params, exc) from exc
+
+    def many(self, text: str, rows: list[tuple[Any, ...]]) -> None:
+        if rows:
+            try:
+                self.cursor.executemany(self.sql(text), rows)
+            except self.errors as exc:
+                raise self._failed(text, rows, exc) from exc
+
+    def count(self, text: str, params: tuple[Any, ...]) -> int:
+        """Run a statement that returns nothing; the rows it changed."""
+        try:
+            self.cursor.execute(self.sql(text), params)
+        except self.errors as exc:
+            raise self._failed(text, params, exc) from exc
+        return int(self.cursor.rowcount)
+
+    def time(self, at: datetime | None) -> Any:
+        if at is None or not self.sqlite:
+            return at
+        last, text = self._time
+        if at != last:  # one moment is bound many times in one operation
+            text = at.astimezone(UTC).isoformat(" ", "microseconds")[:26]
+            self._time = (at, text)
+        return text
+
+    def read_time(self, value: Any) -> datetime | None:
+        if value is None or isinstance(value, datetime):
+            return value
+        return datetime.fromisoformat(str(value)).replace(tzinfo=UTC)
+
+    def number(self, value: Decimal) -> Any:
+        return float(value) if self.sqlite else value
+
+    def flag(self, value: bool) -> Any:
+        return int(value) if self.sqlite else value
+
+    def json(self, value: Any) -> Any:
+        if isinstance(value, str):
+            return json.loads(value)
+        return value
+
+
 # --------------------------------------------------------------------------- writes
 
 
@@ -168,120 +265,141 @@ class Lot:
     earned_at: datetime
     expires_at: datetime | None
     available_at: datetime | None
-    taken: Decimal = ZERO
 
 
-_STATEMENTS: dict[tuple[str, str], Executable] = {}
-
-
-def _prepared(conn: Connection, name: str, build: Any) -> Executable:
-    """A statement built once per dialect (SQLAlchemy then caches its compiled form)."""
-    key = (conn.dialect.name, name)
-    stmt = _STATEMENTS.get(key)
-    if stmt is None:
-        stmt = _STATEMENTS[key] = build(conn)
-    return stmt
-
-
-def _bump_stmt(conn: Connection) -> Executable:
-    c = CUSTOMERS.c
-    return (
-        update(CUSTOMERS)
-        .where(c.customer_id == bindparam("cid"))
-        .values(state_version=c.state_version + 1)
-        .returning(c.tier, c.points_debt, c.timezone)
-    )
+BUMP = (
+    "UPDATE customers SET state_version = state_version + 1 WHERE customer_id = ? "
+    "RETURNING tier, points_debt, timezone"
+)
 
 
 def bump(conn: Connection, customer_id: str) -> Member | None:
     """The first statement of every points operation: bump the customer's rule-state
     version, so that kept rule states reload (on SQLite it takes the write lock before any
     read; on PostgreSQL it locks the row, as processing does). None: no such customer."""
-    row = conn.execute(_prepared(conn, "bump", _bump_stmt), {"cid": customer_id}).first()
-    if row is None:
+    rows = Driver.of(conn).run(BUMP, (customer_id,))
+    if not rows:
         return None
-    return Member(row.tier, cents(row.points_debt or 0), row.timezone or "UTC")
+    tier, debt, tz = rows[0]
+    return Member(tier, cents(debt or 0), tz or "UTC")
 
 
-def _bump_redemption_stmt(conn: Connection) -> Executable:
-    c, r = CUSTOMERS.c, REDEMPTIONS.c
-    owner = select(r.customer_id).where(r.key == bindparam("key")).scalar_subquery()
-    return (
-        update(CUSTOMERS)
-        .where(c.customer_id == owner)
-        .values(state_version=c.state_version + 1)
-        .returning(c.customer_id, c.tier, c.points_debt, c.timezone)
-    )
+BUMP_OWNER = (
+    "UPDATE customers SET state_version = state_version + 1 WHERE customer_id = "
+    "(SELECT customer_id FROM redemptions WHERE key = ?) "
+    "RETURNING customer_id, tier, points_debt, timezone"
+)
 
 
 def bump_redemption_owner(conn: Connection, key: str) -> tuple[str, Member] | None:
     """`bump` for the member a redemption key belongs to, in one statement; None: no
     redemption has that key."""
-    row = conn.execute(
-        _prepared(conn, "bump_redemption", _bump_redemption_stmt), {"key": key}
-    ).first()
-    if row is None:
+    rows = Driver.of(conn).run(BUMP_OWNER, (key,))
+    if not rows:
         return None
-    return row.customer_id, Member(row.tier, cents(row.points_debt or 0), row.timezone or "UTC")
+    cid, tier, debt, tz = rows[0]
+    return str(cid), Member(tier, cents(debt or 0), tz or "UTC")
 
 
-def _live_lots_stmt(conn: Connection) -> Executable:
-    lot = LOTS.c
-    at = bindparam("at", type_=lot.expires_at.type)
-    return (
-        select(lot.id, lot.remaining, lot.earned_at, lot.expires_at, lot.available_at)
-        .where(lot.customer_id == bindparam("cid"), live_lot(lot, at))
-        .order_by(lot.id)
-    )
+@dataclass
+class Offer:
+    """A reward as a redemption reads it."""
+
+    reward_id: str
+    kind: str
+    cost: Decimal
+    stock: int | None
+    issued: int
+    per_member_limit: int | None
+    valid_from: datetime | None
+    valid_to: datetime | None
+    min_tier: str | None
+    coupon: dict[str, Any] | None
+    active: bool
+
+
+@dataclass
+class RedeemContext:
+    """What a redemption reads in its second statement."""
+
+    known_key: bool  # a redemption with this key exists
+    version: str | None  # the active rules version
+    reward: Offer | None
+    redeemed: int  # the member's redemptions of the reward, not reversed
+
+
+CONTEXT = (
+    "SELECT (SELECT 1 FROM redemptions WHERE key = ?), "
+    "(SELECT version FROM rule_versions WHERE active = ?), "
+    "(SELECT count(*) FROM redemptions WHERE customer_id = ? AND reward_id = ? "
+    "AND status = 'done'), "
+    "r.reward_id, r.kind, r.cost, r.stock, r.issued, r.per_member_limit, r.valid_from, "
+    "r.valid_to, r.min_tier, r.coupon, r.active "
+    "FROM (SELECT 1 AS one) AS here LEFT JOIN rewards r ON r.reward_id = ?"
+)
+
+
+def redeem_context(conn: Connection, customer_id: str, reward_id: str, key: str) -> RedeemContext:
+    """In one statement: whether the key is taken, the active rules version, the reward,
+    and how many of it the member has."""
+    d = Driver.of(conn)
+    row = d.run(CONTEXT, (key, d.flag(True), customer_id, reward_id, reward_id))[0]
+    taken, version, redeemed, rid = row[0], row[1], row[2], row[3]
+    reward = None
+    if rid is not None:
+        reward = Offer(
+            reward_id=str(rid),
+            kind=str(row[4]),
+            cost=cents(row[5]),
+            stock=row[6],
+            issued=int(row[7]),
+            per_member_limit=row[8],
+            valid_from=d.read_time(row[9]),
+            valid_to=d.read_time(row[10]),
+            min_tier=row[11],
+            coupon=d.json(row[12]),
+            active=bool(row[13]),
+        )
+    return RedeemContext(taken is not None, version, reward, int(redeemed or 0))
+
+
+LIVE_LOTS = (
+    "SELECT id, remaining, earned_at, expires_at, available_at FROM points_lots "
+    "WHERE customer_id = ? AND remaining > 0 AND (expires_at IS NULL OR expires_at > ?) "
+    "ORDER BY id"
+)
 
 
 def live_lots(conn: Connection, customer_id: str, at: datetime) -> list[Lot]:
     """The member's live lots at `at`, pending ones included (`rules.ledger.fifo` takes
     only the spendable ones)."""
-    rows = conn.execute(
-        _prepared(conn, "live_lots", _live_lots_stmt), {"cid": customer_id, "at": at}
-    )
-    return [Lot(r.id, cents(r.remaining), r.earned_at, r.expires_at, r.available_at) for r in rows]
+    d = Driver.of(conn)
+    rows = d.run(LIVE_LOTS, (customer_id, d.time(at)))
+    return [
+        Lot(int(i), cents(left), d.read_time(earned) or at, d.read_time(ends), d.read_time(av))
+        for i, left, earned, ends, av in rows
+    ]
 
 
-def _set_remaining_stmt(conn: Connection) -> Executable:
-    lot = LOTS.c
-    return update(LOTS).where(lot.id == bindparam("lot")).values(remaining=bindparam("left"))
+TAKE_STOCK = (
+    "UPDATE rewards SET issued = issued + 1 WHERE reward_id = ? "
+    "AND (stock IS NULL OR issued < stock)"
+)
+
+
+def take_stock(conn: Connection, reward_id: str) -> bool:
+    """Issue one item of the reward's stock; False when none is left (one conditional
+    UPDATE: two redemptions of the last item cannot both get it)."""
+    return Driver.of(conn).count(TAKE_STOCK, (reward_id,)) == 1
+
+
+SET_REMAINING = "UPDATE points_lots SET remaining = ? WHERE id = ?"
 
 
 def set_remaining(conn: Connection, lots: list[Lot]) -> None:
     """Write the lots' `remaining` (after a draw)."""
-    if lots:
-        conn.execute(
-            _prepared(conn, "set_remaining", _set_remaining_stmt),
-            [{"lot": lot.id, "left": lot.remaining} for lot in lots],
-        )
-
-
-def _add_to_lot_stmt(conn: Connection) -> Executable:
-    lot = LOTS.c
-    return (
-        update(LOTS)
-        .where(lot.id == bindparam("lot"))
-        .values(remaining=lot.remaining + bindparam("points", type_=lot.remaining.type))
-    )
-
-
-def add_to_lots(conn: Connection, points: list[tuple[int, Decimal]]) -> None:
-    """Give points back to the lots they came from (a reversed redemption)."""
-    rows = [{"lot": lot_id, "points": p} for lot_id, p in points if p > 0]
-    if rows:
-        conn.execute(_prepared(conn, "add_to_lot", _add_to_lot_stmt), rows)
-
-
-def new_lot(conn: Connection, row: dict[str, Any]) -> int:
-    """Insert a lot (a `PointsLotRow`'s columns); its id."""
-    lot_id = conn.execute(insert(LOTS).values(**row).returning(LOTS.c.id)).scalar_one()
-    return int(lot_id)
-
-
-def _ledger_stmt(conn: Connection) -> Executable:
-    return insert(LEDGER)
+    d = Driver.of(conn)
+    d.many(SET_REMAINING, [(d.number(lot.remaining), lot.id) for lot in lots])
 
 
 LEDGER_FIELDS = (
@@ -298,25 +416,82 @@ LEDGER_FIELDS = (
     "actor",
     "ref",
 )
+ADD_LEDGER = (
+    f"INSERT INTO points_ledger ({', '.join(LEDGER_FIELDS)}) "
+    f"VALUES ({', '.join('?' for _ in LEDGER_FIELDS)})"
+)
 
 
 def add_ledger(conn: Connection, rows: list[dict[str, Any]]) -> None:
     """Append ledger entries (each with every LEDGER_FIELDS column)."""
-    if rows:
-        conn.execute(_prepared(conn, "ledger", _ledger_stmt), rows)
-
-
-def _set_debt_stmt(conn: Connection) -> Executable:
-    c = CUSTOMERS.c
-    return (
-        update(CUSTOMERS)
-        .where(c.customer_id == bindparam("cid"))
-        .values(points_debt=bindparam("debt", type_=c.points_debt.type))
+    d = Driver.of(conn)
+    d.many(
+        ADD_LEDGER,
+        [
+            (
+                r["customer_id"],
+                r["lot_id"],
+                r["kind"],
+                d.number(r["amount"]),
+                d.time(r["at"]),
+                r["event_id"],
+                r["reason"],
+                r["dedupe_key"],
+                r["order_id"],
+                d.flag(r["qualifying"]),
+                r["actor"],
+                r["ref"],
+            )
+            for r in rows
+        ],
     )
 
 
+ADD_REDEMPTION = (
+    'INSERT INTO redemptions (key, customer_id, reward_id, cost, status, code, "by", '
+    "created_at) VALUES (?, ?, ?, ?, ?, ?, ?, ?)"
+)
+
+
+def add_redemption(conn: Connection, row: dict[str, Any]) -> None:
+    d = Driver.of(conn)
+    d.run(
+        ADD_REDEMPTION,
+        (
+            row["key"],
+            row["customer_id"],
+            row["reward_id"],
+            d.number(row["cost"]),
+            row["status"],
+            row["code"],
+            row["by"],
+            d.time(row["created_at"]),
+        ),
+    )
+
+
+def add_to_lots(conn: Connection, points: list[tuple[int, Decimal]]) -> None:
+    """Give points back to the lots they came from (a reversed redemption)."""
+    rows = [{"lot": lot_id, "points": p} for lot_id, p in points if p > 0]
+    if rows:
+        lot = LOTS.c
+        conn.execute(
+            update(LOTS)
+            .where(lot.id == bindparam("lot"))
+            .values(remaining=lot.remaining + bindparam("points", type_=lot.remaining.type)),
+            rows,
+        )
+
+
+def new_lot(conn: Connection, row: dict[str, Any]) -> int:
+    """Insert a lot (a `PointsLotRow`'s columns); its id."""
+    lot_id = conn.execute(insert(LOTS).values(**row).returning(LOTS.c.id)).scalar_one()
+    return int(lot_id)
+
+
 def set_debt(conn: Connection, customer_id: str, debt: Decimal) -> None:
-    conn.execute(_prepared(conn, "set_debt", _set_debt_stmt), {"cid": customer_id, "debt": debt})
+    c = CUSTOMERS.c
+    conn.execute(update(CUSTOMERS).where(c.customer_id == customer_id).values(points_debt=debt))
 
 
 def was_expired(conn: Connection, lot_ids: list[int]) -> set[int]:

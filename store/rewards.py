@@ -1,10 +1,10 @@
 """The rewards catalogue in the database: apply a catalogue (upsert, withdraw what it leaves
-out), read it, take or give back one item of a reward's stock; and the redemptions' rows.
+out), read it, give back an item of a reward's stock; read and reverse redemptions.
 
 `issued` counts the items handed out and not given back; it belongs to the database, never
 to the file: applying a catalogue keeps it. Stock left = `stock - issued` (no stock: no
-limit). Taking an item is one conditional `UPDATE`, so two redemptions of the last item
-cannot both get it.
+limit). A redemption's own statements (taking an item of stock, its row) are in
+`store.points`, on the redemption's fast path.
 """
 
 from __future__ import annotations
@@ -12,7 +12,7 @@ from __future__ import annotations
 from datetime import datetime
 from typing import Any
 
-from sqlalchemy import Connection, Row, func, insert, select, update
+from sqlalchemy import Connection, Row, select, update
 
 from store.models import RedemptionRow, RewardRow
 from store.sql import insert_for, table_of
@@ -75,17 +75,6 @@ def withdraw(conn: Connection, reward_ids: list[str], now: datetime) -> None:
         )
 
 
-def take_one(conn: Connection, reward_id: str) -> bool:
-    """Issue one item of the reward's stock; False when none is left."""
-    r = REWARDS.c
-    done = conn.execute(
-        update(REWARDS)
-        .where(r.reward_id == reward_id, (r.stock.is_(None)) | (r.issued < r.stock))
-        .values(issued=r.issued + 1)
-    )
-    return bool(done.rowcount)
-
-
 def give_back(conn: Connection, reward_id: str) -> None:
     """Return one issued item to the stock (a reversed redemption)."""
     r = REWARDS.c
@@ -102,22 +91,6 @@ REDEMPTIONS = table_of(RedemptionRow)
 def redemption(conn: Connection, key: str) -> Row[Any] | None:
     """The redemption with this key."""
     return conn.execute(select(REDEMPTIONS).where(REDEMPTIONS.c.key == key)).first()
-
-
-def redeemed_count(conn: Connection, customer_id: str, reward_id: str) -> int:
-    """How many redemptions of the reward the member has that are not reversed."""
-    r = REDEMPTIONS.c
-    return int(
-        conn.execute(
-            select(func.count()).where(
-                r.customer_id == customer_id, r.reward_id == reward_id, r.status == DONE
-            )
-        ).scalar_one()
-    )
-
-
-def add_redemption(conn: Connection, row: dict[str, Any]) -> None:
-    conn.execute(insert(REDEMPTIONS).values(**row))
 
 
 def mark_reversed(conn: Connection, key: str, at: datetime, by: str | None) -> None:

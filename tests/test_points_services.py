@@ -673,16 +673,15 @@ def test_a_key_taken_between_look_up_and_insert_is_found_on_the_second_run(
     catalogue(rt, MUG)
     points.redeem(rt, "C1", "mug", key="shared", by=None, now=NOW)
     points.adjust(rt, "C1", 5, reason="x", by="ops", key="adj", now=NOW)
-    from store import rewards as reward_store
-
-    real_redemption, real_adjustment = reward_store.redemption, points._stored_adjustment
+    real_context, real_adjustment = points.store.redeem_context, points._stored_adjustment
     misses = {"redemption": 1, "adjustment": 1}
 
-    def redemption(conn: Any, key: str) -> Any:
+    def context(conn: Any, *args: str) -> Any:
+        found = real_context(conn, *args)
         if misses["redemption"]:
             misses["redemption"] -= 1
-            return None
-        return real_redemption(conn, key)
+            found.known_key = False
+        return found
 
     def adjustment(conn: Any, key: str) -> Any:
         if misses["adjustment"]:
@@ -690,7 +689,7 @@ def test_a_key_taken_between_look_up_and_insert_is_found_on_the_second_run(
             return None
         return real_adjustment(conn, key)
 
-    monkeypatch.setattr(reward_store, "redemption", redemption)
+    monkeypatch.setattr(points.store, "redeem_context", context)
     monkeypatch.setattr(points, "_stored_adjustment", adjustment)
     with pytest.raises(Conflict, match="was used for another redemption"):
         points.redeem(rt, "C2", "mug", key="shared", by=None, now=NOW)

@@ -152,10 +152,13 @@ class Adjustment(BaseModel):
 # --------------------------------------------------------------------------- programme
 
 
-def _program(conn: Connection) -> Program | None:
-    """The active rules version's programme, kept by version (reading only the version's
-    name once it is known)."""
-    version = store.active_version(conn)
+def _program(
+    conn: Connection, version: str | None = None, *, known: bool = False
+) -> Program | None:
+    """The active rules version's programme, kept by version; `known`: the caller has read
+    the version (`version`, None for none) already."""
+    if not known:
+        version = store.active_version(conn)
     if version is None:
         return None
     program = _PROGRAMS.get(version)
@@ -415,7 +418,7 @@ def _current_balance(conn: Connection, customer_id: str, at: datetime) -> Decima
     return _balance(t.active, t.debt, _policy(program))
 
 
-def _check_tier(reward: Any, member: store.Member, program: Program | None) -> None:
+def _check_tier(reward: store.Offer, member: store.Member, program: Program | None) -> None:
     if reward.min_tier is None:
         return
     needed = program.tier(reward.min_tier) if program is not None else None
@@ -459,15 +462,17 @@ def redeem(
             member = store.bump(conn, customer_id)
             if member is None:
                 raise NotFound(f"no customer with id {customer_id!r}")
-            done = reward_store.redemption(conn, key)
-            if done is not None:
+            context = store.redeem_context(conn, customer_id, reward_id, key)
+            if context.known_key:
+                done = reward_store.redemption(conn, key)
+                assert done is not None
                 if done.customer_id != customer_id or done.reward_id != reward_id:
                     raise Conflict(
                         f"key {key!r} was used for another redemption (customer "
                         f"{done.customer_id}, reward {done.reward_id})"
                     )
                 return _redemption(done, _current_balance(conn, customer_id, at))
-            return _redeem(conn, customer_id, reward_id, member, key=key, by=by, now=at)
+            return _redeem(conn, customer_id, reward_id, member, context, key=key, by=by, now=at)
 
     return _once_more_after_a_race(attempt)
 
@@ -477,12 +482,13 @@ def _redeem(
     customer_id: str,
     reward_id: str,
     member: store.Member,
+    context: store.RedeemContext,
     *,
     key: str,
     by: str | None,
     now: datetime,
 ) -> Redemption:
-    reward = reward_store.one(conn, reward_id)
+    reward = context.reward
     if reward is None:
         raise NotFound(f"no reward with id {reward_id!r}")
     if not reward.active:
@@ -491,70 +497,65 @@ def _redeem(
         raise Refused(f"reward {reward_id} is not available before {_when(reward.valid_from)}")
     if reward.valid_to is not None and now >= reward.valid_to:
         raise Refused(f"reward {reward_id} ended on {_when(reward.valid_to)}")
-    program = _program(conn)
+    program = _program(conn, context.version, known=True)
     _check_tier(reward, member, program)
-    if reward.per_member_limit is not None:
-        count = reward_store.redeemed_count(conn, customer_id, reward_id)
-        if count >= reward.per_member_limit:
-            raise Refused(
-                f"limit reached: {reward_id} redeemed {count} times "
-                f"(limit {reward.per_member_limit})"
-            )
-    cost = cents(reward.cost)
+    if reward.per_member_limit is not None and context.redeemed >= reward.per_member_limit:
+        raise Refused(
+            f"limit reached: {reward_id} redeemed {context.redeemed} times "
+            f"(limit {reward.per_member_limit})"
+        )
+    cost = reward.cost
     lots = store.live_lots(conn, customer_id, now)
-    policy = _policy(program)
     pending = sum((lot.remaining for lot in lots if is_pending(lot, now)), ZERO)
     active = sum((lot.remaining for lot in lots), ZERO) - pending
-    available = _balance(active, member.debt, policy)
+    available = _balance(active, member.debt, _policy(program))
     if available < cost:
         waiting = f" ({_pts(pending)} pending)" if pending > 0 else ""
         raise Refused(
             f"not enough points: {_pts(max(available, ZERO))} available{waiting}, "
             f"{_pts(cost)} needed"
         )
-    if not reward_store.take_one(conn, reward_id):
+    if not store.take_stock(conn, reward_id):
         raise Refused(f"out of stock: {reward_id}")
     taken, short = fifo(lots, cost, now)
     assert short == 0, "the balance covered the cost"
     store.set_remaining(conn, [lot for lot, _ in taken])
+    reason = f"reward {reward_id}"
     store.add_ledger(
         conn,
         [
             _ledger_row(
-                customer_id,
-                REDEEM,
-                -points,
-                lot.id,
-                now,
-                f"reward {reward_id}",
-                f"redeem:{key}:{i}",
-                by,
-                key,
+                customer_id, REDEEM, -points, lot.id, now, reason, f"redeem:{key}:{i}", by, key
             )
             for i, (lot, points) in enumerate(taken)
         ],
     )
     code = None
     if reward.kind == "coupon" and reward.coupon:
-        code = _issue_coupon(
-            conn, customer_id, reward_id, CouponSpec.model_validate(reward.coupon), key, now
-        )
-    row = {
-        "key": key,
-        "customer_id": customer_id,
-        "reward_id": reward_id,
-        "cost": cost,
-        "status": reward_store.DONE,
-        "code": code,
-        "by": by,
-        "created_at": now,
-        "reversed_at": None,
-        "reversed_by": None,
-    }
-    reward_store.add_redemption(conn, row)
+        spec = CouponSpec.model_validate(reward.coupon)
+        code = _issue_coupon(conn, customer_id, reward_id, spec, key, now)
+    store.add_redemption(
+        conn,
+        {
+            "key": key,
+            "customer_id": customer_id,
+            "reward_id": reward_id,
+            "cost": cost,
+            "status": reward_store.DONE,
+            "code": code,
+            "by": by,
+            "created_at": now,
+        },
+    )
     return Redemption(
-        **{k: v for k, v in row.items() if k != "cost"},
+        key=key,
+        customer_id=customer_id,
+        reward_id=reward_id,
         cost=float(cost),
+        status="done",
+        code=code,
+        by=by,
+        created_at=now,
         balance=_f(available - cost),
     )
 
