@@ -698,3 +698,43 @@ def test_a_key_taken_between_look_up_and_insert_is_found_on_the_second_run(
     assert misses == {"redemption": 0, "adjustment": 0}
     assert len(ledger(engine, "redeem")) == 1 and len(ledger(engine, "adjust_credit")) == 1
     check_identity(rt, "C2")
+
+
+def test_the_driver_stores_what_the_orm_stores(engine: Engine) -> None:
+    """The redemption's statements bypass SQLAlchemy's types: the stored values must be the
+    ones the ORM writes (times, numbers, flags), byte for byte."""
+    from sqlalchemy import text
+
+    from store import points as store
+
+    member(engine)
+    at = datetime(2026, 11, 20, 10, 0, 0, 5, tzinfo=UTC).astimezone()
+    row = {
+        "customer_id": "C1",
+        "lot_id": None,
+        "kind": "adjust_debit",
+        "amount": Decimal("-12.50"),
+        "at": at,
+        "event_id": None,
+        "reason": "r",
+        "dedupe_key": "",
+        "order_id": None,
+        "qualifying": True,
+        "actor": "a",
+        "ref": "k",
+    }
+    with engine.begin() as conn:
+        conn.execute(insert(PointsLedgerRow).values(**{**row, "dedupe_key": "orm"}))
+        store.add_ledger(conn, [{**row, "dedupe_key": "driver"}])
+    with engine.connect() as conn:
+        found = conn.execute(
+            text(
+                "SELECT dedupe_key, CAST(at AS VARCHAR), CAST(amount AS VARCHAR), "
+                "CAST(qualifying AS VARCHAR) FROM points_ledger ORDER BY dedupe_key"
+            )
+        ).all()
+        read = conn.execute(select(PointsLedgerRow.at, PointsLedgerRow.amount)).all()
+    (d_key, *driver), (o_key, *orm) = found
+    assert (d_key, o_key) == ("driver", "orm")
+    assert driver == orm
+    assert {r.at for r in read} == {at} and {float(r.amount) for r in read} == {-12.5}
