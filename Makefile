@@ -36,6 +36,7 @@ test: lint pytest
 bench: install
 	$(BIN)/python bench/ingest.py
 	$(BIN)/python bench/rules.py
+	$(BIN)/python bench/redeem.py
 
 clean:
 	rm -rf .crmflow $(VENV) *.egg-info
