@@ -1,8 +1,9 @@
 """The points ledger under any sequence of operations, on SQLite and PostgreSQL, with debts
 forbidden and allowed: a hypothesis state machine.
 
-Purchases (two-decimal amounts, a new order each), full and partial refunds, redemptions,
-their reversals, operator adjustments, and the clock moving on (the nightly run activating
+Purchases (two-decimal amounts, a new order each), full and partial refunds, redemptions
+(refused or not), their reversals, operator credits and debits (qualifying or not), and the
+clock moving on (the nightly run activating
 pending lots and expiring old ones) — in any order. After every step the stored rows must
 keep the ledger's identities, read straight from the tables with exact decimals (not through
 crmflow's own totals):
@@ -12,7 +13,9 @@ crmflow's own totals):
 - no order is clawed back more than it earned, nor twice: each order's clawback is exactly
   its points * the share of it refunded (rounded to the cent), computed here on its own;
 - no entry of zero; under `forbid` no lot below zero;
-- the points a member can spend now are what the profile says.
+- the points a member can spend now are what the profile says, and the statement's totals
+  add up: active + pending + spent + expired + clawed back + debited - debt = earned +
+  credited.
 
 At the end the same operations are replayed into an empty database, events one per chunk:
 the ledger and the lots come out the same.
@@ -43,6 +46,12 @@ from sqlalchemy import Engine, select
 
 from automations.models import PointsExpiryParams
 from crmflow.ingest import import_file
+from crmflow.services import points as points_service
+from crmflow.services import rewards as rewards_service
+from crmflow.services.errors import Refused
+from crmflow.services.runtime import Runtime
+from crmflow.settings import Settings
+from rules.rewards import RewardsFile
 from store import automations
 from store.models import CustomerRow, OrderRefundRow, PointsLedgerRow, PointsLotRow
 from store.profiles import load_profile
@@ -74,6 +83,17 @@ def programme(tmp: Path, policy: str) -> Path:
     return rules
 
 
+REWARDS = RewardsFile.model_validate(
+    {
+        "rewards": [
+            {"id": "mug", "name": "Mug", "kind": "gift", "cost": 120},
+            {"id": "tote", "name": "Tote bag", "kind": "gift", "cost": 45.5},
+            {"id": "spa", "name": "Spa hour", "kind": "service", "cost": 900},
+        ]
+    }
+)
+
+
 @dataclass
 class Order:
     order_id: str
@@ -103,6 +123,11 @@ class Player:
         self.chunk = chunk
         self.buffer: list[dict[str, Any]] = []
         self.files = 0
+        self.rt = Runtime(Settings(home=tmp / "home"), engine)
+        rewards_service.apply(self.rt, REWARDS)
+        member = tmp / "member.jsonl"
+        member.write_text(json.dumps({"customer_id": MEMBER, "lifecycle_stage": "member"}) + "\n")
+        import_file(engine, member, "customers")
 
     def event(self, row: dict[str, Any]) -> None:
         self.buffer.append(row)
@@ -130,11 +155,47 @@ class Player:
                 if chunk.done:
                     break
 
+    def redeem(self, reward: str, key: str, at: datetime) -> bool:
+        """True when redeemed; a refusal (not enough points, say) changes nothing."""
+        self.flush()
+        try:
+            points_service.redeem(self.rt, MEMBER, reward, key=key, by="till 1", now=at)
+        except Refused:
+            return False
+        return True
+
+    def reverse(self, key: str, at: datetime) -> None:
+        self.flush()
+        points_service.reverse(self.rt, key, by="desk", now=at)
+
+    def adjust(self, amount: Decimal, qualifying: bool, key: str, at: datetime) -> bool:
+        self.flush()
+        try:
+            points_service.adjust(
+                self.rt,
+                MEMBER,
+                amount,
+                reason="goodwill" if amount > 0 else "correction",
+                by="Ops One",
+                qualifying=qualifying,
+                key=key,
+                now=at,
+            )
+        except Refused:
+            return False
+        return True
+
     def play(self, op: str, arg: Any) -> None:
         if op == "event":
             self.event(arg)
         elif op == "tick":
             self.tick(arg)
+        elif op == "redeem":
+            self.redeem(*arg)
+        elif op == "reverse":
+            self.reverse(*arg)
+        elif op == "adjust":
+            self.adjust(*arg)
         else:  # pragma: no cover - every operation is one of the above
             raise AssertionError(op)
 
@@ -180,6 +241,7 @@ class LedgerMachine(RuleBasedStateMachine):
     policy: str
 
     orders = Bundle("orders")
+    redemptions = Bundle("redemptions")
 
     def __init__(self) -> None:
         super().__init__()
@@ -228,6 +290,35 @@ class LedgerMachine(RuleBasedStateMachine):
     def refund_in_full(self, order: str) -> None:
         self.refund(order, None)
 
+    def _now(self) -> datetime:
+        self.n += 1
+        self.clock += timedelta(minutes=7)
+        return self.clock
+
+    @rule(target=redemptions, reward=st.sampled_from(["mug", "tote", "spa"]))
+    def redeem(self, reward: str) -> str:
+        key = f"r{self.n + 1}"
+        at = self._now()
+        self.world.log.append(("redeem", (reward, key, at)))
+        # a refused redemption leaves a key that reverses nothing: the reversal says so
+        return key if self.player.redeem(reward, key, at) else ""
+
+    @rule(key=consumes(redemptions))
+    def reverse(self, key: str) -> None:
+        if not key:
+            return
+        at = self._now()
+        self.world.log.append(("reverse", (key, at)))
+        self.player.reverse(key, at)
+
+    @rule(cents=st.integers(min_value=-200_000, max_value=300_000).filter(bool), q=st.booleans())
+    def adjust(self, cents: int, q: bool) -> None:
+        amount = Decimal(cents) / 100
+        key = f"a{self.n + 1}"
+        at = self._now()
+        self.world.log.append(("adjust", (amount, q, key, at)))
+        self.player.adjust(amount, q, key, at)
+
     @rule(days=st.integers(min_value=0, max_value=40))
     def tick(self, days: int) -> None:
         self.clock += timedelta(days=days, hours=1)
@@ -240,6 +331,7 @@ class LedgerMachine(RuleBasedStateMachine):
     def ledger_holds(self) -> None:
         self.player.flush()
         check(self.engine, self.world, self.policy, self.clock)
+        totals_add_up(self.player.rt, self.clock)
 
     def teardown(self) -> None:
         self.player.flush()
@@ -308,6 +400,14 @@ def check(engine: Engine, world: World, policy: str, now: datetime) -> None:
         assert _d(profile.points_debt) == debt
 
 
+def totals_add_up(rt: Runtime, now: datetime) -> None:
+    """The statement's totals (crmflow's own reading) add up, and agree with the rows."""
+    t = points_service.statement(rt, MEMBER, ledger=0, at=now).totals
+    left = _d(t.active) + _d(t.pending) + _d(t.spent) + _d(t.expired) + _d(t.clawed_back)
+    left += _d(t.debited) - _d(t.debt)
+    assert left == _d(t.earned) + _d(t.credited), t
+
+
 @pytest.mark.parametrize("policy", ["forbid", "allow"])
 def test_the_ledger_keeps_its_identities_under_any_operations(
     engine: Engine, tmp_path: Path, policy: str
@@ -318,8 +418,8 @@ def test_the_ledger_keeps_its_identities_under_any_operations(
     run_state_machine_as_test(
         machine,
         settings=settings(
-            max_examples=8,
-            stateful_step_count=25,
+            max_examples=10,
+            stateful_step_count=30,
             deadline=None,
             suppress_health_check=list(HealthCheck),
             database=None,
