@@ -374,7 +374,9 @@ def _ledger_row(
 
 
 def _lot_key(*parts: str) -> str:
-    """A lot key (at most 40 characters) for a lot a service makes: its kind and a hash."""
+    """A lot key (at most 40 characters) for a lot a service makes: its kind and a hash of
+    the request's key (and, for a reversal, which of the redemption's draws it returns) —
+    never of database ids, so replaying the same requests elsewhere gives the same keys."""
     kind, *rest = parts
     return f"{kind}:{hashlib.blake2b(':'.join(rest).encode(), digest_size=16).hexdigest()}"
 
@@ -660,7 +662,7 @@ def _give_back(
                     "available_at": old.available_at,
                     "order_id": old.order_id,
                     "source": "redeem_reversal",
-                    "lot_key": _lot_key("rev", key, str(lot_id)),
+                    "lot_key": _lot_key("rev", key, str(i)),
                 },
             )
         else:
