@@ -475,6 +475,9 @@ def test_a_credit_is_never_capped_and_qualifies_only_when_asked(
     points.adjust(rt, "C1", 2500, reason="migration", by="ops", qualifying=True, now=NOW)
     flags = sorted(bool(r.qualifying) for r in ledger(engine, "adjust_credit"))
     assert flags == [False, True]
+    with engine.connect() as conn:
+        _, earned = qualifying_totals(conn, program, ["C1"], NOW + timedelta(seconds=1))
+    assert float(earned["C1"]) == 2500  # the qualifying one only
     t = check_identity(rt)
     assert (t.credited, t.earned, t.balance) == (5000, 0, 5000)
 
