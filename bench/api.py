@@ -671,7 +671,7 @@ def main(argv: list[str] | None = None) -> int:
         files = (workdir / "customers.jsonl", workdir / "events.jsonl")
         started = time.perf_counter()
         write_customers(files[0], args.customers, args.seed)
-        write_events(files[1], args.events, args.customers, args.seed)
+        write_events(files[1], args.events, args.customers, args.seed, refunds=0.0)
         bodies = batch_bodies(files[1], args.batch)
         print(
             f"generated {args.customers:,} customers and {args.events:,} purchase events "

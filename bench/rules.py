@@ -9,11 +9,12 @@ What it measures:
 * end to end, per database (SQLite and PostgreSQL): `crmflow.ingest.import_file(engine,
   events.jsonl, "events")` on a fresh database migrated with `store.migrate.upgrade`, whose
   customers were imported and whose example rules version (`examples/rules`, programme
-  `examples/program.yaml` with the return window) was deployed beforehand (untimed). That is pydantic validation of
-  every line, the idempotent event writes, then per 5,000-event chunk in the same transaction
-  `crmflow.processing.process_chunk`: load the customers' rule state, build the facts of each
-  event, ask durable_rules which rules fire, plan and apply the effects (points lots and ledger,
-  tiers and tier history, tags, stage, audit trail), write them and mark the events processed.
+  `examples/program.yaml` with the return window) was deployed beforehand (untimed). That is
+  pydantic validation of every line, the idempotent event writes, then per 5,000-event chunk
+  in the same transaction `crmflow.processing.process_chunk`: load the customers' rule state,
+  build the facts of each event, ask durable_rules which rules fire, plan and apply the effects
+  (points lots and ledger, tiers and tier history, tags, stage, audit trail), write them and
+  mark the events processed.
 * baseline, in memory, no database: the same events with the same profile facts, computed
   beforehand (untimed) with the same pure code (`record_event`, `plan_refund`, `build_facts`,
   `CompiledPack.message`, effects applied with `apply_rules` so that tiers, tags and points
@@ -426,7 +427,7 @@ def run_child(
     workers: int | None = None,
 ) -> dict[str, Any]:
     customers, events = files
-    rules_dir = customers.parent / "rules"
+    rules_dir = customers.parent / "rules"  # `write_rules`'s; else the examples as they are
     cmd = [
         sys.executable,
         str(Path(__file__).resolve()),
@@ -439,7 +440,7 @@ def run_child(
         "--events-file",
         str(events),
         "--rules-dir",
-        str(rules_dir),
+        str(rules_dir if rules_dir.is_dir() else RULES_DIR),
     ]
     if profile is not None:
         cmd += ["--profile-file", str(profile)]

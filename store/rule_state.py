@@ -18,7 +18,16 @@ from sqlalchemy import Connection, bindparam, delete, func, select, update
 
 from rules.effects import Change
 from rules.facts import EventFacts, Lot, ProfileState, order_of
-from rules.ledger import ADJUST_CREDIT, ADJUST_DEBIT, CLAWBACK, EARN, PENDING, OrderState, cents
+from rules.ledger import (
+    ADJUST_CREDIT,
+    ADJUST_DEBIT,
+    CLAWBACK,
+    EARN,
+    EARNED_KINDS,
+    PENDING,
+    OrderState,
+    cents,
+)
 from rules.models import Program
 from store.bulk import insert_rows
 from store.models import (
@@ -199,12 +208,13 @@ def load_orders(
                 order.amount += cents(amount)
     if not found:
         return
-    lot, ref = PointsLotRow, OrderRefundRow
-    for where in where_in(conn, lot.customer_id, cids):
+    # what the order earned, from its earnings (a reversal's new lot may carry the order too)
+    led, ref = PointsLedgerRow, OrderRefundRow
+    for where in where_in(conn, led.customer_id, cids):
         for cid, oid, earned in conn.execute(
-            select(lot.customer_id, lot.order_id, func.sum(lot.earned))
-            .where(where, lot.order_id.in_(oids))
-            .group_by(lot.customer_id, lot.order_id)
+            select(led.customer_id, led.order_id, func.sum(led.amount))
+            .where(where, led.order_id.in_(oids), led.kind.in_(EARNED_KINDS))
+            .group_by(led.customer_id, led.order_id)
         ):
             if oid is not None and (cid, oid) in found:
                 found[(cid, oid)].points = cents(earned or 0)

@@ -369,9 +369,9 @@ def check(engine: Engine, world: World, policy: str, now: datetime) -> None:
         assert all(_d(r) >= 0 for r, *_ in lots)
     # each order: clawed back exactly its points * the share refunded, never more
     earned: dict[str | None, Decimal] = Counter()  # type: ignore[assignment]
-    for _r, e, _exp, _av, oid in lots:
-        if oid is not None:
-            earned[oid] += _d(e)
+    for kind, amount, oid in amounts:
+        if kind in ("earn", "pending") and oid is not None:
+            earned[oid] += amount
     clawed: dict[str | None, Decimal] = Counter()  # type: ignore[assignment]
     for kind, amount, oid in amounts:
         if kind == "clawback":
