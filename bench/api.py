@@ -60,11 +60,11 @@ sys.path.insert(0, str(ROOT))
 from bench.rules import run_child as rules_child  # noqa: E402
 from bench.rules import write_customers, write_events  # noqa: E402
 from bench.support.common import (  # noqa: E402
-    DATABASES,
     Databases,
     bench_parser,
     best_of,
     customer_id,
+    database_kinds,
 )
 
 TARGET = 0.5
@@ -656,10 +656,7 @@ def main(argv: list[str] | None = None) -> int:
     # SIGTERM unwinds like Ctrl-C: the server is stopped and the databases are dropped
     signal.signal(signal.SIGTERM, _terminated)
 
-    kinds = [k.strip() for k in args.databases.split(",") if k.strip()]
-    unknown = [k for k in kinds if k not in DATABASES]
-    if unknown or not kinds:
-        raise SystemExit(f"--databases: expected some of {', '.join(DATABASES)}, got {unknown}")
+    kinds = database_kinds(args.databases)
     if min(args.events, args.customers, args.repeat, args.batch, args.clients) < 1:
         raise SystemExit("--events, --customers, --repeat, --batch and --clients must be positive")
     if args.profile is not None:

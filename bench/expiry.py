@@ -55,10 +55,10 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 from bench.support.common import (  # noqa: E402
-    DATABASES,
     Databases,
     add_database_options,
     customer_id,
+    database_kinds,
     sqlite_path,
 )
 from bench.support.common import peak_rss_mb as ru_maxrss_mb  # noqa: E402
@@ -524,10 +524,7 @@ def main(argv: list[str] | None = None) -> int:
         child_main(args.child, args.url, json.loads(args.spec or "{}"))
         return 0
 
-    kinds = [k.strip() for k in args.databases.split(",") if k.strip()]
-    unknown = [k for k in kinds if k not in DATABASES]
-    if unknown or not kinds:
-        raise SystemExit(f"--databases: expected some of {', '.join(DATABASES)}, got {unknown}")
+    kinds = database_kinds(args.databases)
     if args.lots < 1 or args.customers < 1 or args.repeat < 1:
         raise SystemExit("--lots, --customers and --repeat must be positive")
 

@@ -40,11 +40,11 @@ from typing import Any
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from bench.support.common import (
-    DATABASES,
     Databases,
     bench_parser,
     best_of,
     customer_id,
+    database_kinds,
     peak_rss_mb,
     print_verdict,
     sqlite_path,
@@ -335,10 +335,7 @@ def main(argv: list[str] | None = None) -> int:
         child_main(args.child, args.url, args.customers_file, args.events_file)
         return 0
 
-    kinds = [k.strip() for k in args.databases.split(",") if k.strip()]
-    unknown = [k for k in kinds if k not in DATABASES]
-    if unknown or not kinds:
-        raise SystemExit(f"--databases: expected some of {', '.join(DATABASES)}, got {unknown}")
+    kinds = database_kinds(args.databases)
     if args.events < 1 or args.customers < 1 or args.repeat < 1:
         raise SystemExit("--events, --customers and --repeat must be positive")
 

@@ -53,9 +53,9 @@ sys.path.insert(0, str(ROOT))
 
 from bench.expiry import TemplateDatabases, peak_rss_mb  # noqa: E402
 from bench.support.common import (  # noqa: E402
-    DATABASES,
     add_database_options,
     customer_id,
+    database_kinds,
     sqlite_path,
 )
 
@@ -520,10 +520,7 @@ def main(argv: list[str] | None = None) -> int:
     if args.child:
         child_main(args.child, args.url, json.loads(args.spec or "{}"))
         return 0
-    kinds = [k.strip() for k in args.databases.split(",") if k.strip()]
-    unknown = [k for k in kinds if k not in DATABASES]
-    if unknown or not kinds:
-        raise SystemExit(f"--databases: expected some of {', '.join(DATABASES)}, got {unknown}")
+    kinds = database_kinds(args.databases)
     if args.redemptions < 1 or args.members < 1 or args.repeat < 1:
         raise SystemExit("--redemptions, --members and --repeat must be positive")
 

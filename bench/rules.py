@@ -55,11 +55,11 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 from bench.support.common import (  # noqa: E402
-    DATABASES,
     Databases,
     bench_parser,
     best_of,
     customer_id,
+    database_kinds,
     peak_rss_mb,
     print_verdict,
 )
@@ -566,10 +566,7 @@ def main(argv: list[str] | None = None) -> int:
         child_main(args)
         return 0
 
-    kinds = [k.strip() for k in args.databases.split(",") if k.strip()]
-    unknown = [k for k in kinds if k not in DATABASES]
-    if unknown or not kinds:
-        raise SystemExit(f"--databases: expected some of {', '.join(DATABASES)}, got {unknown}")
+    kinds = database_kinds(args.databases)
     if args.events < 1 or args.customers < 1 or args.repeat < 1:
         raise SystemExit("--events, --customers and --repeat must be positive")
     if args.profile is not None:

@@ -26,6 +26,15 @@ def add_database_options(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--seed", type=int, default=20261123, help="random seed of the data")
 
 
+def database_kinds(text: str) -> list[str]:
+    """The `--databases` list (comma separated), checked: SystemExit on an unknown one."""
+    kinds = [k.strip() for k in text.split(",") if k.strip()]
+    unknown = [k for k in kinds if k not in DATABASES]
+    if unknown or not kinds:
+        raise SystemExit(f"--databases: expected some of {', '.join(DATABASES)}, got {unknown}")
+    return kinds
+
+
 def bench_parser(doc: str | None, events_help: str) -> argparse.ArgumentParser:
     """The options every benchmark takes, and the hidden ones its child processes get."""
     parser = argparse.ArgumentParser(description=doc.splitlines()[0] if doc else None)
