@@ -5,6 +5,8 @@ from __future__ import annotations
 
 import json
 import sys
+from collections.abc import Iterator
+from contextlib import contextmanager
 from datetime import datetime
 from typing import Annotated, Any, NoReturn
 
@@ -15,6 +17,7 @@ from sqlalchemy import Engine
 
 from crmflow.domain import describe_errors
 from crmflow.ingest_report import IngestReport
+from crmflow.services.errors import ServiceError
 from crmflow.settings import Settings
 from store.db import make_engine
 from store.migrate import current_revision, head_revision, upgrade
@@ -28,6 +31,25 @@ JsonFlag = Annotated[bool, typer.Option("--json", help="Print JSON instead of a 
 def fail(message: str, code: int = 1) -> NoReturn:
     err.print(f"[bold red]error:[/] {message}", highlight=False)
     raise typer.Exit(code)
+
+
+@contextmanager
+def file_problems(invalid: type[Exception], as_json: bool = False) -> Iterator[None]:
+    """Map a service's errors to the CLI's: a file's problems (`invalid`, whose `errors` are
+    file:line problems) one per line, or as JSON; any other as `error: …`; exit code 1."""
+    try:
+        yield
+    except invalid as exc:
+        errors = list(getattr(exc, "errors", []))
+        if as_json:
+            emit_json({"ok": False, "errors": [dict(e.__dict__) for e in errors]})
+        else:
+            for e in errors:
+                err.print(f"[red]{e}[/]", highlight=False, soft_wrap=True)
+            err.print(f"{len(errors)} problem(s) found")
+        raise typer.Exit(1) from exc
+    except ServiceError as exc:
+        fail(str(exc))
 
 
 def load_settings() -> Settings:

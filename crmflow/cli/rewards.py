@@ -5,8 +5,7 @@ from __future__ import annotations
 
 import json
 import sys
-from collections.abc import Iterator
-from contextlib import contextmanager
+from contextlib import AbstractContextManager
 from pathlib import Path
 from typing import Annotated
 
@@ -15,7 +14,6 @@ from rich.table import Column, Table
 
 from crmflow.cli import common
 from crmflow.services import rewards as service
-from crmflow.services.errors import ServiceError
 from crmflow.services.runtime import Runtime
 from rules.pack import PROGRAM_FILE
 from store.db import make_engine
@@ -30,22 +28,9 @@ FileArg = Annotated[
 ]
 
 
-@contextmanager
-def _service(as_json: bool = False) -> Iterator[None]:
-    """A catalogue's problems one per line (or as JSON), anything else as `error: …`; exit
-    code 1."""
-    try:
-        yield
-    except service.RewardsInvalid as exc:
-        if as_json:
-            common.emit_json({"ok": False, "errors": [dict(e.__dict__) for e in exc.errors]})
-        else:
-            for e in exc.errors:
-                common.err.print(f"[red]{e}[/]", highlight=False, soft_wrap=True)
-            common.err.print(f"{len(exc.errors)} problem(s) found")
-        raise typer.Exit(1) from exc
-    except ServiceError as exc:
-        common.fail(str(exc))
+def _service(as_json: bool = False) -> AbstractContextManager[None]:
+    """A catalogue's problems one per line (or as JSON), anything else as `error: …`."""
+    return common.file_problems(service.RewardsInvalid, as_json)
 
 
 def _database_if_ready() -> Runtime | None:

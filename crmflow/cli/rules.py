@@ -9,8 +9,7 @@ from __future__ import annotations
 import contextlib
 import json
 import sys
-from collections.abc import Iterator
-from contextlib import contextmanager
+from contextlib import AbstractContextManager
 from pathlib import Path
 from typing import TYPE_CHECKING, Annotated
 
@@ -23,7 +22,6 @@ from crmflow.cli import common
 from crmflow.domain import Event, describe_errors
 from crmflow.ingest import read_json_lines
 from crmflow.services import rules as service
-from crmflow.services.errors import ServiceError
 from crmflow.services.runtime import Runtime
 from rules.explain import RuleExplanation
 from store.db import make_engine
@@ -59,22 +57,9 @@ JourneysOpt = Annotated[
 JsonFlag = Annotated[bool, typer.Option("--json", help="Print JSON instead of a table.")]
 
 
-@contextmanager
-def _service(as_json: bool = False) -> Iterator[None]:
-    """Map the services' errors to the CLI's: a pack's problems one per line (or as JSON),
-    anything else as `error: …`; exit code 1."""
-    try:
-        yield
-    except service.RulesInvalid as exc:
-        if as_json:
-            common.emit_json({"ok": False, "errors": [dict(e.__dict__) for e in exc.errors]})
-        else:
-            for e in exc.errors:
-                common.err.print(f"[red]{e}[/]", highlight=False, soft_wrap=True)
-            common.err.print(f"{len(exc.errors)} problem(s) found")
-        raise typer.Exit(1) from exc
-    except ServiceError as exc:
-        common.fail(str(exc))
+def _service(as_json: bool = False) -> AbstractContextManager[None]:
+    """A pack's problems one per line (or as JSON), anything else as `error: …`."""
+    return common.file_problems(service.RulesInvalid, as_json)
 
 
 def _warn(warnings: list[str]) -> None:
