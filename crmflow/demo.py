@@ -17,6 +17,10 @@ from crmflow import schedules
 from crmflow.contracts.automations import RunSummary
 from crmflow.dispatch import dispatch_once
 from crmflow.ingest import Kind, import_file
+from crmflow.services import points as points_service
+from crmflow.services import rewards as rewards_service
+from crmflow.services.errors import Refused
+from crmflow.services.runtime import Runtime
 from crmflow.settings import Settings
 from crmflow.stack import run_kpi_snapshot, stack_with_worker
 from journeys.validate import load_journey
@@ -84,6 +88,31 @@ async def _run_schedules(client: Client, settings: Settings, path: Path) -> dict
     return {"applied": [c.as_dict() for c in applied], "runs": runs}
 
 
+DEMO_MEMBER, DEMO_REWARD = "C0002", "coffee-voucher"
+
+
+def _rewards(rt: Runtime, path: Path, say: Any) -> dict[str, Any]:
+    """Apply the rewards catalogue and spend one member's points on a reward (the same key
+    each run: a second demo finds the same redemption)."""
+    applied = rewards_service.apply(rt, path)
+    say(
+        f"  rewards from {path}: {len(applied.created)} created, {len(applied.updated)} "
+        f"updated, {len(applied.unchanged)} unchanged"
+    )
+    try:
+        done = points_service.redeem(
+            rt, DEMO_MEMBER, DEMO_REWARD, key=f"demo-{DEMO_MEMBER}-{DEMO_REWARD}", by="demo"
+        )
+    except Refused as exc:
+        say(f"  {DEMO_MEMBER} could not redeem {DEMO_REWARD}: {exc}")
+        return {"refused": str(exc)}
+    say(
+        f"  {DEMO_MEMBER} redeemed {DEMO_REWARD} for {done.cost:,.0f} points: coupon {done.code}, "
+        f"balance {done.balance:,.2f} (`crmflow points show {DEMO_MEMBER}`)"
+    )
+    return done.model_dump(mode="json")
+
+
 async def run_demo(
     settings: Settings, engine: Engine, examples: Path, console: Console, *, as_json: bool = False
 ) -> None:
@@ -131,6 +160,7 @@ async def run_demo(
             )
         for bad in report.faults:
             say(f"    line {bad.at}: {bad.problem}: {bad.reason}", highlight=False)
+    redeemed = _rewards(Runtime(settings, engine), examples / "rewards.yaml", say)
     where = "the embedded Temporal dev server" if settings.embedded else settings.temporal_target
     say(f"  starting {where} and a worker …")
     async with stack_with_worker(settings) as client:
@@ -163,6 +193,7 @@ async def run_demo(
     if as_json:
         data = {
             "imports": [r.as_dict() for r in reports],
+            "redemption": redeemed,
             "workflow_id": wf_id,
             "journeys": {"dispatched": handed.__dict__, **sends},
             "schedules": schedules,
