@@ -68,6 +68,24 @@ def test_backfill_ranges_are_checked_before_temporal_is_asked() -> None:
         times("2020-01-01", "2026-01-01")
 
 
+def test_a_backfill_reaching_past_now_is_refused() -> None:
+    """2026-12-02: a backfill of 2026-12-20 zeroed a lot due on 2026-12-15. Runs are as of
+    their own time, so only nights that have passed may be replayed."""
+    s = service.one(service.load(EXAMPLE), "nightly-points-expiry")  # 02:00 Asia/Shanghai
+    now = datetime(2026, 12, 2, 12, 0, tzinfo=UTC)
+
+    def times(a: str, b: str) -> list[datetime]:
+        return service.backfill_times(s, service.BackfillRange(from_=a, to=b), now=now)[2]
+
+    assert len(times("2026-11-30", "2026-12-02")) == 3  # 12-02 02:00 Shanghai has passed
+    with pytest.raises(Invalid, match="reaches past now") as refused:
+        times("2026-12-20", "2026-12-20")
+    assert [p.field for p in refused.value.problems] == ["to"]
+    assert "the run of 2026-12-20 02:00 (Asia/Shanghai) has not come yet" in str(refused.value)
+    with pytest.raises(Invalid, match="the run of 2026-12-03 02:00"):
+        times("2026-11-30", "2026-12-03")  # the last night is still to come
+
+
 async def test_temporal_not_answering_is_unavailable(engine: Engine, tmp_path: Path) -> None:
     settings = Settings(home=tmp_path, temporal_address=f"127.0.0.1:{free_port()}")
     rt = Runtime(settings, engine)

@@ -32,6 +32,7 @@ from crmflow.services.errors import FieldProblem, Invalid, NotFound, TooLarge, U
 from crmflow.services.runtime import Runtime
 from rules.source import SourceError
 from store.automation_runs import last_runs, recent_runs
+from store.db import utcnow
 
 MAX_BACKFILL_RUNS = 1000
 MAX_RUNS_LISTED = 1000
@@ -340,10 +341,11 @@ async def trigger(
 
 
 def backfill_times(
-    s: ScheduleBase, when: BackfillRange
+    s: ScheduleBase, when: BackfillRange, now: datetime | None = None
 ) -> tuple[datetime, datetime, list[datetime]]:
     """The range and the times the schedule fires in it; `Invalid` for a bad or reversed
-    range, `TooLarge` for more than `MAX_BACKFILL_RUNS` runs."""
+    range, or one with a run after `now` (default: the clock); `TooLarge` for more than
+    `MAX_BACKFILL_RUNS` runs."""
     try:
         start = sched.parse_when(when.from_, s.zone, end=False)
         end = sched.parse_when(when.to, s.zone, end=True)
@@ -361,6 +363,19 @@ def backfill_times(
         raise TooLarge(
             f"more than {MAX_BACKFILL_RUNS:,} runs between {when.from_} and {when.to}: at most "
             f"{MAX_BACKFILL_RUNS:,} at a time"
+        )
+    # A run is as of its own time: one as of a night still to come would expire points and
+    # tags before their date. A backfill replays nights that have passed, nothing later.
+    now = now or utcnow()
+    future = [t for t in times if t > now]
+    if future:
+        local = ZoneInfo(s.zone)
+        raise Invalid(
+            f"the range reaches past now: the run of {future[0].astimezone(local):%Y-%m-%d %H:%M} "
+            f"({s.zone}) has not come yet, and it would act as of then (expiring what is not "
+            f"due); backfill only what has passed, up to "
+            f"{now.astimezone(local):%Y-%m-%d %H:%M}",
+            field="to",
         )
     return start, end, times
 
