@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import errno
 import os
 import shutil
+import socket
 import sys
 from collections.abc import AsyncIterator, Iterator
 from contextlib import asynccontextmanager, contextmanager
@@ -36,15 +38,31 @@ def find_binary(name: str, package: str) -> str:
     )
 
 
+def _read_setting(name: str, path: Path | None) -> bytes | None:
+    """The file a TLS setting names; a missing or unreadable one says which setting."""
+    if path is None:
+        return None
+    try:
+        return path.read_bytes()
+    except OSError as exc:
+        raise TemporalSetupError(
+            f"CRMFLOW_{name.upper()} names {str(path)!r}, which cannot be read "
+            f"({exc.strerror or exc}); fix the path or unset the setting"
+        ) from None
+
+
 def _tls(settings: Settings) -> TLSConfig | bool:
-    paths = (
-        settings.temporal_tls_client_cert,
-        settings.temporal_tls_client_key,
-        settings.temporal_tls_server_root_ca,
-    )
+    names = ("temporal_tls_client_cert", "temporal_tls_client_key", "temporal_tls_server_root_ca")
+    paths = [getattr(settings, n) for n in names]
     if not settings.temporal_tls and not any(paths):
         return False
-    cert, key, ca = (p.read_bytes() if p else None for p in paths)
+    cert, key, ca = (_read_setting(n, p) for n, p in zip(names, paths, strict=True))
+    if (cert is None) != (key is None):
+        missing = "temporal_tls_client_key" if key is None else "temporal_tls_client_cert"
+        raise TemporalSetupError(
+            f"a client certificate needs its key and the key its certificate: set "
+            f"CRMFLOW_{missing.upper()} too"
+        )
     return TLSConfig(
         client_cert=cert,
         client_private_key=key,
@@ -56,11 +74,12 @@ def _tls(settings: Settings) -> TLSConfig | bool:
 async def connect(settings: Settings, target: str | None = None) -> Client:
     """A client for the configured cluster (or `target`), speaking pydantic."""
     address = target or settings.temporal_target
+    tls = _tls(settings)  # a bad setting is said as itself, before any connection
     try:
         return await Client.connect(
             address,
             namespace=settings.temporal_namespace,
-            tls=_tls(settings),
+            tls=tls,
             api_key=(
                 settings.temporal_api_key.get_secret_value() if settings.temporal_api_key else None
             ),
@@ -86,9 +105,40 @@ def _stdout_to_stderr() -> Iterator[None]:
         os.close(saved)
 
 
+def port_taken(port: int, host: str = "127.0.0.1") -> bool:
+    """Something listens on `host:port` (the dev server, like most servers, binds with
+    SO_REUSEADDR: connections closing on the port do not count)."""
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as probe:
+        probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        try:
+            probe.bind((host, port))
+        except OSError as exc:
+            if exc.errno in (errno.EADDRINUSE, errno.EACCES):
+                return True
+            raise
+    return False
+
+
+def check_embedded_ports(settings: Settings, *, ui: bool = True) -> None:
+    """Before starting the dev server: its ports must be free. The dev server cannot bind a
+    taken port, and the SDK would then talk to whatever answers there — someone else's
+    Temporal, with other people's workflows."""
+    wanted = [("CRMFLOW_EMBEDDED_PORT", settings.embedded_port)]
+    if ui:
+        wanted.append(("CRMFLOW_EMBEDDED_UI_PORT", settings.embedded_ui_port))
+    for setting, port in wanted:
+        if port_taken(port):
+            raise TemporalSetupError(
+                f"port {port} on 127.0.0.1 is taken: another Temporal server (or another "
+                f"program) listens there, and crmflow will not attach to it. Stop it, or set "
+                f"{setting} to a free port (or CRMFLOW_TEMPORAL_ADDRESS to use a cluster)."
+            )
+
+
 @asynccontextmanager
 async def embedded_server(settings: Settings, *, ui: bool = True) -> AsyncIterator[Client]:
     """Run the Temporal dev server with its state in `home/temporal.db`; stop it on exit."""
+    check_embedded_ports(settings, ui=ui)
     settings.home.mkdir(parents=True, exist_ok=True)
     try:
         with _stdout_to_stderr():

@@ -160,3 +160,49 @@ async def test_worker_py_serves_a_cluster(
             w.send_signal(signal.SIGTERM)
         for w in workers:
             assert w.wait(timeout=60) == 0
+
+
+def test_up_with_its_port_taken_stops_with_a_message_and_attaches_to_nothing(home: Path) -> None:
+    """`crmflow up` does not attach to whatever server holds its port (on the shared default
+    7233 that would be someone else's Temporal)."""
+    import socket
+
+    env = stack_env(home)
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", int(env["CRMFLOW_EMBEDDED_PORT"])))
+        taken.listen()
+        started = time.monotonic()
+        done = subprocess.run(
+            [CRMFLOW, "up"], cwd=REPO, env=env, capture_output=True, text=True, timeout=60
+        )
+    assert done.returncode != 0
+    assert time.monotonic() - started < 30  # it stops before starting anything
+    port = env["CRMFLOW_EMBEDDED_PORT"]
+    assert f"port {port} on 127.0.0.1 is taken" in done.stderr
+    assert "CRMFLOW_EMBEDDED_PORT" in done.stderr
+    assert "Traceback" not in done.stderr + done.stdout
+    assert "Temporal dev server on" not in done.stdout
+
+
+async def test_a_missing_tls_file_names_its_setting(tmp_path: Path) -> None:
+    from crmflow.temporal import TemporalSetupError
+
+    missing = tmp_path / "client.pem"
+    settings = Settings(
+        home=tmp_path,
+        temporal_address=f"127.0.0.1:{free_port()}",
+        temporal_tls_client_cert=missing,
+        temporal_tls_client_key=missing,
+    )
+    with pytest.raises(TemporalSetupError) as refused:
+        await connect(settings)
+    assert str(refused.value).startswith(
+        f"CRMFLOW_TEMPORAL_TLS_CLIENT_CERT names '{missing}', which cannot be read"
+    )
+    only_cert = tmp_path / "cert.pem"
+    only_cert.write_text("not really a certificate")
+    settings = Settings(
+        home=tmp_path, temporal_address="127.0.0.1:1", temporal_tls_client_cert=only_cert
+    )
+    with pytest.raises(TemporalSetupError, match="set CRMFLOW_TEMPORAL_TLS_CLIENT_KEY too"):
+        await connect(settings)
