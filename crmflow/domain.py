@@ -33,9 +33,17 @@ from pydantic import (
 LifecycleStage = Literal["lead", "prospect", "customer", "member"]
 LIFECYCLE_STAGES: tuple[str, ...] = ("lead", "prospect", "customer", "member")
 
+
+def _no_nul(value: str) -> str:
+    if "\x00" in value:
+        raise ValueError("must not contain NUL characters (a database cannot store them)")
+    return value
+
+
 Identifier = Annotated[
     str,
     StringConstraints(strip_whitespace=True, min_length=1, max_length=200),
+    AfterValidator(_no_nul),
 ]
 _NAME = re.compile(r"^[a-z][a-z0-9_.:-]{0,63}$")
 
@@ -56,21 +64,31 @@ _PLAIN = (str, int, bool, type(None))
 
 
 def _finite_json(value: Any) -> bool:
-    """True when `value` holds only JSON values (no NaN or infinity, string keys)."""
+    """True when `value` holds only JSON values a database can store: no NaN or infinity,
+    string keys, no NUL character in a string (PostgreSQL refuses it)."""
+    if isinstance(value, str):
+        return "\x00" not in value
     if isinstance(value, float):
         return math.isfinite(value)
     if isinstance(value, _PLAIN):
         return True
     if isinstance(value, dict):
         for k, v in value.items():  # a loop, not all(...): this runs for every imported row
-            if not isinstance(k, str):
+            if not isinstance(k, str) or "\x00" in k:
                 return False
-            if not isinstance(v, _PLAIN) and not _finite_json(v):
+            if isinstance(v, str):
+                if "\x00" in v:
+                    return False
+            elif not isinstance(v, _PLAIN) and not _finite_json(v):
                 return False
         return True
     if isinstance(value, list):
         return all(_finite_json(v) for v in value)
     return False
+
+
+EARLIEST = datetime(1900, 1, 1, tzinfo=UTC)
+LATEST = datetime(2200, 1, 1, tzinfo=UTC)
 
 
 def _aware_utc(value: datetime) -> datetime:
@@ -79,7 +97,16 @@ def _aware_utc(value: datetime) -> datetime:
             "timestamp has no time zone; expected ISO 8601 with an offset, "
             "such as 2026-11-20T10:00:00+08:00 or 2026-11-20T02:00:00Z"
         )
-    return value.astimezone(UTC)
+    try:
+        at = value.astimezone(UTC)
+    except OverflowError:  # 0001-01-01T00:00:00+14:00 is before the calendar's start
+        at = datetime.min.replace(tzinfo=UTC)
+    if not EARLIEST <= at < LATEST:
+        raise ValueError(
+            f"timestamp {value.isoformat()} is out of range; expected a time from "
+            f"{EARLIEST:%Y-%m-%d} to before {LATEST:%Y-%m-%d}"
+        )
+    return at
 
 
 AwareTimestamp = Annotated[datetime, AfterValidator(_aware_utc)]
@@ -100,7 +127,9 @@ class Event(BaseModel):
     @classmethod
     def _json_properties(cls, v: dict[str, Any]) -> dict[str, Any]:
         if not _finite_json(v):
-            raise ValueError("properties must be plain JSON values (no NaN, infinity or objects)")
+            raise ValueError(
+                "properties must be plain JSON values (no NaN, infinity, objects or NUL characters)"
+            )
         return v
 
 
@@ -178,7 +207,9 @@ class Customer(BaseModel):
     @classmethod
     def _json_attributes(cls, v: dict[str, Any]) -> dict[str, Any]:
         if not _finite_json(v):
-            raise ValueError("attributes must be plain JSON values (no NaN, infinity or objects)")
+            raise ValueError(
+                "attributes must be plain JSON values (no NaN, infinity, objects or NUL characters)"
+            )
         return v
 
     def content_hash(self) -> str:

@@ -19,6 +19,7 @@ from __future__ import annotations
 import csv
 import io
 import json
+import os
 import time
 from collections.abc import Callable, Iterator
 from contextlib import AbstractContextManager, nullcontext
@@ -351,7 +352,10 @@ def import_file(
     def reject(line: int, error: str, row: str) -> None:
         nonlocal reject_fh
         if reject_fh is None:
-            reject_fh = reject_file.open("w", encoding="utf-8")
+            # rejected rows hold personal data (e-mail, phone): readable by the owner only
+            fd = os.open(reject_file, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+            os.chmod(reject_file, 0o600)  # an older file keeps its mode through O_TRUNC
+            reject_fh = open(fd, "w", encoding="utf-8")  # noqa: SIM115 - closed at the end
         record = {"line": line, "error": error, "row": row}
         reject_fh.write(json.dumps(record, ensure_ascii=False) + "\n")
 

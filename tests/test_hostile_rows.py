@@ -1,0 +1,89 @@
+"""Poisonous rows cost only themselves, on SQLite and PostgreSQL: a time before the calendar
+(year 1 at +14:00 overflowed), NUL characters (PostgreSQL cannot store them: its COPY failed
+and took the chunk's good rows with it), NaN; each is its line's rejection, the good rows are
+stored, and the rejects file (it holds personal data) is readable by its owner only."""
+
+from __future__ import annotations
+
+import json
+import stat
+from pathlib import Path
+
+import pytest
+from pydantic import ValidationError
+from sqlalchemy import Engine, func, select
+
+from crmflow.domain import Event
+from crmflow.ingest import import_file, rejects_path
+from store.models import CustomerRow, EventRow
+
+
+def _event(n: int, **over: object) -> dict[str, object]:
+    row: dict[str, object] = {
+        "event_id": f"h{n}",
+        "customer_id": "H1",
+        "type": "sign_in",
+        "occurred_at": "2026-11-20T10:00:00+08:00",
+        "properties": {"channel": "app"},
+    }
+    row.update(over)
+    return row
+
+
+POISON = [
+    (_event(2, occurred_at="0001-01-01T00:00:00+14:00"), "occurred_at", "out of range"),
+    (_event(3, occurred_at="9999-12-31T23:59:59-14:00"), "occurred_at", "out of range"),
+    (_event(4, properties={"note": "a\u0000b"}), "properties", "NUL characters"),
+    (_event(5, properties={"a\u0000": 1}), "properties", "NUL characters"),
+    (_event(6, event_id="h\u00006"), "event_id", "NUL characters"),
+    (_event(7, customer_id="H\u00001"), "customer_id", "NUL characters"),
+    (_event(8, properties={"nested": [{"deep": "x\u0000"}]}), "properties", "NUL characters"),
+]
+
+
+def test_a_poisonous_row_is_its_lines_rejection_and_the_good_rows_are_stored(
+    engine: Engine, tmp_path: Path
+) -> None:
+    path = tmp_path / "events.jsonl"
+    lines = [json.dumps(_event(1))]
+    lines += [json.dumps(row) for row, _field, _why in POISON]
+    lines.append(
+        '{"event_id": "h9", "customer_id": "H1", "type": "sign_in", '
+        '"occurred_at": "2026-11-20T10:00:00Z", "properties": {"x": NaN}}'
+    )
+    lines.append(json.dumps(_event(10)))
+    path.write_text("\n".join(lines) + "\n")
+    report = import_file(engine, path, "events", chunk_size=3)
+    assert (report.received, report.stored, report.rejected) == (10, 2, 8)
+    by_line = {f.at: f for f in report.faults}
+    for line, (_row, field, why) in enumerate(POISON, start=2):
+        fault = by_line[line]
+        assert f"field '{field}'" in fault.reason and why in fault.reason, fault
+    assert "NaN" in by_line[9].reason or "NUL" in by_line[9].reason
+    with engine.connect() as conn:
+        ids = sorted(conn.execute(select(EventRow.event_id)).scalars())
+    assert ids == ["h1", "h10"]
+    rejects = rejects_path(path)
+    assert stat.S_IMODE(rejects.stat().st_mode) == 0o600
+    assert len(rejects.read_text().splitlines()) == 8
+
+
+def test_a_customer_with_a_nul_in_an_attribute_is_refused(engine: Engine, tmp_path: Path) -> None:
+    path = tmp_path / "customers.jsonl"
+    rows = [
+        {"customer_id": "G1", "attributes": {"city": "Shang\u0000hai"}},
+        {"customer_id": "G2", "attributes": {"city": "Shanghai"}},
+    ]
+    path.write_text("".join(json.dumps(r) + "\n" for r in rows))
+    report = import_file(engine, path, "customers")
+    assert (report.stored, report.rejected) == (1, 1)
+    with engine.connect() as conn:
+        assert conn.execute(select(func.count()).select_from(CustomerRow)).scalar_one() == 1
+
+
+@pytest.mark.parametrize(("row", "field", "why"), POISON)
+def test_the_models_name_the_field_and_the_reason(row: dict, field: str, why: str) -> None:  # type: ignore[type-arg]
+    with pytest.raises(ValidationError) as refused:
+        Event.model_validate(row)
+    errors = refused.value.errors()
+    assert errors[0]["loc"][0] == field and why in errors[0]["msg"]
