@@ -82,7 +82,9 @@ def test_a_customer_with_a_nul_in_an_attribute_is_refused(engine: Engine, tmp_pa
 
 
 @pytest.mark.parametrize(("row", "field", "why"), POISON)
-def test_the_models_name_the_field_and_the_reason(row: dict, field: str, why: str) -> None:  # type: ignore[type-arg]
+def test_the_models_name_the_field_and_the_reason(
+    row: dict[str, object], field: str, why: str
+) -> None:
     with pytest.raises(ValidationError) as refused:
         Event.model_validate(row)
     errors = refused.value.errors()
