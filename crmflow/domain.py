@@ -100,13 +100,17 @@ def _aware_utc(value: datetime) -> datetime:
     try:
         at = value.astimezone(UTC)
     except OverflowError:  # 0001-01-01T00:00:00+14:00 is before the calendar's start
-        at = datetime.min.replace(tzinfo=UTC)
+        raise _out_of_range(value) from None
     if not EARLIEST <= at < LATEST:
-        raise ValueError(
-            f"timestamp {value.isoformat()} is out of range; expected a time from "
-            f"{EARLIEST:%Y-%m-%d} to before {LATEST:%Y-%m-%d}"
-        )
+        raise _out_of_range(value)
     return at
+
+
+def _out_of_range(value: datetime) -> ValueError:
+    return ValueError(
+        f"timestamp {value.isoformat()} is out of range; expected a time from "
+        f"{EARLIEST:%Y-%m-%d} to before {LATEST:%Y-%m-%d}"
+    )
 
 
 AwareTimestamp = Annotated[datetime, AfterValidator(_aware_utc)]

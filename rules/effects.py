@@ -25,7 +25,7 @@ from zoneinfo import ZoneInfo
 from rules.compiler import CompiledPack, CompiledRule
 from rules.expressions import Evaluator, parse_expression
 from rules.facts import EventFacts, Lot, ProfileState, order_of, zone
-from rules.ledger import ZERO, OrderState, cents, clawback_due, fifo, settle_debt, take_from
+from rules.ledger import ZERO, cents, clawback_due, fifo, settle_debt, take_from
 from rules.models import (
     AddTag,
     AssignOwner,
@@ -196,9 +196,8 @@ class _Planner:
         policy = self.program.points
         purchase = self.event.type == self.program.purchase_event
         # purchase points wait out the return window; their expiry counts from its end
-        available = self.at + timedelta(days=policy.pending_days) if purchase else None
-        if available is not None and policy.pending_days == 0:
-            available = None
+        pending = purchase and policy.pending_days > 0
+        available = self.at + timedelta(days=policy.pending_days) if pending else None
         expires = lot_expiry(self.program, available or self.at, self.state.timezone)
         order_id = order_of(self.event, self.program) if purchase else None
         settled = settle_debt(self.state.debt, value)  # a debt is paid before anything else
@@ -432,9 +431,3 @@ def plan_refund(program: Program, state: ProfileState, event: EventFacts) -> lis
     ]
     detail.update(points=float(due), debt=float(left))
     return done(None, purchased, money, due)
-
-
-def load_order(state: ProfileState, order: OrderState) -> None:
-    """Give the state an order read from the store (a refund names a purchase of an earlier
-    chunk)."""
-    state.orders.setdefault(order.order_id, order)

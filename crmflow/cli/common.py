@@ -18,6 +18,7 @@ from sqlalchemy import Engine
 from crmflow.domain import describe_errors
 from crmflow.ingest_report import IngestReport
 from crmflow.services.errors import ServiceError
+from crmflow.services.runtime import Runtime
 from crmflow.settings import Settings
 from store.db import make_engine
 from store.migrate import current_revision, head_revision, upgrade
@@ -50,6 +51,22 @@ def file_problems(invalid: type[Exception], as_json: bool = False) -> Iterator[N
         raise typer.Exit(1) from exc
     except ServiceError as exc:
         fail(str(exc))
+
+
+@contextmanager
+def runtime(*, write: bool) -> Iterator[Runtime]:
+    """A runtime on the configured database for one command (migrated first when the command
+    writes; otherwise it must exist); a service's error becomes `error: …` and exit code 1;
+    closed at the end."""
+    settings = load_settings()
+    engine = migrated_engine(settings) if write else existing_engine(settings)
+    rt = Runtime(settings, engine)
+    try:
+        yield rt
+    except ServiceError as exc:
+        fail(str(exc))
+    finally:
+        rt.close()
 
 
 def load_settings() -> Settings:

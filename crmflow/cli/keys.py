@@ -2,37 +2,21 @@
 
 from __future__ import annotations
 
-from collections.abc import Iterator
-from contextlib import contextmanager
 from typing import Annotated
 
 import typer
 from pydantic import ValidationError
 from rich.table import Table
 
-from crmflow.cli.common import JsonFlag, console, emit_json, fail, load_settings, migrated_engine
+from crmflow.cli.common import JsonFlag, console, emit_json, fail, runtime
 from crmflow.domain import describe_errors
 from crmflow.services import keys as service
-from crmflow.services.errors import ServiceError
 from crmflow.services.permissions import Role, permission_table_markdown
-from crmflow.services.runtime import Runtime
 
 keys_app = typer.Typer(
     help="API keys: create (the token is shown once), list, revoke; roles.",
     no_args_is_help=True,
 )
-
-
-@contextmanager
-def _runtime() -> Iterator[Runtime]:
-    settings = load_settings()
-    rt = Runtime(settings, migrated_engine(settings))
-    try:
-        yield rt
-    except ServiceError as exc:
-        fail(str(exc))
-    finally:
-        rt.close()
 
 
 @keys_app.command("create")
@@ -53,7 +37,7 @@ def create(
         new = service.NewKey(name=name, role=role, person=person, expires_days=expires)
     except ValidationError as exc:
         fail(describe_errors(exc))
-    with _runtime() as rt:
+    with runtime(write=True) as rt:
         made = service.create_key(rt, new, created_by="cli")
     if as_json:
         emit_json({"token": made.token, **made.model_dump(mode="json", exclude={"token"})})
@@ -71,7 +55,7 @@ def create(
 @keys_app.command("list")
 def list_keys(as_json: JsonFlag = False) -> None:
     """List the keys (never their tokens)."""
-    with _runtime() as rt:
+    with runtime(write=True) as rt:
         found = service.list_keys(rt)
     if as_json:
         emit_json([k.model_dump(mode="json") for k in found])
@@ -98,7 +82,7 @@ def revoke(
     as_json: JsonFlag = False,
 ) -> None:
     """Revoke a key: it stops working at once."""
-    with _runtime() as rt:
+    with runtime(write=True) as rt:
         done = service.revoke_key(rt, name)
     if as_json:
         emit_json(done.model_dump(mode="json"))

@@ -3,8 +3,7 @@ owners, and the messages in the outbox. A thin face over `crmflow.services.opera
 
 from __future__ import annotations
 
-from collections.abc import Iterator
-from contextlib import contextmanager
+from contextlib import AbstractContextManager
 from typing import Annotated, Any, TypeVar
 
 import typer
@@ -14,7 +13,6 @@ from rich.table import Table
 from crmflow.cli import common
 from crmflow.domain import describe_errors
 from crmflow.services import operations as service
-from crmflow.services.errors import ServiceError
 from crmflow.services.runtime import Runtime
 
 tasks_app = typer.Typer(help="Follow-up tasks: list, close.", no_args_is_help=True)
@@ -32,18 +30,9 @@ def _query(model: type[Q], **options: Any) -> Q:
         common.fail(f"bad option: {describe_errors(exc)}")
 
 
-@contextmanager
-def _runtime(*, write: bool = False) -> Iterator[Runtime]:
-    """A runtime on the configured database; a service error becomes its message, exit 1."""
-    settings = common.load_settings()
-    engine = common.migrated_engine(settings) if write else common.existing_engine(settings)
-    rt = Runtime(settings, engine)
-    try:
-        yield rt
-    except ServiceError as exc:
-        common.fail(str(exc))
-    finally:
-        rt.close()
+def _runtime(*, write: bool = False) -> AbstractContextManager[Runtime]:
+    """A runtime on the configured database (it must exist unless the command writes)."""
+    return common.runtime(write=write)
 
 
 @tasks_app.command("list")

@@ -10,18 +10,8 @@ from typing import Annotated
 import typer
 from rich.table import Column, Table
 
-from crmflow.cli.common import (
-    JsonFlag,
-    console,
-    emit_json,
-    fail,
-    load_settings,
-    migrated_engine,
-    minute,
-)
+from crmflow.cli.common import JsonFlag, console, emit_json, minute, runtime
 from crmflow.services import points as service
-from crmflow.services.errors import ServiceError
-from crmflow.services.runtime import Runtime
 
 points_app = typer.Typer(
     help="Members' points: statement, redeem, reverse, adjust.", no_args_is_help=True
@@ -43,14 +33,8 @@ def show(
     """Print a member's points as of now: totals, every lot (active, expired, spent) and the
     newest ledger entries. A lot past its date counts as expired at once, before the nightly
     expiry writes its entry."""
-    settings = load_settings()
-    rt = Runtime(settings, migrated_engine(settings))
-    try:
+    with runtime(write=True) as rt:
         found = service.statement(rt, customer_id, ledger=ledger)
-    except ServiceError as exc:
-        fail(str(exc))
-    finally:
-        rt.close()
     if as_json:
         emit_json(found.model_dump(mode="json"))
         return
@@ -112,11 +96,6 @@ def _pts(value: float) -> str:
     return "0" if text == "-0" else text
 
 
-def _runtime() -> Runtime:
-    settings = load_settings()
-    return Runtime(settings, migrated_engine(settings))
-
-
 KeyOpt = Annotated[
     str,
     typer.Option(
@@ -153,13 +132,8 @@ def redeem(
     """Spend a member's points on a reward, first to expire first. Refused with the reason:
     withdrawn, outside its validity, tier too low, limit reached, not enough points, out of
     stock. A coupon reward prints its code."""
-    rt = _runtime()
-    try:
+    with runtime(write=True) as rt:
         found = service.redeem(rt, customer_id, reward_id, key=key, by=by)
-    except ServiceError as exc:
-        fail(str(exc))
-    finally:
-        rt.close()
     _print_redemption(found, as_json)
 
 
@@ -172,13 +146,8 @@ def reverse(
     """Undo a redemption: the points go back to the lots they came from (or to a new lot
     keeping the old one's expiry, if the nightly run has expired it since), the stock is
     given back and a coupon voided."""
-    rt = _runtime()
-    try:
+    with runtime(write=True) as rt:
         found = service.reverse(rt, key, by=by)
-    except ServiceError as exc:
-        fail(str(exc))
-    finally:
-        rt.close()
     _print_redemption(found, as_json)
 
 
@@ -202,15 +171,10 @@ def adjust(
     """Credit or debit points by hand. A credit is never capped nor pending and pays the
     member's debt first; a debit larger than the balance is refused unless the programme
     allows a negative balance (then the rest becomes a debt)."""
-    rt = _runtime()
-    try:
+    with runtime(write=True) as rt:
         found = service.adjust(
             rt, customer_id, amount, reason=reason, by=by, qualifying=qualifying, key=key
         )
-    except ServiceError as exc:
-        fail(str(exc))
-    finally:
-        rt.close()
     if as_json:
         emit_json(found.model_dump(mode="json"))
         return

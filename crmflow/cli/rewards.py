@@ -91,11 +91,6 @@ def schema(out: Annotated[Path | None, typer.Option(help="Write to this file")] 
         sys.stdout.write(text)
 
 
-def _runtime() -> Runtime:
-    settings = common.load_settings()
-    return Runtime(settings, common.migrated_engine(settings))
-
-
 @rewards_app.command("apply")
 def apply(
     path: FileArg,
@@ -107,12 +102,8 @@ def apply(
     """Make the file the catalogue: create or update its rewards, withdraw the ones it leaves
     out (their redemptions and issued counts stay). Tiers are checked against the active
     rules version."""
-    rt = _runtime()
-    try:
-        with _service(as_json):
-            done = service.apply(rt, path, dry_run=dry_run)
-    finally:
-        rt.close()
+    with common.runtime(write=True) as rt, _service(as_json):
+        done = service.apply(rt, path, dry_run=dry_run)
     if as_json:
         common.emit_json(done.model_dump(mode="json"))
         return
@@ -140,12 +131,8 @@ def list_(
     as_json: common.JsonFlag = False,
 ) -> None:
     """The catalogue: each reward's cost, stock left and status as of now."""
-    rt = _runtime()
-    try:
-        with _service(as_json):
-            rows = service.list_rewards(rt, withdrawn=withdrawn)
-    finally:
-        rt.close()
+    with common.runtime(write=True) as rt, _service(as_json):
+        rows = service.list_rewards(rt, withdrawn=withdrawn)
     if as_json:
         common.emit_json([r.model_dump(mode="json") for r in rows])
         return

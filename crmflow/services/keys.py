@@ -73,6 +73,11 @@ class Principal(BaseModel):
     def actor(self) -> str:
         return f"{self.kind}:{self.id}"
 
+    @property
+    def by(self) -> str:
+        """Who acts in a change: the key's team member, or the key's own name."""
+        return self.person or self.name
+
 
 def _hash(secret: str) -> str:
     return hashlib.sha256(secret.encode("utf-8")).hexdigest()

@@ -132,8 +132,7 @@ async def add_tag(
     rt: RuntimeDep,
 ) -> service.TagChange:
     """Add a tag by hand, recorded as manual with who added it and when."""
-    by = who.person or who.name
-    return await run_in_threadpool(service.add_tag, rt, customer_id, body.tag, by=by)
+    return await run_in_threadpool(service.add_tag, rt, customer_id, body.tag, by=who.by)
 
 
 @router.delete(
@@ -146,5 +145,4 @@ async def remove_tag(
     rt: RuntimeDep,
 ) -> service.TagChange:
     """Remove a tag by hand, whoever set it; audited."""
-    by = who.person or who.name
-    return await run_in_threadpool(service.remove_tag, rt, customer_id, tag, by=by)
+    return await run_in_threadpool(service.remove_tag, rt, customer_id, tag, by=who.by)

@@ -55,10 +55,6 @@ class NewAdjustment(BaseModel):
     key: Key | None = None
 
 
-def _by(who: Principal) -> str:
-    return who.person or who.name
-
-
 @router.post(
     "/customers/{customer_id}/points/redemptions",
     response_model=service.Redemption,
@@ -76,7 +72,7 @@ async def redeem(
     member's limit reached, not enough points, out of stock. A coupon reward's `code` is
     in the answer."""
     return await run_in_threadpool(
-        lambda: service.redeem(rt, customer_id, body.reward, key=body.key, by=_by(who))
+        lambda: service.redeem(rt, customer_id, body.reward, key=body.key, by=who.by)
     )
 
 
@@ -93,7 +89,7 @@ async def reverse(
     """Undo a redemption: its points go back to the lots they came from (or to a new lot
     with the old one's dates, for a lot the nightly expiry has zeroed since), the stock is
     given back, a coupon is voided. 409 when it is reversed already."""
-    return await run_in_threadpool(lambda: service.reverse(rt, key, by=_by(who)))
+    return await run_in_threadpool(lambda: service.reverse(rt, key, by=who.by))
 
 
 @router.post(
@@ -118,7 +114,7 @@ async def adjust(
             customer_id,
             body.amount,
             reason=body.reason,
-            by=_by(who),
+            by=who.by,
             qualifying=body.qualifying,
             key=body.key,
         )

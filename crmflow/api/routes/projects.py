@@ -101,11 +101,6 @@ class RiskPatch(RiskChange):
     comment: str | None = Field(None, max_length=2000)
 
 
-def actor(who: Principal) -> str:
-    """Who acts in a change: the key's team member, or the key's own name."""
-    return who.person or who.name
-
-
 def person(who: Principal) -> str:
     """The key's team member, for what only a person may do (sign a gate)."""
     if who.person is None:
@@ -152,14 +147,14 @@ async def project_gantt(name: Name, who: Reader, rt: RuntimeDep) -> Response:
 @router.post("/{name}/check", response_model=service.Change)
 async def check_item(name: Name, body: CheckBody, who: Writer, rt: RuntimeDep) -> service.Change:
     """Check off a checklist item."""
-    inp = CheckInput(item=body.item, by=actor(who), note=body.note)
+    inp = CheckInput(item=body.item, by=who.by, note=body.note)
     return await service.check(rt, name, inp)
 
 
 @router.post("/{name}/done", response_model=service.Change)
 async def milestone_done(name: Name, body: DoneBody, who: Writer, rt: RuntimeDep) -> service.Change:
     """Mark a milestone done."""
-    inp = DoneInput(milestone=body.milestone, by=actor(who), note=body.note)
+    inp = DoneInput(milestone=body.milestone, by=who.by, note=body.note)
     return await service.done(rt, name, inp)
 
 
@@ -176,7 +171,7 @@ async def start_stage(
     name: Name, stage: Ident, who: Writer, rt: RuntimeDep, body: StageBody | None = None
 ) -> service.Change:
     """Record that a stage started (stages with checklist items start by themselves)."""
-    inp = StageInput(stage=stage, by=actor(who), on=body.on if body else None)
+    inp = StageInput(stage=stage, by=who.by, on=body.on if body else None)
     return await service.start_stage(rt, name, inp)
 
 
@@ -185,7 +180,7 @@ async def finish_stage(
     name: Name, stage: Ident, who: Writer, rt: RuntimeDep, body: StageBody | None = None
 ) -> service.Change:
     """Record that a stage finished (stages with checklist items finish by themselves)."""
-    inp = StageInput(stage=stage, by=actor(who), on=body.on if body else None)
+    inp = StageInput(stage=stage, by=who.by, on=body.on if body else None)
     return await service.finish_stage(rt, name, inp)
 
 
@@ -193,7 +188,7 @@ async def finish_stage(
 async def add_risk(name: Name, body: RiskBody, who: Writer, rt: RuntimeDep) -> service.Change:
     """Add a risk to the register."""
     risk = RiskInput.model_validate(body.model_dump())
-    return await service.add_risk(rt, name, RiskAddInput(risk=risk, by=actor(who)))
+    return await service.add_risk(rt, name, RiskAddInput(risk=risk, by=who.by))
 
 
 @router.patch("/{name}/risks/{risk_id}", response_model=service.Change)
@@ -202,7 +197,7 @@ async def update_risk(
 ) -> service.Change:
     """Change a risk's fields."""
     change = RiskChange.model_validate(body.model_dump(exclude_unset=True))
-    inp = RiskUpdateInput(risk_id=risk_id, change=change, by=actor(who))
+    inp = RiskUpdateInput(risk_id=risk_id, change=change, by=who.by)
     return await service.update_risk(rt, name, inp)
 
 
@@ -211,7 +206,7 @@ async def close_risk(
     name: Name, risk_id: RiskId, who: Writer, rt: RuntimeDep, body: CommentBody | None = None
 ) -> service.Change:
     """Close a risk."""
-    inp = RiskCloseInput(risk_id=risk_id, by=actor(who), comment=body.comment if body else None)
+    inp = RiskCloseInput(risk_id=risk_id, by=who.by, comment=body.comment if body else None)
     return await service.close_risk(rt, name, inp)
 
 
@@ -220,7 +215,7 @@ async def rebaseline(
     name: Name, who: Writer, rt: RuntimeDep, body: ReasonBody | None = None
 ) -> service.Change:
     """Replan from actual dates and keep it as the next baseline (earlier ones stay)."""
-    inp = RebaselineInput(by=actor(who), reason=body.reason if body else None)
+    inp = RebaselineInput(by=who.by, reason=body.reason if body else None)
     return await service.rebaseline(rt, name, inp)
 
 
@@ -229,5 +224,5 @@ async def close_project(
     name: Name, who: Writer, rt: RuntimeDep, body: ReasonBody | None = None
 ) -> service.Change:
     """Close the project early (a project manager or the sponsor); its workflow ends."""
-    inp = CloseInput(by=actor(who), reason=body.reason if body else None)
+    inp = CloseInput(by=who.by, reason=body.reason if body else None)
     return await service.close(rt, name, inp)
