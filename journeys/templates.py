@@ -4,7 +4,9 @@ A template sees `customer` (the profile: customer_id, name, email, phone, tier,
 points_balance, locale, timezone, attributes {...}), `unsubscribe_url` and `journey` (the
 journey's name). A name the context does not hold is an error, never an empty string
 (`StrictUndefined`); write `{{ customer.attributes.city | default('') }}` for an optional
-value. HTML parts are autoescaped; subject and text are not.
+value. HTML parts are autoescaped; subject and text are not. Every render runs within the limits
+of `journeys.template_limits` (loop steps, sizes, time), and validation refuses a template
+whose text shows it can run away.
 
 The variant for a customer's locale is chosen exactly, then by language (`zh-TW` takes `zh`,
 then any other `zh-*`), then the default content.
@@ -21,13 +23,13 @@ from typing import Any
 
 import jinja2
 from jinja2 import StrictUndefined, TemplateError, meta
-from jinja2.sandbox import SandboxedEnvironment
 
 from journeys.models import Content, MessageNode, Template
+from journeys.template_limits import BoundedSandbox, bounded_render, render_bounded, static_problems
 from rules.models import Program
 
-TEXT_ENV = SandboxedEnvironment(undefined=StrictUndefined, autoescape=False)
-HTML_ENV = SandboxedEnvironment(undefined=StrictUndefined, autoescape=True)
+TEXT_ENV = BoundedSandbox(undefined=StrictUndefined, autoescape=False)
+HTML_ENV = BoundedSandbox(undefined=StrictUndefined, autoescape=True)
 CONTEXT_NAMES = frozenset({"customer", "unsubscribe_url", "journey"})
 SAMPLE_UNSUBSCRIBE_URL = "https://example.com/unsubscribe?token=sample"
 
@@ -103,7 +105,8 @@ def _compiled(html: bool, source: str) -> jinja2.Template:
 
 
 def render_part(part: str, source: str, context: Mapping[str, Any]) -> str:
-    return _compiled(part == "html", source).render(context)
+    """One part, within the limits of journeys.template_limits (TemplateLimitError past them)."""
+    return render_bounded(_compiled(part == "html", source), context)
 
 
 def render_message(
@@ -121,7 +124,8 @@ def render_message(
         locale = raw if isinstance(raw, str) else None
     key, content = content_for(node.template, locale)
     context = template_context(profile, unsubscribe_url=unsubscribe_url, journey=journey)
-    out = {part: render_part(part, src, context) for part, src in content.parts().items()}
+    with bounded_render():  # the parts of one message share its budget
+        out = {part: render_part(part, src, context) for part, src in content.parts().items()}
     return RenderedMessage(
         channel=node.channel,
         locale=key,
@@ -157,6 +161,10 @@ def check_part(part: str, source: str, context: Mapping[str, Any]) -> TemplatePr
     except TemplateError as exc:
         lineno = getattr(exc, "lineno", None)
         return TemplateProblem(f"does not parse: {exc.message or exc}", lineno)
+    too_much = static_problems(ast)
+    if too_much:
+        message, lineno = too_much[0]
+        return TemplateProblem(f"is refused: {message}", lineno)
     unknown = sorted(names - set(context))
     if unknown:
         listed = ", ".join(repr(n) for n in unknown)
@@ -167,7 +175,8 @@ def check_part(part: str, source: str, context: Mapping[str, Any]) -> TemplatePr
         )
         return TemplateProblem(f"uses undefined {listed}; templates see {known}", line)
     try:
-        env.from_string(source).render(context)
+        with bounded_render():
+            render_bounded(env.from_string(source), context)
     except TemplateError as exc:
         return TemplateProblem(
             f"does not render: {exc.message or exc}", _template_line(exc.__traceback__)

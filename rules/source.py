@@ -5,6 +5,13 @@ journeys, project templates and plans, migration checks, schedules. `load_yaml` 
 data and a map from each node's path (keys and list indexes) to its line; `SourceProblem`
 carries file, line and message; `SourceError` (raised for any of those files) lists them;
 `errors_from_validation` turns a pydantic error into SourceProblems using that map.
+
+Every file is read with limits, because a YAML file can be a weapon: a file larger than
+its `YamlLimits`, nesting deeper (5,000 `[` used to overflow the stack), more aliases than
+allowed, an alias inside its own anchor, or aliases that expand to more values than allowed
+(a "billion laughs" file reached 2.9 GB) is refused with the line at fault before anything is
+built. A key given twice in one mapping is an error
+naming both lines (PyYAML keeps the last one silently).
 """
 
 from __future__ import annotations
@@ -97,18 +104,165 @@ Yaml12Loader.add_implicit_resolver(
 )
 
 
-def yaml_load(text: str) -> Any:
-    return yaml.load(text, Loader=Yaml12Loader)
+@dataclass(frozen=True)
+class YamlLimits:
+    """How much one YAML text may hold: bytes, nesting (through aliases too), aliases, and
+    values with its aliases expanded."""
+
+    bytes: int = 5_000_000
+    depth: int = 50
+    aliases: int = 1_000
+    nodes: int = 1_000_000
 
 
-def parse_yaml(text: str, path: str) -> YamlDoc:
+FILE_LIMITS = YamlLimits()  # a file on disk; request bodies use tighter ones (services)
+
+
+class YamlLimitError(yaml.MarkedYAMLError):
+    """A text over one of the limits, or with a key given twice; `problem_mark` is its line."""
+
+    def __init__(self, problem: str, mark: Any) -> None:
+        super().__init__(problem=problem, problem_mark=mark)
+
+
+class _LimitedLoader(Yaml12Loader):
+    """Composes with a depth limit and an alias count (PyYAML's composer recurses per level
+    and would follow any number of aliases)."""
+
+    def __init__(self, stream: str, limits: YamlLimits) -> None:
+        super().__init__(stream)
+        self._limits = limits
+        self._depth = 0
+        self._aliases = 0
+
+    def compose_node(self, parent: yaml.Node | None, index: Any) -> yaml.Node | None:
+        event = self.peek_event()
+        if isinstance(event, yaml.AliasEvent):
+            self._aliases += 1
+            if self._aliases > self._limits.aliases:
+                raise YamlLimitError(
+                    f"more than {self._limits.aliases:,} aliases (*name)", event.start_mark
+                )
+            return super().compose_node(parent, index)
+        self._depth += 1
+        try:
+            if self._depth > self._limits.depth:
+                raise YamlLimitError(
+                    f"nested more than {self._limits.depth} levels deep", event.start_mark
+                )
+            return super().compose_node(parent, index)
+        finally:
+            self._depth -= 1
+
+
+def _check_graph(root: yaml.Node, limits: YamlLimits) -> None:
+    """Refuse an alias inside its own anchor, an expansion past the limits and a key given
+    twice. Sizes and depths are memoised per node, so a file of shared aliases is checked in
+    linear time though it expands exponentially."""
+    sizes: dict[int, int] = {}
+    depths: dict[int, int] = {}  # through aliases too: a chain of them nests deeper than text
+    open_nodes: set[int] = set()
+    stack: list[tuple[yaml.Node, bool]] = [(root, False)]
+    while stack:
+        node, children_done = stack.pop()
+        key = id(node)
+        if children_done:
+            open_nodes.discard(key)
+            children = _children(node)
+            size = 1 + sum(sizes[id(child)] for child in children)
+            if size > limits.nodes:
+                raise YamlLimitError(
+                    f"expands to more than {limits.nodes:,} values through its aliases",
+                    node.start_mark,
+                )
+            depth = 1 + max((depths[id(child)] for child in children), default=0)
+            if depth > limits.depth:
+                raise YamlLimitError(
+                    f"nested more than {limits.depth} levels deep through its aliases",
+                    node.start_mark,
+                )
+            sizes[key] = size
+            depths[key] = depth
+            continue
+        if key in sizes:
+            continue
+        if key in open_nodes:
+            raise YamlLimitError("an alias refers to a node that contains it", node.start_mark)
+        open_nodes.add(key)
+        if isinstance(node, yaml.MappingNode):
+            _check_duplicate_keys(node)
+        stack.append((node, True))
+        stack.extend((child, False) for child in _children(node) if id(child) not in sizes)
+
+
+def _children(node: yaml.Node) -> list[yaml.Node]:
+    if isinstance(node, yaml.MappingNode):
+        return [part for pair in node.value for part in pair]
+    if isinstance(node, yaml.SequenceNode):
+        return list(node.value)
+    return []
+
+
+def _check_duplicate_keys(node: yaml.MappingNode) -> None:
+    seen: dict[str, yaml.Mark] = {}
+    for key, _ in node.value:
+        if not isinstance(key, yaml.ScalarNode) or key.tag == "tag:yaml.org,2002:merge":
+            continue
+        first = seen.get(key.value)
+        if first is not None:
+            raise YamlLimitError(
+                f"key {key.value!r} is given twice, on line {first.line + 1} and line "
+                f"{key.start_mark.line + 1}; keep one",
+                key.start_mark,
+            )
+        seen[key.value] = key.start_mark
+
+
+def _load_node(
+    text: str, limits: YamlLimits = FILE_LIMITS, *, construct: bool = True
+) -> tuple[yaml.Node | None, Any]:
+    if len(text) * 4 > limits.bytes:  # at most 4 bytes a character: count when it may matter
+        size = len(text.encode("utf-8"))
+        if size > limits.bytes:
+            raise YamlLimitError(f"{size:,} bytes; the limit is {limits.bytes:,}", None)
+    loader = _LimitedLoader(text, limits)
     try:
-        node = yaml.compose(text, Loader=Yaml12Loader)
-        data = yaml_load(text)
+        node = loader.get_single_node()
+        if node is None:
+            return None, None
+        _check_graph(node, limits)
+        return node, loader.construct_document(node) if construct else None
+    finally:
+        loader.dispose()
+
+
+def yaml_limit_problem(text: str, path: str, limits: YamlLimits) -> SourceProblem | None:
+    """The limit `text` breaks (size, depth, aliases, expansion, a key twice), or None; a
+    text that is merely not valid YAML is left for `parse_yaml` to report."""
+    try:
+        _load_node(text, limits, construct=False)
+    except YamlLimitError as exc:
+        mark = exc.problem_mark
+        return SourceProblem(path, mark.line + 1 if mark else None, f"refused: {exc.problem}")
+    except yaml.YAMLError:
+        return None
+    return None
+
+
+def yaml_load(text: str) -> Any:
+    """The data of a YAML text, read with the limits (raises yaml.YAMLError)."""
+    return _load_node(text)[1]
+
+
+def parse_yaml(text: str, path: str, limits: YamlLimits = FILE_LIMITS) -> YamlDoc:
+    try:
+        node, data = _load_node(text, limits)
     except yaml.YAMLError as exc:
         mark = getattr(exc, "problem_mark", None)
         line = mark.line + 1 if mark is not None else None
         problem = getattr(exc, "problem", None) or str(exc)
+        if isinstance(exc, YamlLimitError):
+            raise SourceError([SourceProblem(path, line, f"refused: {problem}")]) from exc
         raise SourceError([SourceProblem(path, line, f"not valid YAML: {problem}")]) from exc
     except ValueError as exc:  # a date that does not exist (2025-02-30): PyYAML has no mark
         line = _impossible_date_line(text)
@@ -135,12 +289,23 @@ def _impossible_date_line(text: str) -> int | None:
     return None
 
 
-def load_yaml(path: Path) -> YamlDoc:
+def load_yaml(path: Path, limits: YamlLimits = FILE_LIMITS) -> YamlDoc:
     try:
-        text = path.read_text(encoding="utf-8")
+        with path.open("rb") as f:
+            raw = f.read(limits.bytes + 1)  # never more than the limit into memory
+        if len(raw) > limits.bytes:
+            size = path.stat().st_size
+            raise SourceError(
+                [
+                    SourceProblem(
+                        str(path), None, f"refused: {size:,} bytes; the limit is {limits.bytes:,}"
+                    )
+                ]
+            )
+        text = raw.decode("utf-8")
     except (OSError, UnicodeDecodeError) as exc:
         raise SourceError([SourceProblem(str(path), None, f"cannot read the file: {exc}")]) from exc
-    return parse_yaml(text, str(path))
+    return parse_yaml(text, str(path), limits)
 
 
 def _message(err: Any) -> str:

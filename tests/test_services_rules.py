@@ -63,9 +63,10 @@ def test_yaml_is_bounded_before_it_is_parsed() -> None:
         f"{chr(98 + i)}: &{chr(98 + i)} [{', '.join([f'*{chr(97 + i)}'] * 10)}]\n" for i in range(8)
     )
     for text, said in [
-        (laughs, "aliases expanded"),
-        ("a: &a [1, *a]\n", "refers to itself"),
-        ("x: " + "[" * 200 + "]" * 200 + "\n", "nested deeper"),
+        (laughs, "r.yaml:5: refused: expands to more than 50,000 values through its aliases"),
+        ("a: &a [1, *a]\n", "r.yaml:1: refused: an alias refers to a node that contains it"),
+        ("x: " + "[" * 200 + "]" * 200 + "\n", "r.yaml:1: refused: nested more than 50 levels"),
+        ("a: 1\nb: 2\na: 3\n", "r.yaml:3: refused: key 'a' is given twice, on line 1 and line 3"),
     ]:
         with pytest.raises(service.RulesInvalid) as caught:
             service.validate(service.RulesTexts(program=PROGRAM, files={"r.yaml": text}))

@@ -15,13 +15,11 @@ names were not checked. A dry run explains every rule for every event (`rules.ex
 
 from __future__ import annotations
 
-from collections.abc import Iterator
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Annotated, Any, Literal
 
-import yaml
 from pydantic import BaseModel, Field, StringConstraints
 
 from crmflow.domain import Event
@@ -42,7 +40,13 @@ from rules.pack import (
     named_journeys,
     read_source,
 )
-from rules.source import SourceError, SourceProblem, Yaml12Loader, parse_yaml
+from rules.source import (
+    SourceError,
+    SourceProblem,
+    YamlLimits,
+    parse_yaml,
+    yaml_limit_problem,
+)
 from store import rule_versions as store
 from store.db import utcnow
 from store.rule_state import load_orders, load_states
@@ -53,6 +57,7 @@ MAX_FILE_CHARS = 200_000  # characters in one file (the programme or a rule file
 MAX_TOTAL_CHARS = 1_000_000  # characters in all files of one pack
 MAX_YAML_NODES = 50_000  # nodes of one file with its aliases expanded
 MAX_YAML_DEPTH = 50  # nesting of one file
+REQUEST_LIMITS = YamlLimits(bytes=4 * MAX_FILE_CHARS, depth=MAX_YAML_DEPTH, nodes=MAX_YAML_NODES)
 
 FileName = Annotated[
     str,
@@ -210,64 +215,10 @@ class ProcessResult(BaseModel):
 # --------------------------------------------------------------------------- bounds
 
 
-def _children(node: yaml.Node) -> list[yaml.Node]:
-    if isinstance(node, yaml.MappingNode):
-        return [n for pair in node.value for n in pair]
-    if isinstance(node, yaml.SequenceNode):
-        return list(node.value)
-    return []
-
-
 def yaml_bounds(text: str, path: str) -> SourceProblem | None:
-    """The problem with a YAML text that is too large to parse safely, or None.
-
-    Counts the nodes with aliases expanded (without expanding them: each node's size is
-    computed once) and the nesting depth; a node that contains itself is refused too."""
-    if len(text) > MAX_FILE_CHARS:
-        return SourceProblem(path, None, f"{len(text)} characters; at most {MAX_FILE_CHARS}")
-    try:
-        root = yaml.compose(text, Loader=Yaml12Loader)
-    except yaml.YAMLError:
-        return None  # parse_yaml reports it, with its line
-    except RecursionError:
-        return SourceProblem(path, None, f"nested deeper than {MAX_YAML_DEPTH} levels")
-    if root is None:
-        return None
-    size: dict[int, int] = {}
-    depth: dict[int, int] = {}
-    visiting: set[int] = set()
-    stack: list[tuple[yaml.Node, Iterator[yaml.Node]]] = [(root, iter(_children(root)))]
-    visiting.add(id(root))
-    while stack:
-        node, kids = stack[-1]
-        kid = next(kids, None)
-        if kid is not None:
-            if id(kid) in visiting:
-                return SourceProblem(path, kid.start_mark.line + 1, "an alias refers to itself")
-            if id(kid) not in size:
-                if len(stack) >= MAX_YAML_DEPTH:
-                    return SourceProblem(
-                        path, kid.start_mark.line + 1, f"nested deeper than {MAX_YAML_DEPTH} levels"
-                    )
-                visiting.add(id(kid))
-                stack.append((kid, iter(_children(kid))))
-            continue
-        stack.pop()
-        visiting.discard(id(node))
-        own = _children(node)
-        size[id(node)] = 1 + sum(size[id(k)] for k in own)
-        depth[id(node)] = 1 + max((depth[id(k)] for k in own), default=0)
-        if size[id(node)] > MAX_YAML_NODES:
-            return SourceProblem(
-                path,
-                node.start_mark.line + 1,
-                f"more than {MAX_YAML_NODES} values with aliases expanded",
-            )
-        if depth[id(node)] > MAX_YAML_DEPTH:
-            return SourceProblem(
-                path, node.start_mark.line + 1, f"nested deeper than {MAX_YAML_DEPTH} levels"
-            )
-    return None
+    """The limit a YAML text sent to the service breaks (size, nesting, aliases, a key given
+    twice), or None; request bodies are held to tighter limits than files on disk."""
+    return yaml_limit_problem(text, path, REQUEST_LIMITS)
 
 
 def _check_size(source: PackSource, journeys: list[tuple[str, str]]) -> None:
