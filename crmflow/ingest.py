@@ -8,7 +8,9 @@ version deployed, an event's properties must also match the programme's declarat
 (`store.tiers`). Re-importing a file changes nothing: customers are keyed by
 `customer_id`, events by `event_id`. An event whose id is stored (or came earlier in the
 file) with other content is a conflict: not applied, reported and written to the rejects
-file with the fields that differ.
+file with the fields that differ. A row naming a customer whose personal data was erased
+(`crmflow customer erase`) is rejected — "customer X was erased on DATE" — so an old file
+cannot bring the person back; the ids of each chunk are looked up in one statement.
 
 The HTTP API stores its requests through the same `ChunkLoop`, and every face reports in the
 words of `crmflow.ingest_report.IngestReport`.
@@ -41,7 +43,7 @@ from rules.pack import load_program
 from rules.properties import check_properties
 from rules.source import parse_yaml
 from store.db import utcnow
-from store.ingest import Conflict, upsert_customers
+from store.ingest import Conflict, erased_among, upsert_customers
 from store.rule_versions import active_version, stored_source
 from store.tiers import welcome_members
 
@@ -133,6 +135,14 @@ def _open_rows(path: Path, fh: Any) -> Iterator[tuple[int, Any, str]]:
     raise ImportError_(f"{path}: unknown file type {suffix!r}; expected .jsonl, .ndjson or .csv")
 
 
+def erased_reason(customer_id: str, erased_at: datetime) -> str:
+    """Why a row naming an erased customer is rejected (a report, a rejects file)."""
+    return (
+        f"field 'customer_id': customer {customer_id!r} was erased on "
+        f"{erased_at:%Y-%m-%d}; rows naming an erased customer are not imported"
+    )
+
+
 def conflict_reason(c: Conflict) -> str:
     """A conflict in words (a report's rows at fault, a rejects file, a 409)."""
     return (
@@ -184,6 +194,10 @@ class ChunkLoop:
     wraps each chunk stored in this process (the API serialises chunks on SQLite);
     `on_conflict` sees every conflicting row (a file import writes them to its rejects file).
 
+    Rows naming a customer whose data was erased are rejected (counted, a fault with
+    `erased_reason`, and handed to `on_reject` with where they came from), the chunk's ids
+    looked up in one statement before it is stored.
+
     Customers: with a rules version deployed, the chunk's members without a tier get the
     programme's welcome tier in the chunk's transaction (`store.tiers.welcome_members`).
     The active programme is read once per loop (`program`).
@@ -199,6 +213,7 @@ class ChunkLoop:
         workers: int = 1,
         guard: Guard | None = None,
         on_conflict: Callable[[Conflict], None] | None = None,
+        on_reject: Callable[[int, str, dict[str, Any]], None] | None = None,
     ) -> None:
         self.engine = engine
         self.report = report
@@ -206,6 +221,7 @@ class ChunkLoop:
         self.process = process
         self.guard = guard
         self.on_conflict = on_conflict
+        self.on_reject = on_reject
         self._rows: list[dict[str, Any]] = []
         self._at: list[int] = []
         self._url = engine.url.render_as_string(hide_password=False)
@@ -267,6 +283,9 @@ class ChunkLoop:
         if not rows:
             return
         self._rows, self._at = [], []
+        rows, at = self._without_erased(rows, at)
+        if not rows:
+            return
         if self.report.kind == "customers":
             active = self.active()
             with self._guarded(), self.engine.begin() as conn:
@@ -285,6 +304,29 @@ class ChunkLoop:
                     self._url, self._workers, chunk_size=self.chunk_size, process=self.process
                 )
             self._pool.add(rows, at)
+
+    def _without_erased(
+        self, rows: list[dict[str, Any]], at: list[int]
+    ) -> tuple[list[dict[str, Any]], list[int]]:
+        """The rows not naming an erased customer; the others are rejected."""
+        with self.engine.connect() as conn:
+            erased = erased_among(conn, [r["customer_id"] for r in rows])
+        if not erased:
+            return rows, at
+        kept: list[dict[str, Any]] = []
+        kept_at: list[int] = []
+        for row, where in zip(rows, at, strict=True):
+            when = erased.get(row["customer_id"])
+            if when is None:
+                kept.append(row)
+                kept_at.append(where)
+                continue
+            reason = erased_reason(row["customer_id"], when)
+            self.report.rejected += 1
+            self.report.fault(RowFault(at=where, problem="rejected", reason=reason))
+            if self.on_reject is not None:
+                self.on_reject(where, reason, row)
+        return kept, kept_at
 
     def _guarded(self) -> AbstractContextManager[Any]:
         return self.guard() if self.guard is not None else nullcontext()
@@ -363,6 +405,9 @@ def import_file(
         row = json.dumps(c.row, ensure_ascii=False, default=_json_default)
         reject(c.at, "conflict: " + conflict_reason(c), row)
 
+    def refused(line: int, reason: str, row: dict[str, Any]) -> None:
+        reject(line, reason, json.dumps(row, ensure_ascii=False, default=_json_default))
+
     try:
         with (
             path.open("rb") as binary,
@@ -374,6 +419,7 @@ def import_file(
                 process=process,
                 workers=workers,
                 on_conflict=conflicting,
+                on_reject=refused,
             ) as loop,
         ):
             program = loop.program() if kind == "events" else None

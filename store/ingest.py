@@ -3,7 +3,8 @@
 Each function takes one chunk of already validated rows and an open connection inside a
 transaction; the caller commits. Idempotent: the same chunk twice changes nothing. An event
 id names one event: a row whose id is stored (or came earlier in the chunk) with other
-content is a conflict, left out and reported, never counted as a duplicate.
+content is a conflict, left out and reported, never counted as a duplicate. `erased_among`
+finds the ids of a chunk whose personal data was erased (their rows are rejected).
 """
 
 from __future__ import annotations
@@ -121,6 +122,19 @@ def upsert_customers(conn: Connection, rows: list[dict[str, Any]], now: datetime
     )
     conn.execute(stmt, todo)
     return counts
+
+
+def erased_among(conn: Connection, customer_ids: list[str]) -> dict[str, datetime]:
+    """The ids among `customer_ids` whose personal data was erased, with when: one
+    statement per IN-list (`store.sql.where_in`), however many ids a chunk holds."""
+    c = CustomerRow.__table__.c
+    found: dict[str, datetime] = {}
+    for where in where_in(conn, c.customer_id, sorted(set(customer_ids))):
+        for cid, at in conn.execute(
+            select(c.customer_id, c.erased_at).where(where, c.erased_at.is_not(None))
+        ):
+            found[cid] = at
+    return found
 
 
 def ensure_customers(conn: Connection, customer_ids: set[str], now: datetime) -> int:

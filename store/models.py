@@ -72,6 +72,9 @@ class CustomerRow(Base):
     points_debt: Mapped[Decimal] = mapped_column(Points, default=Decimal(0), server_default="0")
     created_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow)
     updated_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow)
+    # Set when the customer's personal data was erased: the row stays as a pseudonymous
+    # tombstone (counts and sums stay right) and imports naming the id are rejected.
+    erased_at: Mapped[datetime | None] = mapped_column(UTCDateTime)
 
 
 class EventRow(Base):
@@ -520,3 +523,22 @@ class ChangeLogRow(Base):
     target: Mapped[str] = mapped_column(String(500))
     status: Mapped[int] = mapped_column(Integer)
     address: Mapped[str | None] = mapped_column(String(64))
+
+
+class PrivacyLogRow(Base):
+    """An export or an erasure of one customer's data: who, when, and how many rows of
+    which tables. The customer id is the pseudonymous tombstone; nothing here is personal
+    data (no names, addresses or message content)."""
+
+    __tablename__ = "privacy_log"
+
+    id: Mapped[int] = mapped_column(BigId, primary_key=True, autoincrement=True)
+    at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow, index=True)
+    action: Mapped[str] = mapped_column(String(16))  # export, erase
+    customer_id: Mapped[str] = mapped_column(String(200), index=True)
+    actor: Mapped[str] = mapped_column(String(120))  # "key:<key_id>" / "cli:<user>"
+    actor_name: Mapped[str | None] = mapped_column(String(100))
+    person: Mapped[str | None] = mapped_column(String(200))
+    role: Mapped[str | None] = mapped_column(String(32))
+    tables: Mapped[dict[str, int]] = mapped_column(JSONDoc, default=dict)  # table -> rows
+    detail: Mapped[dict[str, Any]] = mapped_column(JSONDoc, default=dict)

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import os
 import sys
 from pathlib import Path
 from typing import Annotated
@@ -23,6 +24,7 @@ from crmflow.cli.common import (
     masked_url,
     migrated_engine,
     print_report,
+    runtime,
 )
 from crmflow.cli.journeys import journeys_app
 from crmflow.cli.keys import keys_app
@@ -36,6 +38,9 @@ from crmflow.cli.segments import segments_app
 from crmflow.ingest import ImportError_, Kind, import_file
 from crmflow.ingest_report import IngestReport
 from crmflow.processing import ConcurrentProcessing
+from crmflow.services import privacy
+from crmflow.services.keys import Principal
+from crmflow.services.permissions import Role
 from crmflow.temporal import TemporalSetupError, exit_skipping_finalizers
 from rules.source import SourceError
 from store.db import make_engine
@@ -49,7 +54,10 @@ app = typer.Typer(
 )
 customers_app = typer.Typer(help="Customer profiles: import.", no_args_is_help=True)
 events_app = typer.Typer(help="Customer events: import, process.", no_args_is_help=True)
-customer_app = typer.Typer(help="One customer: show.", no_args_is_help=True)
+customer_app = typer.Typer(
+    help="One customer: show; export everything stored, erase personal data.",
+    no_args_is_help=True,
+)
 app.add_typer(customers_app, name="customers")
 app.add_typer(events_app, name="events")
 app.add_typer(customer_app, name="customer")
@@ -231,6 +239,136 @@ def customer_show(
             json.dumps(value, ensure_ascii=False) if isinstance(value, dict | list) else str(value),
         )
     console.print(table)
+
+
+def _cli_principal() -> Principal:
+    """Who acts from the command line: the operating system's user, with the CLI's full
+    access to the database (as an admin)."""
+    import getpass
+
+    try:
+        user = getpass.getuser()
+    except (KeyError, OSError):
+        user = "unknown"
+    return Principal(kind="cli", id=user[:100], name=user[:100], role=Role.admin)
+
+
+def _private_file(path: Path) -> int:
+    """`path` opened for writing, created or emptied, readable by its owner only (0600)."""
+    try:
+        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+        os.chmod(path, 0o600)  # an older file keeps its mode through O_TRUNC
+    except OSError as exc:
+        fail(f"cannot write {path}: {exc.strerror or exc}")
+    return fd
+
+
+@customer_app.command("export")
+def customer_export(
+    customer_id: Annotated[str, typer.Argument(help="The customer's id")],
+    out: Annotated[
+        Path | None,
+        typer.Option(
+            "--out", dir_okay=False, help="Write the JSON to this file (mode 0600), not stdout"
+        ),
+    ] = None,
+) -> None:
+    """Export everything stored about one customer as one JSON document: profile, consent
+    and its changes, events, tags, points, tiers, audit trail, messages with their content,
+    tasks, coupons, journey enrollments (and their state in Temporal, or why it is missing).
+    Recorded in the privacy log (who, when, how many rows; no personal data)."""
+    fd = _private_file(out) if out is not None else None
+    try:
+        with runtime(write=True) as rt:
+            doc = asyncio.run(privacy.export_customer(rt, customer_id, who=_cli_principal()))
+    except BaseException:
+        if fd is not None and out is not None:
+            os.close(fd)
+            out.unlink(missing_ok=True)
+        raise
+    text = doc.model_dump_json(indent=2) + "\n"
+    if fd is None:
+        sys.stdout.write(text)
+    else:
+        with open(fd, "w", encoding="utf-8") as fh:
+            fh.write(text)
+        rows = sum(doc.counts.values())
+        console.print(
+            f"customer {customer_id}: {rows} rows from {len(doc.counts)} tables written to "
+            f"{out} (readable by its owner only)",
+            highlight=False,
+            markup=False,
+            soft_wrap=True,
+        )
+    if not doc.journeys.temporal.reachable:
+        err.print(
+            f"Temporal: {doc.journeys.temporal.note}", highlight=False, markup=False, soft_wrap=True
+        )
+    else:
+        exit_skipping_finalizers(0)  # a Temporal client was used (see the function)
+
+
+@customer_app.command("erase")
+def customer_erase(
+    customer_id: Annotated[str, typer.Argument(help="The customer's id")],
+    yes: Annotated[
+        bool, typer.Option("--yes", help="Really erase (without it: say what would happen)")
+    ] = False,
+    as_json: JsonFlag = False,
+) -> None:
+    """Erase one customer's personal data from every table, keeping the id as a
+    pseudonymous tombstone (counts, the KPI digest and points totals do not change); end
+    running journey enrollments; reject later imports of the id. Without --yes nothing is
+    changed: it says what would happen. Recorded in the privacy log."""
+    with runtime(write=True) as rt:
+        report = asyncio.run(
+            privacy.erase_customer(rt, customer_id, who=_cli_principal(), dry_run=not yes)
+        )
+    if as_json:
+        emit_json(report.model_dump(mode="json"))
+    elif not yes:
+        again = f" (erased before, on {report.erased_at:%Y-%m-%d})" if report.erased_at else ""
+        console.print(
+            f"erasing customer {customer_id}{again} would change these rows about them:",
+            highlight=False,
+            markup=False,
+        )
+        console.print(
+            "  " + ", ".join(f"{t} {n}" for t, n in report.rows.items() if n),
+            highlight=False,
+            markup=False,
+        )
+        for line in report.what_happens:
+            console.print(f"  - {line}", highlight=False, markup=False)
+        if report.enrollments_ended:
+            console.print(
+                f"  running enrollments to end: {', '.join(report.enrollments_ended)}",
+                highlight=False,
+                markup=False,
+            )
+    else:
+        changed = ", ".join(f"{t} {n}" for t, n in report.rows.items() if n)
+        console.print(
+            f"customer {customer_id} erased on {report.erased_at:%Y-%m-%d %H:%M} UTC "
+            f"(privacy log entry {report.log_id}); rows changed: {changed or 'none'}",
+            highlight=False,
+            markup=False,
+            soft_wrap=True,
+        )
+        if report.enrollments_ended:
+            console.print(
+                f"enrollments ended: {', '.join(report.enrollments_ended)}",
+                highlight=False,
+                markup=False,
+            )
+        if report.temporal is not None:
+            console.print(
+                f"Temporal: {report.temporal.note}", highlight=False, markup=False, soft_wrap=True
+            )
+    if not yes:
+        fail("nothing was erased: run again with --yes to erase")
+    if report.temporal is not None and report.temporal.reachable:
+        exit_skipping_finalizers(0)  # a Temporal client was used (see the function)
 
 
 @app.command()

@@ -42,6 +42,14 @@ PERMISSIONS: dict[str, tuple[frozenset[Role], str]] = {
     ),
     "customers.write": (frozenset({ADM, MKT, OPS, ING}), "create or update customer profiles"),
     "customers.tag": (frozenset({ADM, MKT}), "add or remove a tag by hand"),
+    "customers.export": (
+        frozenset({ADM, OPS}),
+        "export everything stored about one customer (audited)",
+    ),
+    "customers.erase": (
+        frozenset({ADM}),
+        "erase a customer's personal data, keeping a pseudonymous tombstone (audited)",
+    ),
     "points.read": (
         frozenset({ADM, MKT, OPS, VIEW}),
         "read a member's points: lots, totals, ledger",

@@ -1,4 +1,5 @@
-"""`/api/v1/customers`: search, the 360 view, upsert one or a batch, tags by hand.
+"""`/api/v1/customers`: search, the 360 view, upsert one or a batch, tags by hand, export
+and erasure of one customer's data.
 
 E-mail and phone are masked for roles without `customers.pii` (the viewer).
 """
@@ -17,6 +18,7 @@ from crmflow.domain import Customer, Name
 from crmflow.ingest_report import IngestReport
 from crmflow.services import customers as service
 from crmflow.services import points as points_service
+from crmflow.services import privacy
 from crmflow.services.keys import Principal
 
 router = APIRouter(prefix="/customers", tags=["customers"])
@@ -146,3 +148,32 @@ async def remove_tag(
 ) -> service.TagChange:
     """Remove a tag by hand, whoever set it; audited."""
     return await run_in_threadpool(service.remove_tag, rt, customer_id, tag, by=who.by)
+
+
+@router.get(
+    "/{customer_id}/export", response_model=privacy.CustomerExport, responses=responses(404)
+)
+async def export(
+    customer_id: CustomerId,
+    who: Annotated[Principal, permit("customers.export")],
+    rt: RuntimeDep,
+) -> privacy.CustomerExport:
+    """Everything stored about the customer as one document (as `crmflow customer export`):
+    profile, consent and its changes, events, tags, points, tiers, audit trail, messages
+    with their content, tasks, coupons, journey enrollments (and their state in Temporal,
+    or why it is missing). Recorded in the privacy log."""
+    return await privacy.export_customer(rt, customer_id, who=who)
+
+
+@router.post("/{customer_id}/erase", response_model=privacy.ErasureReport, responses=responses(404))
+async def erase(
+    customer_id: CustomerId,
+    who: Annotated[Principal, permit("customers.erase")],
+    rt: RuntimeDep,
+    dry_run: Annotated[bool, Query(description="only say what would happen")] = False,
+) -> privacy.ErasureReport:
+    """Erase the customer's personal data from every table, keeping the id as a
+    pseudonymous tombstone (counts, the KPI digest and points totals do not change); end
+    running journey enrollments; reject later imports of the id. As `crmflow customer
+    erase --yes`. Recorded in the privacy log."""
+    return await privacy.erase_customer(rt, customer_id, who=who, dry_run=dry_run)
