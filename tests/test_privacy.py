@@ -341,7 +341,8 @@ def test_reimporting_the_original_files_rejects_the_erased_id_only(
     ev_mine = [
         n for n, text in enumerate(ev_lines, start=1) if json.loads(text)["customer_id"] == WHO
     ]
-    ev_again = import_file(engine, events, "events")
+    # in chunks, and on PostgreSQL in worker processes: each chunk's ids looked up at once
+    ev_again = import_file(engine, events, "events", chunk_size=40, workers=2)
     assert ev_again.rejected == len(ev_mine) > 5
     assert [f.at for f in ev_again.faults] == ev_mine
     assert all(expected in f.reason for f in ev_again.faults)
