@@ -22,6 +22,7 @@ from email_validator import EmailNotValidError, validate_email
 from pydantic import (
     AfterValidator,
     BaseModel,
+    BeforeValidator,
     ConfigDict,
     Field,
     StringConstraints,
@@ -113,7 +114,34 @@ def _out_of_range(value: datetime) -> ValueError:
     )
 
 
-AwareTimestamp = Annotated[datetime, AfterValidator(_aware_utc)]
+def _timestamp_text(value: Any) -> Any:
+    """A number is no time: seconds or milliseconds since 1970 cannot be told apart."""
+    if isinstance(value, (int, float)) and not isinstance(value, bool):
+        raise ValueError(
+            f"{value!r} is a number; expected an ISO 8601 time with its offset, such as "
+            "2026-11-20T10:00:00+08:00"
+        )
+    return value
+
+
+AwareTimestamp = Annotated[datetime, BeforeValidator(_timestamp_text), AfterValidator(_aware_utc)]
+
+MAX_JSON_BYTES = 32_768  # an event's properties, or a customer's attributes, as JSON
+
+
+def _bounded_json(value: dict[str, Any], what: str) -> dict[str, Any]:
+    """`value` when it is plain, storable JSON of at most MAX_JSON_BYTES (a 10 MB property
+    was stored and copied into every fact and message after it)."""
+    if not _finite_json(value):
+        raise ValueError(
+            f"{what} must be plain JSON values (no NaN, infinity, objects or NUL characters)"
+        )
+    text = json.dumps(value, ensure_ascii=False, separators=(",", ":"))
+    if len(text) * 4 > MAX_JSON_BYTES and len(text.encode()) > MAX_JSON_BYTES:
+        raise ValueError(
+            f"{what} hold {len(text.encode()):,} bytes as JSON; at most {MAX_JSON_BYTES:,}"
+        )
+    return value
 
 
 class Event(BaseModel):
@@ -130,11 +158,7 @@ class Event(BaseModel):
     @field_validator("properties")
     @classmethod
     def _json_properties(cls, v: dict[str, Any]) -> dict[str, Any]:
-        if not _finite_json(v):
-            raise ValueError(
-                "properties must be plain JSON values (no NaN, infinity, objects or NUL characters)"
-            )
-        return v
+        return _bounded_json(v, "properties")
 
 
 class Customer(BaseModel):
@@ -210,11 +234,7 @@ class Customer(BaseModel):
     @field_validator("attributes")
     @classmethod
     def _json_attributes(cls, v: dict[str, Any]) -> dict[str, Any]:
-        if not _finite_json(v):
-            raise ValueError(
-                "attributes must be plain JSON values (no NaN, infinity, objects or NUL characters)"
-            )
-        return v
+        return _bounded_json(v, "attributes")
 
     def content_hash(self) -> str:
         """A digest of the imported fields: an unchanged row re-imported changes nothing."""

@@ -109,13 +109,13 @@ class YamlLimits:
     """How much one YAML text may hold: bytes, nesting (through aliases too), aliases, and
     values with its aliases expanded."""
 
-    bytes: int = 5_000_000
+    bytes: int = 1_000_000  # PyYAML reads about 200 KB a second: 5 s at most
     depth: int = 50
     aliases: int = 1_000
-    nodes: int = 1_000_000
+    nodes: int = 100_000
 
 
-FILE_LIMITS = YamlLimits()  # a file on disk; request bodies use tighter ones (services)
+FILE_LIMITS = YamlLimits()
 
 
 class YamlLimitError(yaml.MarkedYAMLError):
@@ -134,6 +134,7 @@ class _LimitedLoader(Yaml12Loader):
         self._limits = limits
         self._depth = 0
         self._aliases = 0
+        self._nodes = 0
 
     def compose_node(self, parent: yaml.Node | None, index: Any) -> yaml.Node | None:
         event = self.peek_event()
@@ -144,6 +145,9 @@ class _LimitedLoader(Yaml12Loader):
                     f"more than {self._limits.aliases:,} aliases (*name)", event.start_mark
                 )
             return super().compose_node(parent, index)
+        self._nodes += 1  # stop composing a flat list of a million values early
+        if self._nodes > self._limits.nodes:
+            raise YamlLimitError(f"more than {self._limits.nodes:,} values", event.start_mark)
         self._depth += 1
         try:
             if self._depth > self._limits.depth:

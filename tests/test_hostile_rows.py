@@ -1,6 +1,7 @@
 """Poisonous rows cost only themselves, on SQLite and PostgreSQL: a time before the calendar
 (year 1 at +14:00 overflowed), NUL characters (PostgreSQL cannot store them: its COPY failed
-and took the chunk's good rows with it), NaN; each is its line's rejection, the good rows are
+and took the chunk's good rows with it), NaN, a 10 MB property, a time given as a number,
+wrong types; each is its line's rejection, the good rows are
 stored, and the rejects file (it holds personal data) is readable by its owner only."""
 
 from __future__ import annotations
@@ -38,6 +39,12 @@ POISON = [
     (_event(6, event_id="h\u00006"), "event_id", "NUL characters"),
     (_event(7, customer_id="H\u00001"), "customer_id", "NUL characters"),
     (_event(8, properties={"nested": [{"deep": "x\u0000"}]}), "properties", "NUL characters"),
+    (_event(11, properties={"note": "x" * 10_000_000}), "properties", "at most 32,768"),
+    (_event(12, properties={f"k{i}": i for i in range(200_000)}), "properties", "at most"),
+    (_event(13, occurred_at=1_732_000_000), "occurred_at", "is a number"),
+    (_event(14, occurred_at=["2026-11-20"]), "occurred_at", "datetime"),
+    (_event(15, customer_id=["H1"]), "customer_id", "valid string"),
+    (_event(16, properties="free text"), "properties", "Input should be"),
 ]
 
 
@@ -54,18 +61,19 @@ def test_a_poisonous_row_is_its_lines_rejection_and_the_good_rows_are_stored(
     lines.append(json.dumps(_event(10)))
     path.write_text("\n".join(lines) + "\n")
     report = import_file(engine, path, "events", chunk_size=3)
-    assert (report.received, report.stored, report.rejected) == (10, 2, 8)
+    n = len(POISON)
+    assert (report.received, report.stored, report.rejected) == (n + 3, 2, n + 1)
     by_line = {f.at: f for f in report.faults}
     for line, (_row, field, why) in enumerate(POISON, start=2):
         fault = by_line[line]
         assert f"field '{field}'" in fault.reason and why in fault.reason, fault
-    assert "NaN" in by_line[9].reason or "NUL" in by_line[9].reason
+    assert "NaN" in by_line[n + 2].reason or "NUL" in by_line[n + 2].reason
     with engine.connect() as conn:
         ids = sorted(conn.execute(select(EventRow.event_id)).scalars())
     assert ids == ["h1", "h10"]
     rejects = rejects_path(path)
     assert stat.S_IMODE(rejects.stat().st_mode) == 0o600
-    assert len(rejects.read_text().splitlines()) == 8
+    assert len(rejects.read_text().splitlines()) == n + 1
 
 
 def test_a_customer_with_a_nul_in_an_attribute_is_refused(engine: Engine, tmp_path: Path) -> None:

@@ -63,7 +63,7 @@ def test_yaml_is_bounded_before_it_is_parsed() -> None:
         f"{chr(98 + i)}: &{chr(98 + i)} [{', '.join([f'*{chr(97 + i)}'] * 10)}]\n" for i in range(8)
     )
     for text, said in [
-        (laughs, "r.yaml:5: refused: expands to more than 50,000 values through its aliases"),
+        (laughs, "r.yaml:5: refused: expands to more than 100,000 values through its aliases"),
         ("a: &a [1, *a]\n", "r.yaml:1: refused: an alias refers to a node that contains it"),
         ("x: " + "[" * 200 + "]" * 200 + "\n", "r.yaml:1: refused: nested more than 50 levels"),
         ("a: 1\nb: 2\na: 3\n", "r.yaml:3: refused: key 'a' is given twice, on line 1 and line 3"),

@@ -41,9 +41,9 @@ from rules.pack import (
     read_source,
 )
 from rules.source import (
+    FILE_LIMITS,
     SourceError,
     SourceProblem,
-    YamlLimits,
     parse_yaml,
     yaml_limit_problem,
 )
@@ -55,9 +55,8 @@ from store.tiers import welcome_members
 MAX_FILES = 100  # rule files in one pack
 MAX_FILE_CHARS = 200_000  # characters in one file (the programme or a rule file)
 MAX_TOTAL_CHARS = 1_000_000  # characters in all files of one pack
-MAX_YAML_NODES = 50_000  # nodes of one file with its aliases expanded
-MAX_YAML_DEPTH = 50  # nesting of one file
-REQUEST_LIMITS = YamlLimits(bytes=4 * MAX_FILE_CHARS, depth=MAX_YAML_DEPTH, nodes=MAX_YAML_NODES)
+MAX_YAML_NODES = FILE_LIMITS.nodes  # values of one file (or JSON body) with aliases expanded
+MAX_YAML_DEPTH = FILE_LIMITS.depth  # nesting of one file
 
 FileName = Annotated[
     str,
@@ -216,9 +215,9 @@ class ProcessResult(BaseModel):
 
 
 def yaml_bounds(text: str, path: str) -> SourceProblem | None:
-    """The limit a YAML text sent to the service breaks (size, nesting, aliases, a key given
-    twice), or None; request bodies are held to tighter limits than files on disk."""
-    return yaml_limit_problem(text, path, REQUEST_LIMITS)
+    """The limit a YAML text breaks (size, nesting, aliases, a key given twice), or None;
+    checked before anything else so a request's files are refused together."""
+    return yaml_limit_problem(text, path, FILE_LIMITS)
 
 
 def _check_size(source: PackSource, journeys: list[tuple[str, str]]) -> None:
