@@ -52,11 +52,32 @@ IMPORT_WELCOME = "welcome tier: a member imported without a tier"
 _JSON_COLUMNS = {"consent", "attributes", "properties"}
 
 
+MAX_LINE_CHARS = 100_000  # one line of a file; a row's JSON fields are at most 32 KB each
+
+
 @dataclass(frozen=True)
 class RowProblem:
-    """A CSV row that could not even be turned into fields."""
+    """A row that could not even be turned into fields (a bad CSV cell, a line too long)."""
 
     message: str
+
+
+TOO_LONG = RowProblem(f"the line is longer than {MAX_LINE_CHARS:,} characters; nothing was read")
+
+
+def _bounded_lines(fh: Any, too_long: list[int]) -> Iterator[str]:
+    """The file's lines, each read with a limit: a longer line is skipped without being held
+    in memory (an empty line stands in for it) and its number added to `too_long`."""
+    number = 0
+    while line := fh.readline(MAX_LINE_CHARS + 1):
+        number += 1
+        if len(line) > MAX_LINE_CHARS and not line.endswith("\n"):
+            while (rest := fh.readline(65_536)) and not rest.endswith("\n"):
+                pass
+            too_long.append(number)
+            yield "\n"
+            continue
+        yield line
 
 
 class ImportError_(ValueError):
@@ -80,10 +101,28 @@ def _csv_cell(column: str, value: str) -> Any:
 
 
 def _csv_rows(fh: Any) -> Iterator[tuple[int, Any, str]]:
-    reader = csv.DictReader(fh)
+    too_long: list[int] = []
+    reader = csv.DictReader(_bounded_lines(fh, too_long))
+    if too_long:
+        raise ImportError_(f"the header row is longer than {MAX_LINE_CHARS:,} characters")
     if not reader.fieldnames:
         raise ImportError_("the CSV file has no header row")
-    for raw in reader:
+    while True:
+        got: dict[str | None, Any] | csv.Error | None
+        try:
+            got = next(reader)
+        except StopIteration:
+            got = None
+        except csv.Error as exc:  # a quoted cell over many lines, past the field limit
+            got = exc
+        while too_long:  # skipped lines come out in their place, before the next row
+            yield too_long.pop(0), TOO_LONG, ""
+        if got is None:
+            return
+        if isinstance(got, csv.Error):
+            yield reader.line_num, RowProblem(f"not a CSV row: {got}"), ""
+            continue
+        raw = got
         row: dict[str, Any] = {}
         problem = None
         for column, value in raw.items():
@@ -122,8 +161,12 @@ def read_json_lines(path: Path) -> Iterator[tuple[int, str]]:
 
 
 def _jsonl_rows(fh: Any) -> Iterator[tuple[int, Any, str]]:
-    for number, text in json_lines(fh):
-        yield number, text, text
+    too_long: list[int] = []
+    for number, line in enumerate(_bounded_lines(fh, too_long), start=1):
+        if too_long:
+            yield too_long.pop(), TOO_LONG, ""
+        elif text := line.strip():
+            yield number, text, text
 
 
 def _open_rows(path: Path, fh: Any) -> Iterator[tuple[int, Any, str]]:

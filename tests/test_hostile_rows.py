@@ -1,6 +1,6 @@
 """Poisonous rows cost only themselves, on SQLite and PostgreSQL: a time before the calendar
 (year 1 at +14:00 overflowed), NUL characters (PostgreSQL cannot store them: its COPY failed
-and took the chunk's good rows with it), NaN, a 10 MB property, a time given as a number,
+and took the chunk's good rows with it), NaN, a 50 KB property, a time given as a number,
 wrong types; each is its line's rejection, the good rows are
 stored, and the rejects file (it holds personal data) is readable by its owner only."""
 
@@ -15,7 +15,7 @@ from pydantic import ValidationError
 from sqlalchemy import Engine, func, select
 
 from crmflow.domain import Event
-from crmflow.ingest import import_file, rejects_path
+from crmflow.ingest import MAX_LINE_CHARS, import_file, rejects_path
 from store.models import CustomerRow, EventRow
 
 
@@ -39,8 +39,8 @@ POISON = [
     (_event(6, event_id="h\u00006"), "event_id", "NUL characters"),
     (_event(7, customer_id="H\u00001"), "customer_id", "NUL characters"),
     (_event(8, properties={"nested": [{"deep": "x\u0000"}]}), "properties", "NUL characters"),
-    (_event(11, properties={"note": "x" * 10_000_000}), "properties", "at most 32,768"),
-    (_event(12, properties={f"k{i}": i for i in range(200_000)}), "properties", "at most"),
+    (_event(11, properties={"note": "x" * 50_000}), "properties", "at most 32,768"),
+    (_event(12, properties={f"k{i}": i for i in range(5_000)}), "properties", "at most"),
     (_event(13, occurred_at=1_732_000_000), "occurred_at", "is a number"),
     (_event(14, occurred_at=["2026-11-20"]), "occurred_at", "datetime"),
     (_event(15, customer_id=["H1"]), "customer_id", "valid string"),
@@ -97,3 +97,28 @@ def test_the_models_name_the_field_and_the_reason(
         Event.model_validate(row)
     errors = refused.value.errors()
     assert errors[0]["loc"][0] == field and why in errors[0]["msg"]
+
+
+def test_a_line_too_long_is_its_rejection_and_is_never_held_whole(
+    engine: Engine, tmp_path: Path
+) -> None:
+    """A 3 MB line (JSON Lines) or CSV cell used to be read whole; the CSV one aborted the
+    import ("field larger than field limit") and nothing of the file was stored."""
+    events = tmp_path / "events.jsonl"
+    huge = json.dumps(_event(2, properties={"note": "x" * (MAX_LINE_CHARS * 30)}))
+    events.write_text("\n".join([json.dumps(_event(1)), huge, json.dumps(_event(3))]) + "\n")
+    report = import_file(engine, events, "events")
+    assert (report.received, report.stored, report.rejected) == (3, 2, 1)
+    assert report.faults[0].at == 2 and "longer than 100,000 characters" in report.faults[0].reason
+    assert rejects_path(events).stat().st_size < 1_000  # the rejects file holds no copy of it
+
+    customers = tmp_path / "customers.csv"
+    customers.write_text(
+        "customer_id,name\nK1,Ann\nK2," + "y" * 200_000 + "\nK3,Bob\n", encoding="utf-8"
+    )
+    report = import_file(engine, customers, "customers")
+    assert (report.received, report.stored, report.rejected) == (3, 2, 1)
+    assert report.faults[0].at == 3 and "longer than" in report.faults[0].reason
+    with engine.connect() as conn:
+        stored = sorted(conn.execute(select(CustomerRow.customer_id)).scalars())
+    assert "K1" in stored and "K3" in stored and "K2" not in stored
