@@ -1,5 +1,10 @@
-"""The journey workflow's I/O: send a message (once, after every check), read a customer's
-facts, record where an enrollment is, apply an update node's effects.
+"""The journey workflow's I/O: send a message (once, after every check), test conditions on
+a customer's facts and events, find when a calendar delay ends, record where an enrollment
+is, apply an update node's effects.
+
+What these return is kept in the workflow's history, which erasing a customer cannot
+rewrite: statuses, booleans, times and fixed reasons, never the customer's profile, address,
+message or event properties (those are read here, from the store, and stay there).
 
 Every activity is idempotent by a key the workflow derives from its own id and position, so
 a retried or replayed activity, or a worker killed mid-send, never sends or applies twice:
@@ -18,14 +23,17 @@ time-skipping test server a 90-day journey's checks see the simulated days.
 from __future__ import annotations
 
 import asyncio
+import functools
+import inspect
+import logging
 from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import datetime, timedelta
-from typing import Any
+from typing import Any, TypeVar
 
-from sqlalchemy import Engine
+from sqlalchemy import Connection, Engine, select
 from temporalio import activity
-from temporalio.exceptions import ApplicationError
+from temporalio.exceptions import ApplicationError, FailureError
 
 from activities.channels.base import (
     Channel,
@@ -38,11 +46,17 @@ from activities.channels.base import (
 from activities.channels.unsubscribe import make_unsubscribe_token, unsubscribe_url
 from crmflow import segments
 from crmflow.contracts.journeys import (
+    JOURNEY_CONDITIONS,
+    JOURNEY_DELAY,
     JOURNEY_DELIVER,
     JOURNEY_ENTER_SEGMENT,
     JOURNEY_FACTS,
     JOURNEY_RECORD,
     JOURNEY_UPDATE,
+    ConditionsRequest,
+    ConditionsResult,
+    DelayRequest,
+    DelayResult,
     DeliverRequest,
     DeliverResult,
     FactsRequest,
@@ -52,13 +66,92 @@ from crmflow.contracts.journeys import (
 )
 from crmflow.processing import active_pack, apply_effects, evaluate_facts
 from crmflow.settings import Settings
-from journeys.models import MessageNode
+from journeys.conditions import (
+    conditions_from_json,
+    evaluate,
+    event_facts,
+    needs_profile,
+    reads_event_properties,
+)
+from journeys.interpret import calendar_delay_until
+from journeys.models import DelayNode, MessageNode
 from journeys.templates import RenderedMessage, render_message
 from journeys.timing import next_send_time
 from rules.models import Rule
 from store import journeys as jstore
+from store.models import EventRow
+
+log = logging.getLogger(__name__)
 
 ADDRESS_FIELD = {"email": "email", "sms": "phone", "wechat": "wechat_openid"}
+NOT_STORED = "the customer is not in the store"
+INTERRUPTED = "the send was interrupted (its worker stopped); not repeated over SMTP"
+TEMPLATE_FAILED = "template did not render"
+# The reasons crmflow writes itself, naming no address and quoting no message or customer
+# data: a DeliverResult (kept in the workflow's history) carries these as they are. A
+# channel's or a template's own error may quote the address or the customer's data: the
+# delivery record keeps it; the result says only what kind of failure it was.
+_OWN_REASONS = (
+    NOT_STORED,
+    INTERRUPTED,
+    "later",
+    "frequency cap: ",
+    *(f"no consent for {channel}" for channel in (*ADDRESS_FIELD, "webhook")),
+    *(f"no {field} for {channel}" for channel, field in ADDRESS_FIELD.items()),
+)
+
+
+F = TypeVar("F", bound=Callable[..., Any])
+
+
+def _by_kind(exc: Exception, where: str) -> ApplicationError:
+    """An activity's unexpected error as Temporal keeps it (in the workflow's history, with
+    its cause): its kind only. Its text may quote the customer's data (a database error
+    lists the statement's parameters): that goes to the worker's log."""
+    name = type(exc).__name__
+    log.error("journey activity %s failed", where, exc_info=exc)
+    return ApplicationError(f"{name} (the worker's log has the details)", type=name)
+
+
+def _failures_by_kind(fn: F) -> F:
+    """Let `fn` (an activity) fail with its own `ApplicationError`s (their texts are
+    crmflow's, naming ids only) and Temporal's own errors as they are, and with any other
+    error's kind only: retries and `non_retryable_error_types` see the same type name."""
+    if inspect.iscoroutinefunction(fn):
+
+        @functools.wraps(fn)
+        async def run_async(*args: Any, **kwargs: Any) -> Any:
+            try:
+                return await fn(*args, **kwargs)
+            except FailureError:  # crmflow's ApplicationErrors, a cancellation
+                raise
+            except Exception as exc:
+                raise _by_kind(exc, fn.__name__) from None
+
+        return run_async  # type: ignore[return-value]
+
+    @functools.wraps(fn)
+    def run(*args: Any, **kwargs: Any) -> Any:
+        try:
+            return fn(*args, **kwargs)
+        except FailureError:
+            raise
+        except Exception as exc:
+            raise _by_kind(exc, fn.__name__) from None
+
+    return run  # type: ignore[return-value]
+
+
+def _public(result: DeliverResult) -> DeliverResult:
+    """`result` as the workflow may keep it: a fixed reason, never a channel's own words."""
+    why = result.reason
+    if why is None or why.startswith(_OWN_REASONS):
+        return result
+    if why.startswith(TEMPLATE_FAILED):
+        public = f"{TEMPLATE_FAILED} (the delivery record says why)"
+    else:
+        public = f"{result.status}: the channel's answer is in the delivery record"
+    return result.model_copy(update={"reason": public})
 
 
 @dataclass(frozen=True)
@@ -84,9 +177,18 @@ class JourneyActivities:
         self._sync_channels: dict[int, tuple[Channel, SyncChannel | None]] = {}
 
     def all(self) -> list[Callable[..., Any]]:
-        return [self.deliver, self.facts, self.record, self.update, self.enter_segment]
+        return [
+            self.deliver,
+            self.conditions,
+            self.delay,
+            self.facts,
+            self.record,
+            self.update,
+            self.enter_segment,
+        ]
 
     @activity.defn(name=JOURNEY_ENTER_SEGMENT)
+    @_failures_by_kind
     def enter_segment(self, req: SegmentRequest) -> dict[str, Any]:
         try:
             run = segments.enter_segment(self.engine, req.journey, req.run, req.at)
@@ -97,7 +199,11 @@ class JourneyActivities:
     # ------------------------------------------------------------------ deliver
 
     @activity.defn(name=JOURNEY_DELIVER)
+    @_failures_by_kind
     async def deliver(self, req: DeliverRequest) -> DeliverResult:
+        return _public(await self._deliver(req))
+
+    async def _deliver(self, req: DeliverRequest) -> DeliverResult:
         channel = self.channels.get(req.channel) or self.channels["outbox"]
         sync = self._sync_form(channel)
         if sync is not None:
@@ -117,7 +223,7 @@ class JourneyActivities:
             return await asyncio.to_thread(self._failed, req, at, exc)
         except TransientSendError as exc:
             await asyncio.to_thread(self._mark, req, "retrying")
-            raise ApplicationError(str(exc), type="TransientSendError") from exc
+            raise _transient(req, exc) from None
         return await asyncio.to_thread(self._sent, req, at, channel, result)
 
     def _sync_form(self, channel: Channel) -> SyncChannel | None:
@@ -144,15 +250,14 @@ class JourneyActivities:
             return self._failed(req, at, exc)
         except TransientSendError as exc:
             self._mark(req, "retrying")
-            raise ApplicationError(str(exc), type="TransientSendError") from exc
+            raise _transient(req, exc) from None
         return self._sent(req, at, channel, result)
 
     def _interrupted(self, req: DeliverRequest, at: datetime) -> DeliverResult:
         # A send was under way when its worker stopped: the SMTP server may have taken the
         # message. SMTP cannot ignore a repeated one, so it is not sent again.
-        why = "the send was interrupted (its worker stopped); not repeated over SMTP"
-        self._close(req, at, "failed", {"error": why})
-        return DeliverResult(status="failed", reason=why)
+        self._close(req, at, "failed", {"error": INTERRUPTED})
+        return DeliverResult(status="failed", reason=INTERRUPTED)
 
     def _failed(self, req: DeliverRequest, at: datetime, exc: PermanentSendError) -> DeliverResult:
         self._close(req, at, "failed", {"error": str(exc)})
@@ -220,7 +325,7 @@ class JourneyActivities:
             return DeliverResult(status=done.status, reason=done.reason, sent_at=done.sent_at)
         profile = jstore.message_profile(conn, req.customer_id, at)
         if profile is None:
-            return _Skip("the customer is not in the store", delivery_row=False)
+            return _Skip(NOT_STORED, delivery_row=False)
         if done is None:
             why = self._why_not(req, profile)
             if why is not None:
@@ -242,7 +347,7 @@ class JourneyActivities:
                 node, {**profile, "data": req.data}, unsubscribe_url=link, journey=req.journey
             )
         except Exception as exc:  # jinja2 errors: the template cannot render for them
-            return _Skip(f"template did not render: {exc}", "failed")
+            return _Skip(f"{TEMPLATE_FAILED}: {exc}", "failed")
         message = OutgoingMessage(
             dedupe_key=req.step_key,
             customer_id=req.customer_id,
@@ -377,17 +482,66 @@ class JourneyActivities:
 
     # ------------------------------------------------------------------ facts, record, update
 
-    @activity.defn(name=JOURNEY_FACTS)
-    def facts(self, req: FactsRequest) -> dict[str, Any]:
+    @activity.defn(name=JOURNEY_CONDITIONS)
+    @_failures_by_kind
+    def conditions(self, req: ConditionsRequest) -> ConditionsResult:
+        """Whether each condition holds on the customer's facts at `at` and the event's
+        properties (read from the store when the event does not carry them)."""
+        conditions = conditions_from_json(req.conditions)
+        facts: dict[str, Any] = {}
         with self.engine.connect() as conn:
-            profile = jstore.message_profile(conn, req.customer_id, req.at)
-            if profile is None:
-                raise ApplicationError(f"no customer {req.customer_id!r}", non_retryable=True)
-            pack = active_pack(conn)
-            facts = evaluate_facts(conn, pack, req.customer_id, req.at) if pack else {}
-        return {**profile, "facts": facts}
+            if any(needs_profile(c) for c in conditions):
+                facts = self._rule_facts(conn, req.customer_id, req.at)
+            ev = req.event
+            if ev is not None:
+                props = ev.properties
+                if ev.properties_in_store and any(reads_event_properties(c) for c in conditions):
+                    props = _stored_properties(conn, req.customer_id, ev.event_id, ev.type)
+                facts = {**facts, **event_facts(ev.type, props)}
+        return ConditionsResult(holds=[evaluate(c, facts) for c in conditions])
+
+    @activity.defn(name=JOURNEY_DELAY)
+    @_failures_by_kind
+    def delay(self, req: DelayRequest) -> DelayResult:
+        """When a delay until a local time in the customer's zone, or until a date in their
+        attributes, ends (None: they have no such date)."""
+        node = DelayNode.model_validate(req.node)
+        with self.engine.connect() as conn:
+            profile = self._profile(conn, req.customer_id, req.at)
+        until = calendar_delay_until(
+            node, req.at, profile.get("timezone"), profile.get("attributes") or {}
+        )
+        return DelayResult(until=until)
+
+    @activity.defn(name=JOURNEY_FACTS)
+    @_failures_by_kind
+    def facts(self, req: FactsRequest) -> dict[str, Any]:
+        """For enrollments that started before `journey_conditions` and `journey_delay`
+        (they replay this): only what their workflow reads, no name, address or phone."""
+        with self.engine.connect() as conn:
+            profile = self._profile(conn, req.customer_id, req.at)
+            facts = self._rule_facts(conn, req.customer_id, req.at)
+        return {
+            "timezone": profile.get("timezone"),
+            "attributes": profile.get("attributes") or {},
+            "facts": facts,
+        }
+
+    @staticmethod
+    def _profile(conn: Connection, customer_id: str, at: datetime) -> dict[str, Any]:
+        profile = jstore.message_profile(conn, customer_id, at)
+        if profile is None:
+            raise ApplicationError(f"no customer {customer_id!r}", non_retryable=True)
+        return profile
+
+    def _rule_facts(self, conn: Connection, customer_id: str, at: datetime) -> dict[str, Any]:
+        """The customer's facts as the rules build them (a missing customer is an error)."""
+        self._profile(conn, customer_id, at)
+        pack = active_pack(conn)
+        return evaluate_facts(conn, pack, customer_id, at) if pack else {}
 
     @activity.defn(name=JOURNEY_RECORD)
+    @_failures_by_kind
     def record(self, req: RecordRequest) -> None:
         with self.engine.begin() as conn:
             self._ensure_enrollment(conn, req)
@@ -407,6 +561,7 @@ class JourneyActivities:
             )
 
     @activity.defn(name=JOURNEY_UPDATE)
+    @_failures_by_kind
     def update(self, req: UpdateRequest) -> None:
         rule = Rule.model_validate(
             {"name": f"journey:{req.journey}:{req.node}", "then": req.effects}
@@ -447,6 +602,31 @@ def _step_row(
         reason=reason,
         variant=variant,
     )
+
+
+def _transient(req: DeliverRequest, exc: TransientSendError) -> ApplicationError:
+    """The error that makes Temporal retry a send: its kind only. The channel's own words
+    (an SMTP or provider answer may quote the address) go to the worker's log, not into the
+    workflow's history (an activity's failure is kept there, cause and all)."""
+    log.warning("%s send for %s will be retried: %s", req.channel, req.step_key, exc)
+    return ApplicationError(
+        f"{req.channel} send failed for now ({type(exc).__name__}); retrying",
+        type="TransientSendError",
+    )
+
+
+def _stored_properties(
+    conn: Connection, customer_id: str, event_id: str, event_type: str
+) -> dict[str, Any]:
+    """An event's properties from the store (none when it is not there, or is another
+    customer's or another type's)."""
+    e = EventRow
+    row = conn.execute(
+        select(e.type, e.properties).where(e.event_id == event_id, e.customer_id == customer_id)
+    ).first()
+    if row is None or row.type != event_type:
+        return {}
+    return dict(row.properties or {})
 
 
 def _address(channel: str, profile: dict[str, Any]) -> str | None:

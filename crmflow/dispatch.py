@@ -8,6 +8,12 @@ pending until a dispatcher has handed it over. Handing over twice is harmless:
   reused, so a second start of the same entry is refused by Temporal;
 - an event signal carries the event id, and the workflow ignores one it has seen.
 
+What goes to Temporal names the customer and the event by id only: an enrollment's input is
+the journey and its definition, the customer's id and the enroll command's data (a rule
+file's constants, a segment run); an event's signal is its id, type and time. Its
+properties stay in the store (the workflow's `journey_conditions` activity reads them there
+when a condition tests them), so erasing a customer never needs to rewrite a history.
+
 Enroll commands (a rule's `enroll_journey`) and events of a journey's entry type start an
 enrollment when the journey is active and its re-entry policy allows; every event is also
 signalled to the customer's running enrollments of that journey (goals, exits, waits).
@@ -91,7 +97,9 @@ async def dispatch_once(
     def pending() -> tuple[list[Any], dict[str, jstore.DeployedJourney]]:
         with engine.connect() as conn:
             rows = conn.execute(
-                select(c.id, c.customer_id, c.journey, c.command, c.event, c.data, c.event_id)
+                select(
+                    c.id, c.customer_id, c.journey, c.command, c.event, c.data, c.event_id, c.rule
+                )
                 .where(c.dispatched_at.is_(None))
                 .order_by(c.id)
                 .limit(limit)
@@ -124,13 +132,14 @@ async def dispatch_once(
                 occurred_at=datetime.fromisoformat(at) if isinstance(at, str) else utcnow(),
                 properties=dict(data.get("properties") or {}),
             )
-            await _signal(client, engine, d, row.customer_id, ev, report)
+            signalled = _for_temporal(ev, made_by_rule=row.rule is not None)
+            await _signal(client, engine, d, row.customer_id, signalled, report)
             entry = journeys[d.name].entry
             if isinstance(entry, EventEntry) and entry.event == ev.type:
                 if await asyncio.to_thread(_entry_holds, engine, entry, row.customer_id, ev):
                     await _enroll(
                         client, engine, task_queue, d, journeys[d.name], row.customer_id,
-                        {}, ev, report,
+                        {}, signalled, report,
                     )  # fmt: skip
                 else:
                     report.skip("entry condition does not hold")
@@ -154,6 +163,15 @@ async def dispatch_once(
     if ids:
         await asyncio.to_thread(mark)
     return report
+
+
+def _for_temporal(ev: JourneyEvent, *, made_by_rule: bool) -> JourneyEvent:
+    """The event as a signal carries it: a customer's event by id, type and time (its
+    properties, which may hold anything they typed, stay in the store); an event a rule's
+    `journey_event` makes keeps the rule file's properties (no customer data in them)."""
+    if made_by_rule:
+        return ev
+    return ev.model_copy(update={"properties": {}, "properties_in_store": True})
 
 
 def _entry_holds(engine: Engine, entry: EventEntry, customer_id: str, ev: JourneyEvent) -> bool:

@@ -20,8 +20,10 @@ import operator
 from collections.abc import Callable, Mapping
 from typing import Any
 
-from rules.compiler import value_type
-from rules.models import All, AnyOf, Compare, Not
+from pydantic import TypeAdapter
+
+from rules.compiler import condition_facts, value_type
+from rules.models import All, AnyOf, Compare, Condition, Not
 
 _ORDER: dict[str, Callable[[Any, Any], bool]] = {
     "<": operator.lt,
@@ -76,3 +78,36 @@ def evaluate(condition: Any, facts: Mapping[str, Any]) -> bool:
     if isinstance(condition, Compare):
         return compare(condition, facts)
     raise TypeError(f"not a condition: {condition!r}")
+
+
+# --------------------------------------------------------------------------- what a condition reads
+
+EVENT_TYPE = "event.type"
+_CONDITIONS: TypeAdapter[list[Condition | None]] = TypeAdapter(list[Condition | None])
+
+
+def needs_profile(condition: Any) -> bool:
+    """Whether `condition` reads the customer's facts (anything but `event.*`)."""
+    return any(not f.startswith("event.") for f in condition_facts(condition))
+
+
+def reads_event_properties(condition: Any) -> bool:
+    """Whether `condition` reads an event's properties (`event.<field>` but `event.type`)."""
+    return any(f.startswith("event.") and f != EVENT_TYPE for f in condition_facts(condition))
+
+
+def event_facts(event_type: str, properties: Mapping[str, Any]) -> dict[str, Any]:
+    """An event's facts as conditions name them: `event.type`, `event.<property>`."""
+    facts: dict[str, Any] = {EVENT_TYPE: event_type}
+    for key, value in properties.items():
+        facts[f"event.{key}"] = value
+    return facts
+
+
+def conditions_to_json(conditions: list[Any]) -> list[Any]:
+    """Conditions as JSON data that `conditions_from_json` reads back (None stays None)."""
+    return list(_CONDITIONS.dump_python(conditions, mode="json", by_alias=True, exclude_none=True))
+
+
+def conditions_from_json(data: list[Any]) -> list[Condition | None]:
+    return _CONDITIONS.validate_python(data)

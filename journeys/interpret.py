@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import hashlib
 from collections.abc import Mapping
+from datetime import datetime
 from typing import Any, Literal
 
 from journeys.conditions import evaluate
@@ -25,12 +26,14 @@ from journeys.models import (
     WaitForNode,
 )
 from journeys.templates import RenderedMessage, render_message
+from journeys.timing import delay_until_local_time, next_attribute_date
 
 __all__ = [
     "HOLDOUT",
     "RenderedMessage",
     "WaitOutcome",
     "assign_variant",
+    "calendar_delay_until",
     "choose_case",
     "next_node",
     "render_message",
@@ -46,6 +49,27 @@ def choose_case(node: BranchNode, facts: Mapping[str, Any]) -> str:
         if evaluate(case.when, facts):
             return case.next
     return node.default
+
+
+def calendar_delay_until(
+    node: DelayNode, now: datetime, timezone: str | None, attributes: Mapping[str, Any]
+) -> datetime | None:
+    """When a delay on the customer's calendar ends: the next `until_local_time` in their
+    zone, or the next date from their `until_attribute` (None: they have no such date, or
+    it is not a date). A `duration` delay is `now + node.delta()` and needs no customer."""
+    tz = timezone or "UTC"
+    if node.kind() == "until_local_time":
+        assert node.until_local_time is not None
+        return delay_until_local_time(now, tz, node.until_local_time, node.days())
+    value = attributes.get(node.until_attribute or "")
+    if value is None:
+        return None
+    try:
+        return next_attribute_date(
+            now, tz, value, node.offset_days, node.at_local_time, yearly=node.repeat == "yearly"
+        )
+    except ValueError:
+        return None
 
 
 def next_node(

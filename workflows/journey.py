@@ -9,9 +9,16 @@ event ends the enrollment at once; a goal event within the goal window converts 
 `wait_for` node takes the first matching event that arrives while it waits.
 
 I/O is in activities: `journey_deliver` (checks, render, send, record — once per step key),
-`journey_facts` (the customer's facts for branches and conditions), `journey_record` (where
-the enrollment is), `journey_update` (an update node's effects). Long enrollments continue
-as new with their position carried over.
+`journey_conditions` (whether a branch's cases or an event's condition hold on the customer's
+facts and the event's properties), `journey_delay` (when a delay on the customer's calendar
+ends), `journey_record` (where the enrollment is), `journey_update` (an update node's
+effects). Long enrollments continue as new with their position carried over.
+
+No personal data enters the workflow's history: the customer's profile and facts and their
+events' properties stay in the store and the activities send back decisions (which case
+holds, when a delay ends, whether a message went out). Enrollments that began before this
+(`journey_facts` brought the whole profile in) keep doing so until they end or continue as
+new: the patch `FACTS_IN_STORE` tells the two apart on replay.
 """
 
 from __future__ import annotations
@@ -27,12 +34,18 @@ with workflow.unsafe.imports_passed_through():
     from pydantic import ValidationError
 
     from crmflow.contracts.journeys import (
+        JOURNEY_CONDITIONS,
+        JOURNEY_DELAY,
         JOURNEY_DELIVER,
         JOURNEY_EVENT_SIGNAL,
         JOURNEY_FACTS,
         JOURNEY_POSITION_QUERY,
         JOURNEY_RECORD,
         JOURNEY_UPDATE,
+        ConditionsRequest,
+        ConditionsResult,
+        DelayRequest,
+        DelayResult,
         DeliverRequest,
         DeliverResult,
         EnrollmentInput,
@@ -42,8 +55,14 @@ with workflow.unsafe.imports_passed_through():
         RecordRequest,
         UpdateRequest,
     )
-    from journeys.conditions import evaluate
-    from journeys.interpret import HOLDOUT, assign_variant, choose_case
+    from journeys.conditions import (
+        conditions_to_json,
+        evaluate,
+        event_facts,
+        needs_profile,
+        reads_event_properties,
+    )
+    from journeys.interpret import HOLDOUT, assign_variant, calendar_delay_until, choose_case
     from journeys.models import (
         BranchNode,
         DelayNode,
@@ -54,8 +73,7 @@ with workflow.unsafe.imports_passed_through():
         UpdateNode,
         WaitForNode,
     )
-    from journeys.timing import delay_until_local_time, next_attribute_date, parse_duration
-    from rules.compiler import condition_facts
+    from journeys.timing import parse_duration
 
 RETRY = RetryPolicy(
     initial_interval=timedelta(seconds=1),
@@ -66,6 +84,11 @@ RETRY = RetryPolicy(
 # takes milliseconds; a send gets longer (an SMTP or webhook provider may be slow).
 ACTIVITY_TIMEOUT = timedelta(seconds=20)
 SEND_TIMEOUT = timedelta(seconds=45)
+# Branches, calendar delays and conditions on the customer's facts are decided by activities
+# (`journey_conditions`, `journey_delay`) instead of `journey_facts` bringing the profile in.
+FACTS_IN_STORE = "journey-facts-stay-in-store"
+# A wait_for tests the events that arrive while it tests another one (an activity).
+WAIT_FOR_EVERY_EVENT = "journey-wait-for-every-event"
 
 
 class _Finished(Exception):
@@ -73,17 +96,6 @@ class _Finished(Exception):
         super().__init__(outcome)
         self.outcome = outcome
         self.reason = reason
-
-
-def _event_facts(ev: JourneyEvent) -> dict[str, Any]:
-    facts: dict[str, Any] = {"event.type": ev.type}
-    for key, value in ev.properties.items():
-        facts[f"event.{key}"] = value
-    return facts
-
-
-def _needs_profile(condition: Any) -> bool:
-    return any(not f.startswith("event.") for f in condition_facts(condition))
 
 
 # a definition that does not validate fails the enrollment instead of retrying it forever
@@ -198,6 +210,10 @@ class JourneyWorkflow:
                 await self._record(node_id, "entered", step=self._visit(node_id, "entered"))
             return node.on_event if await self._wait_for(node) else node.on_timeout
         if isinstance(node, BranchNode):
+            if workflow.patched(FACTS_IN_STORE):
+                holds = await self._conditions([case.when for case in node.cases])
+                chosen = (c.next for c, ok in zip(node.cases, holds, strict=True) if ok)
+                return next(chosen, node.default)
             return choose_case(node, await self._facts())
         if isinstance(node, SplitNode):
             return await self._split(node_id, node)
@@ -252,28 +268,26 @@ class JourneyWorkflow:
 
     async def _delay_until(self, node: DelayNode) -> datetime | None:
         now = workflow.now()
-        kind = node.kind()
-        if kind == "duration":
+        if node.kind() == "duration":
             return now + node.delta()
-        profile = await self._profile()
-        tz = profile.get("timezone") or "UTC"
-        if kind == "until_local_time":
-            assert node.until_local_time is not None
-            return delay_until_local_time(now, tz, node.until_local_time, node.days())
-        value = (profile.get("attributes") or {}).get(node.until_attribute or "")
-        if value is None:
-            return None
-        try:
-            return next_attribute_date(
-                now,
-                tz,
-                value,
-                node.offset_days,
-                node.at_local_time,
-                yearly=node.repeat == "yearly",
+        if workflow.patched(FACTS_IN_STORE):
+            assert self.inp is not None
+            result: DelayResult = await workflow.execute_activity(
+                JOURNEY_DELAY,
+                DelayRequest(
+                    customer_id=self.inp.customer_id,
+                    at=now,
+                    node=node.model_dump(mode="json", by_alias=True, exclude_unset=True),
+                ),
+                result_type=DelayResult,
+                start_to_close_timeout=ACTIVITY_TIMEOUT,
+                retry_policy=RETRY,
             )
-        except ValueError:
-            return None
+            return result.until
+        profile = await self._profile()
+        return calendar_delay_until(
+            node, now, profile.get("timezone"), profile.get("attributes") or {}
+        )
 
     async def _wait_for(self, node: WaitForNode) -> bool:
         """True when a matching event arrived before the timeout."""
@@ -289,10 +303,16 @@ class JourneyWorkflow:
             except TimeoutError:
                 return False
             await self._check_events()
-            for ev in self.events[looked:]:
+            tested = len(self.events)
+            for ev in self.events[looked:tested]:
                 if ev.type == node.event and await self._holds(node.when, ev):
                     return True
-            looked = len(self.events)
+            # Events that arrived while a condition was tested (by an activity) are tested
+            # next time round; enrollments from before WAIT_FOR_EVERY_EVENT passed over them.
+            if len(self.events) > tested and workflow.patched(WAIT_FOR_EVERY_EVENT):
+                looked = tested
+            else:
+                looked = len(self.events)
 
     async def _split(self, node_id: str, node: SplitNode) -> str | None:
         assert self.inp is not None
@@ -376,10 +396,36 @@ class JourneyWorkflow:
     async def _holds(self, condition: Any, ev: JourneyEvent) -> bool:
         if condition is None:
             return True
-        facts = _event_facts(ev)
-        if _needs_profile(condition):
+        profile = needs_profile(condition)
+        if (ev.properties_in_store and reads_event_properties(condition)) or (
+            profile and workflow.patched(FACTS_IN_STORE)
+        ):
+            return (await self._conditions([condition], ev))[0]
+        facts = event_facts(ev.type, ev.properties)
+        if profile:  # an enrollment from before FACTS_IN_STORE
             facts = {**(await self._facts()), **facts}
         return evaluate(condition, facts)
+
+    async def _conditions(
+        self, conditions: list[Any], ev: JourneyEvent | None = None
+    ) -> list[bool]:
+        """Whether each condition holds, tested by an activity on the store's data."""
+        assert self.inp is not None
+        result: ConditionsResult = await workflow.execute_activity(
+            JOURNEY_CONDITIONS,
+            ConditionsRequest(
+                customer_id=self.inp.customer_id,
+                at=workflow.now(),
+                conditions=conditions_to_json(conditions),
+                event=ev,
+            ),
+            result_type=ConditionsResult,
+            start_to_close_timeout=ACTIVITY_TIMEOUT,
+            retry_policy=RETRY,
+        )
+        return result.holds
+
+    # enrollments from before FACTS_IN_STORE: the profile and facts came into the workflow
 
     async def _facts(self) -> dict[str, Any]:
         return dict((await self._profile()).get("facts") or {})

@@ -2,6 +2,13 @@
 
 The workflow imports this module (passed through the sandbox) and nothing from
 `activities/` or `store/`.
+
+No personal data crosses into Temporal (workflow inputs, results, signals, activity
+requests and results are kept in its history, which erasing a customer cannot rewrite):
+these models carry ids, types, counts, times, the journey's own definition and decisions.
+A customer's profile, addresses, messages and the properties of their events stay in the
+store; the activities read them there and hand back only what the workflow decides on
+(a condition holds, a delay ends at, a message was sent).
 """
 
 from __future__ import annotations
@@ -13,7 +20,9 @@ from pydantic import BaseModel, Field
 
 # Activity names
 JOURNEY_DELIVER = "journey_deliver"
-JOURNEY_FACTS = "journey_facts"
+JOURNEY_FACTS = "journey_facts"  # only for enrollments started before journey_conditions
+JOURNEY_CONDITIONS = "journey_conditions"
+JOURNEY_DELAY = "journey_delay"
 JOURNEY_RECORD = "journey_record"
 JOURNEY_UPDATE = "journey_update"
 JOURNEY_ENTER_SEGMENT = "journey_enter_segment"
@@ -33,12 +42,20 @@ def enrollment_workflow_id(journey: str, customer_id: str, entry_no: int) -> str
 
 
 class JourneyEvent(BaseModel):
-    """A customer event handed to a running enrollment (goal, exit, wait_for)."""
+    """A customer event handed to a running enrollment (goal, exit, wait_for).
+
+    The dispatcher sends the event's id, type and time only (`properties_in_store`): a
+    condition on its properties is tested by an activity that reads them from the store.
+    Events signalled before that (in running enrollments' histories), and events a rule
+    makes up (their properties come from the rule file), carry `properties` themselves."""
 
     event_id: str
     type: str
     occurred_at: datetime
     properties: dict[str, Any] = Field(default_factory=dict)
+    properties_in_store: bool = Field(
+        False, description="the properties are not here: read them from the store by event_id"
+    )
 
 
 class EnrollmentInput(BaseModel):
@@ -49,7 +66,11 @@ class EnrollmentInput(BaseModel):
     definition: dict[str, Any] = Field(description="the journey file, as deployed (JSON)")
     customer_id: str
     entry_no: int = 1
-    data: dict[str, Any] = Field(default_factory=dict, description="from the enroll command")
+    data: dict[str, Any] = Field(
+        default_factory=dict,
+        description="from the enroll command: the rule file's constants or the segment run, "
+        "never the customer's data",
+    )
     # carried over by continue-as-new
     entered_at: datetime | None = None
     node: str | None = None
@@ -92,6 +113,10 @@ class DeliverRequest(BaseModel):
 
 
 class DeliverResult(BaseModel):
+    """What became of a message: never its address or content. `reason` is one of the
+    fixed texts crmflow writes (the delivery record keeps a channel's or template's own
+    error, which may quote the address or the customer's data)."""
+
     status: Literal["sent", "suppressed", "failed", "wait"]
     reason: str | None = None
     retry_at: datetime | None = Field(None, description="with wait: try again at this time")
@@ -99,8 +124,39 @@ class DeliverResult(BaseModel):
 
 
 class FactsRequest(BaseModel):
+    """`journey_facts`: kept for enrollments that started before `journey_conditions` and
+    `journey_delay` (their histories replay it)."""
+
     customer_id: str
     at: datetime
+
+
+class ConditionsRequest(BaseModel):
+    """Test conditions (a branch's cases, a goal's or a wait's `when`) on the customer's
+    facts at `at` and, with `event`, on that event's properties: only the answers come back.
+    """
+
+    customer_id: str
+    at: datetime
+    conditions: list[Any] = Field(description="rules conditions as JSON (None: always)")
+    event: JourneyEvent | None = None
+
+
+class ConditionsResult(BaseModel):
+    holds: list[bool] = Field(description="for each condition, in order: whether it holds")
+
+
+class DelayRequest(BaseModel):
+    """When a delay node on the customer's calendar (a local time in their zone, a date in
+    their attributes) ends, from `at`."""
+
+    customer_id: str
+    at: datetime
+    node: dict[str, Any] = Field(description="the delay node, as in the definition")
+
+
+class DelayResult(BaseModel):
+    until: datetime | None = Field(description="None: the customer has no such date")
 
 
 class RecordRequest(BaseModel):
