@@ -398,8 +398,8 @@ async def test_segment_entry_and_its_enrollment_carry_no_personal_data(
 async def test_an_enrollment_continued_as_new_carries_no_personal_data(
     ts_env: WorkflowEnvironment, engine: Engine, tmp_path: Path
 ) -> None:
-    """Events waiting when the enrollment continues as new go into the next run's input:
-    by id, as the dispatcher signalled them."""
+    """Each run's input carries the enrollment's position, path and any events still to
+    look at (by id, as the dispatcher signalled them): nothing personal in any run."""
     deploy_dir(engine, REPO / "examples/rules")
     j = deploy(engine, TOUR.replace("on_timeout: done", "on_timeout: long"))
     customer = cid("PII3", engine)
