@@ -117,11 +117,12 @@ def test_requests_naming_an_erased_customer_are_rejected_per_row(server: ApiServ
         assert http.post(f"/api/v1/customers/{WHO}/erase").status_code == 200
     with server.client("ingest") as http:
         r = http.put(f"/api/v1/customers/{WHO}", json={"customer_id": WHO, "name": "Wang Fang"})
-        assert r.status_code == 200, r.text
-        report = r.json()
-        assert (report["rejected"], report["stored"], report["updated"]) == (1, 0, 0)
-        assert f"customer '{WHO}' was erased on" in report["faults"][0]["reason"]
+        assert r.status_code == 409, r.text
+        assert f"customer '{WHO}' was erased on" in r.json()["detail"]
         event = {"type": "sign_in", "occurred_at": "2026-11-20T10:00:00+08:00"}
+        r = http.post("/api/v1/events", json={"event_id": "api-0", "customer_id": WHO, **event})
+        assert r.status_code == 409, r.text
+        assert f"customer '{WHO}' was erased on" in r.json()["detail"]
         batch = [
             {"event_id": "api-1", "customer_id": OTHER, **event},
             {"event_id": "api-2", "customer_id": WHO, **event},

@@ -19,6 +19,7 @@ from crmflow.ingest_report import IngestReport
 from crmflow.services import customers as service
 from crmflow.services import points as points_service
 from crmflow.services import privacy
+from crmflow.services.errors import Conflict, Invalid
 from crmflow.services.keys import Principal
 
 router = APIRouter(prefix="/customers", tags=["customers"])
@@ -94,7 +95,7 @@ async def _raw_rows(request: Request) -> list[dict[str, Any]]:
     return body if isinstance(body, list) else [body]
 
 
-@router.put("/{customer_id}", response_model=IngestReport, responses=responses(422))
+@router.put("/{customer_id}", response_model=IngestReport, responses=responses(409, 422))
 async def upsert_one(
     customer_id: CustomerId,
     customer: Customer,
@@ -102,12 +103,14 @@ async def upsert_one(
     who: Annotated[Principal, permit("customers.write")],
     rt: RuntimeDep,
 ) -> IngestReport:
-    """Create or update one customer (the body's `customer_id` must match the path)."""
+    """Create or update one customer (the body's `customer_id` must match the path); an
+    erased customer cannot be brought back (409)."""
     if customer.customer_id != customer_id:
-        from crmflow.services.errors import Invalid
-
         raise Invalid("must be the customer id of the path", field="body.customer_id")
-    return await run_in_threadpool(service.upsert_customers, rt, await _raw_rows(request))
+    report = await run_in_threadpool(service.upsert_customers, rt, await _raw_rows(request))
+    if report.rejected:
+        raise Conflict(report.faults[0].reason)
+    return report
 
 
 @router.post("/batch", response_model=IngestReport, responses=responses(413, 422))

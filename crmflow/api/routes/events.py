@@ -78,7 +78,7 @@ async def post_event(
     """Store one event and run it through the active rules (with `Prefer: respond-async`:
     store it, answer 202, and leave the rules to the event processor). The same `event_id`
     again with the same content has no second effect; with other content it is refused
-    (409)."""
+    (409), as is an event of an erased customer."""
     asynchronous = wants_async(prefer)
     report = await run_in_threadpool(
         lambda: service.store_events(rt, [event], process=not asynchronous)
@@ -89,6 +89,8 @@ async def post_event(
             f"event_id {c.event_id!r} is stored already with another "
             f"{', '.join(c.differs)}: an event id names one event"
         )
+    if report.rejected:  # valid, yet refused by the store: its customer was erased
+        raise Conflict(report.faults[0].reason)
     _accepted(response, asynchronous)
     return report
 
