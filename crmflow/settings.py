@@ -164,6 +164,14 @@ class Settings(BaseSettings):
         description="Serve /docs, /redoc and /openapi.json without a key (off: every route "
         "but the unsubscribe links needs one; `crmflow api-schema` prints the schema)",
     )
+    console_session_hours: float = Field(
+        12, gt=0, le=24 * 30, description="A console session ends after this many idle hours"
+    )
+    console_sign_in_limit: str = Field(
+        "10/minute",
+        description="Sign-in attempts per user name (and per address) before the console "
+        "answers 429",
+    )
     api_certfile: Path | None = Field(None, description="TLS certificate (PEM) for `crmflow api`")
     api_keyfile: Path | None = Field(None, description="TLS private key (PEM) for `crmflow api`")
     quiet_hours_start: str = Field(

@@ -109,3 +109,4 @@ def write_lines(path: Path, lines: list[str]) -> Path:
 
 # the API served by uvicorn, with keys per role (tests/api_helpers.py)
 from tests.api_helpers import api_server  # noqa: E402, F401
+from tests.console_helpers import browser, console_server  # noqa: E402, F401

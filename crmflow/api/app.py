@@ -1,5 +1,5 @@
-"""The HTTP API (a face): `/api/v1/…` over the service layer, and the public unsubscribe
-pages.
+"""The HTTP API (a face): `/api/v1/…` over the service layer, the public unsubscribe
+pages, and the web console under /console (`crmflow.console`).
 
 Every route under `/api/v1` declares its permission (`crmflow.api.security.permit`); errors
 are problem documents (`crmflow.api.problems`); bodies are bounded (`api_max_body_bytes`,
@@ -15,6 +15,7 @@ from fastapi import APIRouter, FastAPI
 from fastapi.exceptions import RequestValidationError
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
+from crmflow import console
 from crmflow.api import problems
 from crmflow.api.routes import (
     admin,
@@ -84,6 +85,7 @@ def create_app(rt: Runtime) -> FastAPI:
         api.include_router(router)
     app.include_router(api)
     app.include_router(unsubscribe.router)
+    console.install(app)
     # outermost last: the body limit sees the request before anything reads it
     app.add_middleware(ChangeLog)
     app.add_middleware(BodyLimit, max_bytes=rt.settings.api_max_body_bytes)

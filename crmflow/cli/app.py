@@ -28,6 +28,7 @@ from crmflow.cli.common import (
 )
 from crmflow.cli.journeys import journeys_app
 from crmflow.cli.keys import keys_app
+from crmflow.cli.users import users_app
 from crmflow.cli.operations import outbox_app, tasks_app
 from crmflow.cli.points import points_app
 from crmflow.cli.projects import project_app
@@ -68,6 +69,7 @@ app.add_typer(journeys_app, name="journeys")
 app.add_typer(project_app, name="project")
 app.add_typer(schedules_app, name="schedules")
 app.add_typer(keys_app, name="keys")
+app.add_typer(users_app, name="users")
 app.add_typer(segments_app, name="segments")
 app.add_typer(tasks_app, name="tasks")
 app.add_typer(outbox_app, name="outbox")
