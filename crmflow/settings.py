@@ -45,6 +45,12 @@ class Settings(BaseSettings):
     temporal_api_key: SecretStr | None = None
     embedded_port: int = Field(7233, description="gRPC port of the embedded dev server")
     embedded_ui_port: int = Field(8233, description="Web UI port of the embedded dev server")
+    up_http_port: int = Field(
+        8080,
+        ge=0,
+        le=65535,
+        description="Port of the API and web console `crmflow up` serves on 127.0.0.1 (0: none)",
+    )
     default_phone_region: str = Field(
         "CN", description="ISO region for phone numbers written without a country code"
     )

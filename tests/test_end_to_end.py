@@ -13,6 +13,7 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
+import httpx
 import pytest
 from sqlalchemy import Engine
 from temporalio.testing import WorkflowEnvironment
@@ -32,6 +33,7 @@ def stack_env(home: Path) -> dict[str, str]:
         "CRMFLOW_HOME": str(home),
         "CRMFLOW_EMBEDDED_PORT": str(free_port()),
         "CRMFLOW_EMBEDDED_UI_PORT": str(free_port()),
+        "CRMFLOW_UP_HTTP_PORT": str(free_port()),
         "CRMFLOW_CONFIG": str(home / "none.toml"),
     }
     return env
@@ -98,8 +100,14 @@ async def test_up_serves_until_interrupted_and_keeps_history(home: Path) -> None
         )
         assert proc.stdout is not None
         deadline = time.monotonic() + 120
+        said = []
         for line in proc.stdout:
+            said.append(line)
             if "Ctrl-C to stop" in line:
+                console = f"http://127.0.0.1:{env['CRMFLOW_UP_HTTP_PORT']}/console"
+                assert any(console in s for s in said), said  # printed beside the Web UI
+                login = httpx.get(f"{console}/login", timeout=30)
+                assert login.status_code == 200 and "Sign in to crmflow" in login.text
                 return proc
             assert time.monotonic() < deadline
         raise AssertionError(
@@ -181,6 +189,22 @@ def test_up_with_its_port_taken_stops_with_a_message_and_attaches_to_nothing(hom
     assert f"port {port} on 127.0.0.1 is taken" in done.stderr
     assert "CRMFLOW_EMBEDDED_PORT" in done.stderr
     assert "Traceback" not in done.stderr + done.stdout
+    assert "Temporal dev server on" not in done.stdout
+
+
+def test_up_with_its_http_port_taken_stops_before_starting_anything(home: Path) -> None:
+    import socket
+
+    env = stack_env(home)
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", int(env["CRMFLOW_UP_HTTP_PORT"])))
+        taken.listen()
+        done = subprocess.run(
+            [CRMFLOW, "up"], cwd=REPO, env=env, capture_output=True, text=True, timeout=60
+        )
+    assert done.returncode != 0
+    assert f"port {env['CRMFLOW_UP_HTTP_PORT']} on 127.0.0.1 is taken" in done.stderr
+    assert "CRMFLOW_UP_HTTP_PORT" in done.stderr and "Traceback" not in done.stderr
     assert "Temporal dev server on" not in done.stdout
 
 

@@ -28,7 +28,6 @@ from crmflow.cli.common import (
 )
 from crmflow.cli.journeys import journeys_app
 from crmflow.cli.keys import keys_app
-from crmflow.cli.users import users_app
 from crmflow.cli.operations import outbox_app, tasks_app
 from crmflow.cli.points import points_app
 from crmflow.cli.projects import project_app
@@ -36,6 +35,7 @@ from crmflow.cli.rewards import rewards_app
 from crmflow.cli.rules import follow_command, process_command, rules_app
 from crmflow.cli.schedules import schedules_app
 from crmflow.cli.segments import segments_app
+from crmflow.cli.users import users_app
 from crmflow.ingest import ImportError_, Kind, import_file
 from crmflow.ingest_report import IngestReport
 from crmflow.processing import ConcurrentProcessing
@@ -388,13 +388,15 @@ def worker() -> None:
 
 @app.command()
 def up() -> None:
-    """Run the embedded stack (dev server with Web UI) and a worker until Ctrl-C."""
+    """Run the embedded stack (dev server with Web UI), a worker, the API and the web console
+    until Ctrl-C."""
+    from crmflow.api.serve import serve_until
     from crmflow.stack import run_up
 
     settings = load_settings()
     migrated_engine(settings).dispose()
     try:
-        asyncio.run(run_up(settings, console))
+        asyncio.run(run_up(settings, console, lambda stop: serve_until(settings, stop)))
     except TemporalSetupError as exc:
         fail(str(exc))
     exit_skipping_finalizers(0)
