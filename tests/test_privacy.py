@@ -304,7 +304,8 @@ def test_export_erase_export_from_the_command_line(
 
     # the privacy log: two exports before, the erasure, the export after; no personal data
     with engine.connect() as conn:
-        log = [dict(r._mapping) for r in conn.execute(select(table_of(PrivacyLogRow)))]
+        log_rows = conn.execute(select(table_of(PrivacyLogRow)).order_by(PrivacyLogRow.id))
+        log = [dict(r._mapping) for r in log_rows]
         trail = [dict(r._mapping) for r in conn.execute(select(table_of(AuditRow)))]
         changes = [dict(r._mapping) for r in conn.execute(select(table_of(ChangeLogRow)))]
     assert [r["action"] for r in log] == ["export", "export", "erase", "export"]
