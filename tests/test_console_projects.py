@@ -26,7 +26,7 @@ from typing import Any, TypeVar
 
 import httpx
 import pytest
-from sqlalchemy import Engine
+from sqlalchemy import Engine, select
 from temporalio.client import Client
 from temporalio.contrib.pydantic import pydantic_data_converter
 from temporalio.testing import WorkflowEnvironment
@@ -38,6 +38,7 @@ from crmflow.services import projects as service
 from crmflow.services.permissions import Role
 from crmflow.services.runtime import Runtime
 from crmflow.services.users import NewUser, create_user
+from store.models import ChangeLogRow
 from tests.api_helpers import make_settings, serve
 from tests.conftest import REPO, free_port
 from tests.console_helpers import PASSWORD, PEOPLE, ConsoleServer, csrf_of
@@ -248,8 +249,8 @@ def test_project_pages_show_and_change_a_project(project_console: ProjectConsole
         with server.signed_in("viewer") as http:
             page = text_of(listed(http, late))
             assert name in page and "GREEN" in page and "RED" in page
-            assert re.search(r"\d+ days? late", page)
-            assert "Requirements approval needs executive_sponsor, business_owner" in page
+            assert re.search(r"\d+ working days? late", page)
+            assert "Requirements approval needs executive_sponsor, business_owner · due" in page
             assert "Solution design sign-off needs business_owner, it_lead, vendor_consultant" in (
                 page
             )
@@ -350,6 +351,14 @@ def test_project_pages_show_and_change_a_project(project_console: ProjectConsole
             assert "API delivered" in text_of(page) and "/risks/R1/close" not in page
 
             assert http.get("/console/projects/no-such-project").status_code == 404
+
+        with pc.runtime.engine.connect() as conn:  # console changes are audited as the user
+            audited = conn.execute(
+                select(ChangeLogRow.actor, ChangeLogRow.person, ChangeLogRow.status).where(
+                    ChangeLogRow.target == f"{base}/gates/go-live-approval/signoff"
+                )
+            ).all()
+        assert ("user:test-project_manager", "Peter Wang", 303) in audited
 
         st = pc.status(name)
         gate = next(g for g in st.gates if g.id == "go-live-approval")

@@ -25,6 +25,7 @@ from crmflow.contracts.projects import WORKFLOW_TYPE, ProjectSnapshot, workflow_
 from crmflow.services import projects as service
 from crmflow.services.errors import Unavailable
 from crmflow.services.runtime import Runtime
+from journeys.timing import zone
 from projects.gantt import project_svg
 from projects.health import DueItem, GateStatus, StageStatus, late_days, status_report
 from projects.models import Person
@@ -179,17 +180,27 @@ def page_of(
     """One project's page at `now`, as seen by `person` (a team member's name, or None)."""
     state, carry = snap.state, snap.carry
     report = status_report(state, now)
+    me = state.team.person(person) if person else None
+    tz = zone(state.team.timezone)
+
+    def local(at: datetime | None) -> datetime | None:
+        """Times as the team reads them (its "today" is on that clock too)."""
+        return at.astimezone(tz) if at is not None else None
+
+    for m in report.milestones:
+        m.done_at = local(m.done_at)
+    for g in report.gates:
+        g.passed_at = local(g.passed_at)
     status = service.ProjectStatus.model_validate(
         {
             **report.model_dump(),
             "workflow_id": workflow_id,
-            "closed_at": carry.closed_at,
+            "closed_at": local(carry.closed_at),
             "closed_by": carry.closed_by,
             "close_reason": carry.close_reason,
             "kpi_review": carry.kpi_review,
         }
     )
-    me = state.team.person(person) if person else None
     cal = state.work_calendar()
     today = state.today(now)
     stages = [
@@ -203,7 +214,7 @@ def page_of(
                     required=i.required,
                     due=i.due,
                     late_days=0 if state.items[i.id].checked else late_days(cal, i.due, today),
-                    state=state.items[i.id],
+                    state=state.items[i.id].model_copy(update={"at": local(state.items[i.id].at)}),
                 )
                 for i in state.plan.items
                 if i.stage == st.id
