@@ -13,7 +13,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from datetime import datetime
 
-from sqlalchemy import Connection, and_, func, or_, select
+from sqlalchemy import Connection, and_, case, func, or_, select
 
 from store.models import AuditRow, TagRow
 from store.sql import table_of
@@ -21,6 +21,7 @@ from store.sql import table_of
 TAGS = table_of(TagRow)
 AUDIT = table_of(AuditRow)
 TAG_KINDS = ("add_tag", "remove_tag")
+MANUAL = "manual"  # the rule of a change by hand (crmflow.services.customers)
 
 
 @dataclass(frozen=True)
@@ -85,7 +86,8 @@ def changes(conn: Connection, tag: str | None = None) -> list[TagChanges]:
     skipped — the tag was there already — are left out)."""
     a = AUDIT.c
     tag_of = a.detail["tag"].as_string()
-    by_of = a.detail["by"].as_string()
+    # only a change by hand names a person: read `by` for those rows alone
+    by_of = case((a.rule == MANUAL, a.detail["by"].as_string()), else_=None)
     where = and_(a.kind.in_(TAG_KINDS), a.skipped.is_(None))
     if tag is not None:
         where = and_(where, tag_of == tag)

@@ -135,9 +135,7 @@ def _why(line: JourneyLine, quiet: QuietHours | None) -> str | None:
             f"quiet hours until {quiet.local_until} ({quiet.timezone}): a message due now "
             "waits until then"
         )
-    if line.node:
-        return f"at {line.node}" + (" since its step there" if line.since else "")
-    return None
+    return None  # at its node (a delay, a wait for an event): the table says where
 
 
 def quiet_hours(rt: Runtime, timezone: str, at: datetime) -> QuietHours:
@@ -180,6 +178,7 @@ def customer_page(
         steps = store.latest_steps(conn, [r.workflow_id for r in rows])
         deliveries = store.deliveries(conn, customer_id)
         erased = store.erased_at(conn, customer_id)
+    privacy = privacy_log(rt, customer_id=customer_id, limit=20) if with_privacy else []
     tags = []
     for t in view.tags:
         s = setters.get(t.tag)
@@ -234,5 +233,5 @@ def customer_page(
         journeys=journeys,
         deliveries=[_delivery(d) for d in deliveries],
         quiet_hours=quiet,
-        privacy=privacy_log(rt, customer_id=customer_id, limit=20) if with_privacy else [],
+        privacy=privacy,
     )
