@@ -1,6 +1,7 @@
-"""Reads the console's journey pages need beyond `store.journey_stats`: one deployed
-version's definition (to draw an older version's graph) and a page of the enrollments at a
-node (offset and limit, in the order `journey_stats.enrollments` lists them).
+"""Reads the console's journey pages need beyond `store.journey_stats`: enrollments by
+journey and status, one deployed version's definition (to draw an older version's graph)
+and a page of the enrollments at a node (offset and limit, in the order
+`journey_stats.enrollments` lists them).
 
 Each is one statement, whatever the number of enrollments.
 """
@@ -13,6 +14,17 @@ from sqlalchemy import Connection, func, select
 
 from store.journey_stats import EnrollmentInfo
 from store.models import EnrollmentRow, JourneyVersionRow
+
+
+def enrollment_counts(conn: Connection) -> dict[str, dict[str, int]]:
+    """Enrollments by journey and status."""
+    e = EnrollmentRow
+    counts: dict[str, dict[str, int]] = {}
+    for journey, status, n in conn.execute(
+        select(e.journey, e.status, func.count()).group_by(e.journey, e.status)
+    ):
+        counts.setdefault(journey, {})[status] = int(n)
+    return counts
 
 
 def version_definition(conn: Connection, name: str, version: str) -> dict[str, Any] | None:

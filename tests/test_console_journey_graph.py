@@ -161,6 +161,7 @@ def test_the_svg_with_counts_links_and_escaped_text() -> None:
             suppressed_reasons={"quiet <hours>": 100},
         ),
         "wait": NodeStats(node="wait", type="wait_for", waiting=7),
+        "again": NodeStats(node="again", type="branch"),  # a branch logs no entry
     }  # fmt: skip
     svg = journey_svg(j, counts, href=lambda node, status: f"/x?node={node}&s={status}")
     root = ET.fromstring(svg)  # well-formed: every text escaped
@@ -175,6 +176,7 @@ def test_the_svg_with_counts_links_and_escaped_text() -> None:
     assert '<b>Hi</b> & "bye"' in texts["ping"]
     assert "waiting 7" in texts["wait"]
     assert "no enrollments here" in texts["done"]
+    assert "decides at once (not counted)" in texts["again"]
     anchors = [a.get("href") for a in root.iter(f"{SVG}a")]
     assert "/x?node=ping&s=None" in anchors and len(anchors) == 4
     labels = [a.get("aria-label") for a in root.iter(f"{SVG}a")]

@@ -546,9 +546,10 @@ def _box_svg(
     ]
     lines = _lines(figures)[:2] if any(value for _, value in figures) else []
     if not lines:
-        parts.append(
-            f'<text x="{x + 10:.1f}" y="{y + 76:.1f}" class="jg-none">no enrollments here</text>'
-        )
+        # a branch decides at once and logs no entry: say so rather than "none"
+        passing = box.type == "branch" and stats is not None and stats.entered is None
+        none = "decides at once (not counted)" if passing else "no enrollments here"
+        parts.append(f'<text x="{x + 10:.1f}" y="{y + 76:.1f}" class="jg-none">{none}</text>')
     for i, row in enumerate(lines):
         spans = " · ".join(
             f'{escape(label)} <tspan class="jg-n">{value:,}</tspan>' for label, value in row
