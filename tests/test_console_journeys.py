@@ -23,6 +23,7 @@ import pytest
 from sqlalchemy import Engine, func, insert, select
 
 from crmflow.services import journeys as service
+from crmflow.services.audit import list_changes
 from crmflow.services.journey_views import SMALL_SAMPLE, difference_interval, wilson
 from crmflow.services.runtime import Runtime
 from store.journeys import deploy_journey
@@ -500,6 +501,14 @@ def test_pause_and_resume_by_role(console_server: ConsoleServer, seeded: dict[st
     with engine.connect() as conn:
         n = conn.execute(select(func.count()).select_from(EnrollmentRow)).scalar_one()
     assert n == 552  # nothing else changed
+    # the changes are in the audit log, made by the console user
+    changes = [
+        (c.actor_name, c.action, c.target, c.status)
+        for c in list_changes(console_server.runtime)
+        if c.target.startswith("/console/journeys/winback/")
+    ]
+    assert ("test-marketer", "journeys.write", "/console/journeys/winback/pause", 303) in changes
+    assert ("test-marketer", "journeys.write", "/console/journeys/winback/resume", 303) in changes
 
 
 def test_a_scheduled_journey_without_temporal_shows_why(
