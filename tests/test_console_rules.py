@@ -171,8 +171,15 @@ def test_diff_shows_rules_added_removed_changed_and_programme_changes(
         assert '<span class="add">    - event.amount &gt;= 1500</span>' in changed
         assert "earn-on-purchase" not in changed, "an unchanged rule is not listed"
         programme = html[html.index('id="programme"') :]
-        assert "points.earn_rate" in programme and "1.0" in programme and "2.0" in programme
-        assert "silver.qualify.threshold" in programme and "2500" in programme
+        cells = re.sub(r"\s+", " ", programme)
+        assert (
+            '<code>points.earn_rate</code></td> <td data-label="Before"><code>1</code></td> '
+            '<td data-label="After"><code>2</code></td>'
+        ) in cells
+        assert (
+            '<code>silver.qualify.threshold</code></td> <td data-label="Before"><code>2000</code>'
+            '</td> <td data-label="After"><code>2500</code></td>'
+        ) in cells
         # nothing chosen: the newest against the one before it, preselected
         picker = http.get("/console/rules/diff").text
         assert f'<option value="{v1}" selected' in picker

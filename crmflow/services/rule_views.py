@@ -37,7 +37,7 @@ from store import rule_views as store
 PER_PAGE = 50
 MAX_EVENT_TEXT = 100_000  # characters of pasted JSON
 MAX_TEST_EVENTS = 20  # events in one console test run
-RECENT_EVENTS = 20
+RECENT_EVENTS = 10
 MAX_ID = 200  # characters of a customer id (as the Event model allows)
 MAX_VERSION = 64
 
@@ -254,6 +254,8 @@ def _line_diff(a: str, b: str) -> list[DiffLine]:
 
 
 def _shown(value: Any) -> str:
+    if isinstance(value, float) and value.is_integer():
+        value = int(value)  # a threshold of 2000 reads as written, not as 2000.0
     return json.dumps(value, ensure_ascii=False, default=str)
 
 
@@ -316,9 +318,25 @@ def _programme_changes(a: PackSource, b: PackSource) -> list[ProgrammeChange]:
     return out
 
 
+# diffs already worked out: a version is the hash of its texts, so the diff of two versions
+# never changes (reading the YAML again with its lines costs about 100 ms)
+_DIFFS: dict[tuple[str, str], VersionDiff] = {}
+_MAX_DIFFS = 64
+
+
 def diff_versions(rt: Runtime, a: str, b: str) -> VersionDiff:
     """What changed from version `a` to version `b` (either may be the older)."""
-    sa, sb = _source(rt, a), _source(rt, b)
+    sa, sb = _source(rt, a), _source(rt, b)  # both still deployed: `NotFound` otherwise
+    found = _DIFFS.get((a, b))
+    if found is None:
+        found = _diff(a, b, sa, sb)
+        if len(_DIFFS) >= _MAX_DIFFS:
+            _DIFFS.pop(next(iter(_DIFFS)), None)
+        _DIFFS[(a, b)] = found
+    return found
+
+
+def _diff(a: str, b: str, sa: PackSource, sb: PackSource) -> VersionDiff:
     ra, rb = _rules_of(sa), _rules_of(sb)
     changed: list[ChangedRule] = []
     unchanged = 0

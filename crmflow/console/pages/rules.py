@@ -10,6 +10,8 @@ nothing); activating needs "rules.write".
 
 from __future__ import annotations
 
+import json
+import re
 from datetime import UTC, datetime
 from typing import Annotated, Any
 
@@ -28,6 +30,29 @@ router = APIRouter()
 VersionQuery = Annotated[str, Query(max_length=views.MAX_VERSION)]
 # a text box's worth, read from the form ourselves so a long one is a message, not a 422
 FORM_FIELD_CHARS = views.MAX_EVENT_TEXT + 1_000
+
+
+_ISO_TIME = re.compile(r"^\d{4}-\d{2}-\d{2}T\d{2}:\d{2}")
+
+
+def shown(value: Any) -> str:
+    """A fact's or an effect's value as a person reads it: `1,437`, `true`, a time to the
+    minute in UTC, a list joined by commas."""
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    if isinstance(value, int | float):
+        return f"{value:,.0f}" if float(value).is_integer() else f"{value:,.2f}".rstrip("0")
+    if isinstance(value, str) and _ISO_TIME.match(value):
+        try:
+            at = datetime.fromisoformat(value)
+        except ValueError:
+            return value
+        return f"{at.astimezone(UTC):%Y-%m-%d %H:%M} UTC" if at.tzinfo else value
+    if isinstance(value, list):
+        return ", ".join(shown(v) for v in value) or "none"
+    if isinstance(value, dict):
+        return json.dumps(value, ensure_ascii=False, default=str)
+    return "-" if value is None else str(value)
 
 
 def _status(exc: ServiceError) -> int:
@@ -153,6 +178,7 @@ async def _tester(
         customer_error=customer_error,
         result=result,
         error=error,
+        shown=shown,
     )
 
 
