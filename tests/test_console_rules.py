@@ -19,10 +19,13 @@ from sqlalchemy import Engine, select
 
 from crmflow.ingest import import_file
 from crmflow.services import rule_views
+from crmflow.services import rules as rules_service
 from crmflow.services.errors import Invalid
+from crmflow.services.keys import NewKey, create_key
+from crmflow.services.permissions import Role
 from store.models import Base, ChangeLogRow, RuleVersionRow
 from tests.console_helpers import ConsoleServer, csrf_of
-from tests.rules_helpers import REPO, deploy_dir
+from tests.rules_helpers import REPO, deploy_dir, rules_dir
 
 # tables a console request itself writes (its session's last use, the change log)
 NOT_BUSINESS = {"console_sessions", "change_log"}
@@ -326,3 +329,26 @@ def test_events_from_json_names_each_field_at_fault() -> None:
         '{"event_id": "a", "type": "sign_in", "occurred_at": "2026-01-01T00:00:00Z"}', "C1"
     )
     assert one[0].customer_id == "C1"
+
+
+def test_who_deployed_is_the_user_or_key_behind_an_api_deploy(
+    console_server: ConsoleServer, engine: Engine, tmp_path: Path
+) -> None:
+    rt = console_server.runtime
+    key = create_key(rt, NewKey(name="ci-pipeline", role=Role.marketer))
+    for n, origin in enumerate(("api user:test-admin", f"api key:{key.key_id}", "api key:gone")):
+        folder = rules_dir(tmp_path / str(n), RULE.format(n=n))
+        rules_service.deploy(rt, rules_service.RulesFolder(folder=folder), origin)
+    listed = rule_views.version_page(rt)
+    assert [v.by for v in listed.versions] == ["key gone", "ci-pipeline", "Ada Admin"]
+    with console_server.signed_in("viewer") as http:
+        html = http.get("/console/rules").text
+    assert "Ada Admin" in html and "ci-pipeline" in html
+
+
+RULE = """rules:
+  - name: rule-{n}
+    on: purchase
+    then:
+      - add_tag: t{n}
+"""
