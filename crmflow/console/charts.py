@@ -27,7 +27,7 @@ def _fmt(value: float) -> str:
 
 
 def _nice_max(top: float) -> float:
-    """A round number at or above `top` for the axis: 1, 2, 2.5 or 5 times a power of 10."""
+    """A round number at or above `top` for the axis (1, 1.2, 1.5, 2, … 8 times a power of 10)."""
     if top <= 0:
         return 1.0
     power = 1.0
@@ -35,17 +35,17 @@ def _nice_max(top: float) -> float:
         power *= 10
     while power > top:
         power /= 10
-    for step in (1, 2, 2.5, 5, 10):
+    for step in (1, 1.2, 1.5, 2, 2.5, 3, 4, 5, 6, 8, 10):
         if step * power >= top:
             return step * power
     return 10 * power  # pragma: no cover  (the loop always returns)
 
 
-def _head(width: int, height: int, title: str, desc: str) -> tuple[str, str]:
+def _head(width: int, height: int, title: str, desc: str, kind: str) -> tuple[str, str]:
     uid = f"chart{next(_ids)}"
     head = (
-        f'<svg xmlns="http://www.w3.org/2000/svg" class="chart" viewBox="0 0 {width} {height}" '
-        f'width="{width}" height="{height}" role="img" '
+        f'<svg xmlns="http://www.w3.org/2000/svg" class="chart {kind}" '
+        f'viewBox="0 0 {width} {height}" width="{width}" height="{height}" role="img" '
         f'aria-labelledby="{uid}-t {uid}-d">'
         f'<title id="{uid}-t">{escape(title)}</title>'
         f'<desc id="{uid}-d">{escape(desc)}</desc>'
@@ -58,13 +58,13 @@ def column_chart(
     *,
     title: str,
     unit: str = "",
-    height: int = 220,
+    height: int = 200,
     bar_width: int = 22,
     label_every: int = 7,
 ) -> Markup:
-    """Columns, one per day, oldest on the left; a date label under every `label_every`-th
-    column (and the last), the total and the highest day in the description, the axis's top
-    value and zero as text."""
+    """Columns, one per day, oldest on the left; a date label under the last column and
+    every `label_every`-th before it; the total and the highest day in the description; the
+    axis's zero, middle and top values as text."""
     unit_s = f" {unit}" if unit else ""
     values = [float(v) for _, v in days]
     top = _nice_max(max(values, default=0.0))
@@ -81,11 +81,11 @@ def column_chart(
         )
     else:
         desc = "No days to show."
-    _, out = _head(width, height, title, desc)
+    _, out = _head(width, height, title, desc, "columns")
     parts = [out]
     base_y = above + plot
     # the axis: zero and the top value as text, a light line at each
-    for tick, ty in ((0.0, base_y), (top, above)):
+    for tick, ty in ((0.0, base_y), (top / 2, above + plot / 2), (top, above)):
         parts.append(
             f'<line class="axis" x1="{left - 4}" y1="{ty}" x2="{width - right}" y2="{ty}"/>'
             f'<text x="{left - 8}" y="{ty + 4}" text-anchor="end">{_fmt(tick)}</text>'
@@ -100,7 +100,9 @@ def column_chart(
             f'<rect class="bar" x="{x}" y="{y}" width="{bar_width}" height="{max(h, 0)}" '
             f'fill="#1f5fbf"/></g>'
         )
-        if i % label_every == 0 or i == len(days) - 1:
+        # every `label_every`-th day counted back from the last, so the newest is labelled
+        # and no two labels crowd each other
+        if (len(days) - 1 - i) % label_every == 0:
             parts.append(
                 f'<text x="{x + bar_width / 2}" y="{base_y + 16}" text-anchor="middle">'
                 f"{day:%m-%d}</text>"
@@ -114,9 +116,9 @@ def bar_chart(
     *,
     title: str,
     unit: str = "",
-    width: int = 420,
+    width: int = 340,
     bar_height: int = 22,
-    label_width: int = 120,
+    label_width: int = 110,
     colours: Sequence[str] | None = None,
 ) -> Markup:
     """Horizontal bars, one per item in the order given: the label as text on the left, the
@@ -124,7 +126,7 @@ def bar_chart(
     unit_s = f" {unit}" if unit else ""
     gap = 8
     top = max((float(v) for _, v in items), default=0.0) or 1.0
-    value_room = 70
+    value_room = 60
     plot = max(40, width - label_width - value_room)
     height = max(1, len(items)) * (bar_height + gap) + gap
     desc = (
@@ -132,7 +134,7 @@ def bar_chart(
         if items
         else "Nothing to show."
     )
-    _, head = _head(width, height, title, desc)
+    _, head = _head(width, height, title, desc, "bars")
     parts = [head]
     for i, (label, value) in enumerate(items):
         y = gap + i * (bar_height + gap)

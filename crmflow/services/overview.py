@@ -30,7 +30,7 @@ from pydantic import BaseModel, Field
 
 from crmflow.services import projects as projects_service
 from crmflow.services import schedules as schedules_service
-from crmflow.services.errors import Invalid, NotFound, Unavailable
+from crmflow.services.errors import Invalid, Unavailable
 from crmflow.services.journeys import list_journeys
 from crmflow.services.runtime import Runtime
 from crmflow.services.schedules import LastRun, RunRecord, ScheduleInfo, ServerState
@@ -344,10 +344,8 @@ async def schedule_detail(
 ) -> ScheduleDetail:
     """One schedule of the file, its state on the server and its recorded runs (a page);
     `NotFound` for a name the file does not have."""
-    found = [i for i in schedules_service.validate(path) if i.name == name]
-    if not found:
-        raise NotFound(f"no schedule named {name!r} in {path}")
-    line = ScheduleLine(**found[0].model_dump())
+    found = schedules_service.one(schedules_service.load(path), name)
+    line = ScheduleLine(**schedules_service.info(found).model_dump())
     temporal_error = None
     try:
         line.server = (await schedules_service.runs(rt, path, name, limit=1)).server
