@@ -3,7 +3,8 @@ store (the example customers, events and rules, a month of recent events, journe
 enrollments, automation runs) with Temporal away: an admin reads every panel and follows one
 to its page; an operator finds a failed run's error, opens its schedule and presses Trigger
 (refused with the reason: Temporal does not answer); a viewer sees no Trigger button; a
-marketer sees only the panels of the areas it reads. A screenshot of each page, wide and
+marketer sees only the panels of the areas it reads; with the Temporal dev server, an
+operator triggers a schedule and sees its run complete. A screenshot of each page, wide and
 narrow (test-artifacts/console/)."""
 
 from __future__ import annotations
@@ -19,6 +20,7 @@ from playwright.sync_api import Browser, Page, expect
 from sqlalchemy import Engine, insert
 
 from crmflow.ingest import import_file
+from crmflow.services import schedules as schedules_service
 from store.models import (
     AutomationRunRow,
     EnrollmentRow,
@@ -29,7 +31,11 @@ from store.models import (
 from tests.conftest import free_port
 from tests.console_helpers import ConsoleServer, shoot
 from tests.rules_helpers import REPO, deploy_dir
-from tests.test_console_automations import schedules_file
+from tests.test_console_automations import (  # noqa: F401  (console_on_dev: the fixture)
+    TemporalThread,
+    console_on_dev,
+    schedules_file,
+)
 from tests.test_console_overview import run_row
 
 NARROW = 390
@@ -237,3 +243,31 @@ def test_a_viewer_has_no_trigger_and_a_marketer_only_its_panels(
     expect(marketer.locator("#projects-panel")).to_have_count(0)
     expect(marketer.get_by_role("link", name="Automations")).to_have_count(0)
     shoot(marketer, "overview-marketer")
+
+
+@pytest.mark.devserver
+def test_an_operator_triggers_a_run_and_watches_it_complete(
+    console_on_dev: tuple[ConsoleServer, TemporalThread],  # noqa: F811
+    browser: Browser,
+) -> None:
+    console, temporal = console_on_dev
+    rt = console.runtime
+    temporal.run(schedules_service.apply(rt, rt.settings.schedules_file))
+    page = console.open(browser, "operator")
+    page.goto(console.base + "/console/automations")
+    schedules = page.get_by_role("table").first
+    expect(schedules.get_by_role("row", name="dev-tags")).to_contain_text("active")
+    expect(page.get_by_text("Temporal is not reachable")).to_have_count(0)
+    shoot(page, "automations-live")
+    page.get_by_role("link", name="dev-tags").click()
+    expect(page.get_by_role("heading", name="On the Temporal server")).to_be_visible()
+    page.get_by_role("button", name="Trigger dev-tags now").click()
+    expect(page.get_by_role("status").first).to_contain_text("dev-tags started now")
+    runs = page.get_by_role("table").filter(has_text="Run date")
+    for _ in range(100):  # the worker takes it within moments; the page shows it then
+        if runs.count() and "completed" in runs.inner_text():
+            break
+        page.wait_for_timeout(200)
+        page.reload()
+    expect(runs.get_by_role("row").nth(1)).to_contain_text("completed")
+    shoot(page, "automation-schedule-live")
