@@ -118,9 +118,12 @@ def console_server(
         yield ConsoleServer(base, runtime)
 
 
-@pytest.fixture(scope="session")
+@pytest.fixture(scope="module")
 def browser() -> Iterator[Browser]:
-    """Headless Debian Chromium (skipped nowhere: CI installs it; a missing one fails)."""
+    """Headless Debian Chromium (skipped nowhere: CI installs it; a missing one fails).
+
+    Module-scoped: Playwright's sync API keeps an event loop running on the main thread
+    while it is open, and an async test after it would find a loop already running."""
     with sync_playwright() as p:
         chromium = p.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_ARGS)
         yield chromium

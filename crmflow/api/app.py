@@ -24,6 +24,7 @@ from crmflow.api.routes import (
     health,
     journeys,
     operations,
+    overview,
     points,
     projects,
     rewards,
@@ -41,6 +42,7 @@ FACTORY = "crmflow.api.app:app_from_settings"  # for uvicorn's worker processes
 
 ROUTERS = (
     health.router,
+    overview.router,
     events.router,
     customers.router,
     points.router,

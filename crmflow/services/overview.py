@@ -32,6 +32,7 @@ from crmflow.services import projects as projects_service
 from crmflow.services import schedules as schedules_service
 from crmflow.services.errors import Invalid, Unavailable
 from crmflow.services.journeys import list_journeys
+from crmflow.services.permissions import Role, allowed
 from crmflow.services.runtime import Runtime
 from crmflow.services.schedules import LastRun, RunRecord, ScheduleInfo, ServerState
 from store import overview as store
@@ -39,8 +40,16 @@ from store.automation_runs import last_runs
 from store.db import utcnow
 from store.kpi_digest import tier_distribution
 
-PANELS = ("members", "points", "events", "journeys", "automations")
 EXPIRING_DAYS = 30
+# each store panel and the permission that shows it (projects: "projects.read", a panel of
+# its own read from Temporal by `project_health`)
+PANELS: dict[str, str] = {
+    "members": "customers.read",
+    "points": "points.read",
+    "events": "customers.read",
+    "journeys": "journeys.read",
+    "automations": "schedules.read",
+}
 EVENT_DAYS = 30
 TROUBLE_DAYS = 30
 TROUBLE_LISTED = 10
@@ -153,6 +162,11 @@ def _journey_line(item: Any) -> JourneyLine:
         converted=converted,
         conversion_rate=converted / outside if outside else None,
     )
+
+
+def panels_for(role: Role) -> list[str]:
+    """The store panels `role` may see."""
+    return [name for name, action in PANELS.items() if allowed(role, action)]
 
 
 def overview(rt: Runtime, panels: Collection[str], now: datetime | None = None) -> Overview:

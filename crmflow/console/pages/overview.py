@@ -24,14 +24,6 @@ from crmflow.services.errors import Unavailable
 
 router = APIRouter()
 
-# each store panel and the permission that shows it (projects: "projects.read", below)
-PANELS: dict[str, str] = {
-    "members": "customers.read",
-    "points": "points.read",
-    "events": "customers.read",
-    "journeys": "journeys.read",
-    "automations": "schedules.read",
-}
 TIER_COLOURS = ["#1f5fbf", "#2f7d6d", "#8a5a00", "#6b4fa3", "#b42318", "#4a5263"]
 
 
@@ -40,7 +32,7 @@ async def overview(
     request: Request, viewer: Annotated[Viewer, page("health.read")]
 ) -> HTMLResponse:
     rt = get_runtime(request)
-    panels = [name for name, action in PANELS.items() if viewer.may(action)]
+    panels = service.panels_for(viewer.principal.role)
     data = await run_in_threadpool(service.overview, rt, panels)
     tiers_svg = events_svg = None
     if data.members is not None and data.members.tiers:
