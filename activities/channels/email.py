@@ -9,6 +9,14 @@ with a 5xx code) is permanent. Everything that belongs to the connection or to t
 own set-up (connection refused, timeouts, 4xx, TLS failures, a rejected login or From address)
 is transient: no message is at fault, so none is dropped, and the activity's retry policy
 retries until an operator fixes the server or the settings.
+
+`List-Unsubscribe` and `List-Unsubscribe-Post` go out as RFC 8058 asks, whatever the URL's
+length: `List-Unsubscribe: <https://…>` in plain ASCII. The standard library's default policy
+folds a header at 78 characters and, when a word (a URL) does not fit, writes it as an RFC 2047
+encoded word (`=?utf-8?q?=3Chttps=3A…?=`), which mailbox providers do not read as a link: the
+message's policy writes these two headers verbatim on one line instead (RFC 5322 allows 998
+characters). Only a URL longer than that is folded, inside the brackets, where RFC 2369 tells
+readers to ignore whitespace.
 """
 
 from __future__ import annotations
@@ -21,9 +29,11 @@ import ssl
 from dataclasses import dataclass
 from email.headerregistry import Address
 from email.message import EmailMessage
+from email.policy import EmailPolicy
 from email.utils import formatdate, parseaddr
 from pathlib import Path
-from typing import TYPE_CHECKING, Literal
+from typing import TYPE_CHECKING, Any, Literal
+from urllib.parse import quote
 
 from email_validator import EmailNotValidError, validate_email
 
@@ -58,6 +68,51 @@ RESERVED_HEADERS = frozenset(
         "Content-Transfer-Encoding",
     )
 )
+
+# Headers written as they are: never folded at 78 characters, never RFC 2047-encoded.
+VERBATIM_HEADERS = frozenset(("list-unsubscribe", "list-unsubscribe-post"))
+# RFC 5322 2.1.1: a line is at most 998 characters, CRLF excluded.
+MAX_LINE = 998
+# What a URL in a header may hold as it is; anything else (a space, non-ASCII, `<`, `>`, `"`)
+# is percent-encoded so the header stays plain ASCII and its brackets stay the URL's ends.
+_URL_SAFE = "!#$%&'()*+,/:;=?@[]~"
+
+
+class MailPolicy(EmailPolicy):
+    """The default policy (`email.policy.default`), except for `VERBATIM_HEADERS`: those are
+    written on one line as given (folded only past 998 characters, never encoded)."""
+
+    def fold(self, name: str, value: Any) -> str:
+        if name.lower() in VERBATIM_HEADERS:
+            return verbatim_header(name, str(value), self.linesep)
+        return super().fold(name, value)
+
+    def fold_binary(self, name: str, value: Any) -> bytes:
+        if name.lower() in VERBATIM_HEADERS:
+            return verbatim_header(name, str(value), self.linesep).encode("ascii")
+        return super().fold_binary(name, value)
+
+
+MAIL_POLICY = MailPolicy()
+
+
+def verbatim_header(name: str, value: str, linesep: str = "\r\n") -> str:
+    """`name: value` on one line; past `MAX_LINE` characters, continued on lines that start
+    with a space (RFC 5322 folding; inside a List-Unsubscribe URL's brackets readers ignore
+    it, RFC 2369 section 2). Raises ValueError for a value that is not plain ASCII."""
+    text = "".join(value.splitlines())  # a value parsed from a message may come folded
+    if not text.isascii():
+        raise ValueError(f"header {name} must be ASCII")
+    line = f"{name}: {text}"
+    lines = [line[:MAX_LINE]]
+    lines += [" " + line[i : i + MAX_LINE - 1] for i in range(MAX_LINE, len(line), MAX_LINE - 1)]
+    return linesep.join(lines) + linesep
+
+
+def header_url(url: str) -> str:
+    """`url` as a List-Unsubscribe header carries it: `<url>`, plain ASCII (what a URL may
+    not hold as it is, percent-encoded)."""
+    return f"<{quote(url.strip(), safe=_URL_SAFE)}>"
 
 
 @dataclass(frozen=True)
@@ -123,7 +178,7 @@ class EmailChannel:
             raise PermanentSendError(f"bad e-mail address {msg.to!r}: {exc}") from exc
         if msg.text is None and msg.html is None:
             raise PermanentSendError("e-mail needs a text or an HTML body")
-        mime = EmailMessage()
+        mime = EmailMessage(policy=MAIL_POLICY)
         try:
             mime["From"] = self.config.mail_from
             mime["To"] = Address(addr_spec=to)
@@ -131,7 +186,7 @@ class EmailChannel:
             mime["Date"] = formatdate(usegmt=True)
             mime["Message-ID"] = message_id_for(msg.dedupe_key, self.config.mail_from)
             if msg.unsubscribe_url:
-                mime["List-Unsubscribe"] = f"<{msg.unsubscribe_url}>"
+                mime["List-Unsubscribe"] = header_url(msg.unsubscribe_url)
                 mime["List-Unsubscribe-Post"] = "List-Unsubscribe=One-Click"
             for name, value in msg.headers.items():
                 if name.lower() in RESERVED_HEADERS:
