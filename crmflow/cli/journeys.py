@@ -481,3 +481,99 @@ def simulate_cmd(
         exit_skipping_finalizers(code)
     if code:
         raise typer.Exit(code)
+
+
+# --------------------------------------------------------------------------- preview, test-send
+
+NodeArg = Annotated[str, typer.Argument(help="A message node of the journey")]
+CustomerOpt = Annotated[
+    str, typer.Option("--customer", help="Render the message for this customer (their id)")
+]
+LocaleOpt = Annotated[
+    str | None,
+    typer.Option("--locale", help="Render the variant for this locale instead of theirs"),
+]
+
+
+@journeys_app.command("preview")
+def preview_cmd(
+    name: NameArg,
+    node: NodeArg,
+    customer: CustomerOpt,
+    locale: LocaleOpt = None,
+    as_json: JsonFlag = False,
+) -> None:
+    """Render a message of a deployed journey as the customer would get it now (subject,
+    text, HTML, the variant, the unsubscribe link). Changes nothing."""
+    from rich.markup import escape
+
+    from crmflow.services import journey_preview
+
+    try:
+        req = journey_preview.PreviewRequest(
+            journey=name, node=node, customer_id=customer, locale=locale
+        )
+    except ValidationError as exc:
+        common.fail(escape(describe_errors(exc)))
+    with _runtime() as rt:
+        shown = journey_preview.preview(rt, req)
+    if as_json:
+        common.emit_json(shown.model_dump(mode="json"))
+        return
+    out = common.console
+    variant = shown.variant or "default"
+    out.print(
+        f"journey {shown.journey} (version {shown.version}), node {shown.node}, "
+        f"{shown.channel} to {shown.customer_id} <{shown.address or 'no address'}>; "
+        f"locale {shown.locale or '-'}, variant {variant}",
+        highlight=False,
+        markup=False,
+    )
+    if shown.held_back:
+        common.err.print(f"a real send would be held back: {shown.held_back}", highlight=False)
+    for label, part in (("subject", shown.subject), ("text", shown.text), ("html", shown.html)):
+        if part is None:
+            continue
+        if label == "subject":
+            out.print(f"subject: {part}", highlight=False, markup=False)
+        else:
+            out.print(f"--- {label} ---", highlight=False, markup=False)
+            out.print(part.rstrip("\n"), highlight=False, markup=False)
+    link = f"unsubscribe: {shown.unsubscribe_url}"
+    out.print(link, highlight=False, markup=False, soft_wrap=True)
+
+
+@journeys_app.command("test-send")
+def test_send_cmd(
+    name: NameArg,
+    node: NodeArg,
+    customer: CustomerOpt,
+    to: Annotated[str, typer.Option("--to", help="Send the test here (an e-mail address, …)")],
+    locale: LocaleOpt = None,
+    as_json: JsonFlag = False,
+) -> None:
+    """Send a message of a deployed journey, rendered for the customer, to ADDRESS as a test
+    (subject "[TEST] …"): through the configured channel (e-mail over SMTP when set up, else
+    the outbox), outside every cap, limit and statistic; nothing is recorded for the journey."""
+    from rich.markup import escape
+
+    from crmflow.services import journey_preview
+
+    try:
+        req = journey_preview.SendTestRequest(
+            journey=name, node=node, customer_id=customer, locale=locale, to=to
+        )
+    except ValidationError as exc:
+        common.fail(escape(describe_errors(exc)))
+    with _runtime() as rt:
+        sent = asyncio.run(journey_preview.send_test(rt, req))
+    if as_json:
+        common.emit_json(sent.model_dump(mode="json"))
+        return
+    common.console.print(
+        f"test of {sent.journey}/{sent.node} for {sent.customer_id} sent to {sent.to} "
+        f"via {sent.via} ({sent.provider_message_id}): {sent.subject or ''}",
+        highlight=False,
+        markup=False,
+        soft_wrap=True,
+    )
