@@ -124,6 +124,62 @@ class Settings(BaseSettings):
     wechat_secret: SecretStr | None = Field(
         None, description="HMAC key signing `wechat` requests; required with `wechat_url`"
     )
+    # Direct providers for `sms` and `wechat` (activities/channels/sms_twilio.py,
+    # sms_aliyun.py, wechat_oa.py, wecom.py). `relay` keeps the signed-JSON relay above.
+    sms_provider: Literal["relay", "twilio", "aliyun"] = Field(
+        "relay",
+        description="Who sends `sms`: `relay` (POST to `sms_url`), `twilio` or `aliyun`",
+    )
+    twilio_account_sid: str | None = Field(None, description="Twilio Account SID (AC…)")
+    twilio_auth_token: SecretStr | None = Field(None, description="Twilio Auth Token")
+    twilio_from: str | None = Field(
+        None,
+        description="Twilio sender: an E.164 number or sender id, or a Messaging Service SID (MG…)",
+    )
+    twilio_api_url: str = Field(
+        "https://api.twilio.com", description="Base URL of Twilio's REST API"
+    )
+    aliyun_access_key_id: str | None = Field(None, description="Alibaba Cloud AccessKey ID")
+    aliyun_access_key_secret: SecretStr | None = Field(
+        None, description="Alibaba Cloud AccessKey secret (signs each SendSms request)"
+    )
+    aliyun_sign_name: str | None = Field(None, description="Approved SMS signature (SignName)")
+    aliyun_template_code: str | None = Field(
+        None, description="Approved SMS template (TemplateCode, e.g. SMS_15305…)"
+    )
+    aliyun_template_param: str = Field(
+        "content", description="Template variable the message text fills, e.g. ${content}"
+    )
+    aliyun_sms_url: str = Field(
+        "https://dysmsapi.aliyuncs.com", description="Endpoint of Alibaba Cloud SMS (dysmsapi)"
+    )
+    wechat_provider: Literal["relay", "official_account", "wecom"] = Field(
+        "relay",
+        description="Who sends `wechat`: `relay` (POST to `wechat_url`), `official_account` "
+        "(template messages) or `wecom` (企业微信 application messages)",
+    )
+    wechat_app_id: str | None = Field(None, description="Official Account AppID")
+    wechat_app_secret: SecretStr | None = Field(None, description="Official Account AppSecret")
+    wechat_template_id: str | None = Field(
+        None, description="Template id of the Official Account's template messages"
+    )
+    wechat_template_field: str = Field(
+        "content", description="Template field (key) the message text fills"
+    )
+    wechat_template_url: str | None = Field(
+        None, description="Page a template message opens when tapped (optional)"
+    )
+    wechat_api_url: str = Field(
+        "https://api.weixin.qq.com", description="Base URL of the WeChat Official Account API"
+    )
+    wecom_corp_id: str | None = Field(None, description="WeCom corpid")
+    wecom_corp_secret: SecretStr | None = Field(
+        None, description="Secret of the WeCom application that sends"
+    )
+    wecom_agent_id: int | None = Field(None, description="WeCom application's AgentId")
+    wecom_api_url: str = Field(
+        "https://qyapi.weixin.qq.com", description="Base URL of the WeCom API"
+    )
     channel_retry_attempts: int = Field(
         3,
         ge=1,

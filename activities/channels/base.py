@@ -94,9 +94,11 @@ def _secret(value: Any) -> str | None:
 def build_channels(settings: Settings, engine: Engine) -> dict[str, Channel]:
     """The channels the settings configure, by name.
 
-    `outbox` always; `email` when `smtp_host` is set (with `mail_from`); `webhook`, `sms`,
-    `wechat` when their URL is set (each needs its secret). A half-configured channel raises
-    ValueError naming the missing setting, so a worker does not start with it silently off.
+    `outbox` always; `email` when `smtp_host` is set (with `mail_from`); `sms` and `wechat`
+    through a provider when `sms_provider` / `wechat_provider` names one; `webhook`, and `sms`
+    / `wechat` left on `relay`, when their URL is set (each needs its secret). A
+    half-configured channel raises ValueError naming the missing setting, so a worker does
+    not start with it silently off.
     """
     from activities.channels.email import EmailChannel, SmtpConfig
     from activities.channels.outbox import OutboxChannel
@@ -111,12 +113,13 @@ def build_channels(settings: Settings, engine: Engine) -> dict[str, Channel]:
         if not settings.mail_from:
             raise ValueError("CRMFLOW_SMTP_HOST is set but CRMFLOW_MAIL_FROM is not")
         channels["email"] = EmailChannel(SmtpConfig.from_settings(settings))
+    channels.update(_provider_channels(settings))
     for name, cls, url, secret in (
         ("webhook", WebhookChannel, settings.webhook_url, settings.webhook_secret),
         ("sms", SmsChannel, settings.sms_url, settings.sms_secret),
         ("wechat", WechatChannel, settings.wechat_url, settings.wechat_secret),
     ):
-        if not url:
+        if name in channels or not url:
             continue
         key = _secret(secret)
         if not key:
@@ -131,3 +134,84 @@ def build_channels(settings: Settings, engine: Engine) -> dict[str, Channel]:
             timeout=settings.channel_http_timeout_seconds,
         )
     return channels
+
+
+def _require(settings: Settings, provider: str, *names: str) -> None:
+    missing = [n for n in names if not _value(getattr(settings, n))]
+    if missing:
+        listed = ", ".join(f"CRMFLOW_{n.upper()}" for n in missing)
+        raise ValueError(f"{provider} is chosen but {listed} is not set")
+
+
+def _value(value: Any) -> Any:
+    return _secret(value) if hasattr(value, "get_secret_value") else value
+
+
+def _provider_channels(settings: Settings) -> dict[str, Channel]:
+    """`sms` / `wechat` through the provider the settings choose (none on `relay`)."""
+    http = {
+        "attempts": settings.channel_retry_attempts,
+        "base_delay": settings.channel_retry_base_seconds,
+        "timeout": settings.channel_http_timeout_seconds,
+    }
+    channels: dict[str, Channel] = {}
+    if settings.sms_provider == "twilio":
+        from activities.channels.sms_twilio import TwilioSmsChannel
+
+        _require(settings, "CRMFLOW_SMS_PROVIDER=twilio", *TWILIO_SETTINGS)
+        channels["sms"] = TwilioSmsChannel(
+            str(settings.twilio_account_sid),
+            str(_secret(settings.twilio_auth_token)),
+            str(settings.twilio_from),
+            base_url=settings.twilio_api_url,
+            **http,
+        )
+    elif settings.sms_provider == "aliyun":
+        from activities.channels.sms_aliyun import AliyunSmsChannel
+
+        _require(settings, "CRMFLOW_SMS_PROVIDER=aliyun", *ALIYUN_SETTINGS)
+        channels["sms"] = AliyunSmsChannel(
+            str(settings.aliyun_access_key_id),
+            str(_secret(settings.aliyun_access_key_secret)),
+            str(settings.aliyun_sign_name),
+            str(settings.aliyun_template_code),
+            template_param=settings.aliyun_template_param,
+            base_url=settings.aliyun_sms_url,
+            **http,
+        )
+    if settings.wechat_provider == "official_account":
+        from activities.channels.wechat_oa import WechatOfficialAccountChannel
+
+        _require(settings, "CRMFLOW_WECHAT_PROVIDER=official_account", *WECHAT_OA_SETTINGS)
+        channels["wechat"] = WechatOfficialAccountChannel(
+            str(settings.wechat_app_id),
+            str(_secret(settings.wechat_app_secret)),
+            str(settings.wechat_template_id),
+            template_field=settings.wechat_template_field,
+            url=settings.wechat_template_url,
+            base_url=settings.wechat_api_url,
+            **http,
+        )
+    elif settings.wechat_provider == "wecom":
+        from activities.channels.wecom import WecomChannel
+
+        _require(settings, "CRMFLOW_WECHAT_PROVIDER=wecom", *WECOM_SETTINGS)
+        channels["wechat"] = WecomChannel(
+            str(settings.wecom_corp_id),
+            str(_secret(settings.wecom_corp_secret)),
+            int(settings.wecom_agent_id or 0),
+            base_url=settings.wecom_api_url,
+            **http,
+        )
+    return channels
+
+
+TWILIO_SETTINGS = ("twilio_account_sid", "twilio_auth_token", "twilio_from")
+ALIYUN_SETTINGS = (
+    "aliyun_access_key_id",
+    "aliyun_access_key_secret",
+    "aliyun_sign_name",
+    "aliyun_template_code",
+)
+WECHAT_OA_SETTINGS = ("wechat_app_id", "wechat_app_secret", "wechat_template_id")
+WECOM_SETTINGS = ("wecom_corp_id", "wecom_corp_secret", "wecom_agent_id")
