@@ -1,9 +1,10 @@
 """Journey reports from the store: per version and node, how many enrollments entered, wait
 there, were sent a message or suppressed (and why), failed or ended; goal conversions per
-split variant and for the holdout, with the uplift; and who is where.
+split variant and for the holdout — one definition for every arm — with intervals, the
+uplift and its p-value; and who is where.
 
 Everything is counted by the database (GROUP BY over `journey_steps` and
-`journey_enrollments`, an EXISTS over `events` for the holdout), a handful of statements per
+`journey_enrollments`, an EXISTS over `events` for the goal), a handful of statements per
 report whatever the number of enrollments; Python only assembles the groups.
 
 What counts:
@@ -17,14 +18,19 @@ What counts:
   counts per reason.
 - `exited`, `converted`, `completed`, `held_out`: enrollments that ended at the node so.
 - `waiting`: active enrollments whose current node is this one.
-- A variant's conversions are its enrollments with status `converted` (the workflow took them
-  out on the goal event). Holdout enrollments end at once (`held_out`), so theirs are counted
-  from the events table: enrollments whose customer had an event of the version's goal type
-  within `goal.within_days` of entering (bounds inclusive, as the workflow checks), matching
-  the goal's `when` on the event's own fields (`event.*`; facts of the profile are not known
-  here and do not hold).
-- Uplift: a variant's rate minus the holdout's of the same version (absolute) and that
-  difference over the holdout's rate (relative; None when the holdout's rate is 0).
+- Conversions have one definition for every arm (each split variant, the holdout, everyone
+  when there is no split): an enrollment converted when its customer had an event of the
+  version's goal type within `goal.within_days` of entering (bounds inclusive, as the
+  workflow checks), matching the goal's `when` on the event's own fields (`event.*`; facts
+  of the profile are not known here and do not hold) — whatever state the enrollment is in
+  (active, converted, completed, exited, held out, failed). A variant customer who finished
+  the journey and then bought inside the window counts, exactly as a holdout customer does.
+  One GROUP BY over the enrollments with an EXISTS over `events` per version; a goal with a
+  condition tests it in Python on the candidate events only (goal type, in the window).
+- Rates carry a 95% Wilson interval; a variant's uplift over the holdout of the same version
+  (absolute, and relative — None when the holdout's rate is 0) carries Newcombe's 95%
+  interval, a two-sided p-value and a verdict unless either arm is a small sample
+  (`journeys.experiment`).
 """
 
 from __future__ import annotations
@@ -37,7 +43,8 @@ from typing import Any, Literal
 from pydantic import BaseModel, Field, ValidationError
 from sqlalchemy import Connection, and_, case, func, literal, select
 
-from journeys.conditions import evaluate
+from journeys import experiment
+from journeys.conditions import evaluate, event_facts
 from journeys.models import HOLDOUT, Journey, edges
 from store.db import utcnow
 from store.models import (
@@ -87,18 +94,42 @@ class GoalInfo(BaseModel):
 
 
 class VariantConversion(BaseModel):
+    """One arm of a version (or of all versions): a split variant, the holdout, or everyone
+    when there is no split. Conversions are counted the same way for every arm."""
+
     variant: str | None = Field(description="split variant; `holdout`; None: no split")
-    enrollments: int
-    conversions: int
+    enrollments: int = Field(description="entered, whatever their status now")
+    conversions: int = Field(description="had the goal event within the goal window")
     rate: float | None = Field(None, description="conversions / enrollments")
+    low: float | None = Field(None, description="the rate's 95% interval (Wilson score)")
+    high: float | None = None
+    small_sample: bool = Field(
+        True,
+        description=f"fewer than {experiment.SMALL_SAMPLE} enrollments or fewer than "
+        f"{experiment.MIN_CONVERSIONS} conversions",
+    )
     counted_by: Literal["status", "goal_events"] = Field(
-        "status",
-        description="status: enrollments converted by the workflow; goal_events: the "
-        "holdout's goal events within the window after entering",
+        "goal_events",
+        description="always goal_events: the goal event within the window after entering, "
+        "for every arm and status (`status` is no longer produced)",
     )
     uplift_absolute: float | None = Field(None, description="rate - the holdout's rate")
     uplift_relative: float | None = Field(
         None, description="(rate - the holdout's rate) / the holdout's rate"
+    )
+    uplift_low: float | None = Field(
+        None, description="the uplift's 95% interval (Newcombe's hybrid score)"
+    )
+    uplift_high: float | None = None
+    p_value: float | None = Field(None, description="two-sided, rate = the holdout's rate")
+    test: Literal["z", "fisher"] | None = Field(
+        None, description="z: two-proportion z-test; fisher: Fisher's exact test"
+    )
+    comparison_small_sample: bool | None = Field(
+        None, description="this arm or the holdout is a small sample (None: no comparison)"
+    )
+    verdict: Literal["better", "worse", "no clear difference"] | None = Field(
+        None, description="from the uplift's interval; None for small samples"
     )
 
 
@@ -179,7 +210,6 @@ def journey_stats(conn: Connection, name: str) -> JourneyStats:
     steps = _steps(conn, name)
     reasons = _reasons(conn, name)
     waiting = _waiting(conn, name)
-    variants = _variants(conn, name)
 
     # versions that have enrollments or steps but were never deployed (started directly)
     seen = set(outcomes) | {v for v, _ in steps} | {v for v, _ in waiting}
@@ -193,7 +223,7 @@ def journey_stats(conn: Connection, name: str) -> JourneyStats:
         vs.nodes = _nodes(version, graphs[version], steps, reasons, waiting)
         graph = graphs[version]
         goal = graph.goal if graph is not None else None
-        vs.conversions = _conversions(conn, name, version, goal, variants.get(version, {}))
+        vs.conversions = _conversions(conn, name, version, goal)
 
     result = JourneyStats(
         journey=name,
@@ -296,21 +326,6 @@ def _waiting(conn: Connection, name: str) -> dict[tuple[str, str], int]:
     return {(version, str(node)): int(n) for version, node, n in rows}
 
 
-def _variants(conn: Connection, name: str) -> dict[str, dict[str | None, tuple[int, int]]]:
-    """version → variant → (enrollments, converted)."""
-    e = EnrollmentRow
-    converted = func.sum(case((e.status == "converted", 1), else_=0))
-    rows = conn.execute(
-        select(e.version, e.variant, func.count(), converted)
-        .where(e.journey == name)
-        .group_by(e.version, e.variant)
-    ).all()
-    out: dict[str, dict[str | None, tuple[int, int]]] = defaultdict(dict)
-    for version, variant, n, conv in rows:
-        out[version][variant] = (int(n), int(conv or 0))
-    return out
-
-
 def graph_order(graph: Journey) -> list[str]:
     """Node ids breadth-first from `start` (edges in file order), then any unreachable."""
     order: list[str] = []
@@ -373,86 +388,94 @@ def _goal_window(conn: Connection, occurred: Any, entered: Any, days: int) -> An
     return and_(occurred >= entered, occurred <= entered + func.make_interval(0, 0, 0, days))
 
 
-def holdout_goal_conversions(conn: Connection, name: str, version: str, goal: Any) -> int:
-    """Holdout enrollments of this version whose customer had a goal event in the window."""
+def goal_conversions(
+    conn: Connection, name: str, version: str, goal: Any
+) -> dict[str | None, tuple[int, int]]:
+    """variant → (enrollments, conversions) of one version, by the one definition of a
+    conversion: the enrollment's customer had an event of the goal's type within
+    `goal.within_days` of entering (bounds inclusive), matching the goal's `when` on the
+    event's own fields — whatever the enrollment's status. Without a goal nothing converts."""
     e, ev = EnrollmentRow, EventRow
-    holdout = and_(e.journey == name, e.version == version, e.variant == HOLDOUT)
+    mine = and_(e.journey == name, e.version == version)
+    if goal is None:
+        plain = conn.execute(select(e.variant, func.count()).where(mine).group_by(e.variant))
+        return {variant: (int(n), 0) for variant, n in plain}
     window = _goal_window(conn, ev.occurred_at, e.entered_at, goal.within_days)
     matching = and_(ev.customer_id == e.customer_id, ev.type == goal.event, window)
     if goal.when is None:
-        return int(
-            conn.execute(
-                select(func.count())
-                .select_from(e)
-                .where(holdout, select(ev.id).where(matching).exists())
-            ).scalar_one()
+        hit = case((select(ev.id).where(matching).exists(), 1), else_=0)
+        counted = conn.execute(
+            select(e.variant, func.count(), func.sum(hit)).where(mine).group_by(e.variant)
         )
-    # a condition on the event's fields: test the candidate events (only the holdout's
-    # goal-type events in their windows) in Python, with the evaluator the workflow uses
-    rows = conn.execute(
-        select(e.workflow_id, ev.type, ev.properties)
+        return {variant: (int(n), int(k or 0)) for variant, n, k in counted}
+    # a condition on the event's fields: the candidates (goal-type events in the windows)
+    # come from SQL, the condition is tested with the evaluator the workflow uses
+    counts = dict(
+        conn.execute(select(e.variant, func.count()).where(mine).group_by(e.variant)).all()
+    )
+    hits: dict[str | None, set[str]] = defaultdict(set)
+    candidates = conn.execute(
+        select(e.variant, e.workflow_id, ev.type, ev.properties)
         .select_from(e)
         .join(ev, matching)
-        .where(holdout)
+        .where(mine)
     )
-    hits = {wid for wid, typ, props in rows if evaluate(goal.when, _event_facts(typ, props))}
-    return len(hits)
+    for variant, wid, typ, props in candidates:
+        if wid not in hits[variant] and evaluate(goal.when, event_facts(typ, props or {})):
+            hits[variant].add(wid)
+    return {variant: (int(n), len(hits.get(variant, ()))) for variant, n in counts.items()}
 
 
-def _event_facts(typ: str, properties: dict[str, Any] | None) -> dict[str, Any]:
-    facts: dict[str, Any] = {"event.type": typ}
-    for key, value in (properties or {}).items():
-        facts[f"event.{key}"] = value
-    return facts
+def holdout_goal_conversions(conn: Connection, name: str, version: str, goal: Any) -> int:
+    """Holdout enrollments of this version that converted (see `goal_conversions`)."""
+    return goal_conversions(conn, name, version, goal).get(HOLDOUT, (0, 0))[1]
 
 
-def _conversions(
-    conn: Connection,
-    name: str,
-    version: str,
-    goal: Any,
-    groups: dict[str | None, tuple[int, int]],
-) -> list[VariantConversion]:
-    out = []
-    for variant in sorted(groups, key=lambda v: (v == HOLDOUT, v or "")):
-        n, converted = groups[variant]
-        counted_by: Literal["status", "goal_events"] = "status"
-        if variant == HOLDOUT:
-            counted_by = "goal_events"
-            converted = holdout_goal_conversions(conn, name, version, goal) if goal else 0
-        out.append(
-            VariantConversion(
-                variant=variant, enrollments=n, conversions=converted, counted_by=counted_by
-            )
-        )
+def _conversions(conn: Connection, name: str, version: str, goal: Any) -> list[VariantConversion]:
+    groups = goal_conversions(conn, name, version, goal)
+    out = [
+        VariantConversion(variant=variant, enrollments=n, conversions=k)
+        for variant, (n, k) in sorted(groups.items(), key=lambda kv: _variant_order(kv[0]))
+    ]
     return _with_rates(out)
 
 
+def _variant_order(variant: str | None) -> tuple[bool, str]:
+    return (variant == HOLDOUT, variant or "")
+
+
 def _with_rates(rows: list[VariantConversion]) -> list[VariantConversion]:
+    """Each row's rate and interval; each variant's uplift over the holdout."""
+    rates = {id(r): experiment.rate(r.conversions, r.enrollments) for r in rows}
     for r in rows:
-        r.rate = r.conversions / r.enrollments if r.enrollments else None
+        arm = rates[id(r)]
+        r.rate, r.low, r.high, r.small_sample = arm.rate, arm.low, arm.high, arm.small_sample
     hold = next((r for r in rows if r.variant == HOLDOUT), None)
-    if hold is not None and hold.rate is not None:
-        for r in rows:
-            if r is hold or r.rate is None:
-                continue
-            r.uplift_absolute = r.rate - hold.rate
-            r.uplift_relative = (r.rate - hold.rate) / hold.rate if hold.rate else None
+    if hold is None:
+        return rows
+    for r in rows:
+        if r is hold:
+            continue
+        up = experiment.uplift(rates[id(r)], rates[id(hold)])
+        if up is None:
+            continue
+        r.uplift_absolute, r.uplift_relative = up.absolute, up.relative
+        r.uplift_low, r.uplift_high = up.low, up.high
+        r.p_value, r.test, r.verdict = up.p_value, up.test, up.verdict
+        r.comparison_small_sample = up.small_sample
     return rows
 
 
 def _total_conversions(versions: Iterable[VersionStats]) -> list[VariantConversion]:
     sums: dict[str | None, list[int]] = {}
-    kinds: dict[str | None, Literal["status", "goal_events"]] = {}
     for vs in versions:
         for c in vs.conversions:
             acc = sums.setdefault(c.variant, [0, 0])
             acc[0] += c.enrollments
             acc[1] += c.conversions
-            kinds[c.variant] = c.counted_by
     rows = [
-        VariantConversion(variant=v, enrollments=n, conversions=k, counted_by=kinds[v])
-        for v, (n, k) in sorted(sums.items(), key=lambda kv: (kv[0] == HOLDOUT, kv[0] or ""))
+        VariantConversion(variant=v, enrollments=n, conversions=k)
+        for v, (n, k) in sorted(sums.items(), key=lambda kv: _variant_order(kv[0]))
     ]
     return _with_rates(rows)
 

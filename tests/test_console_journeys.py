@@ -267,6 +267,7 @@ def seed_journeys(rt: Runtime, tmp: Path) -> dict[str, str]:
         if i < 3:
             pe.add(who, "converted", "wait_a_week", [*first, ("wait_a_week", "converted")],
                    hours=i)  # fmt: skip
+            pe.event(who, "points_redeemed", 1)  # the goal event: what counts as converting
         elif i < 8:
             pe.add(who, "active", "wait_a_week", first, hours=i)
         else:

@@ -1,10 +1,12 @@
-"""Journey reports: stats per version and node, conversions and the holdout's uplift counted
-from goal events, who is where; the CLI (`journeys stats`, `journeys enrollments`) and the
-SVG funnel. Exact figures from seeded tables on SQLite and PostgreSQL, and one run of real
-enrollments on the time-skipping server."""
+"""Journey reports: stats per version and node, conversions of every arm counted from goal
+events (one definition) with the uplift over the holdout, who is where; the CLI
+(`journeys stats`, `journeys enrollments`) and the SVG funnel. Exact figures from seeded
+tables on SQLite and PostgreSQL, and one run of real enrollments on the time-skipping
+server."""
 
 from __future__ import annotations
 
+import io
 import json
 import xml.etree.ElementTree as ET
 from collections.abc import Sequence
@@ -13,6 +15,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from rich.console import Console
 from sqlalchemy import Connection, Engine, insert, select
 from temporalio.testing import WorkflowEnvironment
 from typer.testing import CliRunner
@@ -154,15 +157,20 @@ def seed_promo(engine: Engine) -> tuple[str, str]:
             s.enrollment(
                 cid, v1, "converted", "pause", "a", T0, [*SPLIT, *sent, ("pause", "converted")]
             )
+        s.event("A1", "purchase", T0 + timedelta(days=1))
+        s.event("A2", "purchase", T0 + timedelta(days=2))
+        # A3's status says converted but no goal event is stored: conversions are counted
+        # from the events, the same way for every arm, so A3 does not count
         s.enrollment(
             "A4", v1, "active", "pause", "a", T0,
             [*SPLIT, ("mail", "entered"), ("mail", "suppressed", "no consent for email")],
         )  # fmt: skip
-        s.event("A4", "purchase", T0 + timedelta(days=1))  # a variant converts by status only
+        s.event("A4", "purchase", T0 + timedelta(days=1))  # still active: counts all the same
         # variant b: one converted, one exited after a frequency cap
         s.enrollment(
             "B1", v1, "converted", "pause", "b", T0, [*SPLIT, *sent, ("pause", "converted")]
         )
+        s.event("B1", "purchase", T0 + timedelta(hours=30))
         s.enrollment(
             "B2", v1, "exited", "pause", "b", T0,
             [*SPLIT, ("mail", "entered"), ("mail", "suppressed", CAP), ("pause", "exited")],
@@ -196,6 +204,11 @@ def seed_promo(engine: Engine) -> tuple[str, str]:
         other = Seed(conn, "other")
         other.enrollment("A1", v1, "active", "mail", "a", T0, [*SPLIT, ("mail", "entered")])
     return v1, v2
+
+
+def journey_stats_of(engine: Engine, name: str = "promo") -> JourneyStats:
+    with engine.connect() as conn:
+        return journey_stats(conn, name)
 
 
 def node(vs: VersionStats, nid: str) -> NodeStats:
@@ -246,15 +259,22 @@ def test_conversions_and_uplift_against_the_holdout(engine: Engine) -> None:
     first, second = st.versions
     assert [c.variant for c in first.conversions] == ["a", "b", "holdout"]
     a, b, hold = first.conversions
+    # every arm by goal events in the window: A1, A2, A4 (active) — not A3 (no event)
     assert (a.enrollments, a.conversions, a.rate) == (4, 3, 0.75)
     assert (b.enrollments, b.conversions, b.rate) == (2, 1, 0.5)
-    # the holdout converts by goal events: H1 and H4 (not late, early or other events)
+    # the holdout: H1 and H4 (not late, early or other events)
     assert (hold.enrollments, hold.conversions, hold.rate) == (4, 2, 0.5)
-    assert hold.counted_by == "goal_events" and a.counted_by == "status"
+    assert hold.counted_by == "goal_events" and a.counted_by == "goal_events"
     assert a.uplift_absolute == pytest.approx(0.25)
     assert a.uplift_relative == pytest.approx(0.5)
     assert (b.uplift_absolute, b.uplift_relative) == (0.0, 0.0)
     assert hold.uplift_absolute is None
+    # four customers an arm: intervals and a p-value, but small samples and no verdict
+    assert a.small_sample and hold.small_sample and a.comparison_small_sample
+    assert a.verdict is None and a.test == "fisher" and a.p_value == pytest.approx(1.0)
+    assert a.low is not None and a.high is not None and a.low < 0.75 < a.high
+    assert a.uplift_low is not None and a.uplift_high is not None
+    assert a.uplift_low < 0 < a.uplift_high
 
     # version 2's goal has a condition on the event and a 3-day window: only G1
     a2, hold2 = second.conversions
@@ -347,8 +367,9 @@ def test_funnel_svg_is_well_formed_and_escaped() -> None:
 def test_chart_formats(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setattr(journey_reports, "_png_renderer", lambda: None)
     assert journey_reports.chart_problem(Path("f.svg")) is None
+    assert journey_reports.chart_problem(Path("f.html")) is None
     assert "only SVG" in str(journey_reports.chart_problem(Path("f.png")))
-    assert ".svg" in str(journey_reports.chart_problem(Path("f.pdf")))
+    assert ".svg or .html" in str(journey_reports.chart_problem(Path("f.pdf")))
 
 
 # --------------------------------------------------------------------------- real enrollments
@@ -402,21 +423,20 @@ async def test_stats_of_real_enrollments(
         # (waiting on a result lets the server skip time: only after the signal below,
         # or h1 could sleep through its 5-day delay first)
         await ts_env.sleep(timedelta(days=1))
+        bought = await ts_env.get_current_time()
         await h1.signal(
-            JOURNEY_EVENT_SIGNAL,
-            JourneyEvent(
-                event_id="p1", type="purchase", occurred_at=await ts_env.get_current_time()
-            ),
+            JOURNEY_EVENT_SIGNAL, JourneyEvent(event_id="p1", type="purchase", occurred_at=bought)
         )
         assert (await h1.result()).outcome == "converted"
         assert (await hh.result()).outcome == "held_out"
         assert (await h2.result()).outcome == "completed"
     with engine.begin() as conn:
-        entered = conn.execute(
-            select(EnrollmentRow.entered_at).where(EnrollmentRow.customer_id == held)
-        ).scalar_one()
+        entered = dict(
+            conn.execute(select(EnrollmentRow.customer_id, EnrollmentRow.entered_at)).all()
+        )
         s = Seed(conn, j.journey)
-        s.event(held, "purchase", entered + timedelta(days=2))
+        s.event(a1, "purchase", bought)  # the event the workflow was signalled, as stored
+        s.event(held, "purchase", entered[held] + timedelta(days=2))
     with engine.connect() as conn:
         st = journey_stats(conn, j.journey)
     (vs,) = st.versions
@@ -432,6 +452,16 @@ async def test_stats_of_real_enrollments(
     assert (a.variant, a.enrollments, a.conversions, a.rate) == ("a", 2, 1, 0.5)
     assert (hold.variant, hold.enrollments, hold.conversions, hold.rate) == ("holdout", 1, 1, 1.0)
     assert a.uplift_absolute == pytest.approx(-0.5) and a.uplift_relative == pytest.approx(-0.5)
+    assert a.verdict is None and a.comparison_small_sample  # one customer proves nothing
+    # a2 completed the journey (5 days), then bought on day 8 of the 10-day goal window:
+    # a conversion, exactly as the holdout's purchase is
+    with engine.begin() as conn:
+        s.conn = conn  # the same seed: event ids go on from where they were
+        s.event(a2, "purchase", entered[a2] + timedelta(days=8))
+    with engine.connect() as conn:
+        (vs,) = journey_stats(conn, j.journey).versions
+    a, hold = vs.conversions
+    assert (a.conversions, a.rate, hold.rate, a.uplift_absolute) == (2, 1.0, 1.0, 0.0)
 
 
 # --------------------------------------------------------------------------- CLI
@@ -455,8 +485,17 @@ def test_cli_stats_json_and_table(env: Path, engine: Engine) -> None:
     assert (hold["conversions"], hold["rate"]) == (2, 0.5)
     result = runner.invoke(app, ["journeys", "stats", "promo"])
     assert result.exit_code == 0, result.output
-    for text in ("mail", "no consent for email", "holdout", "+25.0 pp", "+50.0%"):
-        assert text in result.output
+    for text in ("mail", "no consent for email", "holdout", "+25.0", "+50.0%", "1.000 F"):
+        assert text in result.output  # 1.000 F: Fisher's exact test, 4 customers an arm
+    assert "small" in result.output and "better" not in result.output
+    # on a wide terminal each figure sits on one line
+    wide = Console(width=200, record=True, file=io.StringIO())
+    for part in journey_reports.stats_renderables(journey_stats_of(engine)):
+        wide.print(part)
+    text = wide.export_text()
+    assert "75.0 [30.1, 95.4]" in text  # 3 of 4 with its Wilson interval
+    assert "+25.0 [-32.0, +65.5]" in text  # the uplift over 2 of 4 with Newcombe's
+    assert "small sample" in text
 
 
 def test_cli_stats_chart(env: Path, engine: Engine, monkeypatch: pytest.MonkeyPatch) -> None:
@@ -472,7 +511,7 @@ def test_cli_stats_chart(env: Path, engine: Engine, monkeypatch: pytest.MonkeyPa
     png = env / "funnel.png"
     result = runner.invoke(app, ["journeys", "stats", "promo", "--chart", str(png)])
     assert result.exit_code == 1
-    assert "only SVG charts" in " ".join(result.output.split())  # rich wraps long paths
+    assert "only SVG and HTML charts" in " ".join(result.output.split())  # rich wraps
     assert not png.exists()
 
 

@@ -1,10 +1,13 @@
 """Journey reports for people: the rich tables of `crmflow journeys stats` and `crmflow
-journeys enrollments`, and writing the funnel chart to a file.
+journeys enrollments`, and writing the chart to a file.
 
 The figures come from the journeys service (`crmflow.services.journeys`), whose pydantic
-models are also the JSON output; the SVG funnel itself is built by
-`crmflow.services.journey_charts` (shared with the HTTP faces). PNG is written only when a
-PNG renderer (cairosvg) happens to be installed.
+models are also the JSON output: per arm (variant, holdout) entered, converted, the rate
+with its 95% interval; per variant the uplift over the holdout with its interval, p-value
+and verdict, or "small sample" where no verdict is given. The chart (nodes in graph order,
+variants against the holdout) is built by `crmflow.services.journey_charts` (shared with
+the HTTP faces) and written as SVG or as an HTML page (`--chart FILE.svg|FILE.html`); PNG
+only when a PNG renderer (cairosvg) happens to be installed.
 """
 
 from __future__ import annotations
@@ -18,7 +21,7 @@ from rich.table import Table
 from rich.text import Text
 
 from crmflow.services.journey_charts import count_text as _n
-from crmflow.services.journey_charts import funnel_svg
+from crmflow.services.journey_charts import funnel_html, funnel_svg
 from crmflow.services.journey_charts import version_title as _version_title
 from crmflow.services.journey_charts import when as _when
 from store.journey_stats import (
@@ -40,6 +43,7 @@ __all__ = [
     "VersionStats",
     "chart_problem",
     "enrollments_table",
+    "funnel_html",
     "funnel_svg",
     "stats_renderables",
     "write_chart",
@@ -122,24 +126,70 @@ def reasons_table(vs: VersionStats) -> Table | None:
     return table
 
 
+def bracket(low: float | None, high: float | None, fmt: Any) -> str:
+    """` [30.1, 95.4]`: an interval in the units of `fmt`, without the unit."""
+    if low is None or high is None:
+        return ""
+    return f" [{fmt(low)}, {fmt(high)}]"
+
+
+def _num(value: float) -> str:
+    return f"{value * 100:.1f}"
+
+
+def _signed(value: float) -> str:
+    return f"{value * 100:+.1f}"
+
+
+TEST_MARK = {"z": "z", "fisher": "F"}
+
+
+def p_cell(r: VariantConversion) -> str:
+    """`0.041 z` (z-test), `1.000 F` (Fisher's exact test), `<0.001 z`."""
+    if r.p_value is None:
+        return NONE
+    value = "<0.001" if r.p_value < 0.001 else f"{r.p_value:.3f}"
+    return f"{value} {TEST_MARK.get(r.test or '', '')}".rstrip()
+
+
+def verdict_text(r: VariantConversion) -> str:
+    if r.variant == "holdout":
+        return "baseline" + (" (small sample)" if r.small_sample else "")
+    if r.uplift_absolute is None:
+        return "small sample" if r.small_sample else NONE
+    return r.verdict or "small sample"
+
+
 def conversions_table(rows: list[VariantConversion], title: str) -> Table | None:
     if not rows:
         return None
     table = Table(title=title, title_justify="left")
     table.add_column("variant")
-    for col in ("enrollments", "conversions", "rate", "uplift", "uplift (rel.)"):
-        table.add_column(col, justify="right")
-    table.add_column("counted by")
+    table.add_column("entered", justify="right")
+    table.add_column("conv.", justify="right")
+    table.add_column("rate % [95%]", justify="right")
+    held = any(r.variant == "holdout" for r in rows)
+    if held:
+        table.add_column("uplift pp [95%]", justify="right")
+        table.add_column("rel.", justify="right")
+        table.add_column("p", justify="right")
+    table.add_column("verdict" if held else "sample")
     for r in rows:
-        table.add_row(
+        cells = [
             _variant_name(r.variant),
             str(r.enrollments),
             str(r.conversions),
-            pct(r.rate),
-            signed_pp(r.uplift_absolute),
-            signed_pct(r.uplift_relative),
-            "goal events after entry" if r.counted_by == "goal_events" else "converted status",
-        )
+            (NONE if r.rate is None else _num(r.rate)) + bracket(r.low, r.high, _num),
+        ]
+        if held:
+            uplift = NONE if r.uplift_absolute is None else _signed(r.uplift_absolute)
+            cells += [
+                uplift + bracket(r.uplift_low, r.uplift_high, _signed),
+                signed_pct(r.uplift_relative),
+                p_cell(r),
+            ]
+        cells.append(verdict_text(r) if held else ("small" if r.small_sample else NONE))
+        table.add_row(*cells)
     return table
 
 
@@ -167,6 +217,16 @@ def stats_renderables(stats: JourneyStats) -> list[RenderableType]:
         total = conversions_table(stats.conversions, "conversions, all versions")
         if total is not None:
             out.append(total)
+    if any(vs.conversions for vs in stats.versions):
+        out.append(
+            Text(
+                "conv.: the goal event within the goal window after entering, for every arm "
+                "and state; [95% interval] (rate: Wilson; uplift: Newcombe); p two-sided "
+                "(z: z-test, F: Fisher's exact test); small sample: fewer than 30 entered "
+                "or 5 converted in an arm, no verdict",
+                style="dim",
+            )
+        )
     if any(n.entered is None for vs in stats.versions for n in vs.nodes):
         out.append(Text("n/a: the workflow does not log entries at this kind of node", style="dim"))
     return out
@@ -199,27 +259,34 @@ def _png_renderer() -> Any | None:
         return None
 
 
+CHART_SUFFIXES = (".svg", ".html", ".htm")
+
+
 def chart_problem(path: Path) -> str | None:
     """Why a chart cannot be written to `path` (None: it can)."""
     suffix = path.suffix.lower()
-    if suffix == ".svg":
+    if suffix in CHART_SUFFIXES:
         return None
     if suffix == ".png":
         if _png_renderer() is None:
             return (
-                f"{path}: only SVG charts are supported here (no PNG renderer such as "
-                "cairosvg is installed); use --chart FILE.svg"
+                f"{path}: only SVG and HTML charts are supported here (no PNG renderer such "
+                "as cairosvg is installed); use --chart FILE.svg or --chart FILE.html"
             )
         return None
-    return f"{path}: the chart file must end with .svg"
+    return f"{path}: the chart file must end with .svg or .html"
 
 
 def write_chart(stats: JourneyStats, path: Path) -> None:
     problem = chart_problem(path)
     if problem is not None:
         raise ChartError(problem)
+    suffix = path.suffix.lower()
+    if suffix in (".html", ".htm"):
+        path.write_text(funnel_html(stats), encoding="utf-8")
+        return
     svg = funnel_svg(stats)
-    if path.suffix.lower() == ".png":
+    if suffix == ".png":
         renderer = _png_renderer()
         assert renderer is not None
         renderer.svg2png(bytestring=svg.encode("utf-8"), write_to=str(path))

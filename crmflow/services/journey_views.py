@@ -3,12 +3,15 @@
 - `journey_list`: every deployed journey as `list_journeys` gives it, with its entry kind and
   how many entered and converted;
 - `journey_page`: one journey (`get_journey`), its stats (`stats`), the graph of the version
-  shown (the active one unless asked) and its variants against the holdout, each rate with
-  a 95% Wilson score interval and the uplift with Newcombe's interval — but no uplift for a
-  group of fewer than `SMALL_SAMPLE` enrollments: one customer's "-100 pp" means nothing;
+  shown (the active one unless asked) and its variants against the holdout as the stats
+  give them (one definition of a conversion for every arm; each rate with a 95% Wilson
+  score interval, the uplift with Newcombe's interval, a p-value and a verdict) — but no
+  uplift shown when either arm is a small sample (fewer than `SMALL_SAMPLE` enrollments or
+  `MIN_CONVERSIONS` conversions): one customer's "-100 pp" means nothing;
 - `enrollments_page`: a page of the enrollments now at a node.
 
-The interval maths are plain functions (`wilson`, `difference_interval`), tested directly.
+The maths are plain functions in `journeys.experiment` (`wilson`, `difference_interval`,
+the p-values), re-exported here under their old names.
 """
 
 from __future__ import annotations
@@ -21,47 +24,16 @@ from pydantic import BaseModel, ConfigDict, Field
 from crmflow.services import journeys
 from crmflow.services.errors import NotFound
 from crmflow.services.runtime import Runtime
+from journeys.experiment import MIN_CONVERSIONS, SMALL_SAMPLE, Z95, difference_interval, wilson
 from journeys.models import HOLDOUT, Journey
 from store import journey_stats as jstats
 from store import journey_views as jviews
 from store import journeys as jstore
 
-Z95 = 1.959963984540054  # the standard normal quantile of 0.975
-SMALL_SAMPLE = 30  # fewer enrollments than this in a group: no uplift is claimed
 PER_PAGE = 50
 MAX_PER_PAGE = 200
-
-
-# --------------------------------------------------------------------------- intervals
-
-
-def wilson(successes: int, n: int, z: float = Z95) -> tuple[float, float] | None:
-    """The Wilson score interval of `successes` out of `n` (None for n = 0). Unlike the
-    normal approximation it stays inside [0, 1] and is honest about small samples: 1 of 1
-    gives about [0.21, 1], not [1, 1]."""
-    if n <= 0:
-        return None
-    if not 0 <= successes <= n:
-        raise ValueError(f"{successes} successes out of {n}")
-    p = successes / n
-    z2 = z * z
-    centre = (p + z2 / (2 * n)) / (1 + z2 / n)
-    half = z * math.sqrt(p * (1 - p) / n + z2 / (4 * n * n)) / (1 + z2 / n)
-    return max(0.0, centre - half), min(1.0, centre + half)
-
-
-def difference_interval(k1: int, n1: int, k2: int, n2: int) -> tuple[float, float] | None:
-    """A 95% interval of p1 - p2 (Newcombe's hybrid score method, from the two Wilson
-    intervals); None when either group is empty."""
-    a, b = wilson(k1, n1), wilson(k2, n2)
-    if a is None or b is None:
-        return None
-    p1, p2 = k1 / n1, k2 / n2
-    (l1, u1), (l2, u2) = a, b
-    d = p1 - p2
-    low = d - math.sqrt((p1 - l1) ** 2 + (u2 - p2) ** 2)
-    high = d + math.sqrt((u1 - p1) ** 2 + (p2 - l2) ** 2)
-    return max(-1.0, low), min(1.0, high)
+# the interval maths live in `journeys.experiment`; these names stay importable from here
+__all__ = ["MIN_CONVERSIONS", "SMALL_SAMPLE", "Z95", "difference_interval", "wilson"]
 
 
 # --------------------------------------------------------------------------- list
@@ -121,12 +93,17 @@ class ConversionView(BaseModel):
     rate: float | None
     low: float | None = Field(None, description="95% Wilson score interval, lower bound")
     high: float | None = None
-    small_sample: bool = Field(description=f"fewer than {SMALL_SAMPLE} enrollments")
+    small_sample: bool = Field(
+        description=f"fewer than {SMALL_SAMPLE} enrollments or {MIN_CONVERSIONS} conversions"
+    )
     uplift: float | None = Field(
         None, description="rate - the holdout's rate; None when either group is small"
     )
     uplift_low: float | None = Field(None, description="95% interval of the uplift")
     uplift_high: float | None = None
+    p_value: float | None = Field(None, description="two-sided; None when not compared")
+    test: Literal["z", "fisher"] | None = None
+    verdict: Literal["better", "worse", "no clear difference"] | None = None
 
     @property
     def conclusive(self) -> bool:
@@ -137,12 +114,11 @@ class ConversionView(BaseModel):
 
 
 def conversion_views(rows: list[jstats.VariantConversion]) -> list[ConversionView]:
-    """Each row with its interval; variants with the uplift over the holdout when both
-    groups have at least SMALL_SAMPLE enrollments."""
+    """Each row as the stats computed it; a variant's uplift, interval, p-value and verdict
+    only when neither it nor the holdout is a small sample."""
     hold = next((r for r in rows if r.variant == HOLDOUT), None)
     out = []
     for r in rows:
-        interval = wilson(r.conversions, r.enrollments)
         view = ConversionView(
             variant=r.variant,
             holdout=r.variant == HOLDOUT,
@@ -150,23 +126,15 @@ def conversion_views(rows: list[jstats.VariantConversion]) -> list[ConversionVie
             conversions=r.conversions,
             counted_by=r.counted_by,
             rate=r.rate,
-            low=interval[0] if interval else None,
-            high=interval[1] if interval else None,
-            small_sample=r.enrollments < SMALL_SAMPLE,
+            low=r.low,
+            high=r.high,
+            small_sample=r.small_sample,
         )
-        comparable = (
-            hold is not None
-            and r is not hold
-            and r.enrollments >= SMALL_SAMPLE
-            and hold.enrollments >= SMALL_SAMPLE
-        )
-        if comparable and hold is not None:
-            diff = difference_interval(
-                r.conversions, r.enrollments, hold.conversions, hold.enrollments
-            )
-            view.uplift = r.conversions / r.enrollments - hold.conversions / hold.enrollments
-            if diff is not None:
-                view.uplift_low, view.uplift_high = diff
+        comparable = hold is not None and r is not hold and r.comparison_small_sample is False
+        if comparable:
+            view.uplift = r.uplift_absolute
+            view.uplift_low, view.uplift_high = r.uplift_low, r.uplift_high
+            view.p_value, view.test, view.verdict = r.p_value, r.test, r.verdict
         out.append(view)
     return out
 
