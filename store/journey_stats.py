@@ -489,8 +489,10 @@ def enrollments(
     status: str | None = None,
     limit: int | None = DEFAULT_LIMIT,
     node: str | None = None,
+    offset: int = 0,
 ) -> list[EnrollmentInfo]:
-    """Enrollments of journey `name` (those with `status`, at `node`), latest move first."""
+    """Enrollments of journey `name` (those with `status`, at `node`), latest move first
+    (the workflow id last, so every page from `offset` is stable)."""
     if status is not None and status not in ENROLLMENT_STATUSES:
         raise ValueError(f"status must be one of {', '.join(ENROLLMENT_STATUSES)}")
     if not journey_exists(conn, name):
@@ -513,6 +515,8 @@ def enrollments(
     stmt = stmt.order_by(
         func.coalesce(e.node_since, e.entered_at).desc(), e.customer_id, e.workflow_id
     )
+    if offset:
+        stmt = stmt.offset(offset)
     if limit is not None:
         stmt = stmt.limit(limit)
     return [

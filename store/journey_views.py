@@ -1,7 +1,6 @@
 """Reads the console's journey pages need beyond `store.journey_stats`: enrollments by
-journey and status, one deployed version's definition (to draw an older version's graph)
-and a page of the enrollments at a node (offset and limit, in the order
-`journey_stats.enrollments` lists them).
+journey and status, and one deployed version's definition (to draw an older version's
+graph). A page of the enrollments at a node is `journey_stats.enrollments` with an offset.
 
 Each is one statement, whatever the number of enrollments.
 """
@@ -12,7 +11,6 @@ from typing import Any
 
 from sqlalchemy import Connection, func, select
 
-from store.journey_stats import EnrollmentInfo
 from store.models import EnrollmentRow, JourneyVersionRow
 
 
@@ -34,58 +32,3 @@ def version_definition(conn: Connection, name: str, version: str) -> dict[str, A
         select(v.definition).where(v.journey == name, v.version == version)
     ).scalar()
     return found
-
-
-def enrollments_page(
-    conn: Connection,
-    name: str,
-    *,
-    node: str | None,
-    status: str | None,
-    offset: int,
-    limit: int,
-) -> list[EnrollmentInfo]:
-    """Enrollments of journey `name` (now at `node`, with `status`), latest move first, from
-    `offset`: the same order as `journey_stats.enrollments`, with the workflow id last so
-    every page is stable."""
-    e = EnrollmentRow
-    stmt = select(
-        e.customer_id,
-        e.node,
-        e.node_since,
-        e.status,
-        e.variant,
-        e.version,
-        e.entry_no,
-        e.entered_at,
-        e.finished_at,
-        e.outcome,
-        e.workflow_id,
-    ).where(e.journey == name)
-    if node is not None:
-        stmt = stmt.where(e.node == node)
-    if status is not None:
-        stmt = stmt.where(e.status == status)
-    stmt = (
-        stmt.order_by(
-            func.coalesce(e.node_since, e.entered_at).desc(), e.customer_id, e.workflow_id
-        )
-        .offset(offset)
-        .limit(limit)
-    )
-    return [
-        EnrollmentInfo(
-            customer_id=r.customer_id,
-            node=r.node,
-            since=r.node_since,
-            status=r.status,
-            variant=r.variant,
-            version=r.version,
-            entry_no=r.entry_no,
-            entered_at=r.entered_at,
-            finished_at=r.finished_at,
-            outcome=r.outcome,
-            workflow_id=r.workflow_id,
-        )
-        for r in conn.execute(stmt)
-    ]

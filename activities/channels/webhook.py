@@ -24,7 +24,6 @@ import hmac
 import json
 import re
 import time
-from email.utils import parsedate_to_datetime
 from typing import Any
 
 import httpx
@@ -36,6 +35,7 @@ from activities.channels.base import (
     SendResult,
     TransientSendError,
 )
+from activities.channels.provider import retry_after as retry_after_of
 
 TIMESTAMP_HEADER = "X-Crmflow-Timestamp"
 SIGNATURE_HEADER = "X-Crmflow-Signature"
@@ -85,20 +85,6 @@ def encode_body(payload: dict[str, Any]) -> bytes:
     return json.dumps(payload, separators=(",", ":"), sort_keys=True, ensure_ascii=False).encode(
         "utf-8"
     )
-
-
-def _retry_after(response: httpx.Response) -> float | None:
-    value = response.headers.get("Retry-After")
-    if not value:
-        return None
-    try:
-        return max(0.0, float(value))
-    except ValueError:
-        pass
-    try:
-        return max(0.0, parsedate_to_datetime(value).timestamp() - time.time())
-    except (TypeError, ValueError):
-        return None
 
 
 class WebhookChannel:
@@ -220,7 +206,7 @@ class WebhookChannel:
                 snippet = response.text[:200]
                 if status in RETRYABLE_STATUS or status >= 500:
                     failure = f"HTTP {status}: {snippet}"
-                    retry_after = _retry_after(response)
+                    retry_after = retry_after_of(response)
                 else:
                     raise PermanentSendError(
                         f"{self.name} {self.url} answered HTTP {status}: {snippet}"

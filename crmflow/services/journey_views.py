@@ -201,13 +201,13 @@ def enrollments_page(rt: Runtime, name: str, query: EnrollmentsPageQuery) -> Enr
         if not jstats.journey_exists(conn, name):
             raise NotFound(f"no journey named {name!r} (deploy one, or check the name)")
         total = jstats.count_enrollments(conn, name, q.status, q.node)
-        rows = jviews.enrollments_page(
+        rows = jstats.enrollments(
             conn,
             name,
-            node=q.node,
-            status=q.status,
-            offset=(q.page - 1) * q.per_page,
+            q.status,
             limit=q.per_page,
+            node=q.node,
+            offset=(q.page - 1) * q.per_page,
         )
     return EnrollmentPage(
         journey=name,

@@ -291,16 +291,7 @@ def _record(r: Any) -> ListedRun:
     return ListedRun(
         schedule=r.schedule,
         automation=r.automation,
-        run_date=r.run_date,
-        attempt=r.attempt,
-        status=r.status,
-        as_of=r.as_of,
-        started_at=r.started_at,
-        finished_at=r.finished_at,
-        step=r.step,
-        counts=r.counts or {},
-        error=r.error,
-        workflow_id=r.workflow_id,
+        **schedules_service.run_record(r).model_dump(),
     )
 
 

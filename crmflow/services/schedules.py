@@ -285,6 +285,22 @@ async def list_schedules(rt: Runtime, path: Path) -> list[ScheduleStatus]:
     ]
 
 
+def run_record(r: Any) -> RunRecord:
+    """A stored automation run (a row of `automation_runs`) as the services show it."""
+    return RunRecord(
+        run_date=r.run_date,
+        attempt=r.attempt,
+        status=r.status,
+        as_of=r.as_of,
+        started_at=r.started_at,
+        finished_at=r.finished_at,
+        step=r.step,
+        counts=r.counts or {},
+        error=r.error,
+        workflow_id=r.workflow_id,
+    )
+
+
 async def runs(rt: Runtime, path: Path, name: str, limit: int = 20) -> ScheduleRuns:
     """A schedule's recent runs (newest first) and its next runs."""
     s = one(load(path), name)
@@ -301,21 +317,7 @@ async def runs(rt: Runtime, path: Path, name: str, limit: int = 20) -> ScheduleR
     return ScheduleRuns(
         schedule=name,
         server=_server(server),
-        runs=[
-            RunRecord(
-                run_date=r.run_date,
-                attempt=r.attempt,
-                status=r.status,
-                as_of=r.as_of,
-                started_at=r.started_at,
-                finished_at=r.finished_at,
-                step=r.step,
-                counts=r.counts or {},
-                error=r.error,
-                workflow_id=r.workflow_id,
-            )
-            for r in found
-        ],
+        runs=[run_record(r) for r in found],
     )
 
 
