@@ -13,10 +13,11 @@ from rich.table import Table
 from sqlalchemy import Engine
 from temporalio.client import Client
 
-from crmflow import schedules
+from crmflow import demo_messages, schedules
 from crmflow.contracts.automations import RunSummary
 from crmflow.dispatch import dispatch_once
 from crmflow.ingest import Kind, import_file
+from crmflow.ingest_report import IngestReport
 from crmflow.services import points as points_service
 from crmflow.services import rewards as rewards_service
 from crmflow.services.errors import Refused
@@ -25,6 +26,7 @@ from crmflow.settings import Settings
 from crmflow.stack import run_kpi_snapshot, stack_with_worker
 from journeys.validate import load_journey
 from rules.pack import load_pack
+from store.db import utcnow
 from store.journeys import deploy_journey
 from store.rule_versions import deploy
 
@@ -88,6 +90,23 @@ async def _run_schedules(client: Client, settings: Settings, path: Path) -> dict
     return {"applied": [c.as_dict() for c in applied], "runs": runs}
 
 
+# how long the demo waits for the sign-ups' welcome e-mails that quiet hours do not hold
+SEND_TIMEOUT = 60.0
+
+
+def _sign_ups(rt: Runtime, say: Any) -> tuple[IngestReport, IngestReport]:
+    """A few customers sign up now (`crmflow.demo_messages`): the welcome journey sends to
+    them during the run. A second run sends the same sign-ups again: duplicates."""
+    customers, events = demo_messages.add_sign_ups(rt, utcnow())
+    say(
+        f"  {customers.received} customers sign up now: {customers.stored} stored, "
+        f"{events.stored} sign-up events stored, {events.duplicates} duplicates, "
+        f"{events.conflicts} conflicts; {events.processed} through the rules, "
+        f"{events.rules_fired} rules fired"
+    )
+    return customers, events
+
+
 DEMO_MEMBER, DEMO_REWARD = "C0002", "coffee-voucher"
 
 
@@ -117,6 +136,7 @@ async def run_demo(
     settings: Settings, engine: Engine, examples: Path, console: Console, *, as_json: bool = False
 ) -> None:
     say = (lambda *_a, **_k: None) if as_json else console.print
+    started = utcnow()  # messages sent from here on were sent during this run
     say(f"[bold]crmflow demo[/] — database {settings.db_url}")
     rules_dir = examples / "rules"
     pack, source = load_pack(rules_dir)
@@ -160,6 +180,7 @@ async def run_demo(
             )
         for bad in report.faults:
             say(f"    line {bad.at}: {bad.problem}: {bad.reason}", highlight=False)
+    sign_ups = _sign_ups(Runtime(settings, engine), say)
     redeemed = _rewards(Runtime(settings, engine), examples / "rewards.yaml", say)
     where = "the embedded Temporal dev server" if settings.embedded else settings.temporal_target
     say(f"  starting {where} and a worker …")
@@ -167,6 +188,12 @@ async def run_demo(
         handed = await dispatch_once(client, engine, settings.task_queue)
         wf_id, snap = await run_kpi_snapshot(client, settings, window_days=365)
         sends = await _first_sends(engine)
+        # the sign-ups' welcome e-mails that quiet hours do not hold: wait for them (bounded)
+        due = [
+            c for c, at in demo_messages.send_times(settings, utcnow()).items() if at <= utcnow()
+        ]
+        waited = await demo_messages.wait_for_deliveries(engine, due, timeout=SEND_TIMEOUT)
+        messages = demo_messages.messages_report(engine, settings, started, utcnow(), waited)
         schedules = await _run_schedules(client, settings, examples / "schedules.yaml")
     say(f"  workflow {wf_id} completed on task queue {settings.task_queue!r}")
     say(
@@ -181,6 +208,8 @@ async def run_demo(
     for place, n in sorted(sends["where"].items()):
         say(f"    {n} enrolled in {place}")
     say("    (`crmflow journeys stats NAME`, `crmflow journeys enrollments NAME`)")
+    for line in demo_messages.describe(messages, smtp=bool(settings.smtp_host)):
+        say(line, markup=False, highlight=False)
     applied = schedules["applied"]
     say(
         f"  schedules from {examples / 'schedules.yaml'}: "
@@ -193,9 +222,11 @@ async def run_demo(
     if as_json:
         data = {
             "imports": [r.as_dict() for r in reports],
+            "sign_ups": [r.as_dict() for r in sign_ups],
             "redemption": redeemed,
             "workflow_id": wf_id,
             "journeys": {"dispatched": handed.__dict__, **sends},
+            "messages": messages.model_dump(mode="json"),
             "schedules": schedules,
             "kpi": snap.model_dump(mode="json") | {"repurchase_rate": snap.repurchase_rate},
         }
