@@ -342,9 +342,10 @@ class JourneyActivities:
             s.unsubscribe_secret.get_secret_value(), req.customer_id, req.channel, req.journey
         )
         link = unsubscribe_url(s.public_base_url, token)
+        event, data = _entry_event(conn, req)
         try:
             rendered = render_message(
-                node, {**profile, "data": req.data}, unsubscribe_url=link, journey=req.journey
+                node, profile, unsubscribe_url=link, journey=req.journey, event=event, data=data
             )
         except Exception as exc:  # jinja2 errors: the template cannot render for them
             return _Skip(f"{TEMPLATE_FAILED}: {exc}", "failed")
@@ -613,6 +614,24 @@ def _transient(req: DeliverRequest, exc: TransientSendError) -> ApplicationError
         f"{req.channel} send failed for now ({type(exc).__name__}); retrying",
         type="TransientSendError",
     )
+
+
+def _entry_event(
+    conn: Connection, req: DeliverRequest
+) -> tuple[dict[str, Any] | None, dict[str, Any]]:
+    """The entry event as a template sees it ({type, occurred_at, properties}; its
+    properties read from the store) and the `data` handed over: the enroll command's, and a
+    rule's `journey_event` data (that event's own properties). No entry event: None."""
+    ev = req.entry_event
+    data = dict(req.data)
+    if ev is None:
+        return None, data
+    if ev.properties_in_store:
+        props = _stored_properties(conn, req.customer_id, ev.event_id, ev.type)
+    else:  # made by a rule: its properties are the rule's data
+        props = dict(ev.properties)
+        data = {**props, **data}
+    return {"type": ev.type, "occurred_at": ev.occurred_at.isoformat(), "properties": props}, data
 
 
 def _stored_properties(

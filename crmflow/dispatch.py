@@ -130,7 +130,8 @@ async def dispatch_once(
                 event_id=str(data.get("event_id") or row.event_id or row.id),
                 type=row.event or "",
                 occurred_at=datetime.fromisoformat(at) if isinstance(at, str) else utcnow(),
-                properties=dict(data.get("properties") or {}),
+                # a rule's journey_event: its data are the event's properties
+                properties=dict(data if row.rule is not None else data.get("properties") or {}),
             )
             signalled = _for_temporal(ev, made_by_rule=row.rule is not None)
             await _signal(client, engine, d, row.customer_id, signalled, report)

@@ -1,12 +1,16 @@
 """Message templates: jinja2 in a sandbox, strict about undefined names, one variant per locale.
 
 A template sees `customer` (the profile: customer_id, name, email, phone, tier,
-points_balance, locale, timezone, attributes {...}), `unsubscribe_url` and `journey` (the
-journey's name). A name the context does not hold is an error, never an empty string
-(`StrictUndefined`); write `{{ customer.attributes.city | default('') }}` for an optional
-value. HTML parts are autoescaped; subject and text are not. Every render runs within the limits
-of `journeys.template_limits` (loop steps, sizes, time), and validation refuses a template
-whose text shows it can run away.
+points_balance, locale, timezone, attributes {...}), `unsubscribe_url`, `journey` (the
+journey's name), `event` (the event that started the enrollment: `event.type`,
+`event.occurred_at` as ISO text, `event.properties.*`; None for a journey entered by a rule
+or a segment) and `data` (what the rule's `enroll_journey` or `journey_event` handed over,
+e.g. `data.coupon_code`; a segment run's key). A name the context does not hold is an
+error, never an empty string (`StrictUndefined`); write
+`{{ customer.attributes.city | default('') }}` for an optional value. HTML parts are
+autoescaped; subject and text are not. Every render runs within the limits of
+`journeys.template_limits` (loop steps, sizes, time), and validation refuses a template whose
+text shows it can run away.
 
 The variant for a customer's locale is chosen exactly, then by language (`zh-TW` takes `zh`,
 then any other `zh-*`), then the default content.
@@ -30,8 +34,86 @@ from rules.models import Program
 
 TEXT_ENV = BoundedSandbox(undefined=StrictUndefined, autoescape=False)
 HTML_ENV = BoundedSandbox(undefined=StrictUndefined, autoescape=True)
-CONTEXT_NAMES = frozenset({"customer", "unsubscribe_url", "journey"})
+CONTEXT_NAMES = frozenset({"customer", "unsubscribe_url", "journey", "event", "data"})
 SAMPLE_UNSUBSCRIBE_URL = "https://example.com/unsubscribe?token=sample"
+SAMPLE_EVENT_TIME = "2026-03-01T09:30:00+00:00"
+
+# The properties of the events the scheduled automations write (store/automations.py), with
+# their types: a journey entered on one of them may show these in its messages.
+AUTOMATION_EVENT_PROPERTIES: dict[str, dict[str, str]] = {
+    "points_expiring": {
+        "amount": "number",  # the points expiring on the earliest date
+        "date": "date",  # that date, in the customer's zone (YYYY-MM-DD)
+        "expires_at": "datetime",
+        "total_expiring": "number",  # all points expiring within the notice window
+        "within_days": "number",
+    },
+    "churn_scan": {"last_purchase_at": "datetime", "days_since_last_purchase": "number"},
+    "lead_sla_check": {
+        "owner": "string",
+        "hours_since_last_follow_up": "number",
+        "sla_hours": "number",
+    },
+    "tier_changed": {
+        "from_tier": "string",
+        "to_tier": "string",
+        "direction": "string",
+        "reason": "string",
+    },
+    "birthday": {"date": "date", "age": "number"},
+    "membership_anniversary": {"date": "date", "years": "number"},
+}
+_SAMPLES: dict[str, Any] = {
+    "string": "sample",
+    "number": 120,
+    "money": 99.5,
+    "boolean": True,
+    "date": "2026-03-31",
+    "datetime": "2026-03-31T16:00:00+00:00",
+}
+
+
+class KnownNames(dict[str, Any]):
+    """A sample mapping (event properties, data) that refuses a name it does not hold, even
+    behind `default`: validation uses it so an unknown `event.properties.x` or `data.y` is a
+    problem with its line, not a silent empty string."""
+
+    def __init__(self, what: str, values: Mapping[str, Any]) -> None:
+        super().__init__(values)
+        self._what = what  # underscored: the sandbox never shows it to a template
+
+    def __missing__(self, key: str) -> Any:
+        known = ", ".join(sorted(self)) or "nothing"
+        raise jinja2.UndefinedError(f"{self._what} has no {key!r} (it has: {known})")
+
+
+class AnyNames(dict[str, Any]):
+    """A sample mapping whose names are not known (data when the rules are not): any name
+    gives a sample text."""
+
+    def __missing__(self, key: str) -> Any:
+        return "sample"
+
+
+def sample_properties(
+    program: Program | None, event_type: str, extra: Mapping[str, Any] | None = None
+) -> dict[str, Any]:
+    """Sample properties of an event of `event_type`: the programme's declared event
+    properties (values of their declared types), the properties an automation's event carries,
+    and `extra` (a rule's `journey_event` data, as written)."""
+    declared: dict[str, str] = dict(program.event_properties) if program is not None else {}
+    declared.update(AUTOMATION_EVENT_PROPERTIES.get(event_type, {}))
+    out = {name: _SAMPLES[kind] for name, kind in declared.items()}
+    out.update(extra or {})
+    return out
+
+
+def sample_event(event_type: str, properties: Mapping[str, Any]) -> dict[str, Any]:
+    return {
+        "type": event_type,
+        "occurred_at": SAMPLE_EVENT_TIME,
+        "properties": KnownNames("event.properties", properties),
+    }
 
 
 def sample_profile(program: Program | None = None) -> dict[str, Any]:
@@ -42,10 +124,9 @@ def sample_profile(program: Program | None = None) -> dict[str, Any]:
         "member_since": "2024-01-15",
         "city": "Shanghai",
     }
-    samples = {"string": "sample", "number": 1, "boolean": True}
     if program is not None:
         for name, kind in program.attributes.items():
-            attributes.setdefault(name, samples[kind])
+            attributes.setdefault(name, 1 if kind == "number" else _SAMPLES[kind])
     return {
         "customer_id": "c-sample",
         "name": "Li Wei",
@@ -60,9 +141,22 @@ def sample_profile(program: Program | None = None) -> dict[str, Any]:
 
 
 def template_context(
-    profile: Mapping[str, Any], *, unsubscribe_url: str = "", journey: str = ""
+    profile: Mapping[str, Any],
+    *,
+    unsubscribe_url: str = "",
+    journey: str = "",
+    event: Mapping[str, Any] | None = None,
+    data: Mapping[str, Any] | None = None,
 ) -> dict[str, Any]:
-    return {"customer": dict(profile), "unsubscribe_url": unsubscribe_url, "journey": journey}
+    """What a template sees. `event`: the entry event ({type, occurred_at, properties});
+    `data`: what the enroll command handed over."""
+    return {
+        "customer": dict(profile),
+        "unsubscribe_url": unsubscribe_url,
+        "journey": journey,
+        "event": event,
+        "data": data if data is not None else {},
+    }
 
 
 def _norm(tag: str) -> str:
@@ -116,14 +210,19 @@ def render_message(
     *,
     unsubscribe_url: str = "",
     journey: str = "",
+    event: Mapping[str, Any] | None = None,
+    data: Mapping[str, Any] | None = None,
 ) -> RenderedMessage:
     """Render `node`'s template for this customer, in the variant for `locale` (by default
-    the profile's own). Raises jinja2 errors (UndefinedError, TemplateSyntaxError)."""
+    the profile's own), with the entry `event` and the enroll command's `data`. Raises
+    jinja2 errors (UndefinedError, TemplateSyntaxError)."""
     if locale is None:
         raw = profile.get("locale")
         locale = raw if isinstance(raw, str) else None
     key, content = content_for(node.template, locale)
-    context = template_context(profile, unsubscribe_url=unsubscribe_url, journey=journey)
+    context = template_context(
+        profile, unsubscribe_url=unsubscribe_url, journey=journey, event=event, data=data
+    )
     with bounded_render():  # the parts of one message share its budget
         out = {part: render_part(part, src, context) for part, src in content.parts().items()}
     return RenderedMessage(

@@ -13,8 +13,16 @@ the validated `Journey`, or raises `SourceError` listing every problem found:
 - conditions and update effects, checked like rules against the programme (unknown facts,
   operators that do not fit, undefined tiers, expressions); profile-only conditions
   (branches, segments) and update amounts may not read `event.*` facts;
-- templates that do not parse or do not render against a sample profile (sandboxed jinja2,
-  undefined names are errors);
+- templates that do not parse or do not render against a sample context (sandboxed jinja2,
+  undefined names are errors): the programme's sample customer and what the journey's entry
+  gives. A journey entered on an event sees `event` with the properties the programme
+  declares (`event_properties`, sample values of their types), those the automation writing
+  that event puts on it, and a rule's `journey_event` data; `event` is refused in a journey
+  entered by a rule or a segment. `data` holds the keys the rules that enroll the customer
+  (`enroll_journey`) or send the entry event (`journey_event`) pass, when the rules are given
+  (`rules=`); without them any `data.<name>` is accepted, its type unknown (a segment's
+  `data` is its run key). An unknown `event.properties.x` or `data.y` is refused with its
+  line;
 - split variants: unique names, positive weights.
 
 Pure apart from reading the two files: no store, no Temporal.
@@ -52,9 +60,19 @@ from journeys.models import (
     WaitForNode,
     edges,
 )
-from journeys.templates import SAMPLE_UNSUBSCRIBE_URL, check_part, sample_profile, template_context
+from journeys.templates import (
+    SAMPLE_UNSUBSCRIBE_URL,
+    AnyNames,
+    KnownNames,
+    check_part,
+    sample_event,
+    sample_profile,
+    sample_properties,
+    template_context,
+)
 from rules.compiler import condition_facts
-from rules.models import Name, Program
+from rules.models import EnrollJourney, Name, Program, Rule
+from rules.models import JourneyEvent as JourneyEventEffect
 from rules.pack import Checker, find_program, load_program
 from rules.source import (
     LinePath,
@@ -236,14 +254,51 @@ def _near(name: str, options: Iterable[str]) -> str:
     return f" (did you mean {close[0]!r}?)" if close else ""
 
 
+def handed_over(rules: Iterable[Rule], journey: str, event: str | None) -> dict[str, Any]:
+    """The data the rules hand `journey` (keys and the rule files' values): their
+    `enroll_journey` data (event None) or their `journey_event` data for `event`."""
+    out: dict[str, Any] = {}
+    for rule in rules:
+        for eff in rule.then:
+            if event is None and isinstance(eff, EnrollJourney):
+                if eff.enroll_journey.journey == journey:
+                    out.update(eff.enroll_journey.data)
+            elif event is not None and isinstance(eff, JourneyEventEffect):
+                args = eff.journey_event
+                if args.journey == journey and args.event == event:
+                    out.update(args.data)
+    return out
+
+
 class _Check:
     def __init__(
-        self, doc: YamlDoc, program: Program, known_events: Collection[str] | None
+        self,
+        doc: YamlDoc,
+        program: Program,
+        known_events: Collection[str] | None,
+        rules: Iterable[Rule] | None = None,
     ) -> None:
         self.doc = doc
         self.program = program
         self.known_events = set(known_events) if known_events is not None else None
+        self.rules = list(rules) if rules is not None else None
         self.errors: list[JourneyError] = []
+
+    def entry_context(self, entry: Any, journey: str) -> dict[str, Any]:
+        """`event` and `data` as the journey's messages will see them, with sample values;
+        `event` left out (refused) where the entry brings no event."""
+        if isinstance(entry, EventEntry):
+            given = handed_over(self.rules, journey, entry.event) if self.rules is not None else {}
+            props = sample_properties(self.program, entry.event, given)
+            data: dict[str, Any] = (
+                KnownNames("data", given) if self.rules is not None else AnyNames()
+            )
+            return {"event": sample_event(entry.event, props), "data": data}
+        if isinstance(entry, SegmentEntry):
+            return {"data": KnownNames("data", {"segment_run": "2026-03-01T09:00"})}
+        if entry == "rule" and self.rules is not None:
+            return {"data": KnownNames("data", handed_over(self.rules, journey, None))}
+        return {"data": AnyNames()}
 
     def err(self, path: LinePath, message: str, node: str | None = None) -> None:
         text = f"node {node!r}: {message}" if node is not None else message
@@ -380,12 +435,16 @@ class _Check:
 
     # ------------------------------------------------------------------ nodes
 
-    def nodes(self, parts: _Parts) -> None:
-        profile = sample_profile(self.program)
+    def nodes(self, parts: _Parts, journey: str) -> None:
+        context = template_context(
+            sample_profile(self.program), unsubscribe_url=SAMPLE_UNSUBSCRIBE_URL, journey="sample"
+        )
+        del context["event"]  # only an event entry brings one
+        context.update(self.entry_context(parts.entry, journey))
         for nid, node in parts.nodes.items():
             base: LinePath = ("nodes", nid)
             if isinstance(node, MessageNode):
-                self.message(nid, node, parts.channels, profile)
+                self.message(nid, node, parts.channels, context)
             elif isinstance(node, WaitForNode):
                 self.event_name(node.event, (*base, "event"), nid)
                 if node.when is not None:
@@ -429,7 +488,7 @@ class _Check:
         nid: str,
         node: MessageNode,
         channels: list[str] | None,
-        profile: dict[str, Any],
+        context: dict[str, Any],
     ) -> None:
         base: LinePath = ("nodes", nid)
         if channels is not None and node.channel not in channels:
@@ -439,9 +498,6 @@ class _Check:
                 f"({', '.join(channels)})",
                 nid,
             )
-        context = template_context(
-            profile, unsubscribe_url=SAMPLE_UNSUBSCRIBE_URL, journey="sample"
-        )
         contents: list[tuple[LinePath, str, Content]] = [
             ((*base, "template"), "the template", node.template)
         ]
@@ -487,9 +543,13 @@ class _Check:
 
 
 def check_journey(
-    doc: YamlDoc, program: Program, known_events: Collection[str] | None = None
+    doc: YamlDoc,
+    program: Program,
+    known_events: Collection[str] | None = None,
+    rules: Iterable[Rule] | None = None,
 ) -> Journey:
-    """Validate a parsed journey document; raise SourceError listing every problem."""
+    """Validate a parsed journey document; raise SourceError listing every problem. With
+    `rules` (the rules pack's), the `data` its messages may show is what those rules pass."""
     data = doc.data
     if not isinstance(data, dict):
         found = "an empty file" if data is None else f"a {type(data).__name__}"
@@ -500,7 +560,7 @@ def check_journey(
                 )
             ]
         )
-    check = _Check(doc, program, known_events)
+    check = _Check(doc, program, known_events, rules)
     journey: Journey | None = None
     try:
         journey = Journey.model_validate(data)
@@ -526,7 +586,8 @@ def check_journey(
     parts = _parts(data, journey)
     check.graph(parts)
     check.header(parts)
-    check.nodes(parts)
+    name = data.get("journey")
+    check.nodes(parts, name if isinstance(name, str) else "")
     if check.errors:
         unique = list(dict.fromkeys(check.errors))
         raise SourceError(sorted(unique, key=lambda e: (e.line or 0, e.message)))
@@ -548,26 +609,28 @@ def validate_text(
     path: str,
     program: Program,
     known_events: Collection[str] | None = None,
+    rules: Iterable[Rule] | None = None,
 ) -> Journey:
     """Validate a journey's text (as stored with a deployed version, say)."""
     try:
         doc = parse_yaml(text, path)
     except SourceError as exc:
         raise _as_journey_errors(exc) from exc
-    return check_journey(doc, program, known_events)
+    return check_journey(doc, program, known_events, rules)
 
 
 def load_journey(
     path: Path,
     program_path: Path | None = None,
     known_events: Collection[str] | None = None,
+    rules: Iterable[Rule] | None = None,
 ) -> LoadedJourney:
     """Read and validate a journey file and its programme (found beside the journey's
     folder or in its parent unless given)."""
     try:
         program_file = find_program(path.parent, program_path)
         program = load_program(load_yaml(program_file))
-        journey = check_journey(load_yaml(path), program, known_events)
+        journey = check_journey(load_yaml(path), program, known_events, rules)
     except SourceError as exc:
         raise _as_journey_errors(exc) from exc
     return LoadedJourney(journey, str(path), program, str(program_file))

@@ -66,6 +66,7 @@ with workflow.unsafe.imports_passed_through():
     from journeys.models import (
         BranchNode,
         DelayNode,
+        EventEntry,
         ExitNode,
         Journey,
         MessageNode,
@@ -89,6 +90,9 @@ SEND_TIMEOUT = timedelta(seconds=45)
 FACTS_IN_STORE = "journey-facts-stay-in-store"
 # A wait_for tests the events that arrive while it tests another one (an activity).
 WAIT_FOR_EVERY_EVENT = "journey-wait-for-every-event"
+# A message names the enrollment's entry event (by id) so its template can show the event's
+# properties, which the deliver activity reads from the store.
+DELIVER_ENTRY_EVENT = "deliver-entry-event"
 
 
 class _Finished(Exception):
@@ -144,6 +148,10 @@ class JourneyWorkflow:
         self.checked = 0  # events already looked at for exit and goal
         node_id = inp.node or self.journey.start
         first = inp.node is None
+        entry = self.journey.entry
+        if first and inp.entry_event is None and isinstance(entry, EventEntry):
+            # the dispatcher starts an event-entered enrollment with that event as its signal
+            inp.entry_event = next((e for e in self.events if e.type == entry.event), None)
         try:
             if first and not isinstance(self.journey.node(node_id), MessageNode):
                 await self._record(node_id, "entered", step=f"{node_id}:entered")
@@ -240,6 +248,11 @@ class JourneyWorkflow:
             channel=node.channel,
             template=node.template.model_dump(mode="json", exclude_none=True),
             data=self.inp.data,
+            entry_event=(
+                self.inp.entry_event
+                if self.inp.entry_event is not None and workflow.patched(DELIVER_ENTRY_EVENT)
+                else None
+            ),
             variant=self._variant(),
             frequency_cap_policy=self.journey.frequency_cap_policy,
             rate_limit_per_minute=self.journey.rate_limit_per_minute,

@@ -71,6 +71,11 @@ class EnrollmentInput(BaseModel):
         description="from the enroll command: the rule file's constants or the segment run, "
         "never the customer's data",
     )
+    entry_event: JourneyEvent | None = Field(
+        None,
+        description="the event that started the enrollment (set by the workflow from its "
+        "start signal; by id, type and time: its properties stay in the store)",
+    )
     # carried over by continue-as-new
     entered_at: datetime | None = None
     node: str | None = None
@@ -103,6 +108,9 @@ class DeliverRequest(BaseModel):
     channel: str
     template: dict[str, Any]
     data: dict[str, Any] = Field(default_factory=dict)
+    entry_event: JourneyEvent | None = Field(
+        None, description="the enrollment's entry event: the message may show its properties"
+    )
     variant: str | None = None
     frequency_cap_policy: Literal["skip", "defer"] = "skip"
     rate_limit_per_minute: int | None = None
