@@ -10,6 +10,7 @@ import sys
 import time
 import uuid
 from collections.abc import Iterator
+from datetime import datetime
 from pathlib import Path
 from typing import Any
 
@@ -51,12 +52,17 @@ def home(tmp_path: Path) -> Iterator[Path]:
     assert processes_using(home) == [], "a process of the embedded stack was left running"
 
 
-def run_demo(env: dict[str, str]) -> dict[str, Any]:
+def run_demo(env: dict[str, str], *, as_json: bool = True) -> Any:
     done = subprocess.run(
-        [CRMFLOW, "demo", "--json"], cwd=REPO, env=env, capture_output=True, text=True, timeout=180
+        [CRMFLOW, "demo", *(["--json"] if as_json else [])],
+        cwd=REPO,
+        env=env | {"COLUMNS": "200"},
+        capture_output=True,
+        text=True,
+        timeout=240,
     )
     assert done.returncode == 0, done.stderr
-    return dict(json.loads(done.stdout))
+    return dict(json.loads(done.stdout)) if as_json else done.stdout
 
 
 def test_demo_runs_twice_and_leaves_nothing_running(home: Path) -> None:
@@ -66,19 +72,51 @@ def test_demo_runs_twice_and_leaves_nothing_running(home: Path) -> None:
     assert customers["stored"] == customers["received"] and customers["rejected"] == 0
     assert events["stored"] == events["received"] and events["rejected"] == 0
     assert events["processed"] == events["received"] and events["rules_fired"] > 0
+    joined, signed_up = data["sign_ups"]
+    assert joined["stored"] == joined["received"] == 3
+    assert signed_up["stored"] == signed_up["processed"] == 3 and signed_up["rules_fired"] == 3
     assert data["kpi"]["points_issued"] > 0 and data["kpi"]["tiers"]
-    assert data["kpi"]["customers"] == customers["received"]
-    assert data["kpi"]["events"] == events["received"]
+    assert data["kpi"]["customers"] == customers["received"] + joined["received"]
+    assert data["kpi"]["events"] == events["received"] + signed_up["received"]
     assert (home / "crmflow.db").exists() and (home / "temporal.db").exists()
     assert processes_using(home) == []
+
+    # the new sign-ups' welcome e-mails went out during the run, to the outbox; those quiet
+    # hours hold are said to wait, and until when
+    messages = data["messages"]
+    sent = [m for m in messages["shown"] if m["this_run"]]
+    assert messages["sent_this_run"] >= len(sent) >= 1
+    assert messages["by_channel"].get("email", 0) >= 1
+    for m in sent:
+        assert m["channel"] == "email" and m["via"] == "outbox"
+        assert m["subject"] and m["lines"] and "***@example.com" in m["to"]
+    welcomed = {m["customer_id"] for m in sent}
+    waiting = {w["customer_id"]: w for w in messages["waiting"]}
+    assert welcomed | set(waiting) == {"C0901", "C0902", "C0903"}
+    assert not welcomed & set(waiting)
+    for w in waiting.values():
+        since = datetime.fromisoformat(messages["since"])
+        assert "quiet hours" in w["reason"] and datetime.fromisoformat(w["until"]) > since
+
+    # a second run, as text: the section shows the messages sent on the first run
+    text = run_demo(env, as_json=False)
+    assert "Messages sent during this run:" in text
+    assert "Subject: Welcome to Acme Rewards" in text or "Subject: 欢迎加入" in text
 
     data2 = run_demo(env)
     assert [r["stored"] for r in data2["imports"]] == [0, 0]
     assert [r["duplicates"] for r in data2["imports"]] == [r["received"] for r in data["imports"]]
     assert data2["imports"][1]["processed"] == 0
+    assert [r["stored"] for r in data2["sign_ups"]] == [0, 0]
+    assert data2["sign_ups"][1]["duplicates"] == 3 and data2["sign_ups"][1]["conflicts"] == 0
     assert data2["kpi"]["points_outstanding"] == data["kpi"]["points_outstanding"]
     assert data2["kpi"]["events"] == data["kpi"]["events"]
+    assert data2["kpi"]["customers"] == data["kpi"]["customers"]
     assert data2["workflow_id"] != data["workflow_id"]
+    # nothing is sent again; only a message quiet hours held may have gone out since
+    again = data2["messages"]
+    assert {m["customer_id"] for m in again["shown"] if m["this_run"]} <= set(waiting)
+    assert {m["customer_id"] for m in again["shown"]} >= welcomed
 
 
 async def test_up_serves_until_interrupted_and_keeps_history(home: Path) -> None:
