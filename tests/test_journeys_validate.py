@@ -672,7 +672,7 @@ def test_undefined_names_in_templates() -> None:
     assert (
         15,
         "node 'hello': the template's text uses undefined 'coupon_code'; templates see "
-        "customer, journey, unsubscribe_url",
+        "customer, data, journey, unsubscribe_url",
     ) in got
     assert len(errs) == 2
     # once coupon_code is gone, the next undefined name shows, at its own line
