@@ -18,6 +18,7 @@ from store.models import (
     CustomerRow,
     DeliveryRow,
     EnrollmentRow,
+    EventRow,
     JourneyRow,
     JourneyStepRow,
     JourneyVersionRow,
@@ -404,6 +405,25 @@ def _sends_since_stmt(by_customer: bool, by_prefix: bool) -> Executable:
 
 
 # --------------------------------------------------------------------------- profiles
+
+
+def latest_event(conn: Connection, customer_id: str, event_type: str) -> dict[str, Any] | None:
+    """The customer's latest event of `event_type`, as a template sees an entry event
+    ({type, occurred_at, properties}); None when they have none."""
+    e = EventRow
+    row = conn.execute(
+        select(e.type, e.occurred_at, e.properties)
+        .where(e.customer_id == customer_id, e.type == event_type)
+        .order_by(e.occurred_at.desc())
+        .limit(1)
+    ).first()
+    if row is None:
+        return None
+    return {
+        "type": row.type,
+        "occurred_at": row.occurred_at.isoformat(),
+        "properties": dict(row.properties or {}),
+    }
 
 
 def message_profile(conn: Connection, customer_id: str, at: datetime) -> dict[str, Any] | None:

@@ -265,3 +265,37 @@ def test_test_send_without_smtp_lands_in_the_outbox_only(
         ["journeys", "test-send", "welcome", "hello", "--customer", "C9999", "--to", "a@b.org"],
     )
     assert result.exit_code == 1 and "no customer with id 'C9999'" in result.output
+
+
+def test_preview_of_an_event_entered_journey_uses_the_customers_latest_entry_event(
+    programme: Runtime,
+) -> None:
+    """The points-expiring journey's message reads its entry event's properties: a preview
+    renders it with the customer's latest `points_expiring` event, as a send would."""
+    rt = programme
+    source = journeys_service.JourneyFile(path=REPO / "examples/journeys/points-expiring.yaml")
+    asyncio.run(journeys_service.deploy(rt, source))
+    event = {
+        "event_id": "pe-preview-1",
+        "customer_id": "C0001",
+        "type": "points_expiring",
+        "occurred_at": "2026-11-20T02:00:00+00:00",
+        "properties": {
+            "amount": 120.0,
+            "date": "2026-12-20",
+            "expires_at": "2026-12-20T16:00:00+00:00",
+            "total_expiring": 120.0,
+            "within_days": 30,
+        },
+    }
+    path = rt.settings.home / "pe.jsonl"
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(json.dumps(event) + "\n")
+    assert import_file(rt.engine, path, "events").stored == 1
+    shown = journey_preview.preview(
+        rt,
+        journey_preview.PreviewRequest(
+            journey="points-expiring", node="first_reminder", customer_id="C0001"
+        ),
+    )
+    assert shown.subject is not None and "120 points expire on 2026-12-20" in shown.subject

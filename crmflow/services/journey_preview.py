@@ -37,7 +37,7 @@ from activities.channels.base import (
 from activities.channels.unsubscribe import make_unsubscribe_token, unsubscribe_url
 from crmflow.services.errors import Invalid, NotFound, Refused, Unavailable
 from crmflow.services.runtime import Runtime
-from journeys.models import Journey, MessageNode
+from journeys.models import EventEntry, Journey, MessageNode
 from journeys.templates import render_message
 from store import journeys as jstore
 from store.db import utcnow
@@ -145,6 +145,12 @@ def _render(rt: Runtime, req: PreviewRequest, *, for_test: bool) -> MessagePrevi
     with rt.engine.connect() as conn:
         version, node = _message_node(conn, req.journey, req.node)
         profile = jstore.message_profile(conn, req.customer_id, utcnow())
+        spec = Journey.model_validate(jstore.deployed(conn, req.journey)[0].definition)
+        event = (
+            jstore.latest_event(conn, req.customer_id, spec.entry.event)
+            if isinstance(spec.entry, EventEntry)
+            else None
+        )
     if profile is None:
         raise NotFound(f"no customer with id {req.customer_id!r}")
     secret = s.unsubscribe_secret.get_secret_value()
@@ -153,9 +159,16 @@ def _render(rt: Runtime, req: PreviewRequest, *, for_test: bool) -> MessagePrevi
     token = make_unsubscribe_token(secret, req.customer_id, node.channel, req.journey)
     link = unsubscribe_url(s.public_base_url, token)
     try:
-        # the profile as the deliver activity hands it over (no entry data in a preview)
+        # as the deliver activity renders it; the entry event is the customer's latest of
+        # the journey's entry type (a rule's data is not known outside an enrollment)
         rendered = render_message(
-            node, {**profile, "data": {}}, req.locale, unsubscribe_url=link, journey=req.journey
+            node,
+            profile,
+            req.locale,
+            unsubscribe_url=link,
+            journey=req.journey,
+            event=event,
+            data={},
         )
     except Exception as exc:  # jinja2 errors, the template limits: it cannot render for them
         raise Refused(
