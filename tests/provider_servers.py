@@ -24,6 +24,7 @@ import secrets
 import threading
 import time
 import uuid
+from abc import ABC, abstractmethod
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
@@ -53,7 +54,7 @@ def _single(values: dict[str, list[str]]) -> dict[str, str]:
     return {k: v[0] for k, v in values.items()}
 
 
-class ProviderServer:
+class ProviderServer(ABC):
     """A threaded HTTP server calling `handle` for each request and recording it."""
 
     def __init__(self, *, delay: float = 0.0) -> None:
@@ -78,8 +79,9 @@ class ProviderServer:
         with self.lock:
             return self.script.pop(0) if self.script else None
 
+    @abstractmethod
     def handle(self, req: ProviderRequest) -> tuple[int, dict[str, Any], dict[str, str]]:
-        raise NotImplementedError
+        """Status, JSON answer and headers for one request, checked as the provider would."""
 
     def _handler_class(self) -> type[BaseHTTPRequestHandler]:
         server = self

@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import asyncio
 import time
+from abc import ABC, abstractmethod
 from collections.abc import Awaitable, Callable
 from email.utils import parsedate_to_datetime
 
@@ -112,7 +113,7 @@ def check_base_url(url: str) -> str:
     return url.rstrip("/")
 
 
-class ProviderChannel:
+class ProviderChannel(ABC):
     """A channel speaking one provider's HTTP API: `validate`, then `attempt` with retries.
 
     Pass a shared `client` (an httpx.AsyncClient) to reuse connections; without one each send
@@ -143,10 +144,13 @@ class ProviderChannel:
             self.name = name
 
     def validate(self, msg: OutgoingMessage) -> None:
-        """Raise PermanentSendError for a message this provider can never deliver."""
+        """Raise PermanentSendError for a message this provider can never deliver (a
+        provider that checks nothing before sending keeps this default)."""
+        return None
 
+    @abstractmethod
     async def attempt(self, client: httpx.AsyncClient, msg: OutgoingMessage) -> SendResult:
-        raise NotImplementedError
+        """One request to the provider: its result, or a transient/permanent failure."""
 
     def backoff(self, attempt: int) -> float:
         """Delay after failed attempt number `attempt` (1-based): base, 2x base, 4x base..."""

@@ -29,6 +29,7 @@ The message's text fills the template field `template_field` (default `content`)
 from __future__ import annotations
 
 import json
+from abc import abstractmethod
 from typing import Any
 
 import httpx
@@ -64,15 +65,17 @@ class WeixinApiChannel(ProviderChannel):
 
     # --- what subclasses give ---------------------------------------------------------
 
+    @abstractmethod
     def token_request(self) -> tuple[str, dict[str, str]]:
         """URL and query parameters of the token request."""
-        raise NotImplementedError
 
+    @abstractmethod
     def send_url(self) -> str:
-        raise NotImplementedError
+        """The send endpoint (the access token is added to its query)."""
 
+    @abstractmethod
     def body(self, msg: OutgoingMessage) -> dict[str, Any]:
-        raise NotImplementedError
+        """The JSON body that sends `msg`."""
 
     def accepted(self, answer: dict[str, object], msg: OutgoingMessage) -> SendResult:
         """The result of an answer with errcode 0 (or raise, for a refusal hidden in it)."""
