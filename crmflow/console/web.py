@@ -32,7 +32,7 @@ from starlette.concurrency import run_in_threadpool
 from crmflow.api.security import get_runtime
 from crmflow.services.errors import ServiceError
 from crmflow.services.keys import Principal
-from crmflow.services.permissions import allowed
+from crmflow.services.permissions import PERMISSIONS, allowed
 from crmflow.services.users import Session, session_of
 
 HERE = Path(__file__).parent
@@ -122,26 +122,33 @@ async def _viewer(request: Request, action: str) -> Viewer:
     return Viewer(who, found.csrf_token)
 
 
+class ConsolePermission:
+    """The dependency behind `page` and `form`: callable by FastAPI, and introspectable
+    (`action`, `form`) so a test can enumerate every console route's permission."""
+
+    def __init__(self, action: str, *, form: bool) -> None:
+        if action not in PERMISSIONS:
+            raise KeyError(f"undeclared action {action!r}: add it to PERMISSIONS")
+        self.action = action
+        self.form = form
+
+    async def __call__(self, request: Request) -> Viewer:
+        viewer = await _viewer(request, self.action)
+        if self.form:
+            sent = (await request.form()).get(CSRF_FIELD)
+            if not isinstance(sent, str) or not secrets.compare_digest(sent, viewer.csrf_token):
+                raise Forbidden("the form has no valid CSRF token: reload the page and try again")
+        return viewer
+
+
 def page(action: str) -> Any:
     """A GET page's dependency: the `Viewer`, when signed in with a role that may `action`."""
-
-    async def dependency(request: Request) -> Viewer:
-        return await _viewer(request, action)
-
-    return Depends(dependency)
+    return Depends(ConsolePermission(action, form=False))
 
 
 def form(action: str) -> Any:
     """A POST form's dependency: as `page`, and the form must carry the session's CSRF token."""
-
-    async def dependency(request: Request) -> Viewer:
-        viewer = await _viewer(request, action)
-        sent = (await request.form()).get(CSRF_FIELD)
-        if not isinstance(sent, str) or not secrets.compare_digest(sent, viewer.csrf_token):
-            raise Forbidden("the form has no valid CSRF token: reload the page and try again")
-        return viewer
-
-    return Depends(dependency)
+    return Depends(ConsolePermission(action, form=True))
 
 
 def url(path: str = "") -> str:
