@@ -87,9 +87,9 @@ def json_object(response: httpx.Response) -> dict[str, object] | None:
     return answer if isinstance(answer, dict) else None
 
 
-def check_e164(msg: OutgoingMessage, *, max_chars: int) -> str:
+def check_e164(msg: OutgoingMessage, *, max_chars: int | None = None) -> str:
     """The message's `to` as a valid E.164 number; PermanentSendError otherwise, or when the
-    text is empty or longer than `max_chars`."""
+    text is empty or longer than `max_chars` (when given). Every SMS channel checks with it."""
     to = msg.to or ""
     try:
         number = phonenumbers.parse(to, None)
@@ -102,7 +102,7 @@ def check_e164(msg: OutgoingMessage, *, max_chars: int) -> str:
     text = msg.text or ""
     if not text.strip():
         raise PermanentSendError("sms needs a text body")
-    if len(text) > max_chars:
+    if max_chars is not None and len(text) > max_chars:
         raise PermanentSendError(f"sms text is {len(text)} characters; the most is {max_chars}")
     return to
 

@@ -27,7 +27,6 @@ import time
 from typing import Any
 
 import httpx
-import phonenumbers
 
 from activities.channels.base import (
     OutgoingMessage,
@@ -35,6 +34,7 @@ from activities.channels.base import (
     SendResult,
     TransientSendError,
 )
+from activities.channels.provider import check_e164
 from activities.channels.provider import retry_after as retry_after_of
 
 TIMESTAMP_HEADER = "X-Crmflow-Timestamp"
@@ -222,9 +222,6 @@ class WebhookChannel:
         )
 
 
-E164 = re.compile(r"^\+[1-9]\d{6,14}$")
-
-
 class SmsChannel(WebhookChannel):
     """SMS through a provider (or relay) taking a signed JSON POST; `to` must be E.164.
 
@@ -235,19 +232,7 @@ class SmsChannel(WebhookChannel):
     name = "sms"
 
     def validate(self, msg: OutgoingMessage) -> None:
-        to = msg.to or ""
-        if not E164.match(to):
-            raise PermanentSendError(f"sms needs an E.164 phone number (+<digits>), got {to!r}")
-        try:
-            number = phonenumbers.parse(to, None)
-        except phonenumbers.NumberParseException as exc:
-            raise PermanentSendError(f"bad phone number {to!r}: {exc}") from exc
-        if not phonenumbers.is_valid_number(number):
-            raise PermanentSendError(f"{to!r} is not a valid phone number")
-        if phonenumbers.format_number(number, phonenumbers.PhoneNumberFormat.E164) != to:
-            raise PermanentSendError(f"{to!r} is not in E.164 form")
-        if not (msg.text or "").strip():
-            raise PermanentSendError("sms needs a text body")
+        check_e164(msg)
 
     def payload(self, msg: OutgoingMessage) -> dict[str, Any]:
         return {
