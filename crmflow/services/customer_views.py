@@ -20,7 +20,7 @@ from typing import Literal
 from pydantic import BaseModel, Field
 
 from crmflow.services.audit import PrivacyRecord, privacy_log
-from crmflow.services.customers import Customer360, customer_360
+from crmflow.services.customers import Customer360, JourneyPlace, customer_360
 from crmflow.services.errors import Invalid
 from crmflow.services.points import PointsStatement, statement
 from crmflow.services.runtime import Runtime
@@ -60,17 +60,10 @@ class DeliveryLine(BaseModel):
     sent_at: datetime | None
 
 
-class JourneyLine(BaseModel):
+class JourneyLine(JourneyPlace):
+    """Where the customer is in a journey (as the 360 view says) and what the store adds."""
+
     workflow_id: str
-    journey: str
-    version: str
-    status: str
-    node: str | None
-    since: datetime | None
-    variant: str | None
-    entered_at: datetime
-    finished_at: datetime | None
-    outcome: str | None
     steps: list[StepLine] = Field(description="the newest steps it logged, newest first")
     delivery: DeliveryLine | None = Field(None, description="its newest delivery")
     why: str | None = Field(None, description="why it waits, from what the store records")
