@@ -251,6 +251,33 @@ class Settings(BaseSettings):
     dispatch_interval_seconds: float = Field(
         1.0, gt=0, description="How often a worker hands journey commands from the outbox over"
     )
+    # Operations: Prometheus metrics of a worker (the API serves /api/v1/metrics to a key
+    # with `metrics.read`), and team chat for staff notices (activities/team_chat.py). The
+    # robot URLs carry their access key or token, so they are secrets and never printed.
+    metrics_port: int | None = Field(
+        None,
+        ge=1,
+        le=65535,
+        description="Port a worker serves Prometheus metrics on (unset: none; e.g. 9464)",
+    )
+    metrics_host: str = Field(
+        "127.0.0.1",
+        description="Address the worker's metrics port binds to (0.0.0.0 in a container)",
+    )
+    wecom_robot_url: SecretStr | None = Field(
+        None,
+        description="WeCom group robot webhook (…/cgi-bin/webhook/send?key=…) for staff notices",
+    )
+    dingtalk_robot_url: SecretStr | None = Field(
+        None,
+        description="DingTalk robot webhook (…/robot/send?access_token=…) for staff notices",
+    )
+    dingtalk_robot_secret: SecretStr | None = Field(
+        None, description="The DingTalk robot's signing secret (SEC…); unset: unsigned robot"
+    )
+    slack_webhook_url: SecretStr | None = Field(
+        None, description="Slack incoming webhook (https://hooks.slack.com/…) for staff notices"
+    )
 
     @field_validator("quiet_hours_start", "quiet_hours_end")
     @classmethod
