@@ -31,7 +31,14 @@ ADM, MKT, PM, OPS, ING, VIEW = (
 
 # action -> (roles allowed, what it lets them do)
 PERMISSIONS: dict[str, tuple[frozenset[Role], str]] = {
-    "health.read": (frozenset(Role), "read the health of the database and schema"),
+    "health.read": (
+        frozenset(Role),
+        "read the health of the database, Temporal and the workers polling the task queue",
+    ),
+    "metrics.read": (
+        frozenset({ADM, OPS}),
+        "scrape the Prometheus metrics of an API process (events, rules, sends, runs)",
+    ),
     "customers.read": (
         frozenset({ADM, MKT, OPS, VIEW}),
         "list, search and view customers (360 view)",
