@@ -389,18 +389,28 @@ def _goal_window(conn: Connection, occurred: Any, entered: Any, days: int) -> An
 
 
 def goal_conversions(
-    conn: Connection, name: str, version: str, goal: Any
+    conn: Connection,
+    name: str,
+    version: str,
+    goal: Any,
+    entered: tuple[datetime, datetime] | None = None,
 ) -> dict[str | None, tuple[int, int]]:
     """variant → (enrollments, conversions) of one version, by the one definition of a
     conversion: the enrollment's customer had an event of the goal's type within
     `goal.within_days` of entering (bounds inclusive), matching the goal's `when` on the
-    event's own fields — whatever the enrollment's status. Without a goal nothing converts."""
+    event's own fields — whatever the enrollment's status. Without a goal nothing converts.
+    With `entered` = (start, end), only enrollments entered in (start, end] count, and only
+    goal events up to `end` (a figure as of `end`, as the KPIs read it)."""
     e, ev = EnrollmentRow, EventRow
     mine = and_(e.journey == name, e.version == version)
+    if entered is not None:
+        mine = and_(mine, e.entered_at > entered[0], e.entered_at <= entered[1])
     if goal is None:
         plain = conn.execute(select(e.variant, func.count()).where(mine).group_by(e.variant))
         return {variant: (int(n), 0) for variant, n in plain}
     window = _goal_window(conn, ev.occurred_at, e.entered_at, goal.within_days)
+    if entered is not None:
+        window = and_(window, ev.occurred_at <= entered[1])
     matching = and_(ev.customer_id == e.customer_id, ev.type == goal.event, window)
     if goal.when is None:
         hit = case((select(ev.id).where(matching).exists(), 1), else_=0)
