@@ -573,3 +573,68 @@ class PrivacyLogRow(Base):
     role: Mapped[str | None] = mapped_column(String(32))
     tables: Mapped[dict[str, int]] = mapped_column(JSONDoc, default=dict)  # table -> rows
     detail: Mapped[dict[str, Any]] = mapped_column(JSONDoc, default=dict)
+
+
+# --- customer-base model (BG/NBD + Gamma-Gamma): fitted versions and per-customer scores ---
+
+from sqlalchemy import Double  # noqa: E402  (kept with the block that uses it)
+
+
+class CustomerModelRow(Base):
+    """One fit of the customer-base model: the BG/NBD parameters (r, alpha, a, b) and the
+    Gamma-Gamma ones (p, q, gamma), with the data they came from (calibration end, unit,
+    customers, repeat buyers) and how the fit went. The newest row with status `ok` is the
+    active model; a failed fit is kept with its message and never used."""
+
+    __tablename__ = "customer_models"
+
+    id: Mapped[int] = mapped_column(BigId, primary_key=True, autoincrement=True)
+    fitted_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow, index=True)
+    status: Mapped[str] = mapped_column(String(16))  # ok, failed
+    calibration_end: Mapped[datetime] = mapped_column(UTCDateTime)  # a UTC day, inclusive
+    unit: Mapped[str] = mapped_column(String(8))  # days, weeks
+    customers: Mapped[int] = mapped_column(Integer)
+    repeat_buyers: Mapped[int] = mapped_column(Integer)
+    transactions: Mapped[int] = mapped_column(Integer)  # purchase days, first ones included
+    r: Mapped[float | None] = mapped_column(Double)
+    alpha: Mapped[float | None] = mapped_column(Double)
+    a: Mapped[float | None] = mapped_column(Double)
+    b: Mapped[float | None] = mapped_column(Double)
+    log_likelihood: Mapped[float | None] = mapped_column(Double)
+    converged: Mapped[bool] = mapped_column(default=False)
+    p: Mapped[float | None] = mapped_column(Double)
+    q: Mapped[float | None] = mapped_column(Double)
+    gamma: Mapped[float | None] = mapped_column(Double)
+    spend_log_likelihood: Mapped[float | None] = mapped_column(Double)
+    spend_converged: Mapped[bool] = mapped_column(default=False)
+    spend_customers: Mapped[int] = mapped_column(Integer, default=0)
+    message: Mapped[str | None] = mapped_column(Text)
+    fitted_by: Mapped[str | None] = mapped_column(String(200))
+    # the calibration table (actual and expected customers per repeat count), iterations,
+    # optimiser messages, seconds
+    detail: Mapped[dict[str, Any]] = mapped_column(JSONDoc, default=dict)
+    scored_at: Mapped[datetime | None] = mapped_column(UTCDateTime)
+    scored_customers: Mapped[int | None] = mapped_column(Integer)
+
+
+class CustomerScoreRow(Base):
+    """A customer's latest scores under a model version, as of `as_of` (one row per
+    customer, rewritten by every scoring): the summary the model read and what it says."""
+
+    __tablename__ = "customer_scores"
+
+    customer_id: Mapped[str] = mapped_column(
+        ForeignKey("customers.customer_id", ondelete="CASCADE"), primary_key=True
+    )
+    model_id: Mapped[int] = mapped_column(BigId, index=True)
+    as_of: Mapped[datetime] = mapped_column(UTCDateTime)
+    frequency: Mapped[int] = mapped_column(Integer)  # repeat purchase days
+    recency_days: Mapped[float] = mapped_column(Double)  # first to last purchase
+    age_days: Mapped[float] = mapped_column(Double)  # first purchase to as_of
+    avg_spend: Mapped[float | None] = mapped_column(Double)  # per repeat purchase day
+    p_alive: Mapped[float] = mapped_column(Double)
+    expected_purchases_30d: Mapped[float] = mapped_column(Double)
+    expected_purchases_90d: Mapped[float] = mapped_column(Double)
+    expected_purchases_365d: Mapped[float] = mapped_column(Double)
+    expected_avg_spend: Mapped[float | None] = mapped_column(Double)
+    clv_365d: Mapped[float | None] = mapped_column(Double)
