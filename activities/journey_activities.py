@@ -26,10 +26,12 @@ import asyncio
 import functools
 import inspect
 import logging
+import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 from typing import Any, TypeVar
+from zoneinfo import ZoneInfo
 
 from sqlalchemy import Connection, Engine, select
 from temporalio import activity
@@ -63,6 +65,7 @@ from crmflow.contracts.journeys import (
     RecordRequest,
     SegmentRequest,
     UpdateRequest,
+    WaitState,
 )
 from crmflow.processing import active_pack, apply_effects, evaluate_facts
 from crmflow.settings import Settings
@@ -76,9 +79,10 @@ from journeys.conditions import (
 from journeys.interpret import calendar_delay_until
 from journeys.models import DelayNode, MessageNode
 from journeys.templates import RenderedMessage, render_message
-from journeys.timing import next_send_time
+from journeys.timing import next_send_time, parse_duration
 from rules.models import Rule
 from store import journeys as jstore
+from store import send_limits
 from store.models import EventRow
 
 log = logging.getLogger(__name__)
@@ -201,6 +205,11 @@ class JourneyActivities:
     @activity.defn(name=JOURNEY_DELIVER)
     @_failures_by_kind
     async def deliver(self, req: DeliverRequest) -> DeliverResult:
+        info = activity.info() if activity.in_activity() else None
+        if info and info.attempt > 1 and info.current_attempt_scheduled_time > req.at:
+            # a retry: its checks and its place under the limits are at the retry's time
+            # (the server's, simulated on a time-skipping server), not the first attempt's
+            req = req.model_copy(update={"at": info.current_attempt_scheduled_time})
         return _public(await self._deliver(req))
 
     async def _deliver(self, req: DeliverRequest) -> DeliverResult:
@@ -217,14 +226,15 @@ class JourneyActivities:
         message, interrupted = checked
         if interrupted and channel.name == "email":
             return await asyncio.to_thread(self._interrupted, req, at)
+        started = time.monotonic()
         try:
             result = await channel.send(message)
         except PermanentSendError as exc:
-            return await asyncio.to_thread(self._failed, req, at, exc)
+            return await asyncio.to_thread(self._failed, req, at, exc, _ms(started))
         except TransientSendError as exc:
-            await asyncio.to_thread(self._mark, req, "retrying")
+            await asyncio.to_thread(self._retrying, req, at, exc, _ms(started))
             raise _transient(req, exc) from None
-        return await asyncio.to_thread(self._sent, req, at, channel, result)
+        return await asyncio.to_thread(self._sent, req, at, channel, result, _ms(started))
 
     def _sync_form(self, channel: Channel) -> SyncChannel | None:
         """The channel as a SyncChannel when it has a blocking send (looked up once: an
@@ -244,31 +254,63 @@ class JourneyActivities:
         message, interrupted = checked
         if interrupted and channel.name == "email":
             return self._interrupted(req, at)
+        started = time.monotonic()
         try:
             result = channel.send_sync(message)
         except PermanentSendError as exc:
-            return self._failed(req, at, exc)
+            return self._failed(req, at, exc, _ms(started))
         except TransientSendError as exc:
-            self._mark(req, "retrying")
+            self._retrying(req, at, exc, _ms(started))
             raise _transient(req, exc) from None
-        return self._sent(req, at, channel, result)
+        return self._sent(req, at, channel, result, _ms(started))
 
     def _interrupted(self, req: DeliverRequest, at: datetime) -> DeliverResult:
         # A send was under way when its worker stopped: the SMTP server may have taken the
         # message. SMTP cannot ignore a repeated one, so it is not sent again.
-        self._close(req, at, "failed", {"error": INTERRUPTED})
+        # It may have gone out: it keeps its place under the limits.
+        attempt = _AttemptLog("interrupted", INTERRUPTED, None, send_limits.USED)
+        self._close(req, at, "failed", {"error": INTERRUPTED}, attempt)
         return DeliverResult(status="failed", reason=INTERRUPTED)
 
-    def _failed(self, req: DeliverRequest, at: datetime, exc: PermanentSendError) -> DeliverResult:
-        self._close(req, at, "failed", {"error": str(exc)})
+    def _failed(
+        self, req: DeliverRequest, at: datetime, exc: PermanentSendError, ms: int
+    ) -> DeliverResult:
+        # abandoned: its place under the rate limit and the frequency cap is free again
+        attempt = _AttemptLog("permanent", str(exc), ms, send_limits.RELEASED)
+        self._close(req, at, "failed", {"error": str(exc)}, attempt)
         return DeliverResult(status="failed", reason=str(exc))
 
+    def _retrying(
+        self, req: DeliverRequest, at: datetime, exc: TransientSendError, ms: int
+    ) -> None:
+        """A send that failed for now: it keeps its place (held) and will be tried again."""
+        with self.engine.begin() as conn:
+            jstore.set_delivery_status(conn, req.step_key, "retrying")
+            self._log_attempt(conn, req, at, _AttemptLog("transient", str(exc), ms))
+
     def _sent(
-        self, req: DeliverRequest, at: datetime, channel: Channel, result: SendResult
+        self, req: DeliverRequest, at: datetime, channel: Channel, result: SendResult, ms: int
     ) -> DeliverResult:
         meta = {"provider_message_id": result.provider_message_id, "via": channel.name}
-        self._close(req, at, "sent", meta)
+        answer = result.provider_message_id
+        self._close(req, at, "sent", meta, _AttemptLog("sent", answer, ms, send_limits.USED))
         return DeliverResult(status="sent", sent_at=at)
+
+    def _log_attempt(
+        self, conn: Connection, req: DeliverRequest, at: datetime, attempt: _AttemptLog
+    ) -> None:
+        send_limits.record_attempt(
+            conn,
+            dedupe_key=req.step_key,
+            customer_id=req.customer_id,
+            at=at,
+            channel=req.channel,
+            outcome=attempt.outcome,
+            response=attempt.response,
+            latency_ms=attempt.latency_ms,
+        )
+        if attempt.settle is not None:
+            send_limits.settle(conn, req.step_key, attempt.settle, at)
 
     def _check_and_open(
         self, req: DeliverRequest, at: datetime
@@ -283,11 +325,20 @@ class JourneyActivities:
             done = jstore.find_delivery(conn, req.step_key)
             decided = self._decide(conn, req, at, done)
             self._ensure_enrollment(conn, req)  # the first write
-            if isinstance(decided, DeliverResult):
-                return decided
             if isinstance(decided, _Skip):
                 return self._suppress(conn, req, at, decided)
+            if isinstance(decided, _Wait):
+                return self._hold_back(conn, req, decided)
+            if isinstance(decided, DeliverResult):
+                return decided
             message, rendered = decided
+            # the place under the rate limit and the frequency cap, taken (or, for a retry,
+            # taken again at this attempt's time) while this transaction holds their locks
+            full = self._reserve(conn, req, at, first=done is None)
+            if isinstance(full, _Skip):
+                return self._suppress(conn, req, at, full)
+            if isinstance(full, _Wait):
+                return self._hold_back(conn, req, full)
             if done is None:
                 opened = jstore.open_delivery(
                     conn,
@@ -316,9 +367,9 @@ class JourneyActivities:
 
     def _decide(
         self, conn: Any, req: DeliverRequest, at: datetime, done: jstore.Delivery | None
-    ) -> DeliverResult | _Skip | tuple[OutgoingMessage, RenderedMessage]:
-        """What to do, from reads only: a result to return as it is (a step already decided,
-        a wait), a suppression to record, or the message to send."""
+    ) -> DeliverResult | _Skip | _Wait | tuple[OutgoingMessage, RenderedMessage]:
+        """What to do, from reads only: a result to return as it is (a step already
+        decided), a suppression to record, a wait (quiet hours), or the message to send."""
         s = self.settings
         if done is not None and done.status not in ("sending", "retrying"):
             # a retry or replay of a step already decided: the same answer, nothing sent
@@ -330,11 +381,9 @@ class JourneyActivities:
             why = self._why_not(req, profile)
             if why is not None:
                 return _Skip(why)
-            wait = self._must_wait(conn, req, profile, at)
-            if isinstance(wait, str):
-                return _Skip(wait)
+            wait = self._quiet_hours(profile, at)
             if wait is not None:
-                return DeliverResult(status="wait", reason="later", retry_at=wait)
+                return wait
         node = MessageNode.model_validate(
             {"type": "message", "channel": req.channel, "template": req.template, "next": "x"}
         )
@@ -384,37 +433,56 @@ class JourneyActivities:
             return f"no {ADDRESS_FIELD[req.channel]} for {req.channel}"
         return None
 
-    def _must_wait(
-        self, conn: Any, req: DeliverRequest, profile: dict[str, Any], at: datetime
-    ) -> datetime | str | None:
-        """When the send must wait (quiet hours, a deferred cap, the rate limit); a reason
-        text when it is skipped (frequency cap with policy skip); None: send now."""
+    def _quiet_hours(self, profile: dict[str, Any], at: datetime) -> _Wait | None:
+        """A wait until the customer's quiet hours end (None: not in them)."""
         s = self.settings
-        send_at = next_send_time(
-            at, profile.get("timezone") or "UTC", s.quiet_hours_start, s.quiet_hours_end
-        )
-        if send_at > at:
-            return send_at
-        if s.frequency_cap_messages > 0:
+        zone = profile.get("timezone") or "UTC"
+        send_at = next_send_time(at, zone, s.quiet_hours_start, s.quiet_hours_end)
+        if send_at <= at:
+            return None
+        local = send_at.astimezone(_zone(zone))
+        return _Wait("quiet_hours", send_at, f"quiet hours end {local:%Y-%m-%d %H:%M} {zone}")
+
+    def _limits(self, req: DeliverRequest) -> list[send_limits.Limit]:
+        s = self.settings
+        limits = []
+        if s.frequency_cap_messages > 0 and req.frequency_cap_policy != "exempt":
             window = timedelta(days=s.frequency_cap_days)
-            recent = jstore.sends_since(conn, since=at - window, customer_id=req.customer_id)
-            recent = [t for t in recent if t <= at]
-            if len(recent) >= s.frequency_cap_messages:
-                cap = f"frequency cap: {len(recent)} messages in {s.frequency_cap_days:g} days"
-                if req.frequency_cap_policy == "skip":
-                    return cap
-                return recent[-s.frequency_cap_messages] + window + timedelta(seconds=1)
+            scope = send_limits.cap_scope(req.customer_id)
+            limits.append(send_limits.Limit(scope, s.frequency_cap_messages, window))
         if req.rate_limit_per_minute:
-            minute = [
-                t
-                for t in jstore.sends_since(
-                    conn, since=at - timedelta(minutes=1), key_prefix=_key_prefix(req.journey)
-                )
-                if t <= at
-            ]
-            if len(minute) >= req.rate_limit_per_minute:
-                return minute[-req.rate_limit_per_minute] + timedelta(minutes=1, seconds=1)
-        return None
+            scope = send_limits.rate_scope(req.journey)
+            minute = timedelta(minutes=1)
+            limits.append(send_limits.Limit(scope, req.rate_limit_per_minute, minute))
+        return limits
+
+    def _reserve(
+        self, conn: Connection, req: DeliverRequest, at: datetime, *, first: bool
+    ) -> _Skip | _Wait | None:
+        """Take the message's place under its limits; a skip (frequency cap, policy skip) or
+        a wait when one is full; None when the place is taken."""
+        limits = self._limits(req)
+        if not limits:
+            return None
+        wid = req.workflow_id
+        full = send_limits.reserve(conn, limits, key=req.step_key, workflow_id=wid, at=at)
+        if full is None:
+            return None
+        limit, room_at = full
+        if limit.scope.startswith("cap:"):
+            days = f"{self.settings.frequency_cap_days:g}"
+            cap = f"frequency cap: {limit.count} messages in {days} days"
+            if first and req.frequency_cap_policy == "skip":
+                return _Skip(cap)
+            return _Wait("frequency_cap", room_at, cap)
+        return _Wait("rate_limit", room_at, f"rate limit: {limit.count} per minute")
+
+    def _hold_back(self, conn: Connection, req: DeliverRequest, wait: _Wait) -> DeliverResult:
+        """Record what the enrollment waits for at this message; the workflow waits."""
+        jstore.set_wait(conn, req.workflow_id, jstore.Wait(wait.kind, wait.until, wait.detail))
+        return DeliverResult(
+            status="wait", reason="later", retry_at=wait.until, waiting_for=wait.kind
+        )
 
     def _suppress(self, conn: Any, req: DeliverRequest, at: datetime, skip: _Skip) -> DeliverResult:
         why, status = skip.why, skip.status
@@ -432,14 +500,18 @@ class JourneyActivities:
         self._after(conn, req, at, status, why)
         return DeliverResult(status=status, reason=why)
 
-    def _mark(self, req: DeliverRequest, status: str) -> None:
-        with self.engine.begin() as conn:
-            jstore.set_delivery_status(conn, req.step_key, status)
-
-    def _close(self, req: DeliverRequest, at: datetime, status: str, meta: dict[str, Any]) -> None:
+    def _close(
+        self,
+        req: DeliverRequest,
+        at: datetime,
+        status: str,
+        meta: dict[str, Any],
+        attempt: _AttemptLog,
+    ) -> None:
         steps = self._steps(req, at, status, meta.get("error"))
         with self.engine.begin() as conn:
             jstore.close_delivery(conn, req.step_key, status, at, meta)
+            self._log_attempt(conn, req, at, attempt)
             self._record_outcome(conn, req, at, steps)
 
     def _after(self, conn: Any, req: DeliverRequest, at: datetime, kind: str, why: Any) -> None:
@@ -456,6 +528,7 @@ class JourneyActivities:
             node=req.next_node,
             at=at,
             finish="completed" if req.finish else None,
+            wait=_wait(req.next_wait, at),
         )
 
     @staticmethod
@@ -512,6 +585,10 @@ class JourneyActivities:
         until = calendar_delay_until(
             node, req.at, profile.get("timezone"), profile.get("attributes") or {}
         )
+        if req.workflow_id is not None and until is not None:
+            with self.engine.begin() as conn:
+                wait = jstore.Wait("delay", until, _delay_detail(node))
+                jstore.set_wait(conn, req.workflow_id, wait)
         return DelayResult(until=until)
 
     @activity.defn(name=JOURNEY_FACTS)
@@ -559,7 +636,10 @@ class JourneyActivities:
                 finish=req.finish,
                 outcome=req.reason,
                 variant=req.variant,
+                wait=_wait(req.wait, req.at),
             )
+            if req.finish:  # a send it waited for or retried is abandoned: free its places
+                send_limits.release_enrollment(conn, req.workflow_id, req.at)
 
     @activity.defn(name=JOURNEY_UPDATE)
     @_failures_by_kind
@@ -657,3 +737,50 @@ def _address(channel: str, profile: dict[str, Any]) -> str | None:
         value = (profile.get("attributes") or {}).get("wechat_openid")
         return value if isinstance(value, str) else None
     return None
+
+
+@dataclass(frozen=True)
+class _Wait:
+    """A message held back: by what (quiet_hours, rate_limit, frequency_cap), until when."""
+
+    kind: str
+    until: datetime
+    detail: str
+
+
+@dataclass(frozen=True)
+class _AttemptLog:
+    """One try of a send, for the attempt log, and what becomes of its reserved places."""
+
+    outcome: str
+    response: str | None
+    latency_ms: int | None
+    settle: str | None = None
+
+
+def _ms(started: float) -> int:
+    return round((time.monotonic() - started) * 1000)
+
+
+def _wait(state: WaitState | None, at: datetime) -> jstore.Wait | None:
+    """A wait as the store keeps it, its end counted from `at` when given as a duration."""
+    if state is None:
+        return None
+    until = state.until
+    if until is None and state.after:
+        until = at + parse_duration(state.after)
+    return jstore.Wait(state.waiting_for, until, state.detail)
+
+
+def _delay_detail(node: DelayNode) -> str:
+    data = node.model_dump(mode="json", by_alias=True, exclude_unset=True, exclude_none=True)
+    shown = {k: v for k, v in data.items() if k not in ("type", "next")}
+    return "delay " + ", ".join(f"{k} {v}" for k, v in shown.items())
+
+
+@functools.lru_cache(maxsize=256)
+def _zone(name: str) -> ZoneInfo:
+    try:
+        return ZoneInfo(name)
+    except Exception:  # an unknown zone was refused at import; show UTC rather than fail
+        return ZoneInfo("UTC")

@@ -74,8 +74,9 @@ class SimulatedJourneyWorkflow(JourneyWorkflow):
     """`JourneyWorkflow` unchanged, noting the time it enters each node (read by a query),
     and never continuing as new (a simulation is bounded; one run keeps the whole trace)."""
 
-    def __init__(self) -> None:
-        super().__init__()
+    @workflow.init
+    def __init__(self, inp: EnrollmentInput) -> None:
+        super().__init__(inp)
         self.trace: list[tuple[str, str]] = []
 
     @workflow.run

@@ -437,8 +437,13 @@ class Journey(Strict):
     channels: list[Channel] = Field(
         default_factory=lambda: list(CHANNELS), description="channels this journey may send on"
     )
-    frequency_cap_policy: Literal["skip", "defer"] = Field(
-        "skip", description="a message over the customer's frequency cap is skipped or deferred"
+    frequency_cap_policy: Literal["skip", "defer", "exempt"] = Field(
+        "skip",
+        description=(
+            "a message over the customer's frequency cap is skipped or deferred; `exempt` "
+            "for transactional journeys (receipts, password resets): their messages are "
+            "neither held back by the cap nor counted in it"
+        ),
     )
     rate_limit_per_minute: int | None = Field(
         None, ge=1, le=1_000_000, description="sends per minute across all enrollments"

@@ -210,14 +210,42 @@ def move_enrollment(
     finish: str | None = None,
     outcome: str | None = None,
     variant: str | None = None,
+    wait: Wait | None = None,
 ) -> None:
+    """Move the enrollment to `node` at `at` (ending it with `finish`); what it waits for
+    there is `wait` (none: it does not wait, or has ended)."""
     params: dict[str, Any] = {"wid": workflow_id, "node": node, "node_since": at}
+    params.update(_wait_params(None if finish else wait))
     if variant is not None:
         params["variant"] = variant
     if finish is not None:
         params.update(status=finish, finished_at=at, outcome=outcome)
     # the columns SET are the parameters' column names: one statement, four compiled forms
     conn.execute(_prepared(conn, "move_enrollment", _move_enrollment_stmt), params)
+
+
+@dataclass(frozen=True)
+class Wait:
+    """What an enrollment waits for (delay, event, quiet_hours, rate_limit, frequency_cap),
+    until when, and a detail (the event's name, the local time it ends)."""
+
+    waiting_for: str
+    until: datetime | None = None
+    detail: str | None = None
+
+
+def _wait_params(wait: Wait | None) -> dict[str, Any]:
+    return {
+        "waiting_for": wait.waiting_for if wait else None,
+        "wait_until": wait.until if wait else None,
+        "wait_detail": wait.detail if wait else None,
+    }
+
+
+def set_wait(conn: Connection, workflow_id: str, wait: Wait | None) -> None:
+    """Record what the enrollment waits for now, where it is."""
+    e = table_of(EnrollmentRow)
+    conn.execute(update(e).where(e.c.workflow_id == workflow_id).values(**_wait_params(wait)))
 
 
 def _move_enrollment_stmt(conn: Connection) -> Executable:

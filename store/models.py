@@ -427,6 +427,11 @@ class EnrollmentRow(Base):
     entered_at: Mapped[datetime] = mapped_column(UTCDateTime)
     finished_at: Mapped[datetime | None] = mapped_column(UTCDateTime)
     outcome: Mapped[str | None] = mapped_column(Text)  # completed, converted, exited: why
+    # what it waits for now (delay, event, quiet_hours, rate_limit, frequency_cap) and until
+    # when (None: no end, or not waiting); the detail names the event or the local time
+    waiting_for: Mapped[str | None] = mapped_column(String(24))
+    wait_until: Mapped[datetime | None] = mapped_column(UTCDateTime)
+    wait_detail: Mapped[str | None] = mapped_column(Text)
 
     __table_args__ = (
         Index("ix_journey_enrollments_journey_status", "journey", "status"),
@@ -454,6 +459,55 @@ class JourneyStepRow(Base):
     at: Mapped[datetime] = mapped_column(UTCDateTime)
 
     __table_args__ = (Index("ix_journey_steps_journey_node", "journey", "version", "node"),)
+
+
+class SendScopeRow(Base):
+    """One limit messages are reserved under (`rate:<journey>`, `cap:<customer>`): its row
+    is locked by a reservation, so two workers never both take the last place."""
+
+    __tablename__ = "send_scopes"
+
+    scope: Mapped[str] = mapped_column(String(250), primary_key=True)
+    touched_at: Mapped[datetime | None] = mapped_column(UTCDateTime)
+
+
+class SendReservationRow(Base):
+    """A message's place under a limit, taken before its send and kept through its retries
+    (`held`), then `used` when it went out or `released` when it was abandoned. `slot_at`
+    is the time of its latest attempt: a retry moves it, so attempts stay within the rate."""
+
+    __tablename__ = "send_reservations"
+
+    id: Mapped[int] = mapped_column(BigId, primary_key=True, autoincrement=True)
+    scope: Mapped[str] = mapped_column(String(250))
+    key: Mapped[str] = mapped_column(String(250))
+    workflow_id: Mapped[str | None] = mapped_column(String(250), index=True)
+    slot_at: Mapped[datetime] = mapped_column(UTCDateTime)
+    status: Mapped[str] = mapped_column(String(16))
+    updated_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow)
+
+    __table_args__ = (
+        UniqueConstraint("scope", "key"),
+        Index("ix_send_reservations_scope_slot", "scope", "slot_at"),
+    )
+
+
+class DeliveryAttemptRow(Base):
+    """One try of a send: when, how long it took, how it ended (sent, transient, permanent,
+    interrupted) and what the provider answered (may quote the address: erased with the
+    customer)."""
+
+    __tablename__ = "delivery_attempts"
+
+    id: Mapped[int] = mapped_column(BigId, primary_key=True, autoincrement=True)
+    dedupe_key: Mapped[str] = mapped_column(String(250), index=True)
+    customer_id: Mapped[str | None] = mapped_column(String(200), index=True)
+    attempt: Mapped[int] = mapped_column(Integer)
+    at: Mapped[datetime] = mapped_column(UTCDateTime)
+    channel: Mapped[str] = mapped_column(String(32))
+    outcome: Mapped[str] = mapped_column(String(16))
+    response: Mapped[str | None] = mapped_column(Text)
+    latency_ms: Mapped[int | None] = mapped_column(Integer)
 
 
 class AutomationRunRow(Base):

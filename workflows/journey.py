@@ -33,27 +33,21 @@ from temporalio.common import RetryPolicy
 with workflow.unsafe.imports_passed_through():
     from pydantic import ValidationError
 
+    from activities.journey_activities import JourneyActivities
     from crmflow.contracts.journeys import (
-        JOURNEY_CONDITIONS,
-        JOURNEY_DELAY,
-        JOURNEY_DELIVER,
         JOURNEY_EVENT_SIGNAL,
-        JOURNEY_FACTS,
         JOURNEY_POSITION_QUERY,
-        JOURNEY_RECORD,
-        JOURNEY_UPDATE,
         ConditionsRequest,
-        ConditionsResult,
         DelayRequest,
-        DelayResult,
         DeliverRequest,
-        DeliverResult,
         EnrollmentInput,
+        EnrollmentPosition,
         EnrollmentResult,
         FactsRequest,
         JourneyEvent,
         RecordRequest,
         UpdateRequest,
+        WaitState,
     )
     from journeys.conditions import (
         conditions_to_json,
@@ -105,13 +99,18 @@ class _Finished(Exception):
 # a definition that does not validate fails the enrollment instead of retrying it forever
 @workflow.defn(name="JourneyWorkflow", failure_exception_types=[ValidationError])
 class JourneyWorkflow:
-    def __init__(self) -> None:
+    @workflow.init
+    def __init__(self, inp: EnrollmentInput) -> None:
+        # The state exists before the first signal or query is handled, from the input.
+        self.inp = inp
+        self.journey = Journey.model_validate(inp.definition)
         self.events: list[JourneyEvent] = []
         self.seen: set[str] = set()
         self.node: str | None = None
         self.since: datetime | None = None
-        self.inp: EnrollmentInput | None = None
+        self.waiting: WaitState | None = None
         self.sent = 0
+        self.checked = 0  # events already looked at for exit and goal
 
     # ------------------------------------------------------------------ messages in/out
 
@@ -122,22 +121,21 @@ class JourneyWorkflow:
             self.events.append(event)
 
     @workflow.query(name=JOURNEY_POSITION_QUERY)
-    def position(self) -> dict[str, Any]:
+    def position(self) -> EnrollmentPosition:
         inp = self.inp
-        return {
-            "node": self.node,
-            "since": self.since.isoformat() if self.since else None,
-            "path": list(inp.path) if inp else [],
-            "variants": dict(inp.variants) if inp else {},
-            "sent": self.sent,
-        }
+        return EnrollmentPosition(
+            node=self.node,
+            since=self.since,
+            path=list(inp.path),
+            variants=dict(inp.variants),
+            sent=self.sent,
+            waiting=self.waiting,
+        )
 
     # ------------------------------------------------------------------ the interpreter
 
     @workflow.run
     async def run(self, inp: EnrollmentInput) -> EnrollmentResult:
-        self.inp = inp
-        self.journey = Journey.model_validate(inp.definition)
         self.events.extend(e for e in inp.pending if e.event_id not in self.seen)
         self.seen.update(e.event_id for e in inp.pending)
         if inp.entered_at is None:
@@ -145,7 +143,6 @@ class JourneyWorkflow:
         self.entered_at = inp.entered_at
         goal = self.journey.goal
         self.goal_until = self.entered_at + timedelta(days=goal.within_days) if goal else None
-        self.checked = 0  # events already looked at for exit and goal
         node_id = inp.node or self.journey.start
         first = inp.node is None
         entry = self.journey.entry
@@ -166,7 +163,7 @@ class JourneyWorkflow:
                 inp.visits += 1
                 inp.path.append(node_id)
                 steps += 1
-                self.node, self.since = node_id, workflow.now()
+                self.node, self.since, self.waiting = node_id, workflow.now(), None
                 nxt = await self._step(node_id)
                 if nxt is None:
                     raise _Finished("completed")
@@ -191,7 +188,6 @@ class JourneyWorkflow:
     _delivered_before: str | None = None
 
     def _should_continue_as_new(self, steps: int) -> bool:
-        assert self.inp is not None
         if self.inp.continue_after_nodes and steps >= self.inp.continue_after_nodes:
             return True
         return steps > 0 and workflow.info().is_continue_as_new_suggested()
@@ -209,13 +205,18 @@ class JourneyWorkflow:
                 if node.if_missing == "exit":
                     raise _Finished("exited", f"no {node.until_attribute} for delay {node_id}")
                 return node.next
+            self.waiting = WaitState(waiting_for="delay", until=until, detail=f"delay {node_id}")
             if not self._placed_by_deliver(node_id):
-                await self._record(node_id, "entered", step=self._visit(node_id, "entered"))
+                step = self._visit(node_id, "entered")
+                await self._record(node_id, "entered", step=step, wait=self.waiting)
             await self._sleep_until(until)
             return node.next
         if isinstance(node, WaitForNode):
+            until = workflow.now() + parse_duration(node.timeout)
+            self.waiting = WaitState(waiting_for="event", until=until, detail=node.event)
             if not self._placed_by_deliver(node_id):
-                await self._record(node_id, "entered", step=self._visit(node_id, "entered"))
+                step = self._visit(node_id, "entered")
+                await self._record(node_id, "entered", step=step, wait=self.waiting)
             return node.on_event if await self._wait_for(node) else node.on_timeout
         if isinstance(node, BranchNode):
             if workflow.patched(FACTS_IN_STORE):
@@ -233,7 +234,7 @@ class JourneyWorkflow:
     # ------------------------------------------------------------------ nodes
 
     async def _message(self, node_id: str, node: MessageNode) -> None:
-        assert self.inp is not None and self.entered_at is not None
+        assert self.entered_at is not None
         nxt = node.next
         finish = isinstance(self.journey.node(nxt), ExitNode)
         req = DeliverRequest(
@@ -257,23 +258,27 @@ class JourneyWorkflow:
             frequency_cap_policy=self.journey.frequency_cap_policy,
             rate_limit_per_minute=self.journey.rate_limit_per_minute,
             next_node=nxt,
+            next_wait=self._wait_at(nxt),
             finish=finish,
             entered_at=self.entered_at,
             at=workflow.now(),
         )
         while True:
-            result: DeliverResult = await workflow.execute_activity(
-                JOURNEY_DELIVER,
+            result = await workflow.execute_activity_method(
+                JourneyActivities.deliver,
                 req,
-                result_type=DeliverResult,
                 start_to_close_timeout=SEND_TIMEOUT,
                 retry_policy=RETRY,
             )
             if result.status != "wait" or result.retry_at is None:
                 break
             # quiet hours, a deferred frequency cap or the rate limit: wait, durably
+            self.waiting = WaitState(
+                waiting_for=result.waiting_for or "quiet_hours", until=result.retry_at
+            )
             await self._sleep_until(result.retry_at)
             req.at = workflow.now()
+        self.waiting = None
         if result.status == "sent":
             self.sent += 1
         self._finished_by_deliver = finish
@@ -284,15 +289,14 @@ class JourneyWorkflow:
         if node.kind() == "duration":
             return now + node.delta()
         if workflow.patched(FACTS_IN_STORE):
-            assert self.inp is not None
-            result: DelayResult = await workflow.execute_activity(
-                JOURNEY_DELAY,
+            result = await workflow.execute_activity_method(
+                JourneyActivities.delay,
                 DelayRequest(
                     customer_id=self.inp.customer_id,
                     at=now,
+                    workflow_id=workflow.info().workflow_id,
                     node=node.model_dump(mode="json", by_alias=True, exclude_unset=True),
                 ),
-                result_type=DelayResult,
                 start_to_close_timeout=ACTIVITY_TIMEOUT,
                 retry_policy=RETRY,
             )
@@ -328,7 +332,6 @@ class JourneyWorkflow:
                 looked = len(self.events)
 
     async def _split(self, node_id: str, node: SplitNode) -> str | None:
-        assert self.inp is not None
         variant = assign_variant(self.inp.journey, self.inp.customer_id, node, node_id)
         self.inp.variants[node_id] = variant
         await self._record(node_id, "entered", step=f"{node_id}:split", variant=variant)
@@ -337,9 +340,8 @@ class JourneyWorkflow:
         return next(v.next for v in node.variants if v.name == variant)
 
     async def _update(self, node_id: str, node: UpdateNode) -> None:
-        assert self.inp is not None
-        await workflow.execute_activity(
-            JOURNEY_UPDATE,
+        await workflow.execute_activity_method(
+            JourneyActivities.update,
             UpdateRequest(
                 workflow_id=workflow.info().workflow_id,
                 journey=self.inp.journey,
@@ -356,22 +358,34 @@ class JourneyWorkflow:
 
     # ------------------------------------------------------------------ helpers
 
+    def _wait_at(self, node_id: str | None) -> WaitState | None:
+        """What the enrollment will wait for at `node_id` once a message before it is sent
+        (recorded by the send, which moves the enrollment there): a duration or an event's
+        timeout counted from the send; a calendar delay's end is recorded by its activity."""
+        node = self.journey.node(node_id) if node_id else None
+        if isinstance(node, DelayNode):
+            if node.kind() == "duration":
+                return WaitState(
+                    waiting_for="delay", after=node.duration, detail=f"delay {node_id}"
+                )
+            return WaitState(waiting_for="delay", detail=f"delay {node_id}")
+        if isinstance(node, WaitForNode):
+            return WaitState(waiting_for="event", after=node.timeout, detail=node.event)
+        return None
+
     def _placed_by_deliver(self, node_id: str) -> bool:
         """The message just before this node already moved the enrollment here and logged
         the entry (one activity less per message followed by a wait)."""
-        assert self.inp is not None
         path = self.inp.path
         return len(path) >= 2 and path[-2] == self._delivered_before
 
     def _visit(self, node_id: str, what: str) -> str:
-        assert self.inp is not None
         return f"{node_id}:{self.inp.visits}:{what}"
 
     def _more_than(self, count: int) -> Callable[[], bool]:
         return lambda: len(self.events) > count
 
     def _variant(self) -> str | None:
-        assert self.inp is not None
         return next(reversed(self.inp.variants.values()), None) if self.inp.variants else None
 
     async def _sleep_until(self, until: datetime) -> None:
@@ -423,16 +437,14 @@ class JourneyWorkflow:
         self, conditions: list[Any], ev: JourneyEvent | None = None
     ) -> list[bool]:
         """Whether each condition holds, tested by an activity on the store's data."""
-        assert self.inp is not None
-        result: ConditionsResult = await workflow.execute_activity(
-            JOURNEY_CONDITIONS,
+        result = await workflow.execute_activity_method(
+            JourneyActivities.conditions,
             ConditionsRequest(
                 customer_id=self.inp.customer_id,
                 at=workflow.now(),
                 conditions=conditions_to_json(conditions),
                 event=ev,
             ),
-            result_type=ConditionsResult,
             start_to_close_timeout=ACTIVITY_TIMEOUT,
             retry_policy=RETRY,
         )
@@ -444,11 +456,9 @@ class JourneyWorkflow:
         return dict((await self._profile()).get("facts") or {})
 
     async def _profile(self) -> dict[str, Any]:
-        assert self.inp is not None
-        result: dict[str, Any] = await workflow.execute_activity(
-            JOURNEY_FACTS,
+        result = await workflow.execute_activity_method(
+            JourneyActivities.facts,
             FactsRequest(customer_id=self.inp.customer_id, at=workflow.now()),
-            result_type=dict,
             start_to_close_timeout=ACTIVITY_TIMEOUT,
             retry_policy=RETRY,
         )
@@ -463,11 +473,12 @@ class JourneyWorkflow:
         variant: str | None = None,
         finish: str | None = None,
         reason: str | None = None,
+        wait: WaitState | None = None,
     ) -> None:
-        assert self.inp is not None and self.entered_at is not None
+        assert self.entered_at is not None
         wid = workflow.info().workflow_id
-        await workflow.execute_activity(
-            JOURNEY_RECORD,
+        await workflow.execute_activity_method(
+            JourneyActivities.record,
             RecordRequest(
                 workflow_id=wid,
                 journey=self.inp.journey,
@@ -482,6 +493,7 @@ class JourneyWorkflow:
                 at=workflow.now(),
                 entered_at=self.entered_at,
                 finish=finish,
+                wait=wait,
             ),
             start_to_close_timeout=ACTIVITY_TIMEOUT,
             retry_policy=RETRY,

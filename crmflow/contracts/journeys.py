@@ -94,6 +94,32 @@ class EnrollmentResult(BaseModel):
     sent: int = 0
 
 
+WaitKind = Literal["delay", "event", "quiet_hours", "rate_limit", "frequency_cap"]
+
+
+class WaitState(BaseModel):
+    """What an enrollment waits for, and until when (None: no end known yet). `after`, a
+    duration, is counted from when the wait is recorded (a message's next node: from its
+    send). `detail` names the event waited for or the local time a wait ends."""
+
+    waiting_for: WaitKind
+    until: datetime | None = None
+    after: str | None = None
+    detail: str | None = None
+
+
+class EnrollmentPosition(BaseModel):
+    """The position query's answer: where the enrollment is, since when, the path so far,
+    its split arms, messages sent, and what it waits for now."""
+
+    node: str | None = None
+    since: datetime | None = None
+    path: list[str] = Field(default_factory=list)
+    variants: dict[str, str] = Field(default_factory=dict)
+    sent: int = 0
+    waiting: WaitState | None = None
+
+
 class DeliverRequest(BaseModel):
     """Send one message node's message, once per step key, after every check."""
 
@@ -112,9 +138,12 @@ class DeliverRequest(BaseModel):
         None, description="the enrollment's entry event: the message may show its properties"
     )
     variant: str | None = None
-    frequency_cap_policy: Literal["skip", "defer"] = "skip"
+    frequency_cap_policy: Literal["skip", "defer", "exempt"] = "skip"
     rate_limit_per_minute: int | None = None
     next_node: str | None = Field(None, description="where the enrollment is after this one")
+    next_wait: WaitState | None = Field(
+        None, description="what the enrollment waits for at the next node, when it waits"
+    )
     finish: bool = Field(False, description="the enrollment ends after this message")
     entered_at: datetime
     at: datetime = Field(description="the workflow's time: checks and records use it")
@@ -128,6 +157,7 @@ class DeliverResult(BaseModel):
     status: Literal["sent", "suppressed", "failed", "wait"]
     reason: str | None = None
     retry_at: datetime | None = Field(None, description="with wait: try again at this time")
+    waiting_for: WaitKind | None = Field(None, description="with wait: what holds it back")
     sent_at: datetime | None = None
 
 
@@ -160,6 +190,9 @@ class DelayRequest(BaseModel):
 
     customer_id: str
     at: datetime
+    workflow_id: str | None = Field(
+        None, description="the enrollment, to record until when it waits"
+    )
     node: dict[str, Any] = Field(description="the delay node, as in the definition")
 
 
@@ -183,6 +216,7 @@ class RecordRequest(BaseModel):
     at: datetime
     entered_at: datetime
     finish: str | None = Field(None, description="ends the enrollment: completed/exited/…")
+    wait: WaitState | None = Field(None, description="what the enrollment waits for now")
 
 
 class UpdateRequest(BaseModel):

@@ -1,0 +1,201 @@
+"""Places under a sending limit, taken atomically before a send, and every send's attempts.
+
+A journey's rate limit (`rate:<journey>`, N per minute) and the programme's frequency cap
+(`cap:<customer>`, N per D days) are counted in reservations, not in messages already sent:
+a message takes its place before its send, keeps it while the send is in flight or being
+retried, and gives it back only when it is abandoned. Counting sent messages let every
+in-flight and retried send through (six webhook messages in one second under a limit of
+two per minute).
+
+Atomic under many workers on both databases: a reservation first locks its scope's row
+(`send_scopes`; an UPDATE, so on SQLite the transaction holds the database's write lock
+from there, and on PostgreSQL other reservers of that scope wait on the row) and only then
+counts. Two workers can never both see room for the last place.
+
+A reservation's `slot_at` is the time of its latest attempt: a retry takes its place again
+at the retry's time (when the window has room), so the attempts a provider sees per minute
+stay within the rate too, not only the first ones.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from datetime import datetime, timedelta
+
+from sqlalchemy import Connection, and_, func, select, update
+
+from store.models import DeliveryAttemptRow, SendReservationRow, SendScopeRow
+from store.sql import insert_for, table_of
+
+HELD, USED, RELEASED = "held", "used", "released"
+# a provider's answer is kept for the operator, cut to this many characters
+RESPONSE_CHARS = 1000
+
+
+@dataclass(frozen=True)
+class Limit:
+    """At most `count` messages under `scope` in any `window`."""
+
+    scope: str
+    count: int
+    window: timedelta
+
+
+def rate_scope(journey: str) -> str:
+    return f"rate:{journey}"
+
+
+def cap_scope(customer_id: str) -> str:
+    return f"cap:{customer_id}"
+
+
+def reserve(
+    conn: Connection, limits: list[Limit], *, key: str, workflow_id: str | None, at: datetime
+) -> tuple[Limit, datetime] | None:
+    """Take `key`'s place at `at` under every limit, all or none. None: taken (or moved to
+    `at`, for a retry). Otherwise the first limit that is full and when it has room."""
+    limits = sorted(limits, key=lambda limit: limit.scope)  # one lock order: no deadlock
+    for limit in limits:
+        _lock(conn, limit.scope, at)
+    for limit in limits:
+        room_at = _room_at(conn, limit, key, at)
+        if room_at is not None:
+            return limit, room_at
+    for limit in limits:
+        _hold(conn, limit.scope, key, workflow_id, at)
+    return None
+
+
+def _lock(conn: Connection, scope: str, at: datetime) -> None:
+    s = table_of(SendScopeRow)
+    conn.execute(insert_for(conn, s).values(scope=scope).on_conflict_do_nothing())
+    # an UPDATE takes the row's lock on PostgreSQL and the write lock on SQLite, until commit
+    conn.execute(update(s).where(s.c.scope == scope).values(touched_at=at))
+
+
+def _room_at(conn: Connection, limit: Limit, key: str, at: datetime) -> datetime | None:
+    """None when another place is free at `at`; else the time the window has room."""
+    r = table_of(SendReservationRow)
+    slots = sorted(
+        t
+        for (t,) in conn.execute(
+            select(r.c.slot_at).where(
+                r.c.scope == limit.scope,
+                r.c.key != key,
+                r.c.status.in_((HELD, USED)),
+                r.c.slot_at > at - limit.window,
+            )
+        )
+    )
+    if len(slots) < limit.count:
+        return None
+    # the window has room once all but count-1 of these have left it
+    return slots[len(slots) - limit.count] + limit.window
+
+
+def _hold(conn: Connection, scope: str, key: str, workflow_id: str | None, at: datetime) -> None:
+    r = table_of(SendReservationRow)
+    values = {"slot_at": at, "status": HELD, "updated_at": at}
+    stmt = insert_for(conn, r).values(scope=scope, key=key, workflow_id=workflow_id, **values)
+    conn.execute(stmt.on_conflict_do_update(index_elements=["scope", "key"], set_=values))
+
+
+def settle(conn: Connection, key: str, status: str, at: datetime) -> None:
+    """The message under `key` went out (`used`: it keeps its place in the windows) or was
+    abandoned (`released`: its place is free again)."""
+    r = table_of(SendReservationRow)
+    conn.execute(
+        update(r).where(r.c.key == key, r.c.status == HELD).values(status=status, updated_at=at)
+    )
+
+
+def release_enrollment(conn: Connection, workflow_id: str, at: datetime) -> int:
+    """Give back the places an ended enrollment still held (it ended while a send waited
+    or was being retried); the number released."""
+    r = table_of(SendReservationRow)
+    result = conn.execute(
+        update(r)
+        .where(and_(r.c.workflow_id == workflow_id, r.c.status == HELD))
+        .values(status=RELEASED, updated_at=at)
+    )
+    return int(result.rowcount or 0)
+
+
+def held_count(conn: Connection, scope: str, since: datetime) -> int:
+    """Places held or used under `scope` since `since` (for reports and tests)."""
+    r = table_of(SendReservationRow)
+    return int(
+        conn.execute(
+            select(func.count()).where(
+                r.c.scope == scope, r.c.status.in_((HELD, USED)), r.c.slot_at > since
+            )
+        ).scalar_one()
+    )
+
+
+# --------------------------------------------------------------------------- attempts
+
+
+@dataclass(frozen=True)
+class Attempt:
+    dedupe_key: str
+    attempt: int
+    at: datetime
+    channel: str
+    outcome: str
+    response: str | None
+    latency_ms: int | None
+
+
+def record_attempt(
+    conn: Connection,
+    *,
+    dedupe_key: str,
+    customer_id: str | None,
+    at: datetime,
+    channel: str,
+    outcome: str,
+    response: str | None,
+    latency_ms: int | None,
+) -> int:
+    """Log one try of the send under `dedupe_key`; its number (1 for the first)."""
+    a = table_of(DeliveryAttemptRow)
+    previous = conn.execute(select(func.count()).where(a.c.dedupe_key == dedupe_key)).scalar_one()
+    number = int(previous) + 1
+    conn.execute(
+        a.insert().values(
+            dedupe_key=dedupe_key,
+            customer_id=customer_id,
+            attempt=number,
+            at=at,
+            channel=channel,
+            outcome=outcome,
+            response=response[:RESPONSE_CHARS] if response else None,
+            latency_ms=latency_ms,
+        )
+    )
+    return number
+
+
+def attempts(conn: Connection, dedupe_keys: list[str]) -> dict[str, list[Attempt]]:
+    """The attempts of each send, oldest first."""
+    if not dedupe_keys:
+        return {}
+    a = table_of(DeliveryAttemptRow)
+    found: dict[str, list[Attempt]] = {k: [] for k in dedupe_keys}
+    rows = conn.execute(
+        select(
+            a.c.dedupe_key,
+            a.c.attempt,
+            a.c.at,
+            a.c.channel,
+            a.c.outcome,
+            a.c.response,
+            a.c.latency_ms,
+        )
+        .where(a.c.dedupe_key.in_(dedupe_keys))
+        .order_by(a.c.dedupe_key, a.c.attempt)
+    )
+    for row in rows:
+        found[row.dedupe_key].append(Attempt(*row))
+    return found
