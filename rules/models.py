@@ -44,6 +44,10 @@ OPS: tuple[str, ...] = ("==", "!=", "<=", ">=", "<", ">", "not_in", "in", "conta
 Scalar = float | int | str | bool
 
 
+# A common cost of capital for CLV; a programme sets its own as `clv_discount_rate`.
+DEFAULT_CLV_DISCOUNT_RATE = 0.10
+
+
 class Strict(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
@@ -191,6 +195,13 @@ class Program(Strict):
     )
     max_amount: float = Field(
         1e9, gt=0, le=1e11, description="the largest amount of money an event may carry"
+    )
+    clv_discount_rate: float = Field(
+        DEFAULT_CLV_DISCOUNT_RATE,
+        ge=0,
+        le=1,
+        description="annual discount rate for customer lifetime value (the clv_365d fact): "
+        "money a customer is expected to spend in t years counts (1 + rate)^-t today",
     )
 
     @field_validator("tiers")
