@@ -28,6 +28,7 @@ from crmflow.cli.common import (
 )
 from crmflow.cli.journeys import journeys_app
 from crmflow.cli.keys import keys_app
+from crmflow.cli.model import model_app
 from crmflow.cli.operations import outbox_app, tasks_app
 from crmflow.cli.points import points_app
 from crmflow.cli.projects import project_app
@@ -73,6 +74,7 @@ app.add_typer(users_app, name="users")
 app.add_typer(segments_app, name="segments")
 app.add_typer(tasks_app, name="tasks")
 app.add_typer(outbox_app, name="outbox")
+app.add_typer(model_app, name="model")
 
 
 @app.command()
