@@ -161,7 +161,7 @@ class AutomationActivities:
         if cursor == "written":
             return Chunk(cursor=cursor, done=True)
         p: KpiDigestParams = ctx.params
-        digest = digest_figures(conn, ctx.as_of, p.window_days, ctx.run_date)
+        digest = digest_figures(conn, ctx.as_of, p.window_days, ctx.run_date, ctx.program)
         out = Path(p.out_dir)
         if not out.is_absolute():
             out = self.settings.home / out

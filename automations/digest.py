@@ -4,28 +4,32 @@ Pure: `KpiDigest` holds what `store.kpi_digest.digest_figures` counted (no datab
 here), and `render_digest_html` draws it as one self-contained page — inline CSS, charts as
 inline SVG, no scripts, no external assets — so it can be written to a file or mailed as is.
 
-The window is `(as_of - window_days, as_of]`. What the figures mean:
+The window is `(as_of - window_days, as_of]`. Every figure is defined once, in `store.kpi`
+(its docstring is the reference); in short:
 
 - `members_total`: customers whose lifecycle stage is `member` now.
-- `active_members`: members (stage `member` now) with any event in the window.
-- `new_members`: customers created in the window whose stage is `member` now (customers
-  created in the window at another stage are not counted).
-- `buyers`, `repeat_buyers`: customers (any stage) with one / two or more `purchase` events in
-  the window; `repurchase_rate` = repeat buyers / buyers (0 when nobody bought); `revenue`: the
-  sum of the purchases' `amount`.
-- `points_issued`, `points_redeemed`, `points_expired`: the ledger's `earn` and `pending`,
-  `redeem` net of `redeem_reversal`, and `expire` entries in the window, as positive numbers
-  (clawbacks and operator adjustments are left out).
+- `active_members`: members with a customer-made event in the window (the automations' own
+  events — `churn_scan`, `lead_sla_check`, `points_expiring`, birthdays, … — are not
+  activity).
+- `new_members`: members whose join date (the `member_since` attribute, else the day the
+  profile was created; not the time a row was imported) falls in the window.
+- `buyers`, `repeat_buyers`: customers (any stage) with one / two or more purchase events in
+  the window; `repurchase_rate` = repeat buyers / buyers (0 when nobody bought); `revenue`:
+  the purchases' amounts less the refunds' amounts in the window.
+- `points_issued`, `points_redeemed`, `points_expired`, `points_clawed_back`: the ledger's
+  `earn` and `pending`, `redeem` net of `redeem_reversal`, `expire` and `clawback` entries in
+  the window, as positive numbers (operator adjustments are none of them);
+  `points_liability`: what live lots hold at `as_of`.
 - `tier_distribution`: customers per tier now (customers without a tier are left out).
 - `tier_movement`: `tier_history` rows changed in the window, per (from, to); `from_tier` is
   None for a first tier.
-- `journey_conversions`: per journey, enrollments that entered in the window. The journeys'
-  goal is what converts: an enrollment the workflow ended on its goal event has status
-  `converted`. Holdout enrollments (variant `holdout`) never receive the journey and end at
-  once, so they are counted apart (`held_out`) and left out of `enrolled`. Enrollments still
-  running count as enrolled, not converted: a window's rate rises while they finish.
+- `journey_conversions`: per journey, the enrollments that entered in the window and, of
+  those, the ones that converted by the journey stats' definition: the version's goal event
+  within the goal window after entry (up to `as_of`), whatever the enrollment's state.
+  Holdout enrollments are counted apart (`held_out`) and left out of `enrolled`.
 - `previous`: the same counts for the window before, `(as_of - 2 * window_days, as_of -
-  window_days]`, under the keys of `COMPARED` (members now and tiers now have no previous).
+  window_days]`, under the keys of `COMPARED` (members now, the liability and tiers now
+  have no previous).
 """
 
 from __future__ import annotations
@@ -47,6 +51,7 @@ COMPARED: tuple[str, ...] = (
     "points_issued",
     "points_redeemed",
     "points_expired",
+    "points_clawed_back",
     "journey_enrolled",
     "journey_converted",
 )
@@ -62,6 +67,8 @@ LABELS: dict[str, str] = {
     "points_issued": "Points issued",
     "points_redeemed": "Points redeemed",
     "points_expired": "Points expired",
+    "points_clawed_back": "Points clawed back",
+    "points_liability": "Points owed (now)",
     "journey_enrolled": "Journey enrollments",
     "journey_converted": "Journey conversions",
 }
@@ -106,8 +113,14 @@ class KpiDigest(BaseModel):
     revenue: float = Field(0.0, description="sum of the window's purchase amounts")
 
     points_issued: float = Field(0.0, ge=0, description="ledger `earn` entries, positive")
-    points_redeemed: float = Field(0.0, ge=0, description="ledger `debit` entries, positive")
+    points_redeemed: float = Field(
+        0.0, ge=0, description="ledger `redeem` net of `redeem_reversal`, positive"
+    )
     points_expired: float = Field(0.0, ge=0, description="ledger `expire` entries, positive")
+    points_clawed_back: float = Field(
+        0.0, ge=0, description="ledger `clawback` entries (refunds), positive"
+    )
+    points_liability: float = Field(0.0, description="what live lots hold at as_of")
 
     tier_distribution: dict[str, int] = Field(
         default_factory=dict, description="customers per tier now, largest first"
@@ -136,6 +149,7 @@ class KpiDigest(BaseModel):
             "points_issued": self.points_issued,
             "points_redeemed": self.points_redeemed,
             "points_expired": self.points_expired,
+            "points_clawed_back": self.points_clawed_back,
             "journey_enrolled": sum(j.enrolled for j in self.journey_conversions),
             "journey_converted": sum(j.converted for j in self.journey_conversions),
         }
@@ -316,7 +330,8 @@ td.n, th.n { text-align: right; }
 .empty { color: #777; }
 """
 
-HEADLINE: tuple[str, ...] = ("members_total", *COMPARED)
+HEADLINE: tuple[str, ...] = ("members_total", *COMPARED, "points_liability")
+NOT_COMPARED = frozenset({"members_total", "points_liability"})
 
 
 def _card(key: str, value: float, previous: float | None) -> str:
@@ -361,9 +376,13 @@ def _journey_table(digest: KpiDigest) -> str:
 
 def render_digest_html(digest: KpiDigest, title: str) -> str:
     """The digest as a self-contained HTML page (inline CSS and SVG; every text escaped)."""
-    current = {"members_total": float(digest.members_total), **digest.current()}
+    current = {
+        "members_total": float(digest.members_total),
+        **digest.current(),
+        "points_liability": digest.points_liability,
+    }
     cards = "\n".join(
-        _card(key, current[key], digest.previous.get(key) if key != "members_total" else None)
+        _card(key, current[key], None if key in NOT_COMPARED else digest.previous.get(key))
         for key in HEADLINE
     )
     window = (

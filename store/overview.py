@@ -2,8 +2,8 @@
 one grouped statement per figure, whatever the number of customers, events or runs.
 
 The figures that are defined elsewhere are not defined again here: members by tier is
-`store.kpi_digest.tier_distribution`, a live lot is `store.points.live_lot` (the liability of
-`store.kpi`), an automation event is `rules.pack.AUTOMATION_EVENTS`.
+`store.kpi.tier_distribution`, a live lot is `store.points.live_lot` (the liability of
+`store.kpi`), a customer-made event is `store.kpi.customer_made`.
 """
 
 from __future__ import annotations
@@ -15,7 +15,7 @@ from typing import Any
 from sqlalchemy import Connection, and_, case, exists, func, or_, select
 from sqlalchemy.orm import aliased
 
-from rules.pack import AUTOMATION_EVENTS
+from store.kpi import customer_made
 from store.models import AutomationRunRow, EventRow, PointsLotRow
 from store.points import live_lot
 
@@ -61,7 +61,7 @@ def events_per_day(conn: Connection, first: date, last: date) -> dict[date, int]
         .where(
             e.occurred_at >= start,
             e.occurred_at < end,
-            e.type.not_in(AUTOMATION_EVENTS),
+            customer_made(e),
         )
         .group_by(day)
     ).all()

@@ -14,6 +14,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+import yaml
 from sqlalchemy import Engine, insert
 
 from crmflow.console.charts import bar_chart, column_chart
@@ -29,7 +30,7 @@ from store.models import (
     PointsLotRow,
 )
 from tests.api_helpers import make_settings
-from tests.conftest import free_port
+from tests.conftest import REPO, free_port
 from tests.console_helpers import ConsoleServer
 
 SVG = "{http://www.w3.org/2000/svg}"
@@ -55,6 +56,13 @@ def run_row(schedule: str, run_date: str, attempt: int, status: str, **kw: Any) 
         "error": kw.get("error"),
         "step": kw.get("step"),
     }
+
+
+GOAL_JOURNEY = {
+    **yaml.safe_load((REPO / "examples" / "journeys" / "winback.yaml").read_text()),
+    "journey": "welcome",
+    "goal": {"event": "purchase", "within_days": 7},
+}
 
 
 def seed(engine: Engine, now: datetime) -> None:
@@ -103,9 +111,12 @@ def seed(engine: Engine, now: datetime) -> None:
         )
         conn.execute(
             insert(JourneyVersionRow),
-            [{"journey": "welcome", "version": "v1", "definition": {}, "source": ""}],
+            [{"journey": "welcome", "version": "v1", "definition": GOAL_JOURNEY, "source": ""}],
         )
+        # a conversion is the goal event (a purchase within 7 days of entry), whatever the
+        # state: c1 and c2 bought after entering, c4 did not
         statuses = ["active"] * 4 + ["converted"] * 2 + ["held_out"] * 2
+        who = ["c4"] * 4 + ["c1", "c2"] + ["c4"] * 2
         conn.execute(
             insert(EnrollmentRow),
             [
@@ -113,7 +124,7 @@ def seed(engine: Engine, now: datetime) -> None:
                     "workflow_id": f"j-welcome-{i}",
                     "journey": "welcome",
                     "version": "v1",
-                    "customer_id": "c1",
+                    "customer_id": who[i],
                     "entry_no": i + 1,
                     "status": s,
                     "variant": "holdout" if s == "held_out" else None,

@@ -1,6 +1,9 @@
-"""The KPI digest: every figure, exactly, from a seeded database on SQLite and PostgreSQL
-(window bounds, the previous window, holdouts, ledger kinds); and the HTML report (figures,
-changes, well-formed inline SVG, escaped text)."""
+"""The KPI digest: every figure, exactly, against a small hand-computed programme on SQLite
+and PostgreSQL (window bounds, the previous window, the automations' events that are no
+activity, a refund, join dates against import times, goal conversions whatever the state,
+holdouts, ledger kinds, the liability); the project KPI review and the overview reading the
+same definitions; and the HTML report (figures, changes, well-formed inline SVG, escaped
+text)."""
 
 from __future__ import annotations
 
@@ -11,6 +14,7 @@ from decimal import Decimal
 from typing import Any
 
 import pytest
+import yaml
 from sqlalchemy import Connection, Engine, insert
 
 from automations.digest import (
@@ -21,8 +25,20 @@ from automations.digest import (
     change,
     render_digest_html,
 )
+from journeys.models import Journey
+from store import kpi
 from store.kpi_digest import digest_figures
-from store.models import CustomerRow, EnrollmentRow, EventRow, PointsLedgerRow, TierHistoryRow
+from store.models import (
+    CustomerRow,
+    EnrollmentRow,
+    EventRow,
+    JourneyVersionRow,
+    PointsLedgerRow,
+    PointsLotRow,
+    TierHistoryRow,
+)
+from store.project_kpis import METRICS, measure
+from tests.conftest import REPO
 
 AS_OF = datetime(2025, 3, 31, 12, 0, tzinfo=UTC)
 DAY = timedelta(days=1)
@@ -34,14 +50,37 @@ class Seed:
         self.conn = conn
         self.n = 0
 
-    def customer(self, cid: str, stage: str, tier: str | None, created: datetime) -> None:
+    def customer(
+        self, cid: str, stage: str, tier: str | None, created: datetime, **attributes: Any
+    ) -> None:
         self.conn.execute(
             insert(CustomerRow).values(
                 customer_id=cid,
                 lifecycle_stage=stage,
                 tier=tier,
+                attributes=attributes,
                 created_at=created,
                 updated_at=created,
+            )
+        )
+
+    def lot(self, cid: str, remaining: str, expires: datetime | None) -> None:
+        self.n += 1
+        self.conn.execute(
+            insert(PointsLotRow).values(
+                customer_id=cid,
+                earned=Decimal(remaining) or Decimal(1),
+                remaining=Decimal(remaining),
+                earned_at=AS_OF - 50 * DAY,
+                expires_at=expires,
+                lot_key=f"lot-{self.n}",
+            )
+        )
+
+    def version(self, name: str, definition: dict[str, Any]) -> None:
+        self.conn.execute(
+            insert(JourneyVersionRow).values(
+                journey=name, version="v1", definition=definition, source="", deployed_at=AS_OF
             )
         )
 
@@ -84,46 +123,80 @@ class Seed:
         )
 
 
+def journey(name: str, goal: dict[str, Any] | None) -> dict[str, Any]:
+    """A deployable journey definition: the example win-back's, renamed, with `goal`."""
+    doc = yaml.safe_load((REPO / "examples" / "journeys" / "winback.yaml").read_text())
+    doc = {**doc, "journey": name}
+    doc.pop("goal")
+    if goal is not None:
+        doc["goal"] = goal
+    Journey.model_validate(doc)  # deployable as it is
+    return doc
+
+
 def seed(conn: Connection) -> None:
+    """A small programme whose every figure is worked out by hand in the test below."""
     s = Seed(conn)
     old = AS_OF - 400 * DAY
-    s.customer("M1", "member", "gold", old)
-    s.customer("M2", "member", "silver", AS_OF - 3 * DAY)  # new member
-    s.customer("M3", "member", "silver", AS_OF - 10 * DAY)  # new member, previous window
-    s.customer("M4", "member", None, SINCE)  # new member, previous window (bound)
-    s.customer("M5", "member", None, AS_OF + DAY)  # created after as_of: not new
+    # join dates: the attribute when it is a date, else the day the profile was created
+    s.customer("M1", "member", "gold", old, member_since="2024-01-01")
+    s.customer("M2", "member", "silver", AS_OF - DAY, member_since="2023-05-05")  # imported
+    # in the window, joined long ago: not new
+    s.customer("M3", "member", "silver", old, member_since="2025-03-28")  # new
+    s.customer("M4", "member", None, AS_OF - 2 * DAY)  # no attribute: created 03-29, new
+    s.customer("M5", "member", None, old, member_since="2025-03-20")  # new, previous window
+    s.customer("M6", "member", None, old, member_since="2025-03-24")  # the start's day:
+    # previous window
+    s.customer("M7", "member", None, old, member_since="last spring")  # not a date: created
+    s.customer("M8", "member", None, AS_OF + DAY)  # created after as_of: not new
     s.customer("L1", "lead", None, AS_OF - DAY)  # created in the window, not a member
     s.customer("C1", "customer", "bronze", old)
 
-    # purchases: window M1 x2 (one exactly at as_of) and L1; previous M2 (exactly at the
-    # window's start: previous), M3 x2, C1; outside both: older than 14 days, after as_of
+    # the window: M1 buys twice (once exactly at as_of) and has a refund; L1 buys (a buyer,
+    # not a member); M2 signs in; C1 signs in (not a member: not an active member); M7 gets
+    # only the automations' events, which are no activity
     s.event("M1", "purchase", AS_OF, amount=100.0)
     s.event("M1", "purchase", AS_OF - 2 * DAY, amount=50.5)
+    s.event("M1", "refund", AS_OF - DAY, amount=30)
     s.event("L1", "purchase", AS_OF - DAY, amount=10)
-    s.event("M2", "purchase", SINCE, amount=20)
+    s.event("M2", "login", AS_OF - DAY)
+    s.event("C1", "login", AS_OF - DAY)
+    for kind in ("churn_scan", "lead_sla_check", "points_expiring", "birthday", "tier_changed"):
+        s.event("M7", kind, AS_OF - DAY)
+    # the previous window: M3 buys three times (once exactly at the window's start), C1
+    # once and has a refund; M1 signs in; M7's churn check again
+    s.event("M3", "purchase", SINCE, amount=20)
     s.event("M3", "purchase", AS_OF - 9 * DAY, amount=30)
     s.event("M3", "purchase", AS_OF - 8 * DAY, amount=45.25)
     s.event("C1", "purchase", AS_OF - 13 * DAY, amount=15)
+    s.event("C1", "refund", AS_OF - 10 * DAY, amount=5)
+    s.event("M1", "login", AS_OF - 12 * DAY)
+    s.event("M7", "churn_scan", AS_OF - 12 * DAY)
+    # outside both
     s.event("M1", "purchase", AS_OF - 30 * DAY, amount=1000)
     s.event("M3", "purchase", AS_OF + timedelta(hours=1), amount=1000)
-    # other events: M2 active in the window; M1 in the previous window; M4 before both
-    s.event("M2", "login", AS_OF - DAY)
-    s.event("M1", "login", AS_OF - 12 * DAY)
     s.event("M4", "login", AS_OF - 20 * DAY)
-    s.event("C1", "login", AS_OF - DAY)  # not a member: not an active member
 
-    # ledger: window earn 100 + 50.5, debit 30, expire 12.25 (adjust ignored);
-    # previous earn 40, debit 10, expire 3 (exactly at the window's start); outside: 999
+    # ledger: window earn 100, pending 50.5, redeem 30 less a reversal of 10, expire 12.25,
+    # clawback 8 (adjust ignored); previous earn 40, redeem 10, expire 3 (exactly at the
+    # window's start); outside: 999
     s.ledger("M1", "earn", "100", AS_OF)
-    s.ledger("M2", "earn", "50.50", AS_OF - DAY)
+    s.ledger("M2", "pending", "50.50", AS_OF - DAY)
     s.ledger("M1", "redeem", "-30", AS_OF - 2 * DAY)
+    s.ledger("M1", "redeem_reversal", "10", AS_OF - DAY)
     s.ledger("M3", "expire", "-12.25", AS_OF - 3 * DAY)
+    s.ledger("M1", "clawback", "-8", AS_OF - DAY)
     s.ledger("M1", "adjust", "5", AS_OF - DAY)
     s.ledger("M3", "earn", "40", AS_OF - 10 * DAY)
     s.ledger("M3", "redeem", "-10", AS_OF - 9 * DAY)
     s.ledger("M3", "expire", "-3", SINCE)
     s.ledger("M1", "earn", "999", AS_OF - 20 * DAY)
     s.ledger("M1", "earn", "999", AS_OF + DAY)
+    # lots: owed at as_of 70 + 50.5; M3's lot is past its date (no expiry run yet): not owed
+    s.lot("M1", "70", AS_OF + 30 * DAY)
+    s.lot("M2", "50.50", None)
+    s.lot("M3", "12", AS_OF - DAY)
+    s.lot("M1", "0", None)
 
     # tier history: in the window silver→gold twice, first tier silver, gold→silver at as_of
     s.tier("M1", "silver", "gold", AS_OF - DAY)
@@ -133,18 +206,28 @@ def seed(conn: Connection) -> None:
     s.tier("M1", None, "silver", AS_OF - 40 * DAY)
     s.tier("M3", None, "gold", SINCE)
 
-    # journeys: welcome in the window 1 converted of 3 (+1 holdout), previous 1 converted;
-    # winback 1 of 2; promo only in the previous window (1 exited); one before both
-    s.enrollment("welcome", "M1", "converted", AS_OF - DAY)
-    s.enrollment("welcome", "M2", "active", AS_OF - 2 * DAY, variant="a")
-    s.enrollment("welcome", "M3", "exited", AS_OF)
-    s.enrollment("welcome", "M4", "held_out", AS_OF - DAY, variant="holdout")
-    s.enrollment("welcome", "C1", "converted", SINCE)
-    s.enrollment("welcome", "L1", "converted", AS_OF - 30 * DAY)
-    s.enrollment("winback", "M1", "converted", AS_OF - 4 * DAY, variant="b")
-    s.enrollment("winback", "C1", "completed", AS_OF - 5 * DAY)
-    s.enrollment("promo", "M2", "exited", AS_OF - 10 * DAY)
-    s.enrollment("promo", "M3", "held_out", AS_OF - 10 * DAY, variant="holdout")
+    # journeys: winback's goal is a purchase with an amount within 30 days of entry;
+    # welcome has no goal (nothing converts); promo was never deployed (no goal known)
+    s.version(
+        "winback",
+        journey("winback", {"event": "purchase", "when": "event.amount > 0", "within_days": 30}),
+    )
+    s.version("welcome", journey("welcome", None))
+    # the window: M1 bought after entering (still active: converted all the same); C1 did
+    # not buy after entering (completed); M2's status says converted but no goal event
+    # followed; M3 entered at as_of and buys an hour later (after as_of: not yet); L1 is in
+    # the holdout and bought (counted apart)
+    s.enrollment("winback", "M1", "active", AS_OF - 4 * DAY, variant="discount")
+    s.enrollment("winback", "C1", "completed", AS_OF - 5 * DAY, variant="points")
+    s.enrollment("winback", "M2", "converted", AS_OF - DAY, variant="discount")
+    s.enrollment("winback", "M3", "active", AS_OF, variant="points")
+    s.enrollment("winback", "L1", "held_out", AS_OF - 3 * DAY, variant="holdout")
+    s.enrollment("welcome", "M4", "converted", AS_OF - 2 * DAY)
+    # the previous window: M3 bought the day after entering, then left (exited): converted;
+    # promo's enrollment has no goal to reach; one before both windows
+    s.enrollment("winback", "M3", "exited", AS_OF - 10 * DAY, variant="discount")
+    s.enrollment("promo", "M2", "converted", AS_OF - 10 * DAY)
+    s.enrollment("winback", "C1", "converted", AS_OF - 20 * DAY, variant="discount")
 
 
 def test_every_figure_of_the_window_and_the_one_before(engine: Engine) -> None:
@@ -154,12 +237,13 @@ def test_every_figure_of_the_window_and_the_one_before(engine: Engine) -> None:
         d = digest_figures(conn, AS_OF, 7, "2025-03-31")
 
     assert (d.as_of, d.window_days, d.run_date, d.since) == (AS_OF, 7, "2025-03-31", SINCE)
-    assert d.members_total == 5
-    assert d.active_members == 2  # M1 (purchases), M2 (login)
-    assert d.new_members == 1  # M2
-    assert (d.buyers, d.repeat_buyers, d.repurchase_rate) == (2, 1, 0.5)
-    assert d.revenue == 160.5
-    assert (d.points_issued, d.points_redeemed, d.points_expired) == (150.5, 30.0, 12.25)
+    assert d.members_total == 8
+    assert d.active_members == 2  # M1 (purchases, refund), M2 (login); not M7 (automations)
+    assert d.new_members == 2  # M3 (member_since 03-28), M4 (created 03-29)
+    assert (d.buyers, d.repeat_buyers, d.repurchase_rate) == (2, 1, 0.5)  # M1 twice, L1
+    assert d.revenue == 130.5  # 100 + 50.5 + 10 - 30
+    assert (d.points_issued, d.points_redeemed, d.points_expired) == (150.5, 20.0, 12.25)
+    assert (d.points_clawed_back, d.points_liability) == (8.0, 120.5)
     assert d.tier_distribution == {"silver": 2, "bronze": 1, "gold": 1}
     assert list(d.tier_distribution) == ["silver", "bronze", "gold"]
     assert d.tier_movement == [
@@ -169,30 +253,65 @@ def test_every_figure_of_the_window_and_the_one_before(engine: Engine) -> None:
     ]
     assert d.journey_conversions == [
         JourneyConversion(
-            journey="welcome", enrolled=3, converted=1, conversion_rate=1 / 3, held_out=1
+            journey="welcome", enrolled=1, converted=0, conversion_rate=0.0, held_out=0
         ),
         JourneyConversion(
-            journey="winback", enrolled=2, converted=1, conversion_rate=0.5, held_out=0
+            journey="winback", enrolled=4, converted=1, conversion_rate=0.25, held_out=1
         ),
     ]
     assert d.previous == {
-        "active_members": 3,  # M1 (login), M2 (purchase at the bound), M3
-        "new_members": 2,  # M3, M4 (created at the bound)
-        "buyers": 3,
+        "active_members": 2,  # M1 (login), M3 (purchases); not M7, not C1
+        "new_members": 2,  # M5 (03-20), M6 (03-24, the window's start day)
+        "buyers": 2,  # M3 (three purchases), C1
         "repeat_buyers": 1,
-        "repurchase_rate": 1 / 3,
-        "revenue": 110.25,
+        "repurchase_rate": 0.5,
+        "revenue": 105.25,  # 20 + 30 + 45.25 + 15 - 5
         "points_issued": 40.0,
         "points_redeemed": 10.0,
         "points_expired": 3.0,
-        "journey_enrolled": 2,  # welcome C1, promo M2 (the holdout is left out)
-        "journey_converted": 1,
+        "points_clawed_back": 0.0,
+        "journey_enrolled": 2,  # winback M3, promo M2
+        "journey_converted": 1,  # M3 (exited, but bought within the goal window)
     }
     assert set(d.previous) == set(COMPARED) == set(d.current())
     assert d.current()["journey_enrolled"] == 5
-    assert d.current()["journey_converted"] == 2
+    assert d.current()["journey_converted"] == 1
     # it round-trips as JSON (the automation writes it so)
     assert KpiDigest.model_validate_json(d.model_dump_json()) == d
+
+
+def test_the_review_and_the_digest_count_the_same(engine: Engine) -> None:
+    """The project KPI review reads the same definitions over the same window."""
+    with engine.begin() as conn:
+        seed(conn)
+    with engine.connect() as conn:
+        d = digest_figures(conn, AS_OF, 7, "2025-03-31")
+        review = measure(conn, METRICS, SINCE, AS_OF)
+    assert review == {
+        "repurchase_rate": d.repurchase_rate,
+        "active_members": d.active_members,
+        "new_members": d.new_members,
+        "journey_conversion": 0.2,  # winback 1 of 4, welcome 0 of 1
+        "points_issued": d.points_issued,
+        "points_redeemed": d.points_redeemed,
+        "redemption_rate": round(20 / 150.5, 6),
+        "average_order_value": 53.5,  # (100 + 50.5 + 10) / 3
+        "churn_rate": 1.0,  # M3 and C1 bought before, neither in the window
+    }  # no e-mail sent: the open rate is not measured
+
+
+def test_the_overview_counts_journey_conversions_as_the_stats_do(engine: Engine) -> None:
+    with engine.begin() as conn:
+        seed(conn)
+    with engine.connect() as conn:
+        every = kpi.journey_conversions(conn)
+    # winback over every enrollment, with no end: M1 (bought after entering), M3 at as_of
+    # (bought an hour later), M3 before (exited after buying), C1 20 days ago (bought a week
+    # after entering) converted; C1 5 days ago and M2 did not
+    w = every["winback"]
+    assert (w.enrolled, w.converted, w.held_out, w.held_out_converted) == (6, 4, 1, 1)
+    assert (every["welcome"].enrolled, every["welcome"].converted) == (1, 0)
+    assert (every["promo"].enrolled, every["promo"].converted) == (1, 0)
 
 
 def test_an_empty_database_gives_zeros(engine: Engine) -> None:
@@ -209,6 +328,8 @@ def test_an_empty_database_gives_zeros(engine: Engine) -> None:
         "points_issued": 0.0,
         "points_redeemed": 0.0,
         "points_expired": 0.0,
+        "points_clawed_back": 0.0,
+        "points_liability": 0.0,
         "tier_distribution": {},
         "tier_movement": [],
         "journey_conversions": [],

@@ -12,9 +12,10 @@ The automations page reads the schedules file and Temporal through `crmflow.serv
 schedules`; when Temporal does not answer it still shows the file's schedules and the runs
 the store recorded, and says why the server's side is missing (`temporal_error`).
 
-Every figure keeps its one definition: members by tier is the KPI digest's, the liability is
-`store.kpi`'s (live lots), a journey's conversion rate is the digest's (converted over the
-enrollments outside the holdout), projects' health is the project workflow's own report.
+Every figure keeps its one definition, `store.kpi`'s: members by tier, the liability (live
+lots), customer-made events, a journey's conversions (the goal event within the goal window
+after entry, whatever the enrollment's state: the journey stats' definition) over the
+enrollments outside the holdout; projects' health is the project workflow's own report.
 """
 
 from __future__ import annotations
@@ -38,7 +39,7 @@ from crmflow.services.schedules import LastRun, RunRecord, ScheduleInfo, ServerS
 from store import overview as store
 from store.automation_runs import last_runs
 from store.db import utcnow
-from store.kpi_digest import tier_distribution
+from store.kpi import JourneyFigures, journey_conversions, tier_distribution
 
 EXPIRING_DAYS = 30
 # each store panel and the permission that shows it (projects: "projects.read", a panel of
@@ -93,10 +94,13 @@ class JourneyLine(BaseModel):
     entries: int = Field(description="enrollments, the holdout's included")
     held_out: int
     active: int = Field(description="enrollments still in the journey")
-    converted: int
+    converted: int = Field(
+        description="enrollments outside the holdout whose customer reached the goal in time"
+    )
     conversion_rate: float | None = Field(
         None, description="converted / enrollments outside the holdout (None: none yet)"
     )
+    held_out_converted: int = Field(0, description="holdout enrollments that reached the goal")
 
 
 class JourneysPanel(BaseModel):
@@ -146,21 +150,19 @@ class ProjectsPanel(BaseModel):
 # --------------------------------------------------------------------------- the overview
 
 
-def _journey_line(item: Any) -> JourneyLine:
+def _journey_line(item: Any, figures: JourneyFigures | None) -> JourneyLine:
     counts: dict[str, int] = item.enrollments
-    entries = sum(counts.values())
-    held = counts.get("held_out", 0)
-    outside = entries - held
-    converted = counts.get("converted", 0)
+    f = figures or JourneyFigures(item.journey)
     return JourneyLine(
         journey=item.journey,
         status=item.status,
         version=item.version,
-        entries=entries,
-        held_out=held,
+        entries=f.enrolled + f.held_out,
+        held_out=f.held_out,
         active=counts.get("active", 0),
-        converted=converted,
-        conversion_rate=converted / outside if outside else None,
+        converted=f.converted,
+        conversion_rate=f.conversion_rate,
+        held_out_converted=f.held_out_converted,
     )
 
 
@@ -220,7 +222,11 @@ def overview(rt: Runtime, panels: Collection[str], now: datetime | None = None) 
                 ],
             )
     if "journeys" in wanted:
-        out.journeys = JourneysPanel(journeys=[_journey_line(j) for j in list_journeys(rt)])
+        with rt.engine.connect() as conn:
+            figures = journey_conversions(conn)
+        out.journeys = JourneysPanel(
+            journeys=[_journey_line(j, figures.get(j.journey)) for j in list_journeys(rt)]
+        )
     return out
 
 
