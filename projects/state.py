@@ -15,8 +15,21 @@ it done. A stage with none of these is started and finished explicitly (`start_s
 `finish_stage`, which a project manager may also use to record dates that were missed).
 Each actual date replans the project (`state.plan`): a stage that finished late pushes its
 successors. A stage whose start gate has not passed takes no checks and no end-gate
-sign-offs. Dependencies are for planning: work on a stage is not refused because an
-earlier stage is still open.
+sign-offs.
+
+The project's controls (`strict`, the default; the workflow turns them off only to replay
+actions recorded before they existed):
+- a stage starts only when every stage it depends on has finished; the project manager may
+  start it earlier with a reason (an override, kept in `state.overrides`). Whatever starts
+  a stage — a checked item, a sign-off, a milestone — is held to this rule;
+- a checklist item is checked by a person holding the item's role; a project manager may
+  check it for them with a reason (an override);
+- a milestone is done only on a stage that has started (a milestone at the start of its
+  stage starts it) and once every gate upstream of it has passed: the end gates of the
+  stages it depends on, directly or not, and its stage's start gate. Go-live passes through
+  the go-live gate; no override;
+- a high or critical risk is closed by the project manager or its owner, with a reason.
+Every refusal says why. Dates in messages are on the team's clock.
 
 A person signs a gate once, for one of the roles it still needs that they hold (they may
 name it with `role`); the gate passes when every role has its count of sign-offs.
@@ -65,12 +78,29 @@ class ProjectRuleError(ValueError):
     """An operation the project's rules refuse; the message says why."""
 
 
+PM: Role = "project_manager"  # who may override a control, with a reason
+CLOSE_NEEDS_REASON: tuple[Severity, ...] = ("high", "critical")
+
+
 # --------------------------------------------------------------------------- state models
 
 
 class StageState(BaseModel):
     actual_start: date | None = None
     actual_finish: date | None = None
+    override: str | None = Field(
+        None, description="why the project manager started it before its dependencies finished"
+    )
+
+
+class Override(BaseModel):
+    """A control the project manager set aside, with the reason given."""
+
+    at: datetime
+    by: str
+    action: str = Field(description="what was done, e.g. 'check demos'")
+    rule: str = Field(description="the control set aside")
+    reason: str
 
 
 class ItemState(BaseModel):
@@ -78,6 +108,7 @@ class ItemState(BaseModel):
     by: str | None = None
     at: datetime | None = None
     note: str | None = None
+    override: str | None = Field(None, description="why a project manager checked it for its role")
 
 
 class MilestoneState(BaseModel):
@@ -162,6 +193,7 @@ class ProjectState(BaseModel):
     gates: dict[str, GateState] = Field(default_factory=dict)
     risks: list[Risk] = Field(default_factory=list)
     migration_check: MigrationSummary | None = None
+    overrides: list[Override] = Field(default_factory=list)
     sent: dict[str, datetime] = Field(
         default_factory=dict, description="notices sent: dedupe key -> when"
     )
@@ -317,8 +349,92 @@ def _stage(state: ProjectState, sid: str) -> Any:
     raise ProjectRuleError(f"no stage {sid!r}{near(sid, [s.id for s in state.plan.stages])}")
 
 
-def _on(at: datetime) -> str:
-    return at.date().isoformat()
+def _on(state: ProjectState, at: datetime) -> str:
+    """The date of `at` on the team's clock."""
+    return state.today(at).isoformat()
+
+
+def _reason(text: str | None) -> str | None:
+    return text.strip() if text and text.strip() else None
+
+
+def _is_pm(person: Person) -> bool:
+    return PM in person.roles
+
+
+def _names(state: ProjectState, role: str) -> str:
+    people = [p.name for p in state.team.holding(role)]
+    return ", ".join(people) if people else "nobody on the team"
+
+
+def open_dependencies(state: ProjectState, stage_id: str) -> list[str]:
+    """The names of the stages `stage_id` waits for that have not finished."""
+    stage = _stage(state, stage_id)
+    return [
+        _stage_name(state, d.stage)
+        for d in stage.depends_on
+        if state.stages[d.stage].actual_finish is None
+    ]
+
+
+def upstream_gates(state: ProjectState, stage_id: str) -> list[Any]:
+    """The gates a stage's work must wait for: its own start gate and the end gates of every
+    stage it depends on, directly or not (their start gates too)."""
+    seen: set[str] = set()
+    todo = [d.stage for d in _stage(state, stage_id).depends_on]
+    while todo:
+        sid = todo.pop()
+        if sid in seen:
+            continue
+        seen.add(sid)
+        todo.extend(d.stage for d in _stage(state, sid).depends_on)
+    return [
+        g for g in state.plan.gates if g.stage in seen or (g.stage == stage_id and g.at == "start")
+    ]
+
+
+def _may_start(
+    state: ProjectState, stage_id: str, person: Person, override: str | None, what: str
+) -> str | None:
+    """Whether `what` may start stage `stage_id` now; the override reason when the project
+    manager starts it before its dependencies finished. Raises saying why not."""
+    if state.stages[stage_id].actual_start is not None:
+        return None
+    waiting = open_dependencies(state, stage_id)
+    if not waiting:
+        return None
+    name = _stage_name(state, stage_id)
+    why = (
+        f"{what} would start stage {name!r}, which waits for "
+        + ", ".join(repr(w) for w in waiting)
+        + " to finish"
+    )
+    if not _is_pm(person):
+        raise ProjectRuleError(
+            f"{why}; only the project manager ({_names(state, PM)}) may start it earlier, "
+            "with a reason"
+        )
+    reason = _reason(override)
+    if reason is None:
+        raise ProjectRuleError(f"{why}; to start it anyway, give the reason for the override")
+    return reason
+
+
+def _record_start_override(
+    state: ProjectState, stage_id: str, person: Person, now: datetime, what: str, reason: str
+) -> None:
+    state.stages[stage_id].override = reason
+    state.overrides.append(
+        Override(
+            at=now,
+            by=person.name,
+            action=what,
+            rule=f"stage {stage_id!r} started before "
+            + ", ".join(open_dependencies(state, stage_id))
+            + " finished",
+            reason=reason,
+        )
+    )
 
 
 # --------------------------------------------------------------------------- gates
@@ -386,14 +502,19 @@ def gate_blockers(state: ProjectState, gate_id: str) -> list[str]:
             failures = migration_failures(summary, policy.thresholds)
             if failures:
                 out.append(
-                    f"the latest migration check ({_on(summary.checked_at)}, {summary.source}) "
-                    "does not meet the thresholds: " + "; ".join(failures)
+                    f"the latest migration check ({_on(state, summary.checked_at)}, "
+                    f"{summary.source}) does not meet the thresholds: " + "; ".join(failures)
                 )
     return out
 
 
 def validate_sign_off(
-    state: ProjectState, gate_id: str, by: str, now: datetime, role: str | None = None
+    state: ProjectState,
+    gate_id: str,
+    by: str,
+    now: datetime,
+    role: str | None = None,
+    strict: bool = True,
 ) -> tuple[Person, Role]:
     """Who signs and for which role; raises ProjectRuleError saying why not."""
     gate = _gate(state, gate_id)
@@ -401,12 +522,14 @@ def validate_sign_off(
     gs = state.gates[gate_id]
     if gs.passed_at is not None:
         raise ProjectRuleError(
-            f"gate {gate.name!r} already has all its sign-offs (passed on {_on(gs.passed_at)})"
+            f"gate {gate.name!r} already has all its sign-offs "
+            f"(passed on {_on(state, gs.passed_at)})"
         )
     mine = next((s for s in gs.sign_offs if s.email == person.email), None)
     if mine is not None:
         raise ProjectRuleError(
-            f"{person.name} already signed gate {gate.name!r} (as {mine.role} on {_on(mine.at)})"
+            f"{person.name} already signed gate {gate.name!r} "
+            f"(as {mine.role} on {_on(state, mine.at)})"
         )
     needed = still_needed(state, gate_id)
     if role is not None:
@@ -429,6 +552,14 @@ def validate_sign_off(
             )
         chosen = usable[0]
     blockers = gate_blockers(state, gate_id)
+    if strict and gate.at == "end" and state.stages[gate.stage].actual_start is None:
+        waiting = open_dependencies(state, gate.stage)
+        if waiting:
+            blockers.append(
+                f"stage {_stage_name(state, gate.stage)!r} has not started and waits for "
+                + ", ".join(repr(w) for w in waiting)
+                + " to finish"
+            )
     if blockers:
         raise ProjectRuleError(f"gate {gate.name!r} cannot be signed yet: " + "; ".join(blockers))
     return person, chosen
@@ -441,9 +572,11 @@ def sign_off(
     now: datetime,
     comment: str | None = None,
     role: str | None = None,
+    strict: bool = True,
 ) -> SignOffRecord:
-    """Record a sign-off; the gate passes when it has them all."""
-    person, chosen = validate_sign_off(state, gate_id, by, now, role)
+    """Record a sign-off; the gate passes when it has them all. A start gate that passes
+    starts its stage, unless (under the controls) the stages before it are still open."""
+    person, chosen = validate_sign_off(state, gate_id, by, now, role, strict)
     record = SignOffRecord(
         person=person.name, email=person.email, role=chosen, at=now, comment=comment
     )
@@ -452,7 +585,8 @@ def sign_off(
     if not still_needed(state, gate_id):
         gs.passed_at = now
     gate = _gate(state, gate_id)
-    if gate.at == "end" or gs.passed_at is not None:
+    held = strict and gate.at == "start" and bool(open_dependencies(state, gate.stage))
+    if (gate.at == "end" or gs.passed_at is not None) and not held:
         _progress(state, gate.stage, now)
     return record
 
@@ -460,13 +594,28 @@ def sign_off(
 # --------------------------------------------------------------------------- items, milestones
 
 
-def validate_check_item(state: ProjectState, item_id: str, by: str, now: datetime) -> Person:
+class CheckPlan(BaseModel):
+    """What checking an item records: who, and the overrides it needs."""
+
+    person: Person
+    role_override: str | None = None
+    start_override: str | None = None
+
+
+def validate_check_item(
+    state: ProjectState,
+    item_id: str,
+    by: str,
+    now: datetime,
+    override: str | None = None,
+    strict: bool = True,
+) -> CheckPlan:
     item = _item(state, item_id)
     person = _person(state, by)
     st = state.items[item_id]
     if st.checked:
         raise ProjectRuleError(
-            f"item {item.title!r} was already checked by {st.by} on {_on(st.at or now)}"
+            f"item {item.title!r} was already checked by {st.by} on {_on(state, st.at or now)}"
         )
     gate = _start_gate_open(state, item.stage)
     if gate is not None:
@@ -474,37 +623,119 @@ def validate_check_item(state: ProjectState, item_id: str, by: str, now: datetim
             f"stage {_stage_name(state, item.stage)!r} waits for its start gate {gate.name!r} "
             f"(needs {_needs_text(still_needed(state, gate.id))})"
         )
-    return person
+    plan = CheckPlan(person=person)
+    if not strict:
+        return plan
+    if item.owner not in person.roles:
+        who = (
+            f"{person.name} holds {', '.join(person.roles)}; item {item.title!r} is checked by "
+            f"its {item.owner} ({_names(state, item.owner)})"
+        )
+        if not _is_pm(person):
+            raise ProjectRuleError(
+                f"{who}; the project manager may check it for them, with a reason"
+            )
+        plan.role_override = _reason(override)
+        if plan.role_override is None:
+            raise ProjectRuleError(
+                f"{who}; to check it for them as project manager, give the reason for the override"
+            )
+    plan.start_override = _may_start(
+        state, item.stage, person, override, f"checking {item.title!r}"
+    )
+    return plan
 
 
 def check_item(
-    state: ProjectState, item_id: str, by: str, now: datetime, note: str | None = None
+    state: ProjectState,
+    item_id: str,
+    by: str,
+    now: datetime,
+    note: str | None = None,
+    override: str | None = None,
+    strict: bool = True,
 ) -> ItemState:
-    """Check a checklist item (any team member may; who and when are kept)."""
-    person = validate_check_item(state, item_id, by, now)
+    """Check a checklist item (by its role, or the project manager with a reason)."""
+    plan = validate_check_item(state, item_id, by, now, override, strict)
+    item = _item(state, item_id)
+    if plan.start_override is not None:
+        _record_start_override(
+            state, item.stage, plan.person, now, f"check {item_id}", plan.start_override
+        )
     st = state.items[item_id]
-    st.checked, st.by, st.at, st.note = True, person.name, now, note
-    _progress(state, _item(state, item_id).stage, now)
+    st.checked, st.by, st.at, st.note = True, plan.person.name, now, note
+    if plan.role_override is not None:
+        st.override = plan.role_override
+        state.overrides.append(
+            Override(
+                at=now,
+                by=plan.person.name,
+                action=f"check {item_id}",
+                rule=f"item {item_id!r} is checked by its {item.owner}",
+                reason=plan.role_override,
+            )
+        )
+    _progress(state, item.stage, now)
     return st
 
 
+def milestone_blockers(state: ProjectState, milestone_id: str) -> list[str]:
+    """Why a milestone cannot be done yet (empty when it can)."""
+    m = _milestone(state, milestone_id)
+    stage = state.stages[m.stage]
+    out: list[str] = []
+    name = _stage_name(state, m.stage)
+    if stage.actual_start is None:
+        tm = next(x for x in state.template.milestones if x.id == milestone_id)
+        if tm.at != "start":
+            out.append(f"its stage {name!r} has not started")
+        else:
+            waiting = open_dependencies(state, m.stage)
+            if waiting:
+                out.append(
+                    f"it starts stage {name!r}, which waits for "
+                    + ", ".join(repr(w) for w in waiting)
+                    + " to finish"
+                )
+    gates = [g for g in upstream_gates(state, m.stage) if state.gates[g.id].passed_at is None]
+    if gates:
+        out.append(
+            "gates before it have not passed: "
+            + ", ".join(
+                f"{g.name!r} (needs {_needs_text(still_needed(state, g.id))})" for g in gates
+            )
+        )
+    return out
+
+
 def validate_complete_milestone(
-    state: ProjectState, milestone_id: str, by: str, now: datetime
+    state: ProjectState, milestone_id: str, by: str, now: datetime, strict: bool = True
 ) -> Person:
     m = _milestone(state, milestone_id)
     person = _person(state, by)
     st = state.milestones[milestone_id]
     if st.done:
         raise ProjectRuleError(
-            f"milestone {m.name!r} was already done by {st.by} on {_on(st.at or now)}"
+            f"milestone {m.name!r} was already done by {st.by} on {_on(state, st.at or now)}"
         )
+    if strict:
+        blockers = milestone_blockers(state, milestone_id)
+        if blockers:
+            raise ProjectRuleError(
+                f"milestone {m.name!r} cannot be done yet: " + "; ".join(blockers)
+            )
     return person
 
 
 def complete_milestone(
-    state: ProjectState, milestone_id: str, by: str, now: datetime, note: str | None = None
+    state: ProjectState,
+    milestone_id: str,
+    by: str,
+    now: datetime,
+    note: str | None = None,
+    strict: bool = True,
 ) -> MilestoneState:
-    person = validate_complete_milestone(state, milestone_id, by, now)
+    person = validate_complete_milestone(state, milestone_id, by, now, strict)
     st = state.milestones[milestone_id]
     st.done, st.by, st.at, st.note = True, person.name, now, note
     _progress(state, _milestone(state, milestone_id).stage, now)
@@ -558,11 +789,23 @@ def _date_ok(state: ProjectState, on: date, now: datetime, what: str) -> None:
         raise ProjectRuleError(f"{what} {on} is in the future (today is {state.today(now)})")
 
 
+class StartPlan(BaseModel):
+    day: date
+    person: Person
+    override: str | None = None
+
+
 def validate_start_stage(
-    state: ProjectState, stage_id: str, by: str, now: datetime, on: date | None = None
-) -> date:
+    state: ProjectState,
+    stage_id: str,
+    by: str,
+    now: datetime,
+    on: date | None = None,
+    override: str | None = None,
+    strict: bool = True,
+) -> StartPlan:
     stage = _stage(state, stage_id)
-    _manager(state, by, f"starting stage {stage.name!r}", (stage.owner,))
+    person = _manager(state, by, f"starting stage {stage.name!r}", (stage.owner,))
     st = state.stages[stage_id]
     if st.actual_start is not None:
         raise ProjectRuleError(f"stage {stage.name!r} already started on {st.actual_start}")
@@ -574,14 +817,29 @@ def validate_start_stage(
         )
     day = on or state.today(now)
     _date_ok(state, day, now, "the start date")
-    return day
+    reason = (
+        _may_start(state, stage_id, person, override, f"starting {stage.name!r}")
+        if strict
+        else None
+    )
+    return StartPlan(day=day, person=person, override=reason)
 
 
 def start_stage(
-    state: ProjectState, stage_id: str, by: str, now: datetime, on: date | None = None
+    state: ProjectState,
+    stage_id: str,
+    by: str,
+    now: datetime,
+    on: date | None = None,
+    override: str | None = None,
+    strict: bool = True,
 ) -> StageState:
-    day = validate_start_stage(state, stage_id, by, now, on)
-    state.stages[stage_id].actual_start = day
+    plan = validate_start_stage(state, stage_id, by, now, on, override, strict)
+    if plan.override is not None:
+        _record_start_override(
+            state, stage_id, plan.person, now, f"start {stage_id}", plan.override
+        )
+    state.stages[stage_id].actual_start = plan.day
     _replan(state)
     return state.stages[stage_id]
 
@@ -726,18 +984,41 @@ def update_risk(
     return risk
 
 
-def validate_close_risk(state: ProjectState, risk_id: str, by: str, now: datetime) -> Risk:
-    _person(state, by)
+def validate_close_risk(
+    state: ProjectState,
+    risk_id: str,
+    by: str,
+    now: datetime,
+    comment: str | None = None,
+    strict: bool = True,
+) -> Risk:
+    person = _person(state, by)
     risk = state.risk(risk_id)
     if risk.status == "closed":
         raise ProjectRuleError(f"risk {risk.id} is already closed")
+    if strict and risk.severity in CLOSE_NEEDS_REASON:
+        what = f"risk {risk.id} {risk.title!r} is {risk.severity}"
+        if not _is_pm(person) and person.name != risk.owner:
+            raise ProjectRuleError(
+                f"{what}: it is closed by its owner ({risk.owner}) or the project manager "
+                f"({_names(state, PM)}); {person.name} is neither"
+            )
+        if _reason(comment) is None:
+            raise ProjectRuleError(
+                f"{what}: closing it needs a reason (why it no longer threatens the project)"
+            )
     return risk
 
 
 def close_risk(
-    state: ProjectState, risk_id: str, by: str, now: datetime, comment: str | None = None
+    state: ProjectState,
+    risk_id: str,
+    by: str,
+    now: datetime,
+    comment: str | None = None,
+    strict: bool = True,
 ) -> Risk:
-    risk = validate_close_risk(state, risk_id, by, now)
+    risk = validate_close_risk(state, risk_id, by, now, comment, strict)
     risk.status = "closed"
     risk.history.append(
         RiskEvent(at=now, by=_person(state, by).name, action="closed", comment=comment)

@@ -138,7 +138,18 @@ async def test_create_status_check_and_a_refused_signoff(served: Path, engine: E
     assert "risk R1 added (critical)" in added.output
     table = ok(await crmflow("project", "status", name)).output
     assert "RED" in table and "open critical risk R1" in table
-    ok(await crmflow("project", "risk", "close", name, "R1", "--as", "Peter Wang"))
+    text = refused(await crmflow("project", "risk", "close", name, "R1", "--as", "Peter Wang"))
+    assert "closing it needs a reason" in text
+    text = refused(
+        await crmflow("project", "risk", "close", name, "R1", "--as", "Lily Zhao", "--reason", "ok")
+    )
+    assert "closed by its owner (Ivan Sun) or the project manager" in text
+    ok(
+        await crmflow(
+            "project", "risk", "close", name, "R1", "--as", "Ivan Sun",
+            "--reason", "legacy data cleaned",
+        )
+    )  # fmt: skip
     said = ok(await crmflow("project", "rebaseline", name, "--as", "Peter Wang", "--reason", "x"))
     assert "baseline 2 taken" in said.output
 

@@ -108,9 +108,13 @@ class ProjectConsole:
     def status(self, name: str) -> service.ProjectStatus:
         return self.run(service.status(self.runtime, name))
 
-    def check(self, name: str, *items: str, by: str = "Lily Zhao") -> None:
+    def check(
+        self, name: str, *items: str, by: str = "Lily Zhao", override: str | None = None
+    ) -> None:
         for item in items:
-            self.run(service.check(self.runtime, name, CheckInput(item=item, by=by)))
+            self.run(
+                service.check(self.runtime, name, CheckInput(item=item, by=by, override=override))
+            )
 
     def close(self, name: str) -> None:
         self.run(service.close(self.runtime, name, CloseInput(by="Peter Wang")))
@@ -242,7 +246,8 @@ def test_project_pages_show_and_change_a_project(project_console: ProjectConsole
     pid = pc.create(name, start=today + timedelta(days=7 - today.weekday()))  # next Monday
     late = f"Late {uuid.uuid4().hex[:6]}"
     pc.create(late, start=today - timedelta(weeks=5))
-    pc.check(late, "stakeholder-interviews", "smart-goals", "kpi-baseline", "budget")
+    pc.check(late, "stakeholder-interviews", "smart-goals", "kpi-baseline")
+    pc.check(late, "budget", by="Grace Chen")
     try:
         base = f"/console/projects/{pid}"
         # the portfolio: health, forecast against the baseline, next due, gates waiting
@@ -289,11 +294,24 @@ def test_project_pages_show_and_change_a_project(project_console: ProjectConsole
             assert r.status_code == 403
             assert not any(s.items_done for s in pc.status(name).stages)
 
+            # a business_owner's item: the project manager checks it only with a reason
+            r = http.post(f"{base}/items/stakeholder-interviews/check", data={"csrf_token": token})
+            assert notice_of(http, r) == (
+                "error: Peter Wang holds project_manager; item 'Stakeholder interviews held' is "
+                "checked by its business_owner (Lily Zhao, Marco Liu); to check it for them as "
+                "project manager, give the reason for the override"
+            )
             said = notice_of(
                 http,
-                http.post(f"{base}/items/stakeholder-interviews/check", data={"csrf_token": token}),
+                http.post(
+                    f"{base}/items/stakeholder-interviews/check",
+                    data={"csrf_token": token, "override": "Lily is on leave"},
+                ),
             )
-            assert said == "ok: checked stakeholder-interviews (Peter Wang)"
+            assert said == (
+                "ok: checked stakeholder-interviews (Peter Wang); override (item "
+                "'stakeholder-interviews' is checked by its business_owner): Lily is on leave"
+            )
             said = notice_of(
                 http, http.post(f"{base}/milestones/kick-off/done", data={"csrf_token": token})
             )
@@ -311,7 +329,11 @@ def test_project_pages_show_and_change_a_project(project_console: ProjectConsole
                 "error: Peter Wang holds project_manager; gate 'Requirements approval' needs "
                 "executive_sponsor (1 more sign-off), business_owner (1 more sign-off)"
             )
-            pc.check(name, "test-plan", "sit-passed", "uat-passed", "training")
+            pc.check(
+                name,
+                "test-plan", "sit-passed", "uat-passed", "training",
+                by="Peter Wang", override="the vendor ran UAT on its own environment",
+            )  # fmt: skip
             r = http.post(
                 f"{base}/gates/go-live-approval/signoff",
                 data={"csrf_token": token, "role": "project_manager", "comment": "UAT clean"},

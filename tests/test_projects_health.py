@@ -158,7 +158,7 @@ def test_open_risks_by_severity() -> None:
     )
     update_risk(s, "R2", RiskChange(severity="critical"), "Pat", now)
     assert health(s, now).status == "red"
-    close_risk(s, "R2", "Pat", now)
+    close_risk(s, "R2", "Pat", now, comment="vendor cleaned the data")
     assert health(s, now).status == "green"
 
 

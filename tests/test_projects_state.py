@@ -183,8 +183,16 @@ def test_a_stage_finishing_late_pushes_the_plan() -> None:
     assert s.baselines[0].plan.finish == date(2025, 3, 10)  # the baseline stays
 
 
+def finish_requirements(s: ProjectState, when: datetime) -> None:
+    check_item(s, "goals", "Bo", when)
+    for who in ("Sam", "Bo", "Bea"):
+        sign_off(s, "req-ok", who, when)
+    assert s.stages["req"].actual_finish is not None
+
+
 def test_start_gate_holds_the_stage() -> None:
     s = make()
+    finish_requirements(s, at(2))
     assert refused(check_item, s, "tiers", "Ivy", at(3)) == (
         "stage 'Configuration' waits for its start gate 'Design sign-off' "
         "(needs it_lead (1 more sign-off))"
@@ -201,6 +209,7 @@ def test_start_gate_holds_the_stage() -> None:
 
 def test_migration_gate_waits_for_a_passing_check() -> None:
     s = make()
+    finish_requirements(s, at(2))
     assert refused(sign_off, s, "migration-ok", "Ivy", at(3)) == (
         "gate 'Migration sign-off' cannot be signed yet: no migration check has been "
         "recorded; run the migration check on the source data first"
@@ -247,7 +256,8 @@ def test_left_out_stage_things_say_why() -> None:
 
 def test_milestone_done_once() -> None:
     s = make()
-    m = complete_milestone(s, "live", "Pat", at(7), note="smooth")
+    # (recorded as a project from before the controls would have: see test_projects_controls)
+    m = complete_milestone(s, "live", "Pat", at(7), note="smooth", strict=False)
     assert (m.done, m.by, m.at) == (True, "Pat", at(7))
     assert refused(complete_milestone, s, "live", "Sam", at(8)) == (
         "milestone 'Go-live' was already done by Pat on 2025-03-10"
@@ -269,7 +279,15 @@ def test_explicit_start_and_finish_need_a_manager_and_a_complete_stage() -> None
     assert refused(start_stage, s, "golive", "Pat", at(2), on=date(2025, 3, 9)) == (
         "the start date 2025-03-09 is in the future (today is 2025-03-05)"
     )
-    start_stage(s, "golive", "Pat", at(2), on=date(2025, 3, 4))
+    assert refused(start_stage, s, "golive", "Pat", at(2), on=date(2025, 3, 4)) == (
+        "starting 'Go-live' would start stage 'Go-live', which waits for 'Configuration', "
+        "'Data migration' to finish; to start it anyway, give the reason for the override"
+    )
+    start_stage(s, "golive", "Pat", at(2), on=date(2025, 3, 4), override="dress rehearsal")
+    assert s.stages["golive"].override == "dress rehearsal"
+    assert [(o.by, o.action, o.reason) for o in s.overrides] == [
+        ("Pat", "start golive", "dress rehearsal")
+    ]
     assert s.stages["golive"].actual_start == date(2025, 3, 4)
     assert refused(finish_stage, s, "golive", "Pat", at(2), on=date(2025, 3, 3)) == (
         "stage 'Go-live' started on 2025-03-04; it cannot finish on 2025-03-03"

@@ -15,6 +15,16 @@ activity measures the KPIs in the store before and after go-live, and the review
 beside the state. The project ends when its last stage has finished and the KPI review is
 recorded (or when a manager closes it). Long projects continue as new, carrying the state.
 
+Changes that alter what a running project does are behind `workflow.patched()`, so a
+project started on older code replays as it ran (tests/test_project_replay.py replays one):
+- `project-controls-17`: update handlers apply the project's controls (who may check an
+  item, start a stage early, close a severe risk; when a milestone may be done). Validators
+  apply them always: they do not run on replay.
+- `project-notices-17`: escalation levels keep their policy days, and a back-dated
+  project's first notices are one summary per person.
+Updates return a `ProjectChange` (what was recorded, by whom, on which day of the team's
+clock, any override and its reason), not a sentence.
+
 Its contracts (activity names, models) are in `crmflow.contracts.projects`.
 """
 
@@ -44,6 +54,7 @@ with workflow.unsafe.imports_passed_through():
         MigrationCheckResult,
         NoticeBatch,
         ProjectCarry,
+        ProjectChange,
         ProjectOutcome,
         ProjectSnapshot,
         RebaselineInput,
@@ -62,6 +73,10 @@ with workflow.unsafe.imports_passed_through():
         ProjectRuleError,
         ProjectState,
     )
+
+
+CONTROLS_PATCH = "project-controls-17"  # issue 17: who may check, start, close; milestones
+NOTICES_PATCH = "project-notices-17"  # issue 17: escalation days, one summary when back-dated
 
 
 def _refuse(exc: Exception) -> ApplicationError:
@@ -85,14 +100,18 @@ class ProjectWorkflow:
         self.state = state
         self._carry = carry or ProjectCarry()
         self._status_cache: tuple[int, date, StatusReport] | None = None
+        self._policy_days = False
 
     # ------------------------------------------------------------------ main loop
 
     @workflow.run
     async def run(self, state: ProjectState, carry: ProjectCarry | None = None) -> ProjectOutcome:
+        # escalations on their policy days and one summary for a back-dated project; a run
+        # that began without them keeps sending as it did
+        self._policy_days = workflow.patched(NOTICES_PATCH)
         while not self._finished():
             now = workflow.now()
-            notices = due_notices(self.state, now)
+            notices = due_notices(self.state, now, self._policy_days)
             if notices:
                 await self._send(notices)
                 continue
@@ -105,7 +124,11 @@ class ProjectWorkflow:
                 self._carry.runs += 1
                 workflow.continue_as_new(args=[self.state, self._carry])
             wake = min(
-                (t for t in (next_wakeup(self.state, now), review_at) if t is not None),
+                (
+                    t
+                    for t in (next_wakeup(self.state, now, self._policy_days), review_at)
+                    if t is not None
+                ),
                 default=None,
             )
             await self._sleep(wake - now if wake is not None else None)
@@ -148,7 +171,9 @@ class ProjectWorkflow:
             start_to_close_timeout=timedelta(minutes=5),
             retry_policy=RetryPolicy(maximum_interval=timedelta(minutes=10)),
         )
-        ops.mark_sent(self.state, sent, workflow.now())
+        done = set(sent)
+        covered = [k for n in notices if n.key in done for k in n.covers]
+        ops.mark_sent(self.state, [*sent, *covered], workflow.now())
 
     def _go_live(self) -> date | None:
         review = self.state.template.kpis
@@ -206,7 +231,8 @@ class ProjectWorkflow:
         """Refuse any change to a project that is over."""
         if self._carry.closed_at is not None:
             raise ApplicationError(
-                f"project {self.state.name!r} was closed on {self._carry.closed_at.date()} "
+                f"project {self.state.name!r} was closed on "
+                f"{self.state.today(self._carry.closed_at)} "
                 f"by {self._carry.closed_by}",
                 type=REFUSED,
                 non_retryable=True,
@@ -258,95 +284,158 @@ class ProjectWorkflow:
         return ProjectSnapshot(state=self.state, carry=self._carry, now=workflow.now())
 
     # ------------------------------------------------------------------ updates
+    #
+    # Validators always apply the project's controls (they do not run on replay). Handlers
+    # apply them only under the CONTROLS patch: an action a project accepted before the
+    # controls existed replays as it was recorded.
+
+    def _strict(self) -> bool:
+        return workflow.patched(CONTROLS_PATCH)
+
+    def _result(
+        self,
+        action: str,
+        ref: str,
+        by: str,
+        message: str,
+        override: str | None = None,
+        passed: bool | None = None,
+    ) -> ProjectChange:
+        return ProjectChange(
+            action=action,
+            ref=ref,
+            by=by,
+            on=self.state.today(workflow.now()),
+            override=override,
+            passed=passed,
+            message=message,
+        )
 
     @workflow.update
-    def check(self, inp: CheckInput) -> str:
-        st = self._apply(ops.check_item, inp.item, inp.by, workflow.now(), inp.note)
-        return f"checked {inp.item} ({st.by})"
+    def check(self, inp: CheckInput) -> ProjectChange:
+        strict = self._strict()
+        before = len(self.state.overrides)
+        st = self._apply(
+            ops.check_item, inp.item, inp.by, workflow.now(), inp.note, inp.override, strict
+        )
+        overrides = self.state.overrides[before:]
+        text = f"checked {inp.item} ({st.by})"
+        for o in overrides:
+            text += f"; override ({o.rule}): {o.reason}"
+        override = overrides[0].reason if overrides else None
+        return self._result("check", inp.item, st.by or inp.by, text, override)
 
     @check.validator
     def _check_ok(self, inp: CheckInput) -> None:
-        self._check(ops.validate_check_item, inp.item, inp.by, workflow.now())
+        self._check(ops.validate_check_item, inp.item, inp.by, workflow.now(), inp.override)
 
     @workflow.update
-    def done(self, inp: DoneInput) -> str:
-        st = self._apply(ops.complete_milestone, inp.milestone, inp.by, workflow.now(), inp.note)
-        return f"milestone {inp.milestone} done ({st.by})"
+    def done(self, inp: DoneInput) -> ProjectChange:
+        strict = self._strict()
+        st = self._apply(
+            ops.complete_milestone, inp.milestone, inp.by, workflow.now(), inp.note, strict
+        )
+        by = st.by or inp.by
+        return self._result("done", inp.milestone, by, f"milestone {inp.milestone} done ({by})")
 
     @done.validator
     def _done_ok(self, inp: DoneInput) -> None:
         self._check(ops.validate_complete_milestone, inp.milestone, inp.by, workflow.now())
 
     @workflow.update
-    def signoff(self, inp: SignOffInput) -> str:
-        rec = self._apply(ops.sign_off, inp.gate, inp.by, workflow.now(), inp.comment, inp.role)
+    def signoff(self, inp: SignOffInput) -> ProjectChange:
+        strict = self._strict()
+        rec = self._apply(
+            ops.sign_off, inp.gate, inp.by, workflow.now(), inp.comment, inp.role, strict
+        )
         passed = self.state.gates[inp.gate].passed_at is not None
-        return f"{rec.person} signed {inp.gate} as {rec.role}" + (
+        text = f"{rec.person} signed {inp.gate} as {rec.role}" + (
             "; the gate has passed" if passed else ""
         )
+        return self._result("signoff", inp.gate, rec.person, text, passed=passed)
 
     @signoff.validator
     def _signoff_ok(self, inp: SignOffInput) -> None:
         self._check(ops.validate_sign_off, inp.gate, inp.by, workflow.now(), inp.role)
 
     @workflow.update
-    def risk_add(self, inp: RiskAddInput) -> str:
+    def risk_add(self, inp: RiskAddInput) -> ProjectChange:
         risk = self._apply(ops.add_risk, inp.risk, inp.by, workflow.now())
-        return f"risk {risk.id} added ({risk.severity})"
+        by = risk.history[-1].by
+        return self._result("risk_add", risk.id, by, f"risk {risk.id} added ({risk.severity})")
 
     @risk_add.validator
     def _risk_add_ok(self, inp: RiskAddInput) -> None:
         self._check(ops.validate_add_risk, inp.risk, inp.by, workflow.now())
 
     @workflow.update
-    def risk_update(self, inp: RiskUpdateInput) -> str:
+    def risk_update(self, inp: RiskUpdateInput) -> ProjectChange:
         risk = self._apply(ops.update_risk, inp.risk_id, inp.change, inp.by, workflow.now())
-        return f"risk {risk.id} updated ({risk.severity})"
+        by = risk.history[-1].by
+        return self._result("risk_update", risk.id, by, f"risk {risk.id} updated ({risk.severity})")
 
     @risk_update.validator
     def _risk_update_ok(self, inp: RiskUpdateInput) -> None:
         self._check(ops.validate_update_risk, inp.risk_id, inp.change, inp.by, workflow.now())
 
     @workflow.update
-    def risk_close(self, inp: RiskCloseInput) -> str:
-        risk = self._apply(ops.close_risk, inp.risk_id, inp.by, workflow.now(), inp.comment)
-        return f"risk {risk.id} closed"
+    def risk_close(self, inp: RiskCloseInput) -> ProjectChange:
+        strict = self._strict()
+        risk = self._apply(ops.close_risk, inp.risk_id, inp.by, workflow.now(), inp.comment, strict)
+        by = risk.history[-1].by
+        return self._result("risk_close", risk.id, by, f"risk {risk.id} closed")
 
     @risk_close.validator
     def _risk_close_ok(self, inp: RiskCloseInput) -> None:
-        self._check(ops.validate_close_risk, inp.risk_id, inp.by, workflow.now())
+        self._check(ops.validate_close_risk, inp.risk_id, inp.by, workflow.now(), inp.comment)
 
     @workflow.update
-    def risk_reopen(self, inp: RiskCloseInput) -> str:
+    def risk_reopen(self, inp: RiskCloseInput) -> ProjectChange:
         risk = self._apply(ops.reopen_risk, inp.risk_id, inp.by, workflow.now(), inp.comment)
-        return f"risk {risk.id} reopened"
+        by = risk.history[-1].by
+        return self._result("risk_reopen", risk.id, by, f"risk {risk.id} reopened")
 
     @risk_reopen.validator
     def _risk_reopen_ok(self, inp: RiskCloseInput) -> None:
         self._check(ops.validate_reopen_risk, inp.risk_id, inp.by, workflow.now())
 
     @workflow.update
-    def rebaseline(self, inp: RebaselineInput) -> str:
+    def rebaseline(self, inp: RebaselineInput) -> ProjectChange:
         base = self._apply(ops.rebaseline, inp.by, workflow.now(), inp.reason)
-        return f"baseline {base.number} taken; finish {base.plan.finish}"
+        return self._result(
+            "rebaseline",
+            str(base.number),
+            base.by or inp.by,
+            f"baseline {base.number} taken; finish {base.plan.finish}",
+        )
 
     @rebaseline.validator
     def _rebaseline_ok(self, inp: RebaselineInput) -> None:
         self._check(ops.validate_rebaseline, inp.by, workflow.now())
 
     @workflow.update
-    def start_stage(self, inp: StageInput) -> str:
-        st = self._apply(ops.start_stage, inp.stage, inp.by, workflow.now(), inp.on)
-        return f"stage {inp.stage} started on {st.actual_start}"
+    def start_stage(self, inp: StageInput) -> ProjectChange:
+        strict = self._strict()
+        st = self._apply(
+            ops.start_stage, inp.stage, inp.by, workflow.now(), inp.on, inp.override, strict
+        )
+        text = f"stage {inp.stage} started on {st.actual_start}"
+        if st.override:
+            text += f"; override (dependencies still open): {st.override}"
+        return self._result("start_stage", inp.stage, inp.by, text, st.override)
 
     @start_stage.validator
     def _start_stage_ok(self, inp: StageInput) -> None:
-        self._check(ops.validate_start_stage, inp.stage, inp.by, workflow.now(), inp.on)
+        self._check(
+            ops.validate_start_stage, inp.stage, inp.by, workflow.now(), inp.on, inp.override
+        )
 
     @workflow.update
-    def finish_stage(self, inp: StageInput) -> str:
+    def finish_stage(self, inp: StageInput) -> ProjectChange:
         st = self._apply(ops.finish_stage, inp.stage, inp.by, workflow.now(), inp.on)
-        return f"stage {inp.stage} finished on {st.actual_finish}"
+        return self._result(
+            "finish_stage", inp.stage, inp.by, f"stage {inp.stage} finished on {st.actual_finish}"
+        )
 
     @finish_stage.validator
     def _finish_stage_ok(self, inp: StageInput) -> None:
@@ -362,7 +451,7 @@ class ProjectWorkflow:
         self._check(ops.validate_record_migration_check, inp.summary)
 
     @workflow.update
-    def close(self, inp: CloseInput) -> str:
+    def close(self, inp: CloseInput) -> ProjectChange:
         self._open()
         person = self.state.team.person(inp.by)
         assert person is not None  # the validator made sure
@@ -370,7 +459,12 @@ class ProjectWorkflow:
         self._carry.closed_by = person.name
         self._carry.close_reason = inp.reason
         self._changed()
-        return f"project {self.state.name} closed by {person.name}"
+        return self._result(
+            "close",
+            self.state.project_id,
+            person.name,
+            f"project {self.state.name} closed by {person.name}",
+        )
 
     @close.validator
     def _close_ok(self, inp: CloseInput) -> None:

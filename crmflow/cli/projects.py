@@ -300,15 +300,27 @@ def gantt(
 # --------------------------------------------------------------------------- updates
 
 
+OverrideOpt = Annotated[
+    str | None,
+    typer.Option(
+        "--override",
+        help="The project manager's reason for setting a control aside (kept in the project)",
+    ),
+]
+
+
 @project_app.command("check")
 def check(
     name: NameArg,
     item: Annotated[str, typer.Argument(help="Checklist item id")],
     by: AsOpt,
     note: Annotated[str | None, typer.Option(help="A note kept with the check")] = None,
+    override: OverrideOpt = None,
 ) -> None:
-    """Check off a checklist item."""
-    _say(_update(name, service.check, CheckInput(item=item, by=by, note=note)))
+    """Check off a checklist item (by a person holding its role; the project manager may
+    check it for them, or start its stage early, with --override REASON)."""
+    inp = CheckInput(item=item, by=by, note=note, override=override)
+    _say(_update(name, service.check, inp))
 
 
 @project_app.command("done")
@@ -367,9 +379,11 @@ def start_stage(
     stage: Annotated[str, typer.Argument(help="Stage id")],
     by: AsOpt,
     on: OnOpt = None,
+    override: OverrideOpt = None,
 ) -> None:
-    """Record that a stage started (stages with checklist items start by themselves)."""
-    inp = StageInput(stage=stage, by=by, on=_on(on))
+    """Record that a stage started (stages with checklist items start by themselves); before
+    the stages it depends on have finished only the project manager may, with --override."""
+    inp = StageInput(stage=stage, by=by, on=_on(on), override=override)
     _say(_update(name, service.start_stage, inp))
 
 
@@ -465,9 +479,12 @@ def risk_close(
     name: NameArg,
     risk_id: Annotated[str, typer.Argument(help="The risk's id, e.g. R1")],
     by: AsOpt,
-    comment: Annotated[str | None, typer.Option()] = None,
+    comment: Annotated[
+        str | None,
+        typer.Option("--comment", "--reason", help="Why (needed for a high or critical risk)"),
+    ] = None,
 ) -> None:
-    """Close a risk."""
+    """Close a risk (a high or critical one: its owner or the project manager, with a reason)."""
     inp = RiskCloseInput(risk_id=risk_id, by=by, comment=comment)
     _say(_update(name, service.close_risk, inp))
 

@@ -108,6 +108,11 @@ class CheckInput(BaseModel):
     item: str
     by: str
     note: str | None = None
+    override: str | None = Field(
+        None,
+        description="the project manager's reason for checking an item of another role, or "
+        "for starting its stage before the stages it depends on have finished",
+    )
 
 
 class DoneInput(BaseModel):
@@ -149,6 +154,11 @@ class StageInput(BaseModel):
     stage: str
     by: str
     on: date | None = None
+    override: str | None = Field(
+        None,
+        description="the project manager's reason for starting the stage before the stages "
+        "it depends on have finished",
+    )
 
 
 class MigrationCheckInput(BaseModel):
@@ -158,6 +168,19 @@ class MigrationCheckInput(BaseModel):
 class CloseInput(BaseModel):
     by: str
     reason: str | None = None
+
+
+class ProjectChange(BaseModel):
+    """What an accepted update recorded: the action, on what, by whom, when (on the team's
+    clock), any override of a control and its reason, and the sentence a face prints."""
+
+    action: str = Field(description="check, done, signoff, risk_add, … as the update's name")
+    ref: str = Field(description="the item, milestone, gate, stage, risk or project id")
+    by: str = Field(description="the team member's name")
+    on: date = Field(description="the day it was recorded, on the team's clock")
+    override: str | None = Field(None, description="the reason given for an override")
+    passed: bool | None = Field(None, description="a sign-off: whether the gate has passed")
+    message: str
 
 
 class MigrationCheckResult(BaseModel):

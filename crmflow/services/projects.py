@@ -45,6 +45,7 @@ from crmflow.contracts.projects import (
     KpiReviewRecord,
     MigrationCheckInput,
     MigrationCheckResult,
+    ProjectChange,
     ProjectSnapshot,
     RebaselineInput,
     RiskAddInput,
@@ -152,10 +153,13 @@ class ProjectStatus(StatusReport):
 
 
 class Change(BaseModel):
-    """An accepted change: the workflow's own words for it."""
+    """An accepted change: what the workflow recorded, and its own words for it."""
 
     workflow_id: str
     message: str
+    change: ProjectChange | None = Field(
+        None, description="the update's typed result (None from a project started before it)"
+    )
 
 
 class MigrationOutcome(BaseModel):
@@ -433,6 +437,8 @@ async def _change(rt: Runtime, name: str, update: Any, inp: BaseModel) -> Change
     client = await rt.temporal()
     handle = _handle(client, name)
     said = await _answer(rt, client, name, handle.execute_update(update, inp))
+    if isinstance(said, ProjectChange):
+        return Change(workflow_id=handle.id, message=said.message, change=said)
     return Change(workflow_id=handle.id, message=str(said))
 
 

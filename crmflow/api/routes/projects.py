@@ -55,9 +55,21 @@ class _Body(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
 
+Override = Annotated[
+    str | None,
+    Field(
+        None,
+        max_length=2000,
+        description="The project manager's reason for setting a control aside (checking an "
+        "item of another role, starting a stage before its dependencies finished)",
+    ),
+]
+
+
 class CheckBody(_Body):
     item: Short = Field(description="The checklist item's id")
     note: Text = None
+    override: Override = None
 
 
 class DoneBody(_Body):
@@ -75,6 +87,7 @@ class SignOffBody(_Body):
 
 class StageBody(_Body):
     on: Day = None
+    override: Override = None
 
 
 class ReasonBody(_Body):
@@ -147,7 +160,7 @@ async def project_gantt(name: Name, who: Reader, rt: RuntimeDep) -> Response:
 @router.post("/{name}/check", response_model=service.Change)
 async def check_item(name: Name, body: CheckBody, who: Writer, rt: RuntimeDep) -> service.Change:
     """Check off a checklist item."""
-    inp = CheckInput(item=body.item, by=who.by, note=body.note)
+    inp = CheckInput(item=body.item, by=who.by, note=body.note, override=body.override)
     return await service.check(rt, name, inp)
 
 
@@ -171,7 +184,12 @@ async def start_stage(
     name: Name, stage: Ident, who: Writer, rt: RuntimeDep, body: StageBody | None = None
 ) -> service.Change:
     """Record that a stage started (stages with checklist items start by themselves)."""
-    inp = StageInput(stage=stage, by=who.by, on=body.on if body else None)
+    inp = StageInput(
+        stage=stage,
+        by=who.by,
+        on=body.on if body else None,
+        override=body.override if body else None,
+    )
     return await service.start_stage(rt, name, inp)
 
 

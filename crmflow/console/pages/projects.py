@@ -134,8 +134,14 @@ async def check_item(
     item: Ident,
     viewer: Annotated[Viewer, form("projects.write")],
     note: Note = "",
+    override: Note = "",
 ) -> Response:
-    inp = CheckInput(item=item, by=viewer.principal.by, note=note.strip() or None)
+    inp = CheckInput(
+        item=item,
+        by=viewer.principal.by,
+        note=note.strip() or None,
+        override=override.strip() or None,
+    )
     return await _change(request, name, service.check(_rt(request), name, inp), "#stages")
 
 
