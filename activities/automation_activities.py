@@ -13,13 +13,15 @@ keys that make a resend a no-op.
 from __future__ import annotations
 
 import asyncio
+import errno
 import json
 from collections.abc import Callable
 from datetime import datetime
 from pathlib import Path
 from typing import Any
-from zoneinfo import ZoneInfo
+from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
+from pydantic import ValidationError
 from sqlalchemy import Engine
 from temporalio import activity
 from temporalio.exceptions import ApplicationError
@@ -44,15 +46,50 @@ from crmflow.contracts.automations import (
 from crmflow.event_chunks import store_events
 from crmflow.processing import active_pack
 from crmflow.settings import Settings
-from store.automation_runs import begin_run, finish_run, lock_run, record_chunk
+from store.automation_runs import (
+    begin_run,
+    finish_run,
+    lock_run,
+    previous_as_of,
+    record_chunk,
+)
 from store.automations import STEP_FUNCTIONS, Chunk, Notice, RunContext
 from store.db import utcnow
 from store.kpi_digest import digest_figures
 
+# OS errors that retrying cannot cure: the directory is not there to be made, not
+# writable, or not a directory. A full disk or an I/O error may pass, and is retried.
+PERMANENT_OS_ERRORS = frozenset(
+    {
+        errno.EACCES,
+        errno.EPERM,
+        errno.EROFS,
+        errno.ENOTDIR,
+        errno.EISDIR,
+        errno.EEXIST,
+        errno.ENAMETOOLONG,
+        errno.ENOENT,
+        errno.ELOOP,
+    }
+)
+
+
+def permanent(message: str, kind: str) -> ApplicationError:
+    """An error no retry can cure: the run fails at once and says why (its run row and
+    `crmflow schedules runs` show the message)."""
+    return ApplicationError(message, type=kind, non_retryable=True)
+
 
 def run_date_of(as_of: datetime, timezone: str) -> str:
     """The run date: `as_of`'s calendar date in the schedule's time zone."""
-    return as_of.astimezone(ZoneInfo(timezone)).date().isoformat()
+    try:
+        zone = ZoneInfo(timezone)
+    except (ZoneInfoNotFoundError, ValueError):
+        raise permanent(
+            f"timezone {timezone!r} is not a time zone; expected e.g. Asia/Shanghai",
+            "BadSchedule",
+        ) from None
+    return as_of.astimezone(zone).date().isoformat()
 
 
 class AutomationActivities:
@@ -114,14 +151,26 @@ class AutomationActivities:
 
     def _context(self, conn: Any, req: StepRequest, run: Any) -> RunContext:
         inp = req.input
+        try:
+            params = parse_params(inp.automation, inp.params)
+        except ValidationError as exc:
+            problems = "; ".join(
+                f"params.{'.'.join(str(x) for x in e['loc'])}: {e['msg']}" for e in exc.errors()
+            )
+            raise permanent(
+                f"schedule {inp.schedule!r} ({inp.automation}) has parameters that do not "
+                f"validate: {problems}; fix the schedules file and run `crmflow schedules apply`",
+                "BadSchedule",
+            ) from None
         pack = active_pack(conn)
         return RunContext(
             schedule=inp.schedule,
             run_date=run.run_date,
             as_of=run.as_of,
             timezone=inp.timezone,
-            params=parse_params(inp.automation, inp.params),
+            params=params,
             program=pack.program if pack else None,
+            since=previous_as_of(conn, inp.schedule, run.run_date),
         )
 
     def _chunk(self, req: StepRequest) -> Chunk:
@@ -165,15 +214,27 @@ class AutomationActivities:
         out = Path(p.out_dir)
         if not out.is_absolute():
             out = self.settings.home / out
-        out.mkdir(parents=True, exist_ok=True)
         stem = f"{ctx.schedule}-{ctx.run_date}"
         title = f"KPI digest {ctx.run_date} ({p.window_days} days)"
         html = render_digest_html(digest, title)
-        (out / f"{stem}.json").write_text(
-            json.dumps(digest.model_dump(mode="json"), indent=2, ensure_ascii=False) + "\n",
-            encoding="utf-8",
-        )
-        (out / f"{stem}.html").write_text(html, encoding="utf-8")
+        try:
+            out.mkdir(parents=True, exist_ok=True)
+            (out / f"{stem}.json").write_text(
+                json.dumps(digest.model_dump(mode="json"), indent=2, ensure_ascii=False) + "\n",
+                encoding="utf-8",
+            )
+            (out / f"{stem}.html").write_text(html, encoding="utf-8")
+        except OSError as exc:
+            message = (
+                f"the report cannot be written to {out} (params.out_dir of schedule "
+                f"{ctx.schedule!r}): {exc.strerror or exc}"
+            )
+            if exc.errno in PERMANENT_OS_ERRORS:
+                raise permanent(
+                    message + "; give a directory the worker may write, then apply the file",
+                    "ReportNotWritable",
+                ) from None
+            raise ApplicationError(message, type="ReportNotWritten") from exc
         text = f"{title}: the figures are in {out / stem}.json, the report in {out / stem}.html"
         notices = [
             Notice(

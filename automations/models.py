@@ -105,6 +105,14 @@ class DateEventsParams(Strict):
     events: list[DateEvent] = Field(
         default_factory=lambda: list[DateEvent](["birthday", "membership_anniversary"])
     )
+    catch_up_days: int = Field(
+        31,
+        ge=1,
+        le=366,
+        description="a run covers every local day since the last completed run, at most "
+        "this many days back (a schedule that did not run for a while greets no one a year "
+        "late)",
+    )
     chunk_size: ChunkSize = 5_000
 
 

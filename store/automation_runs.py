@@ -124,3 +124,15 @@ def last_runs(conn: Connection) -> dict[str, Any]:
     """Each schedule's latest attempt."""
     newest = select(func.max(RUNS.c.id)).group_by(RUNS.c.schedule)
     return {row.schedule: row for row in conn.execute(select(RUNS).where(RUNS.c.id.in_(newest)))}
+
+
+def previous_as_of(conn: Connection, schedule: str, run_date: str) -> datetime | None:
+    """The time the schedule's last completed run before `run_date` ran as of (None: it has
+    none). A date-based automation covers every day after it, so a night that did not run
+    (the server down longer than the catch-up window, a failed run) is not skipped."""
+    r = RUNS.c
+    return conn.execute(
+        select(func.max(r.as_of)).where(
+            r.schedule == schedule, r.status == "completed", r.run_date < run_date
+        )
+    ).scalar()

@@ -78,6 +78,9 @@ class RunContext:
     timezone: str
     params: Any  # the automation's parameters model
     program: Program | None = None
+    # the as-of time of the schedule's last completed run before this one (None: none):
+    # date-based steps cover every local day after it
+    since: datetime | None = None
 
     @property
     def rule(self) -> str:
@@ -513,31 +516,58 @@ def _created_month_day(conn: Connection) -> Any:
     return _month_day(created)
 
 
-def _days_around(day: date) -> list[str]:
-    """MM-DD of the days a customer somewhere on Earth may be living on, plus 29 February
-    on the 28th of a common year (a leap-day birthday is kept on the 28th)."""
-    days = [day + timedelta(days=d) for d in (-1, 0, 1)]
-    keys = {d.strftime("%m-%d") for d in days}
+def _month_days(first: date, last: date) -> list[str] | None:
+    """MM-DD of the days a customer somewhere on Earth may be living on between the UTC
+    days `first` and `last` (a day either side), plus 29 February when the 28th is among
+    them (a leap-day birthday is kept on the 28th in common years); None when that is every
+    day of the year."""
+    first, last = first - timedelta(days=1), last + timedelta(days=1)
+    if (last - first).days >= 365:
+        return None
+    keys = {(first + timedelta(days=d)).strftime("%m-%d") for d in range((last - first).days + 1)}
     if "02-28" in keys:
         keys.add("02-29")
     return sorted(keys)
 
 
+def covered_days(ctx: RunContext, tz: str | None, catch_up_days: int) -> tuple[date, date]:
+    """The customer's local days this run covers: from the day after the one the last
+    completed run covered (`ctx.since`, on the customer's clock) to today on their clock,
+    at most `catch_up_days` of them; only today when there was no earlier run."""
+    today = _local(ctx.as_of, tz).date()
+    if ctx.since is None or ctx.since >= ctx.as_of:
+        return today, today
+    first = _local(ctx.since, tz).date() + timedelta(days=1)
+    return max(first, today - timedelta(days=catch_up_days - 1)), today
+
+
 def scan_dates(conn: Connection, ctx: RunContext, cursor: str | None) -> Chunk:
     """`birthday` and `membership_anniversary` events for customers whose day it is in
-    their own time zone. SQL keeps the customers whose date falls within a day of the run
-    date; the exact local day is checked here."""
+    their own time zone — or was, on a day since the last completed run (a night the
+    schedule did not run is caught up, up to `catch_up_days` back). SQL keeps the customers
+    whose date falls within a day of the covered UTC days; the exact local days are checked
+    here. An event's id holds its day, so a day covered twice gives one event."""
     p: DateEventsParams = ctx.params
     c = CUSTOMERS.c
-    days = _days_around(ctx.as_of.astimezone(UTC).date())
+    utc_today = ctx.as_of.astimezone(UTC).date()
+    utc_first = utc_today
+    if ctx.since is not None and ctx.since < ctx.as_of:
+        utc_first = max(
+            ctx.since.astimezone(UTC).date(), utc_today - timedelta(days=p.catch_up_days)
+        )
+    days = _month_days(utc_first, utc_today)
     born = c.attributes[p.birthday_attribute].as_string()
     joined = c.attributes[p.anniversary_attribute].as_string()
+
+    def on(column: Any) -> Any:
+        return column.is_not(None) if days is None else column.in_(days)
+
     wanted = []
     if "birthday" in p.events:
-        wanted.append(_month_day(born).in_(days))
+        wanted.append(on(_month_day(born)))
     if "membership_anniversary" in p.events:
-        wanted.append(_month_day(joined).in_(days))
-        wanted.append(and_(joined.is_(None), _created_month_day(conn).in_(days)))
+        wanted.append(on(_month_day(joined)))
+        wanted.append(and_(joined.is_(None), on(_created_month_day(conn))))
     if not wanted:
         return Chunk(cursor=cursor, done=True)
     rows = _next_customers(
@@ -548,7 +578,7 @@ def scan_dates(conn: Connection, ctx: RunContext, cursor: str | None) -> Chunk:
     events: list[dict[str, Any]] = []
     invalid = 0
     for cid, tz, born_text, joined_text, created_at in rows:
-        today = _local(ctx.as_of, tz).date()
+        first, today = covered_days(ctx, tz, p.catch_up_days)
         dates: list[tuple[str, str, str | datetime]] = []
         if "birthday" in p.events and born_text:
             dates.append(("birthday", "age", born_text))
@@ -560,10 +590,11 @@ def scan_dates(conn: Connection, ctx: RunContext, cursor: str | None) -> Chunk:
             except ValueError:
                 invalid += 1
                 continue
-            if anniversary(start, today.year) == today and today.year > start.year:
-                day = today.isoformat()
-                props = {"date": day, count: today.year - start.year}
-                events.append(_event(kind, day, cid, ctx.as_of, **props))
+            for year in range(first.year, today.year + 1):
+                day = anniversary(start, year)
+                if first <= day <= today and year > start.year:
+                    props = {"date": day.isoformat(), count: year - start.year}
+                    events.append(_event(kind, day.isoformat(), cid, ctx.as_of, **props))
     counts: dict[str, float] = {
         "customers_checked": len(rows),
         "birthdays": sum(1 for ev in events if ev["type"] == "birthday"),

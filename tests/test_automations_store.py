@@ -11,7 +11,7 @@ from __future__ import annotations
 import uuid
 from collections.abc import AsyncIterator
 from concurrent.futures import ThreadPoolExecutor
-from datetime import datetime, timedelta
+from datetime import date, datetime, timedelta
 from decimal import Decimal
 from pathlib import Path
 from typing import Any
@@ -572,6 +572,73 @@ async def test_date_events_on_the_customers_own_day(via: str, engine: Engine) ->
     later = as_of + timedelta(hours=10)
     await run(engine, "date_events", as_of=later, wf="later", schedule="date-events-2")
     assert [e[1] for e in events_of(engine, "birthday")] == ["b1", "b2", "b3"]
+
+
+async def test_date_events_catch_up_every_day_since_the_last_completed_run(
+    via: str, engine: Engine
+) -> None:
+    """The daily run of 1 March, then nothing until 6 March (four nights missed): the run of
+    the 6th covers every customer's local day since the one the run of the 1st covered."""
+    customers(
+        engine,
+        {"customer_id": "s1", "attributes": {"birthday": "1990-03-01"}},
+        {"customer_id": "s2", "attributes": {"birthday": "1990-03-03"}},  # a missed night
+        {"customer_id": "s3", "attributes": {"birthday": "1990-03-06"}},  # the day itself
+        {"customer_id": "s4", "attributes": {"birthday": "1990-03-07"}},  # tomorrow
+        {"customer_id": "s5", "attributes": {"birthday": "1990-02-27"}},  # before the 1st
+        {
+            "customer_id": "l1",
+            "attributes": {"birthday": "1990-03-01"},  # 1 March came in LA after the run
+            "timezone": "America/Los_Angeles",
+        },
+        {
+            "customer_id": "l2",
+            "attributes": {"birthday": "1990-03-06"},  # still the 5th in LA
+            "timezone": "America/Los_Angeles",
+        },
+    )
+    first = datetime(2027, 3, 1, 0, 5, tzinfo=SH)  # 28 February, 08:05 in Los Angeles
+    await run(engine, "date_events", as_of=first, wf="d1", schedule="daily")
+    assert [e[0] for e in events_of(engine, "birthday")] == ["birthday:2027-03-01:s1"]
+    sixth = datetime(2027, 3, 6, 0, 5, tzinfo=SH)
+    summary = await run(engine, "date_events", as_of=sixth, wf="d6", schedule="daily")
+    assert sorted(e[0] for e in events_of(engine, "birthday")) == [
+        "birthday:2027-03-01:l1",
+        "birthday:2027-03-01:s1",
+        "birthday:2027-03-03:s2",
+        "birthday:2027-03-06:s3",
+    ]
+    assert summary.counts["birthdays"] == 3
+    ages = {e[1]: (e[2]["date"], e[2]["age"]) for e in events_of(engine, "birthday")}
+    assert ages["s2"] == ("2027-03-03", 37)
+    # the next night covers one day: the 7th in Shanghai, the 6th in Los Angeles
+    seventh = datetime(2027, 3, 7, 0, 5, tzinfo=SH)
+    again = await run(engine, "date_events", as_of=seventh, wf="d7", schedule="daily")
+    assert again.counts["birthdays"] == 2  # s4 and l2
+    assert sorted(e[1] for e in events_of(engine, "birthday")) == [
+        "l1",
+        "l2",
+        "s1",
+        "s2",
+        "s3",
+        "s4",
+    ]
+
+
+def test_the_days_a_date_run_covers() -> None:
+    from automations.models import DateEventsParams
+    from store.automations import RunContext, covered_days
+
+    params = DateEventsParams()
+    as_of = datetime(2027, 3, 6, 0, 5, tzinfo=SH)
+    ctx = RunContext("d", "2027-03-06", as_of, "Asia/Shanghai", params, since=None)
+    assert covered_days(ctx, "Asia/Shanghai", 31) == (date(2027, 3, 6), date(2027, 3, 6))
+    ctx = RunContext(
+        "d", "2027-03-06", as_of, "Asia/Shanghai", params, since=as_of - timedelta(days=5)
+    )
+    assert covered_days(ctx, "Asia/Shanghai", 31) == (date(2027, 3, 2), date(2027, 3, 6))
+    assert covered_days(ctx, "America/Los_Angeles", 31) == (date(2027, 3, 1), date(2027, 3, 5))
+    assert covered_days(ctx, "Asia/Shanghai", 2) == (date(2027, 3, 5), date(2027, 3, 6))
 
 
 # --------------------------------------------------------------------------- KPI digest
