@@ -14,27 +14,20 @@ customers. Customers sharing a summary (x, t_x, T) are scored once.
 
 from __future__ import annotations
 
-import secrets
 import time
-from datetime import UTC, date, datetime
+from datetime import date, datetime
 from typing import Any, Literal
 
-import numpy as np
 from pydantic import BaseModel, Field
-from sqlalchemy import Engine
+from sqlalchemy import Connection, Engine
 
-from automations import customer_model as cm
+from crmflow import customer_model as run
 from crmflow.processing import active_pack
 from crmflow.services.errors import Invalid, NotFound, Refused
-from rules.models import DEFAULT_CLV_DISCOUNT_RATE
 from store import customer_model as store
 from store.db import utcnow
 
 Unit = Literal["days", "weeks"]
-MIN_SPEND_CUSTOMERS = 10  # fewer repeat buyers with a spend: no spend model
-CALIBRATION_BINS = 7  # 0..6 repeat purchases and "7 or more", as the paper's Figure 2
-HORIZONS = (30, 90, 365)  # days of expected purchases stored per customer
-CLV_DAYS = 365
 
 
 class ModelFitInput(BaseModel):
@@ -131,13 +124,9 @@ class CustomerModelScores(BaseModel):
     clv_365d: float | None
 
 
-def _program_settings(engine: Engine) -> tuple[str, str, float]:
-    with engine.connect() as conn:
-        pack = active_pack(conn)
-    if pack is None:
-        return "purchase", "amount", DEFAULT_CLV_DISCOUNT_RATE
-    p = pack.program
-    return p.purchase_event, p.spend_property, p.clv_discount_rate
+def _terms(conn: Connection) -> run.ProgramTerms:
+    pack = active_pack(conn)
+    return run.ProgramTerms.of(pack.program if pack else None)
 
 
 def _version(row: dict[str, Any], active_id: int | None) -> ModelVersion:
@@ -187,194 +176,60 @@ def _version(row: dict[str, Any], active_id: int | None) -> ModelVersion:
 
 def fit_model(engine: Engine, inp: ModelFitInput) -> FitOutcome:
     """Fit both models on the purchases up to `inp.until`, store the version, and (unless
-    told not to) score every customer with it when it is good."""
-    started = time.perf_counter()
+    told not to) score every customer with it when it is good, in one transaction."""
     today = utcnow().date()
     end_day = inp.until or today
     if end_day > today:
         raise Invalid(f"the calibration period cannot end in the future ({end_day})", "until")
-    purchase_event, spend_property, _ = _program_settings(engine)
-    with engine.connect() as conn:
-        data = store.purchase_summaries(
-            conn, end_day=end_day, purchase_event=purchase_event, spend_property=spend_property
-        )
-    if not data.customer_ids:
-        raise Refused(
-            f"no {purchase_event!r} events up to {end_day}: there is nothing to fit the model on"
-        )
-    unit_days = cm.UNIT_DAYS[inp.unit]
-    x, t_x, T = data.frequency, data.recency(unit_days), data.age(unit_days)
-    values: dict[str, Any] = {
-        "fitted_at": utcnow(),
-        "fitted_by": inp.by,
-        "calibration_end": datetime(end_day.year, end_day.month, end_day.day, tzinfo=UTC),
-        "unit": inp.unit,
-        "customers": len(data.customer_ids),
-        "repeat_buyers": int(np.sum(x > 0)),
-        "transactions": int(np.sum(data.days)),
-        "converged": False,
-        "spend_converged": False,
-        "spend_customers": 0,
-    }
-    detail: dict[str, Any] = {}
-    messages: list[str] = []
-    params, fit = cm.fit_bgnbd(x, t_x, T)
-    values.update(
-        r=params.r,
-        alpha=params.alpha,
-        a=params.a,
-        b=params.b,
-        log_likelihood=fit.log_likelihood,
-        converged=fit.converged,
-    )
-    detail["purchase_fit"] = {"iterations": fit.iterations, "message": fit.message}
-    if not fit.converged:
-        messages.append(f"the purchase model did not converge: {fit.message}")
-    else:
-        bins, actual, expected = cm.calibration_by_frequency(
-            params, x, t_x, T, max_frequency=CALIBRATION_BINS
-        )
-        detail["calibration"] = [
-            {
-                "repeat_purchases": f"{n}+" if n == bins[-1] else str(n),
-                "actual": a,
-                "expected": round(e, 3),
-            }
-            for n, a, e in zip(bins, actual, expected, strict=True)
-        ]
-    m_x = data.repeat_spend
-    spenders = (x > 0) & (m_x > 0)
-    if int(spenders.sum()) < MIN_SPEND_CUSTOMERS:
-        messages.append(
-            f"no spend model: {int(spenders.sum())} repeat buyers with a spend, "
-            f"{MIN_SPEND_CUSTOMERS} needed"
-        )
-    else:
-        gg, gfit = cm.fit_gamma_gamma(x[spenders], m_x[spenders])
-        values.update(
-            p=gg.p,
-            q=gg.q,
-            gamma=gg.gamma,
-            spend_log_likelihood=gfit.log_likelihood,
-            spend_converged=gfit.converged,
-            spend_customers=int(spenders.sum()),
-        )
-        detail["spend_fit"] = {"iterations": gfit.iterations, "message": gfit.message}
-        if not gfit.converged:
-            messages.append(f"the spend model did not converge: {gfit.message}")
-    values["status"] = "ok" if fit.converged else "failed"
-    values["message"] = "; ".join(messages) or None
-    detail["seconds"] = round(time.perf_counter() - started, 3)
-    values["detail"] = detail
-    with engine.begin() as conn:
-        model_id = store.insert_model(conn, values)
     scoring = None
-    if inp.score and values["status"] == "ok":
-        scoring = score_customers(
-            engine, model_id=model_id, reuse=data if end_day == today else None
-        )
-    with engine.connect() as conn:
+    with engine.begin() as conn:
+        terms = _terms(conn)
+        data = run.summaries(conn, terms, end_day)
+        try:
+            model_id = run.fit_in(conn, terms, end_day=end_day, unit=inp.unit, by=inp.by, data=data)
+        except run.NothingToFit as exc:
+            raise Refused(str(exc)) from exc
         row = store.model(conn, model_id)
+        assert row is not None
+        if inp.score and row["status"] == "ok":
+            started = time.perf_counter()
+            as_of = utcnow()
+            written = run.score_in(conn, row, terms, as_of=as_of, data=data)
+            scoring = ScoreOutcome(
+                model_id=model_id,
+                as_of=as_of,
+                customers=written,
+                discount_rate=terms.discount_rate,
+                seconds=round(time.perf_counter() - started, 3),
+            )
+            row = store.model(conn, model_id)
+            assert row is not None
         active = store.active_model(conn)
-    assert row is not None
     return FitOutcome(model=_version(row, active["id"] if active else None), scoring=scoring)
 
 
-def _spend_params(row: dict[str, Any]) -> cm.GammaGammaParams | None:
-    if row["p"] is None or not row["spend_converged"]:
-        return None
-    return cm.GammaGammaParams(p=row["p"], q=row["q"], gamma=row["gamma"])
-
-
-def score_customers(
-    engine: Engine,
-    *,
-    model_id: int | None = None,
-    reuse: store.PurchaseSummaries | None = None,
-) -> ScoreOutcome:
-    """Score every customer with a purchase, as of today, with the model `model_id` (the
+def score_customers(engine: Engine, *, model_id: int | None = None) -> ScoreOutcome:
+    """Score every customer with a purchase, as of now, with the model `model_id` (the
     active one by default), replacing the previous scores."""
     started = time.perf_counter()
-    with engine.connect() as conn:
-        row = store.model(conn, model_id) if model_id is not None else store.active_model(conn)
-    if row is None:
-        if model_id is not None:
-            raise NotFound(f"no customer model {model_id}")
-        raise Refused("no customer model has been fitted yet: run `crmflow model fit` first")
-    if row["status"] != "ok":
-        raise Refused(f"customer model {row['id']} failed to fit and cannot score")
-    purchase_event, spend_property, discount = _program_settings(engine)
-    as_of = utcnow()
-    data = reuse
-    if data is None or data.end_day != as_of.date():
-        with engine.connect() as conn:
-            data = store.purchase_summaries(
-                conn,
-                end_day=as_of.date(),
-                purchase_event=purchase_event,
-                spend_property=spend_property,
-            )
-    columns = score_arrays(row, data, discount)
     with engine.begin() as conn:
-        written = store.write_scores(
-            conn,
-            model_id=row["id"],
-            as_of=as_of,
-            customer_ids=data.customer_ids,
-            columns=columns,
-            state_version=secrets.randbits(62) + 1,
-        )
+        row = store.model(conn, model_id) if model_id is not None else store.active_model(conn)
+        if row is None:
+            if model_id is not None:
+                raise NotFound(f"no customer model {model_id}")
+            raise Refused("no customer model has been fitted yet: run `crmflow model fit` first")
+        if row["status"] != "ok":
+            raise Refused(f"customer model {row['id']} failed to fit and cannot score")
+        terms = _terms(conn)
+        as_of = utcnow()
+        written = run.score_in(conn, row, terms, as_of=as_of)
     return ScoreOutcome(
         model_id=row["id"],
         as_of=as_of,
         customers=written,
-        discount_rate=discount,
+        discount_rate=terms.discount_rate,
         seconds=round(time.perf_counter() - started, 3),
     )
-
-
-def score_arrays(
-    row: dict[str, Any], data: store.PurchaseSummaries, discount: float
-) -> dict[str, np.ndarray]:
-    """Every customer's scores under the model `row`: numpy over the distinct summaries."""
-    unit_days = cm.UNIT_DAYS[row["unit"]]
-    params = cm.BgNbdParams(r=row["r"], alpha=row["alpha"], a=row["a"], b=row["b"])
-    x, t_x, T, m_x = data.frequency, data.recency(unit_days), data.age(unit_days), data.repeat_spend
-    n = len(data.customer_ids)
-    if n == 0:
-        return {name: np.zeros(0) for name in store.FACT_COLUMNS}
-    (ux, ut, uT), _, back = cm.compress(x, t_x, T)
-    out: dict[str, np.ndarray] = {
-        "frequency": (data.days - 1).astype(np.int64),
-        "recency_days": (data.last_day - data.first_day).astype(np.float64),
-        "age_days": T * unit_days,
-        "avg_spend": np.where(x > 0, m_x, np.nan),
-        "p_alive": cm.probability_alive(params, ux, ut, uT)[back],
-    }
-    for days in HORIZONS:
-        out[f"expected_purchases_{days}d"] = cm.expected_purchases(
-            params, days / unit_days, ux, ut, uT
-        )[back]
-    spend_params = _spend_params(row)
-    if spend_params is None:
-        out["expected_avg_spend"] = np.full(n, np.nan)
-        out["clv_365d"] = np.full(n, np.nan)
-        return out
-    spend = cm.expected_average_spend(spend_params, x, m_x)
-    out["expected_avg_spend"] = spend
-    # the value per unit of spend depends on (x, t_x, T) only: computed once per summary
-    per_spend = cm.customer_lifetime_value(
-        params,
-        np.ones_like(ux),
-        ux,
-        ut,
-        uT,
-        horizon_days=CLV_DAYS,
-        unit_days=unit_days,
-        annual_discount_rate=discount,
-    )
-    out["clv_365d"] = per_spend[back] * spend
-    return out
 
 
 def show_model(engine: Engine, *, recent: int = 5) -> ModelReport:
