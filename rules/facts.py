@@ -22,6 +22,33 @@ FactKind = Literal["number", "string", "boolean", "list", "any"]
 
 WINDOWS = (30, 90, 365)
 
+# What the customer-base model (BG/NBD + Gamma-Gamma, `crmflow model fit`) says of a customer,
+# as of its latest scoring: missing for a customer it has not scored (no purchase yet, no
+# model fitted) and, for the spend facts, when no spend model could be fitted.
+MODEL_FACTS: dict[str, tuple[FactKind, str]] = {
+    "p_alive": (
+        "number",
+        "probability (0 to 1) that the customer is still a customer, from their purchase "
+        "history (BG/NBD); a churn signal",
+    ),
+    **{
+        f"expected_purchases_{d}d": (
+            "number",
+            f"purchases (days with a purchase) the model expects in the next {d} days",
+        )
+        for d in WINDOWS
+    },
+    "expected_avg_spend": (
+        "number",
+        "the spend per purchase the model expects from the customer (Gamma-Gamma)",
+    ),
+    "clv_365d": (
+        "number",
+        "customer lifetime value over the next 365 days: expected purchases times expected "
+        "spend, discounted at the programme's clv_discount_rate",
+    ),
+}
+
 # Fixed facts: name -> (type, description). `event.<x>`, `consent.<channel>` and
 # `attributes.<name>` are open families, typed by the programme where it declares them.
 FIXED_FACTS: dict[str, tuple[FactKind, str]] = {
@@ -64,6 +91,7 @@ FIXED_FACTS: dict[str, tuple[FactKind, str]] = {
     "hours_since_last_follow_up": ("number", "the same, in hours"),
     "days_since_created": ("number", "days since the profile was created"),
     "birthday_month": ("boolean", "the event falls in the month of attributes.birthday"),
+    **MODEL_FACTS,
 }
 
 
@@ -128,6 +156,8 @@ class ProfileState:
     # (purchased_at, refunded_at, money, points): refunds lower spend at the purchase's time
     refunds: list[tuple[datetime, datetime, float, float]] = field(default_factory=list)
     credits: list[tuple[datetime, float]] = field(default_factory=list)  # qualifying credits
+    # the customer-base model's scores (MODEL_FACTS), loaded by the store; empty: none
+    model_facts: dict[str, float] = field(default_factory=dict)
 
     def balance(self, at: datetime) -> Decimal:
         """Points spendable at `at` (pending lots are not)."""
@@ -304,6 +334,9 @@ def build_facts(
         birthday = _birthday_month(state, at)
         if birthday is not None:
             facts["birthday_month"] = birthday
+    for name, value in state.model_facts.items():
+        if name in MODEL_FACTS:
+            facts[name] = value
     for channel, given in state.consent.items():
         facts[f"consent.{channel}"] = bool(given)
     for name, value in state.attributes.items():

@@ -30,6 +30,7 @@ from rules.ledger import (
 )
 from rules.models import Program
 from store.bulk import insert_rows
+from store.customer_model import model_facts
 from store.models import (
     AuditRow,
     CouponRow,
@@ -149,6 +150,8 @@ def load_states(
         ):
             target = states[cid].credits if kind == ADJUST_CREDIT else states[cid].earnings
             target.append((at, float(points)))
+    for cid, scores in model_facts(conn, ids).items():
+        states[cid].model_facts = scores
     ref = OrderRefundRow
     for where in where_in(conn, ref.customer_id, ids):
         for cid, bought, refunded, money, clawed in conn.execute(

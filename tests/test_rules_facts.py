@@ -12,6 +12,7 @@ import pytest
 
 from rules.facts import (
     FIXED_FACTS,
+    MODEL_FACTS,
     EventFacts,
     Lot,
     ProfileState,
@@ -440,6 +441,8 @@ def test_every_fixed_fact_is_computed_for_a_full_profile() -> None:
         owner="sales.amy",
         attributes={"birthday": "1990-06-01"},
         purchases=[(AT - timedelta(days=20), 5.0), (AT - timedelta(days=10), 5.0)],
+        # a customer the customer-base model has scored
+        model_facts=dict.fromkeys(MODEL_FACTS, 0.5),
     )
     f = facts_of(s, event("purchase", amount=3))
     assert set(FIXED_FACTS) <= set(f)
