@@ -78,7 +78,28 @@ class ChurnScanParams(Strict):
     stages: list[Stage] = Field(
         default_factory=lambda: list[Stage](["member"]), description="lifecycle stages to scan"
     )
+    trigger: Literal["purchase_gap", "p_alive"] = Field(
+        "purchase_gap",
+        description="purchase_gap: every member past min_days_since_purchase gets the event "
+        "(the rules compare the gap with their usual gap); p_alive: only members the customer "
+        "model scores below max_p_alive (and past min_days_since_purchase)",
+    )
+    max_p_alive: float = Field(
+        0.3,
+        gt=0,
+        lt=1,
+        description="with trigger p_alive: the probability of being alive below "
+        "which a member is sent the event",
+    )
     chunk_size: ChunkSize = 2_000
+
+
+class ModelFitParams(Strict):
+    """Refit the customer-base model (BG/NBD + Gamma-Gamma) on every purchase up to the run
+    and score every customer with it: the p_alive, expected_purchases_*, clv_365d facts."""
+
+    unit: Literal["days", "weeks"] = Field("weeks", description="time unit of the parameters")
+    score: bool = Field(True, description="score every customer with the new model")
 
 
 class LeadSlaParams(Strict):
@@ -134,6 +155,7 @@ PARAMS: dict[str, type[Strict]] = {
     "lead_sla": LeadSlaParams,
     "date_events": DateEventsParams,
     "kpi_digest": KpiDigestParams,
+    "model_fit": ModelFitParams,
 }
 
 
@@ -224,6 +246,11 @@ class KpiDigestSchedule(ScheduleBase):
     params: KpiDigestParams = Field(default_factory=KpiDigestParams)
 
 
+class ModelFitSchedule(ScheduleBase):
+    automation: Literal["model_fit"]
+    params: ModelFitParams = Field(default_factory=ModelFitParams)
+
+
 ScheduleDef = Annotated[
     PointsExpirySchedule
     | TierReviewSchedule
@@ -231,7 +258,8 @@ ScheduleDef = Annotated[
     | ChurnScanSchedule
     | LeadSlaSchedule
     | DateEventsSchedule
-    | KpiDigestSchedule,
+    | KpiDigestSchedule
+    | ModelFitSchedule,
     Field(discriminator="automation"),
 ]
 

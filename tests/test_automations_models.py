@@ -68,6 +68,7 @@ def test_the_example_schedules_file_is_valid() -> None:
         "lead_sla",
         "date_events",
         "kpi_digest",
+        "model_fit",
     }
     assert all(s.timezone == "Asia/Shanghai" for s in f.schedules)
 

@@ -23,6 +23,7 @@ STEPS: dict[str, tuple[str, ...]] = {
     "lead_sla": ("scan", "notify"),
     "date_events": ("scan",),
     "kpi_digest": ("report",),
+    "model_fit": ("fit",),
 }
 
 
