@@ -47,6 +47,7 @@ from rules.ledger import ACTIVATE
 from rules.models import Program
 from rules.tiers import GRACE_TAG, TierStanding, review_tier
 from store.bulk import insert_rows
+from store.customer_model import low_p_alive
 from store.db import utcnow
 from store.models import (
     AuditRow,
@@ -393,6 +394,8 @@ def scan_churn(conn: Connection, ctx: RunContext, cursor: str | None) -> Chunk:
     purchase = ctx.program.purchase_event if ctx.program else "purchase"
     last = _latest(conn, purchase, ids, ctx.as_of)
     cutoff = ctx.as_of - timedelta(days=p.min_days_since_purchase)
+    # trigger p_alive: only the customers the customer model scores below the threshold
+    low = low_p_alive(conn, ids, p.max_p_alive) if p.trigger == "p_alive" else None
     events = [
         _event(
             "churn_scan",
@@ -401,9 +404,10 @@ def scan_churn(conn: Connection, ctx: RunContext, cursor: str | None) -> Chunk:
             ctx.as_of,
             last_purchase_at=at.isoformat(),
             days_since_last_purchase=round((ctx.as_of - at).total_seconds() / 86400, 2),
+            **({} if low is None else {"p_alive": round(low[cid], 4)}),
         )
         for cid, at in sorted(last.items())
-        if at <= cutoff
+        if at <= cutoff and (low is None or cid in low)
     ]
     return Chunk(
         cursor=ids[-1],

@@ -239,3 +239,14 @@ def model_facts(conn: Connection, customer_ids: list[str]) -> dict[str, dict[str
                 if v is not None
             }
     return out
+
+
+def low_p_alive(conn: Connection, customer_ids: list[str], below: float) -> dict[str, float]:
+    """Of `customer_ids`, those whose latest P(alive) is below `below`, with it."""
+    s = table_of(CustomerScoreRow)
+    out: dict[str, float] = {}
+    for where in where_in(conn, s.c.customer_id, customer_ids):
+        stmt = select(s.c.customer_id, s.c.p_alive).where(where, s.c.p_alive < below)
+        for cid, p in conn.execute(stmt):
+            out[cid] = float(p)
+    return out
