@@ -29,7 +29,7 @@ from temporalio.exceptions import ApplicationError
 from activities.channels import Channel
 from activities.staff_notices import StaffNotices
 from automations.digest import render_digest_html
-from automations.models import KpiDigestParams, parse_params
+from automations.models import KpiDigestParams, ModelFitParams, parse_params
 from crmflow.contracts.automations import (
     AUTOMATION_BEGIN,
     AUTOMATION_FINISH,
@@ -43,6 +43,7 @@ from crmflow.contracts.automations import (
     StepResult,
     add_counts,
 )
+from crmflow.customer_model import scheduled_fit
 from crmflow.event_chunks import store_events
 from crmflow.processing import active_pack
 from crmflow.settings import Settings
@@ -182,6 +183,8 @@ class AutomationActivities:
             ctx = self._context(conn, req, run)
             if req.input.automation == "kpi_digest":
                 return self._digest(conn, ctx, run, req, cursor)
+            if req.input.automation == "model_fit":
+                return self._model_fit(conn, ctx, run, req, cursor)
             fn = STEP_FUNCTIONS[(req.input.automation, req.step)]
             try:
                 chunk = fn(conn, ctx, cursor)
@@ -196,6 +199,17 @@ class AutomationActivities:
             if not chunk.done and not chunk.notices:
                 record_chunk(conn, run, req.step, chunk.cursor, chunk.counts)
             return chunk
+
+    def _model_fit(
+        self, conn: Any, ctx: RunContext, run: Any, req: StepRequest, cursor: str | None
+    ) -> Chunk:
+        """Refit the customer model and score every customer, once per run."""
+        if cursor == "fitted":
+            return Chunk(cursor=cursor, done=True)
+        p: ModelFitParams = ctx.params
+        counts = scheduled_fit(conn, ctx.program, as_of=ctx.as_of, unit=p.unit, score=p.score)
+        record_chunk(conn, run, req.step, "fitted", counts)
+        return Chunk(cursor="fitted", done=False, counts=counts)
 
     def _record(self, req: StepRequest, chunk: Chunk) -> None:
         with self.engine.begin() as conn:
