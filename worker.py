@@ -3,13 +3,16 @@
     python worker.py            # or: crmflow worker
 
 Start as many as you like, on as many machines: they share the task queue. Stops cleanly on
-Ctrl-C or SIGTERM, letting running activities finish first.
+Ctrl-C or SIGTERM, letting running activities finish first. With `CRMFLOW_METRICS_PORT` set,
+the worker serves its Prometheus metrics there (`CRMFLOW_METRICS_HOST`, 127.0.0.1 by
+default); every activity and automation run is measured by `crmflow.worker_metrics`.
 """
 
 from __future__ import annotations
 
 import asyncio
 import signal
+import sys
 from concurrent.futures import ThreadPoolExecutor
 from datetime import timedelta
 
@@ -22,6 +25,7 @@ from activities.registry import build_activities
 from crmflow.dispatch import dispatch_forever
 from crmflow.settings import Settings
 from crmflow.temporal import connect, exit_skipping_finalizers
+from crmflow.worker_metrics import MetricsInterceptor, MetricsPortError, MetricsServer
 from store.db import make_engine
 from workflows.registry import WORKFLOWS
 
@@ -51,6 +55,7 @@ def build_worker(
         activity_executor=executor,
         max_concurrent_activities=ACTIVITY_THREADS,
         workflow_runner=workflow_runner(),
+        interceptors=[MetricsInterceptor()],
         graceful_shutdown_timeout=timedelta(seconds=30),
     )
 
@@ -58,6 +63,9 @@ def build_worker(
 async def run_worker(client: Client, settings: Settings, stop: asyncio.Event) -> None:
     """Poll the task queue until `stop` is set, then drain and return."""
     engine = make_engine(settings.db_url)
+    metrics = None
+    if settings.metrics_port is not None:
+        metrics = MetricsServer(settings.metrics_host, settings.metrics_port).start()
     # async activities (sending) do their database work with asyncio.to_thread: give that
     # as many threads as the synchronous activities have (the loop's default is cores + 4)
     asyncio.get_running_loop().set_default_executor(ThreadPoolExecutor(ACTIVITY_THREADS))
@@ -72,6 +80,8 @@ async def run_worker(client: Client, settings: Settings, stop: asyncio.Event) ->
             )
             await stop.wait()
             await dispatcher
+    if metrics is not None:
+        metrics.stop()
     engine.dispose()
 
 
@@ -87,11 +97,17 @@ async def _main() -> None:
     install_stop_handlers(stop)
     client = await connect(settings)
     print(f"worker polling {settings.task_queue!r} on {settings.temporal_target}; Ctrl-C stops")
+    if settings.metrics_port is not None:
+        print(f"metrics: http://{settings.metrics_host}:{settings.metrics_port}/metrics")
     await run_worker(client, settings, stop)
 
 
 def main() -> None:
-    asyncio.run(_main())
+    try:
+        asyncio.run(_main())
+    except MetricsPortError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        exit_skipping_finalizers(1)
 
 
 if __name__ == "__main__":

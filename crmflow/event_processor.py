@@ -30,6 +30,7 @@ from sqlalchemy import Connection, Engine, func, select, text
 
 from crmflow.event_chunks import StoredEvents, process_stored_chunk
 from crmflow.import_workers import ImportPool, can_share
+from crmflow.metrics import record_processed
 from crmflow.processing import active_pack
 from store.db import utcnow
 from store.ingest import WriteCounts
@@ -223,6 +224,7 @@ class EventProcessor:
 
     def _tally(self, done: StoredEvents) -> StoredEvents:
         self.total.add(done)
+        record_processed(done.processed, done.rules_fired)  # each chunk committed already
         return done
 
     def drain(self) -> StoredEvents:

@@ -38,6 +38,7 @@ from crmflow.domain import Customer, Event, describe_errors
 from crmflow.event_chunks import StoredEvents, store_chunk
 from crmflow.import_workers import ImportPool, can_share
 from crmflow.ingest_report import IngestReport, RowFault
+from crmflow.metrics import record_ingested, record_processed
 from rules.models import Program
 from rules.pack import load_program
 from rules.properties import check_properties
@@ -301,6 +302,10 @@ class ChunkLoop:
             for got in self._pool.finish():
                 self._absorb(got)
         self.report.faults.sort(key=lambda f: f.at)
+        if self.report.kind == "events" and self.report.rejected:
+            record_ingested(
+                self._via, stored=0, duplicates=0, conflicts=0, rejected=self.report.rejected
+            )
         return self.report
 
     def close(self) -> None:
@@ -396,6 +401,20 @@ class ChunkLoop:
         r.unprocessed += got.unprocessed
         r.rules_fired += got.rules_fired
         r.rules_version = got.rules_version or r.rules_version
+        # committed by now (a chunk's own transaction, or a worker process's)
+        if r.kind == "events":
+            record_ingested(
+                self._via,
+                stored=counts.stored,
+                duplicates=counts.duplicates,
+                conflicts=len(counts.conflicts),
+                rejected=0,
+            )
+        record_processed(got.processed, got.rules_fired)
+
+    @property
+    def _via(self) -> str:
+        return "api" if self.report.source == "api" else "file"
 
 
 def _json_default(value: Any) -> Any:

@@ -19,6 +19,7 @@ from typing import Any
 
 from sqlalchemy import Connection, Engine, select, update
 
+from crmflow.metrics import record_processed
 from crmflow.rules_runtime import rules_runtime
 from crmflow.state_cache import new_state_version, prune
 from rules.compiler import CompiledPack, CompiledRule
@@ -285,7 +286,9 @@ def process_pending(engine: Engine, chunk_size: int = 5000) -> ProcessReport:
                 ).all()
                 if not rows:
                     return total
-                total.add(process_chunk(conn, pack, [dict(r._mapping) for r in rows]))
+                done = process_chunk(conn, pack, [dict(r._mapping) for r in rows])
+            total.add(done)
+            record_processed(done.events, done.rules_fired)  # after the commit
             raced = 0
         except ConcurrentProcessing:
             # another writer got there first: the next look-up sees what it did

@@ -23,6 +23,7 @@ from crmflow.api.routes import (
     events,
     health,
     journeys,
+    metrics,
     operations,
     overview,
     points,
@@ -42,6 +43,7 @@ FACTORY = "crmflow.api.app:app_from_settings"  # for uvicorn's worker processes
 
 ROUTERS = (
     health.router,
+    metrics.router,
     overview.router,
     events.router,
     customers.router,
