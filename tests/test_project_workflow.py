@@ -191,6 +191,13 @@ class Harness:
             )
         return out
 
+    def bodies(self) -> dict[str, str]:
+        """The outbox rows' text by dedupe key."""
+        t = OutboxMessageRow.__table__
+        with self.engine.connect() as conn:
+            found = conn.execute(select(t.c.dedupe_key, t.c.body_text)).all()
+        return {key: body or "" for key, body in found}
+
     async def wait_rows(self, n: int, seconds: float = 30) -> list[dict[str, Any]]:
         """The outbox rows once there are `n` (the worker runs in real time)."""
         deadline = time.monotonic() + seconds
