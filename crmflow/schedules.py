@@ -13,11 +13,13 @@ import asyncio
 import hashlib
 import json
 from dataclasses import dataclass
-from datetime import date, datetime, time, timedelta
+from datetime import UTC, date, datetime, time, timedelta
 from pathlib import Path
 from typing import Any
 from zoneinfo import ZoneInfo
 
+from temporalio.api.enums.v1 import PendingActivityState
+from temporalio.api.workflowservice.v1 import ListScheduleMatchingTimesRequest
 from temporalio.client import (
     Client,
     Schedule,
@@ -32,6 +34,8 @@ from temporalio.client import (
     ScheduleState,
     ScheduleUpdate,
     ScheduleUpdateInput,
+    WorkflowHandle,
+    WorkflowHistoryEventFilterType,
 )
 from temporalio.service import RPCError, RPCStatusCode
 
@@ -283,3 +287,112 @@ async def pause(client: Client, name: str, note: str) -> None:
 async def resume(client: Client, name: str, note: str) -> None:
     await describe(client, name)
     await client.get_schedule_handle(schedule_id(name)).unpause(note=note)
+
+
+# --------------------------------------------------------------------------- live runs
+
+CLOSED_FAILED = {"failed", "terminated", "timed_out", "canceled"}
+
+
+@dataclass
+class LiveRun:
+    """A run's workflow as the server sees it: its status, the activity it is retrying (with
+    the last error), and why it ended when it did not complete."""
+
+    workflow_status: str  # running, completed, failed, terminated, timed_out, canceled, …
+    retrying: dict[str, Any] | None = None
+    failure: str | None = None
+
+
+def failure_text(failure: Any) -> str:
+    """A Temporal failure (proto) as one line: its type when it has one, its message, and
+    its cause's."""
+    parts: list[str] = []
+    while failure is not None and (failure.message or failure.HasField("cause")):
+        kind = ""
+        if failure.HasField("application_failure_info"):
+            kind = failure.application_failure_info.type
+        text = (
+            f"{kind}: {failure.message}"
+            if kind and kind not in failure.message
+            else failure.message
+        )
+        if text and text not in parts:
+            parts.append(text)
+        failure = failure.cause if failure.HasField("cause") else None
+    return " ← ".join(parts)
+
+
+def _time(ts: Any) -> str | None:
+    if ts is None or (ts.seconds == 0 and ts.nanos == 0):
+        return None
+    return ts.ToDatetime(tzinfo=UTC).isoformat()
+
+
+def _retrying(pending: Any) -> dict[str, Any] | None:
+    """The first pending activity that has failed at least once: what it is, which attempt
+    it is on, the last error and when it tries again."""
+    for p in pending:
+        if p.attempt <= 1 and not p.HasField("last_failure"):
+            continue
+        return {
+            "activity": p.activity_type.name,
+            "attempt": p.attempt,
+            "maximum_attempts": p.maximum_attempts or None,
+            "last_error": failure_text(p.last_failure) if p.HasField("last_failure") else None,
+            "next_attempt_at": _time(p.next_attempt_schedule_time),
+            "state": PendingActivityState.Name(p.state)
+            .removeprefix("PENDING_ACTIVITY_STATE_")
+            .lower(),
+        }
+    return None
+
+
+async def _close_reason(handle: WorkflowHandle[Any, Any], status: str) -> str:
+    """Why a closed workflow did not complete, from its close event."""
+    async for event in handle.fetch_history_events(
+        event_filter_type=WorkflowHistoryEventFilterType.CLOSE_EVENT
+    ):
+        if event.HasField("workflow_execution_failed_event_attributes"):
+            return failure_text(event.workflow_execution_failed_event_attributes.failure)
+        if event.HasField("workflow_execution_terminated_event_attributes"):
+            reason = event.workflow_execution_terminated_event_attributes.reason
+            return f"the workflow was terminated{f': {reason}' if reason else ''}"
+        if event.HasField("workflow_execution_timed_out_event_attributes"):
+            return "the workflow timed out"
+        if event.HasField("workflow_execution_canceled_event_attributes"):
+            return "the workflow was cancelled"
+    return f"the workflow ended {status}"
+
+
+async def live_run(client: Client, workflow_id: str) -> LiveRun | None:
+    """What the server says of a run's workflow (None: it has no such workflow, e.g. past
+    its retention)."""
+    handle = client.get_workflow_handle(workflow_id)
+    try:
+        desc = await handle.describe()
+    except RPCError as exc:
+        if exc.status == RPCStatusCode.NOT_FOUND:
+            return None
+        raise
+    status = desc.status.name.lower() if desc.status is not None else "unknown"
+    out = LiveRun(workflow_status=status)
+    if status == "running":
+        out.retrying = _retrying(desc.raw_description.pending_activities)
+    elif status in CLOSED_FAILED:
+        out.failure = await _close_reason(handle, status)
+    return out
+
+
+async def matching_times(
+    client: Client, name: str, start: datetime, end: datetime
+) -> list[datetime]:
+    """The times the server's schedule `automation:<name>` matches in [start, end], as the
+    server computes them (its own time-zone rules, DST included)."""
+    req = ListScheduleMatchingTimesRequest(
+        namespace=client.namespace, schedule_id=schedule_id(name)
+    )
+    req.start_time.FromDatetime(start.astimezone(UTC))
+    req.end_time.FromDatetime(end.astimezone(UTC))
+    resp = await client.workflow_service.list_schedule_matching_times(req)
+    return [t.ToDatetime(tzinfo=UTC) for t in resp.start_time]

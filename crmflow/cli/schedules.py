@@ -96,6 +96,20 @@ def _counts_text(counts: dict[str, Any] | None) -> str:
     return ", ".join(f"{k} {v:g}" for k, v in (counts or {}).items()) or "-"
 
 
+def _retry_text(r: service.Retrying) -> str:
+    """`retrying automation_step (attempt 3 of 20, next 12:00:05): <last error>`."""
+    of = f" of {r.maximum_attempts}" if r.maximum_attempts else ""
+    nxt = f", next {r.next_attempt_at.astimezone():%H:%M:%S}" if r.next_attempt_at else ""
+    return f"retrying {r.activity} (attempt {r.attempt}{of}{nxt}): {r.last_error or '?'}"
+
+
+def _outcome(status: str, error: str | None, retrying: service.Retrying | None) -> str:
+    """A run's status with why it failed or what it is retrying."""
+    if retrying is not None:
+        return _retry_text(retrying)
+    return status + (f": {error}" if error else "")
+
+
 @schedules_app.command("validate")
 def validate(file: FileOpt = None, as_json: JsonFlag = False) -> None:
     """Check a schedules file: cron expressions, time zones, automations and parameters."""
@@ -195,6 +209,16 @@ def list_schedules(file: FileOpt = None, as_json: JsonFlag = False) -> None:
             f"{last.status}: {_counts_text(last.counts)}" if last else "-",
         )
     common.console.print(table)
+    # why a last run failed, or what it is retrying: below the table, whole
+    for r in rows:
+        last = r.last_run
+        if last is not None and (last.error or last.retrying):
+            common.console.print(
+                f"{r.name} {last.run_date} #{last.attempt}: "
+                + _outcome(last.status, last.error, last.retrying),
+                highlight=False,
+                soft_wrap=True,
+            )
 
 
 @schedules_app.command("runs")
@@ -215,16 +239,27 @@ def runs(
     table = Table("run date", "#", "status", "started", "took", "counts")
     for r in found.runs:
         took = f"{(r.finished_at - r.started_at).total_seconds():.1f} s" if r.finished_at else "-"
-        status = r.status + (f" ({r.error[:80]})" if r.error else "")
         table.add_row(
             r.run_date,
             str(r.attempt),
-            status,
+            r.status,
             f"{r.started_at:%Y-%m-%d %H:%M:%S}",
             took,
             _counts_text(r.counts),
         )
     common.console.print(table)
+    for r in found.runs:
+        if r.error or r.retrying:
+            common.console.print(
+                f"{r.run_date} #{r.attempt}: " + _outcome(r.status, r.error, r.retrying),
+                highlight=False,
+                soft_wrap=True,
+            )
+    for f in found.unrecorded:
+        what = _retry_text(f.retrying) if f.retrying else f.status
+        common.console.print(
+            f"not recorded yet: {f.workflow_id}: {what}", highlight=False, soft_wrap=True
+        )
     nxt = ", ".join(t.isoformat() for t in found.server.next) or "-"
     common.console.print(f"next: {nxt}", highlight=False)
 

@@ -302,16 +302,7 @@ def _record(r: Any) -> ListedRun:
 
 
 def _last(r: Any) -> LastRun | None:
-    if r is None:
-        return None
-    return LastRun(
-        run_date=r.run_date,
-        attempt=r.attempt,
-        status=r.status,
-        counts=r.counts or {},
-        started_at=r.started_at,
-        finished_at=r.finished_at,
-    )
+    return schedules_service.last_run(r)
 
 
 def _last_runs(rt: Runtime) -> dict[str, Any]:

@@ -21,7 +21,7 @@ from zoneinfo import ZoneInfo
 
 from croniter import croniter
 from pydantic import BaseModel, Field
-from temporalio.client import WorkflowFailureError
+from temporalio.client import Client, WorkflowFailureError
 from temporalio.service import RPCError, RPCStatusCode
 
 from automations.cron import next_runs
@@ -36,6 +36,7 @@ from store.db import utcnow
 
 MAX_BACKFILL_RUNS = 1000
 MAX_RUNS_LISTED = 1000
+MAX_LIVE_LOOKUPS = 20
 
 
 class SchedulesFileInvalid(Invalid):
@@ -79,13 +80,35 @@ class ServerState(BaseModel):
     running: list[str | None] = Field(default_factory=list, description="Running workflows")
 
 
+class Retrying(BaseModel):
+    """An activity of a running run that failed and is being tried again, as the Temporal
+    server reports it (the workflow's pending activity)."""
+
+    activity: str = Field(description="automation_begin, automation_step or automation_finish")
+    attempt: int = Field(description="the attempt it is on (2: the first retry)")
+    maximum_attempts: int | None = Field(None, description="None: unlimited")
+    last_error: str | None = Field(None, description="why the last attempt failed")
+    next_attempt_at: datetime | None = Field(None, description="when it is tried again")
+    state: str = Field(description="scheduled (waiting for its next attempt) or started")
+
+
+RUN_STATUS = (
+    "running, completed or failed as the store recorded it; retrying when the server says "
+    "an activity of the running run failed and is tried again (see `retrying`); terminated, "
+    "timed_out or canceled when the workflow ended so before it could record its end"
+)
+
+
 class LastRun(BaseModel):
     run_date: str
     attempt: int
-    status: str
+    status: str = Field(description=RUN_STATUS)
     counts: dict[str, int | float]
     started_at: datetime
     finished_at: datetime | None
+    error: str | None = Field(None, description="why the run failed")
+    retrying: Retrying | None = None
+    workflow_id: str | None = None
 
 
 class ScheduleStatus(ScheduleInfo):
@@ -100,20 +123,33 @@ class RunRecord(BaseModel):
 
     run_date: str
     attempt: int
-    status: str
+    status: str = Field(description=RUN_STATUS)
     as_of: datetime
     started_at: datetime
     finished_at: datetime | None
     step: str | None
     counts: dict[str, int | float]
-    error: str | None
+    error: str | None = Field(None, description="why the run failed")
     workflow_id: str | None
+    retrying: Retrying | None = None
+
+
+class InFlight(BaseModel):
+    """A run the server has started that the store has no record of yet (it fails before
+    its first activity could record it, say)."""
+
+    workflow_id: str
+    status: str = Field(description="running or retrying")
+    retrying: Retrying | None = None
 
 
 class ScheduleRuns(BaseModel):
     schedule: str
     server: ServerState
     runs: list[RunRecord]
+    unrecorded: list[InFlight] = Field(
+        default_factory=list, description="running workflows of the schedule with no run row"
+    )
 
 
 class ScheduleChange(BaseModel):
@@ -250,7 +286,8 @@ async def apply(rt: Runtime, path: Path, *, dry_run: bool = False) -> ApplyResul
     )
 
 
-def _last_run(run: Any) -> LastRun | None:
+def last_run(run: Any) -> LastRun | None:
+    """A stored run (a row of `automation_runs`) as a schedule's last run."""
     if run is None:
         return None
     return LastRun(
@@ -260,7 +297,30 @@ def _last_run(run: Any) -> LastRun | None:
         counts=run.counts or {},
         started_at=run.started_at,
         finished_at=run.finished_at,
+        error=run.error,
+        workflow_id=run.workflow_id,
     )
+
+
+def _with_live(record: RunRecord | LastRun, live: sched.LiveRun | None) -> None:
+    """What the server says of a run the store has as running: retrying (with the last
+    error), or ended without recording it (and why)."""
+    if live is None:
+        return
+    if live.retrying is not None:
+        record.status = "retrying"
+        record.retrying = Retrying.model_validate(live.retrying)
+    elif live.workflow_status in sched.CLOSED_FAILED:
+        record.status = live.workflow_status
+        record.error = record.error or live.failure
+
+
+async def _live(client: Client, records: list[Any]) -> None:
+    """Ask the server about each record the store has as running (at most
+    `MAX_LIVE_LOOKUPS` of them: one describe each)."""
+    running = [r for r in records if r.status == "running" and r.workflow_id]
+    for r in running[:MAX_LIVE_LOOKUPS]:
+        _with_live(r, await sched.live_run(client, r.workflow_id))
 
 
 async def list_schedules(rt: Runtime, path: Path) -> list[ScheduleStatus]:
@@ -275,14 +335,17 @@ async def list_schedules(rt: Runtime, path: Path) -> list[ScheduleStatus]:
             return last_runs(conn)
 
     last = await asyncio.to_thread(read)
-    return [
+    out = [
         ScheduleStatus(
             **info(s).model_dump(),
             server=_server(server.get(s.name, {"on_server": False})),
-            last_run=_last_run(last.get(s.name)),
+            last_run=last_run(last.get(s.name)),
         )
         for s in f.schedules
     ]
+    async with _temporal_errors():
+        await _live(client, [s.last_run for s in out if s.last_run is not None])
+    return out
 
 
 def run_record(r: Any) -> RunRecord:
@@ -314,11 +377,24 @@ async def runs(rt: Runtime, path: Path, name: str, limit: int = 20) -> ScheduleR
             return recent_runs(conn, s.name, limit)
 
     found = await asyncio.to_thread(read)
-    return ScheduleRuns(
-        schedule=name,
-        server=_server(server),
-        runs=[run_record(r) for r in found],
-    )
+    out = ScheduleRuns(schedule=name, server=_server(server), runs=[run_record(r) for r in found])
+    async with _temporal_errors():
+        await _live(client, out.runs)
+        recorded = {r.workflow_id for r in out.runs}
+        for wid in out.server.running:
+            if wid is None or wid in recorded:
+                continue
+            live = await sched.live_run(client, wid)
+            if live is not None and live.workflow_status == "running":
+                retrying = Retrying.model_validate(live.retrying) if live.retrying else None
+                out.unrecorded.append(
+                    InFlight(
+                        workflow_id=wid,
+                        status="retrying" if retrying else "running",
+                        retrying=retrying,
+                    )
+                )
+    return out
 
 
 async def trigger(
