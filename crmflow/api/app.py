@@ -88,6 +88,7 @@ def create_app(rt: Runtime) -> FastAPI:
     for router in ROUTERS:
         api.include_router(router)
     app.include_router(api)
+    app.include_router(health.probes)  # /livez, /readyz: public, a bare yes or no
     app.include_router(unsubscribe.router)
     console.install(app)
     # outermost last: the body limit sees the request before anything reads it
