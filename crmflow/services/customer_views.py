@@ -20,6 +20,7 @@ from typing import Literal
 from pydantic import BaseModel, Field
 
 from crmflow.services.audit import PrivacyRecord, privacy_log
+from crmflow.services.customer_model import CustomerModelScores, customer_scores
 from crmflow.services.customers import Customer360, JourneyPlace, customer_360
 from crmflow.services.errors import Invalid
 from crmflow.services.points import PointsStatement, statement
@@ -88,6 +89,11 @@ class CustomerPage(BaseModel):
     quiet_hours: QuietHours | None
     privacy: list[PrivacyRecord] = Field(
         default_factory=list, description="exports and erasures (when asked for)"
+    )
+    model: CustomerModelScores | None = Field(
+        None,
+        description="the customer model's latest scores (none before a model is fitted, or "
+        "for a customer without a purchase)",
     )
 
 
@@ -227,4 +233,5 @@ def customer_page(
         deliveries=[_delivery(d) for d in deliveries],
         quiet_hours=quiet,
         privacy=privacy,
+        model=customer_scores(rt.engine, customer_id),
     )
