@@ -101,7 +101,7 @@ async def _describe(handle: ScheduleHandle) -> ScheduleDescription | None:
         raise
 
 
-def _memo_fingerprint(client: Client, desc: ScheduleDescription) -> str | None:
+def memo_fingerprint(client: Client, desc: ScheduleDescription) -> str | None:
     action = desc.schedule.action
     memo = getattr(action, "memo", None) or {}
     raw = memo.get(FINGERPRINT)
@@ -151,7 +151,7 @@ async def apply(
             if desc is None:
                 changes.append(Change(s.name, "created"))
                 continue
-        if _memo_fingerprint(client, desc) != fingerprint(s, task_queue):
+        if memo_fingerprint(client, desc) != fingerprint(s, task_queue):
             if not dry_run:
 
                 def replace(_: ScheduleUpdateInput, new: Schedule = schedule) -> ScheduleUpdate:

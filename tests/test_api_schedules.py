@@ -9,6 +9,7 @@ import asyncio
 import time
 import uuid
 from collections.abc import AsyncIterator, Iterator
+from datetime import datetime
 from pathlib import Path
 from typing import Any
 
@@ -95,6 +96,14 @@ async def test_schedules_are_listed_triggered_backfilled_paused_and_resumed(
         assert listed[tags]["server"]["on_server"] and not listed[tags]["server"]["paused"]
         assert listed[expiry]["server"]["paused"] and listed[expiry]["last_run"] is None
         assert len(listed[tags]["server"]["next"]) == 3
+        r = await http.get(f"/api/v1/schedules/{tags}/preview", params={"next": 4})
+        assert r.status_code == 200, r.text
+        preview = r.json()
+        assert preview["source"] == "server" and len(preview["next"]) == 4
+        same = [datetime.fromisoformat(t.replace("Z", "+00:00")) for t in preview["next"][:3]]
+        assert same == [
+            datetime.fromisoformat(t.replace("Z", "+00:00")) for t in listed[tags]["server"]["next"]
+        ]
         assert (await http.post(f"/api/v1/schedules/{tags}/trigger")).status_code == 403
 
     async with client(api_on_dev, "operator") as http:
@@ -176,3 +185,8 @@ def test_a_bad_file_and_temporal_not_answering_are_problems(
             r = http.post("/api/v1/schedules/u-tags/pause")
             assert r.status_code == 503 and r.headers["retry-after"] == "5"
             assert "cannot reach Temporal" in r.json()["detail"]
+            # the next runs still come, from croniter, saying so
+            r = http.get("/api/v1/schedules/u-tags/preview", params={"next": 2})
+            assert r.status_code == 200, r.text
+            assert r.json()["source"] == "croniter" and len(r.json()["next"]) == 2
+            assert r.json()["note"].startswith("Temporal did not answer")

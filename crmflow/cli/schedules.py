@@ -19,8 +19,9 @@ from rich.table import Table
 
 from automations.models import SchedulesFile
 from crmflow.cli import common
+from crmflow.schedules import parse_when
 from crmflow.services import schedules as service
-from crmflow.services.errors import Invalid, ServiceError
+from crmflow.services.errors import Invalid, ServiceError, Unavailable
 from crmflow.services.runtime import Runtime
 from store.db import make_engine
 
@@ -51,10 +52,13 @@ def _file(given: Path | None) -> Path:
 
 
 @contextmanager
-def _errors() -> Iterator[None]:
-    """The one place a service's error becomes a message and exit code 1."""
+def _errors(passthrough: tuple[type[ServiceError], ...] = ()) -> Iterator[None]:
+    """The one place a service's error becomes a message and exit code 1 (but the errors
+    in `passthrough`, which the caller handles)."""
     try:
         yield
+    except passthrough:
+        raise
     except service.SchedulesFileInvalid as exc:
         for p in exc.problems:
             common.console.print(
@@ -68,17 +72,57 @@ def _errors() -> Iterator[None]:
         common.fail(str(exc))
 
 
-def _run(work: Callable[[Runtime], Coroutine[Any, Any, T]], *, db: bool = False) -> T:
+def _run(
+    work: Callable[[Runtime], Coroutine[Any, Any, T]],
+    *,
+    db: bool = False,
+    passthrough: tuple[type[ServiceError], ...] = (),
+) -> T:
     """Run an async service call on a fresh runtime. Only the commands that read the store
     (`db`) check the database; the others need no database at all."""
     settings = common.load_settings()
     engine = common.existing_engine(settings) if db else make_engine(settings.db_url)
     rt = Runtime(settings, engine)
     try:
-        with _errors():
+        with _errors(passthrough):
             return asyncio.run(work(rt))
     finally:
         rt.close()
+
+
+def _list_offline(file: Path, reason: str, as_json: bool) -> None:
+    """`list` without Temporal: the file's schedules and croniter's next run, saying so."""
+    with _errors():
+        found = service.validate(file)
+        nxt = {s.name: service.preview(file, s.name, 1).next for s in found}
+    note = f"Temporal did not answer ({reason}): next runs are croniter's, not the server's"
+    if as_json:
+        common.emit_json(
+            [
+                _plain(
+                    {
+                        **s.model_dump(exclude={"warnings"}),
+                        "server": None,
+                        "last_run": None,
+                        "next_croniter": nxt[s.name],
+                        "note": note,
+                    }
+                )
+                for s in found
+            ]
+        )
+        return
+    table = Table("schedule", "automation", "cron (zone)", "state", "next run (croniter)")
+    for s in found:
+        table.add_row(
+            s.name,
+            s.automation,
+            f"{s.cron} ({s.timezone})",
+            "unknown",
+            nxt[s.name][0].isoformat() if nxt[s.name] else "-",
+        )
+    common.console.print(table)
+    common.console.print(f"[yellow]note[/yellow] {note}", highlight=False, soft_wrap=True)
 
 
 def _plain(data: Any) -> Any:
@@ -112,7 +156,8 @@ def _outcome(status: str, error: str | None, retrying: service.Retrying | None) 
 
 @schedules_app.command("validate")
 def validate(file: FileOpt = None, as_json: JsonFlag = False) -> None:
-    """Check a schedules file: cron expressions, time zones, automations and parameters."""
+    """Check a schedules file: cron expressions, time zones, automations and parameters; warn
+    of cron times that daylight-saving changes skip or repeat in the schedule's zone."""
     file = _file(file)
     with _errors():
         found = service.validate(file)
@@ -127,7 +172,14 @@ def validate(file: FileOpt = None, as_json: JsonFlag = False) -> None:
             + (" [paused]" if s.paused else ""),
             highlight=False,
         )
-    common.console.print(f"{file}: {len(found)} schedule(s), all valid", highlight=False)
+        for w in s.warnings:
+            common.console.print(f"  [yellow]warning[/yellow] {w}", highlight=False, soft_wrap=True)
+    warned = sum(len(s.warnings) for s in found)
+    common.console.print(
+        f"{file}: {len(found)} schedule(s), all valid"
+        + (f"; {warned} warning(s)" if warned else ""),
+        highlight=False,
+    )
 
 
 @schedules_app.command("schema")
@@ -144,23 +196,38 @@ def schema(out: Annotated[Path | None, typer.Option(help="Write to this file")] 
 def preview(
     name: NameArg,
     next_: Annotated[int, typer.Option("--next", min=1, max=100, help="How many")] = 5,
+    after: Annotated[
+        str | None,
+        typer.Option("--from", help="From this day (YYYY-MM-DD) or time in the schedule's zone"),
+    ] = None,
     file: FileOpt = None,
     as_json: JsonFlag = False,
 ) -> None:
-    """The next times a schedule runs, in its time zone (no Temporal needed)."""
+    """The next times a schedule runs, in its time zone: the Temporal server's own times when
+    it answers and has the schedule, else croniter's from the file (with a note)."""
     file = _file(file)
     with _errors():
-        p = service.preview(file, name, next_)
+        s = service.one(service.load(file), name)
+        start = None
+        if after is not None:
+            try:
+                start = parse_when(after, s.zone, end=False)
+            except ValueError as exc:
+                raise Invalid(str(exc), field="from") from None
+    p = _run(lambda rt: service.preview_runs(rt, file, name, next_, start))
     if as_json:
-        common.emit_json(
-            {"schedule": name, "timezone": p.timezone, "next": [t.isoformat() for t in p.next]}
-        )
+        common.emit_json(_plain(p.model_dump()))
         return
-    common.console.print(f"{name}: {p.cron!r} in {p.timezone}", highlight=False)
+    source = "the Temporal server" if p.source == "server" else "croniter (from the file)"
+    common.console.print(f"{name}: {p.cron!r} in {p.timezone}, from {source}", highlight=False)
     for t in p.next:
         common.console.print(
             f"  {t:%a %Y-%m-%d %H:%M %Z}  ({t.astimezone().isoformat()})", highlight=False
         )
+    if p.note:
+        common.console.print(f"[yellow]note[/yellow] {p.note}", highlight=False, soft_wrap=True)
+    for d in p.differs:
+        common.console.print(f"[yellow]differs[/yellow] {d}", highlight=False, soft_wrap=True)
 
 
 @schedules_app.command("apply")
@@ -188,7 +255,13 @@ def list_schedules(file: FileOpt = None, as_json: JsonFlag = False) -> None:
     file = _file(file)
     with _errors():
         service.load(file)  # before the database is checked, as before
-    rows = _run(lambda rt: service.list_schedules(rt, file), db=True)
+    try:
+        rows = _run(
+            lambda rt: service.list_schedules(rt, file), db=True, passthrough=(Unavailable,)
+        )
+    except Unavailable as exc:
+        _list_offline(file, str(exc), as_json)
+        return
     if as_json:
         common.emit_json([_plain(r.model_dump(exclude_unset=True)) for r in rows])
         return

@@ -14,7 +14,7 @@ from __future__ import annotations
 import asyncio
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
-from datetime import datetime, timedelta
+from datetime import date, datetime, timedelta
 from pathlib import Path
 from typing import Any
 from zoneinfo import ZoneInfo
@@ -24,7 +24,7 @@ from pydantic import BaseModel, Field
 from temporalio.client import Client, WorkflowFailureError
 from temporalio.service import RPCError, RPCStatusCode
 
-from automations.cron import next_runs
+from automations.cron import dst_warnings, next_runs
 from automations.models import ScheduleBase, SchedulesFile
 from crmflow import schedules as sched
 from crmflow.contracts.automations import RunSummary
@@ -37,6 +37,7 @@ from store.db import utcnow
 MAX_BACKFILL_RUNS = 1000
 MAX_RUNS_LISTED = 1000
 MAX_LIVE_LOOKUPS = 20
+PREVIEW_CONNECT_SECONDS = 10
 
 
 class SchedulesFileInvalid(Invalid):
@@ -63,6 +64,11 @@ class ScheduleInfo(BaseModel):
     catchup_window: str
     paused: bool
     params: dict[str, Any]
+    warnings: list[str] = Field(
+        default_factory=list,
+        description="(validate) cron times that do not exist, or happen twice, in the zone on "
+        "some day of the next two years, and what the Temporal server does then",
+    )
 
 
 class ServerState(BaseModel):
@@ -167,6 +173,17 @@ class Preview(BaseModel):
     cron: str
     timezone: str
     next: list[datetime]
+    source: str = Field(
+        "croniter",
+        description="server: the times the Temporal server's schedule matches; croniter: "
+        "computed here from the file (the server was not asked, did not answer, or does not "
+        "have the schedule)",
+    )
+    note: str | None = Field(None, description="why the times are not the server's, or caveats")
+    differs: list[str] = Field(
+        default_factory=list,
+        description="where croniter's calculation from the file and the server's disagree",
+    )
 
 
 class TriggerResult(BaseModel):
@@ -238,17 +255,138 @@ def info(s: ScheduleBase) -> ScheduleInfo:
     )
 
 
-def validate(path: Path) -> list[ScheduleInfo]:
-    """Check a schedules file: cron expressions, time zones, automations and parameters."""
-    return [info(s) for s in load(path).schedules]
+CATCHES_UP = frozenset({"date_events", "points_expiry"})
+
+
+def _dst_note(kind: str, automation: str) -> str:
+    if kind == "repeated":
+        return "the second run is another attempt of the same run date: nothing is done twice"
+    if automation in CATCHES_UP:
+        return "the next run covers the missed day"
+    return "that day has no run"
+
+
+def dst_messages(s: ScheduleBase, today: date) -> list[str]:
+    """What daylight-saving changes do to the schedule in the next two years: one warning
+    per kind (a missing or a repeated run), with its first day."""
+    found = dst_warnings(s.cron, s.zone, today)
+    out: list[str] = []
+    for kind in ("missing", "repeated"):
+        mine = [w for w in found if w.kind == kind]
+        if not mine:
+            continue
+        days = sorted({w.day for w in mine})
+        more = f" (and on {len(days) - 1} more day(s) in two years)" if len(days) > 1 else ""
+        out.append(
+            f"{mine[0].message(s.cron, s.zone)}{more}; {_dst_note(kind, s.automation)}; a time "
+            "outside the change, or a zone without daylight saving (UTC), avoids it"
+        )
+    return out
+
+
+def validate(path: Path, today: date | None = None) -> list[ScheduleInfo]:
+    """Check a schedules file: cron expressions, time zones, automations and parameters;
+    warn of cron times that daylight-saving changes skip or repeat."""
+    day = today or utcnow().date()
+    out = []
+    for s in load(path).schedules:
+        i = info(s)
+        i.warnings = dst_messages(s, day)
+        out.append(i)
+    return out
 
 
 def preview(path: Path, name: str, count: int = 5, now: datetime | None = None) -> Preview:
-    """The next `count` times a schedule runs, in its zone (no Temporal needed)."""
+    """The next `count` times croniter computes from the file, in the schedule's zone (no
+    Temporal needed; `preview_runs` asks the server)."""
     s = one(load(path), name)
     at = now or datetime.now().astimezone()
     return Preview(
         schedule=name, cron=s.cron, timezone=s.zone, next=next_runs(s.cron, s.zone, at, count)
+    )
+
+
+CRONITER_CAVEAT = (
+    "croniter's times can differ from the server's around daylight-saving changes "
+    "(`crmflow schedules validate` lists them)"
+)
+
+
+async def _server_times(
+    client: Client, s: ScheduleBase, after: datetime, count: int, guess: list[datetime]
+) -> list[datetime]:
+    """The first `count` times after `after` that the server's schedule matches."""
+    end = (guess[-1] if guess else after) + timedelta(days=2)
+    for _ in range(4):
+        times = [t for t in await sched.matching_times(client, s.name, after, end) if t > after]
+        if len(times) >= count:
+            break
+        end = after + 2 * (end - after)  # a skipped day (or more): look further
+    zone = ZoneInfo(s.zone)
+    return [t.astimezone(zone) for t in times[:count]]
+
+
+def _differences(local: list[datetime], server: list[datetime], zone: str) -> list[str]:
+    """croniter's times and the server's that the other does not have, up to the last
+    time both looked at."""
+    if not local or not server:
+        return []
+    until = min(local[-1], server[-1])
+    mine = {t for t in local if t <= until}
+    theirs = {t for t in server if t <= until}
+    tz = ZoneInfo(zone)
+    out = [
+        f"croniter says {t.astimezone(tz):%Y-%m-%d %H:%M %Z}; the server does not run then"
+        for t in sorted(mine - theirs)
+    ]
+    out += [
+        f"the server runs at {t.astimezone(tz):%Y-%m-%d %H:%M %Z}; croniter does not list it"
+        for t in sorted(theirs - mine)
+    ]
+    return out
+
+
+async def preview_runs(
+    rt: Runtime, path: Path, name: str, count: int = 5, now: datetime | None = None
+) -> Preview:
+    """The next `count` times the schedule runs: the Temporal server's own times when it
+    answers and has the schedule, else croniter's from the file, with a note saying so."""
+    at = now or utcnow()
+    out = preview(path, name, count, at)
+    s = one(load(path), name)
+    try:
+        client = await asyncio.wait_for(rt.temporal(), PREVIEW_CONNECT_SECONDS)
+        async with _temporal_errors():
+            desc = await sched.describe_or_none(client, name)
+            if desc is None:
+                out.note = (
+                    "not on the Temporal server (run `crmflow schedules apply`): the times are "
+                    f"croniter's from the file; {CRONITER_CAVEAT}"
+                )
+                return out
+            times = await _server_times(client, s, at, count, out.next)
+    except (Unavailable, TimeoutError) as exc:
+        reason = str(exc) or "no answer in time"
+        out.note = (
+            f"Temporal did not answer ({reason}): the times are croniter's; {CRONITER_CAVEAT}"
+        )
+        return out
+    notes = []
+    if desc.schedule.state.paused:
+        notes.append("paused on the server: it runs none of these until resumed")
+    if sched.memo_fingerprint(client, desc) != sched.fingerprint(s, rt.settings.task_queue):
+        notes.append(
+            "the server's schedule is not the file's (run `crmflow schedules apply`): these "
+            "are the server's times"
+        )
+    return Preview(
+        schedule=name,
+        cron=s.cron,
+        timezone=s.zone,
+        next=times,
+        source="server",
+        note="; ".join(notes) or None,
+        differs=_differences(out.next, times, s.zone),
     )
 
 

@@ -1,5 +1,5 @@
 """`/api/v1/schedules`: the scheduled automations of the schedules file, as Temporal
-Schedules — list, runs, trigger, backfill, pause, resume (`crmflow schedules …`).
+Schedules — list, runs, preview, trigger, backfill, pause, resume (`crmflow schedules …`).
 
 Applying a file stays with the CLI (`crmflow schedules apply`): the file on the server is
 the source of truth, and it is changed where it is deployed, not over HTTP.
@@ -48,6 +48,18 @@ async def schedule_runs(
 ) -> service.ScheduleRuns:
     """A schedule's recent runs, newest first: run date, attempt, outcome and counts."""
     return await service.runs(rt, rt.settings.schedules_file, name, limit)
+
+
+@router.get("/{name}/preview", response_model=service.Preview)
+async def preview(
+    name: Name,
+    who: Annotated[Principal, permit("schedules.read")],
+    rt: RuntimeDep,
+    count: Annotated[int, Query(ge=1, le=100, alias="next")] = 5,
+) -> service.Preview:
+    """The next times a schedule runs: the Temporal server's own times when it has the
+    schedule (`source: server`), else croniter's from the file with a note saying why."""
+    return await service.preview_runs(rt, rt.settings.schedules_file, name, count)
 
 
 @router.post("/{name}/trigger", response_model=service.TriggerResult)
