@@ -6,7 +6,8 @@ The `*_before.json` histories were recorded with the workflow as it was before t
 operations work (date events, points expiry and the KPI digest from examples/schedules.yaml
 on the example customers, and a digest that failed at its step); `*_after.json` with the
 workflow as it is now. Record new ones with the code that is to be guarded, before changing
-it (see docs/operations.md)."""
+it: `python tests/histories/record_automation.py <checkout> <out dir> <tag>` (with
+`git worktree add` for the old code; see docs/operations.md)."""
 
 from __future__ import annotations
 
@@ -27,6 +28,7 @@ def test_histories_from_before_and_after_are_kept() -> None:
     names = {p.stem for p in RECORDED}
     for kind in ("date_events", "points_expiry", "kpi_digest", "kpi_digest_failed"):
         assert f"automation_{kind}_before" in names
+        assert f"automation_{kind}_after" in names
 
 
 @pytest.mark.parametrize("path", RECORDED, ids=[p.stem for p in RECORDED])
