@@ -8,15 +8,16 @@ from typing import Any
 from sqlalchemy import Engine
 
 from activities.automation_activities import AutomationActivities
-from activities.channels.base import build_channels
+from activities.channels.base import Channel, build_channels
 from activities.journey_activities import JourneyActivities
 from activities.project_activities import ProjectActivities
 from activities.store_activities import StoreActivities
+from activities.team_chat import team_chats
 from crmflow.settings import Settings
 
 
 def build_activities(engine: Engine, settings: Settings) -> list[Callable[..., Any]]:
-    channels = build_channels(settings, engine)
+    channels: dict[str, Channel] = {**build_channels(settings, engine), **team_chats(settings)}
     return [
         *StoreActivities(engine).all(),
         *ProjectActivities(engine, settings).all(),
