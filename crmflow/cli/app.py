@@ -29,7 +29,8 @@ from crmflow.cli.common import (
 from crmflow.cli.journeys import journeys_app
 from crmflow.cli.keys import keys_app
 from crmflow.cli.model import model_app
-from crmflow.cli.operations import outbox_app, tasks_app
+from crmflow.cli.operations import tasks_app
+from crmflow.cli.outbox import outbox_app
 from crmflow.cli.points import points_app
 from crmflow.cli.projects import project_app
 from crmflow.cli.rewards import rewards_app
