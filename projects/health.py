@@ -22,7 +22,7 @@ from typing import Literal
 from pydantic import BaseModel, Field
 
 from projects.models import SEVERITIES
-from projects.plan import WorkCalendar
+from projects.plan import WorkCalendar, calendar_warnings
 from projects.state import ProjectState, forecast, still_needed
 
 Colour = Literal["green", "amber", "red"]
@@ -228,6 +228,7 @@ class StatusReport(BaseModel):
     project_id: str
     name: str
     today: date
+    timezone: str = Field("UTC", description="the team's clock, on which dates are read")
     health: Health
     start: date
     forecast_finish: date
@@ -238,6 +239,9 @@ class StatusReport(BaseModel):
     gates: list[GateStatus]
     open_risks: int
     due_next: list[DueItem]
+    warnings: list[str] = Field(
+        default_factory=list, description="e.g. a forecast that runs past the holiday calendar"
+    )
 
 
 def status_report(state: ProjectState, now: datetime, k: int = 5) -> StatusReport:
@@ -302,6 +306,7 @@ def status_report(state: ProjectState, now: datetime, k: int = 5) -> StatusRepor
         project_id=state.project_id,
         name=state.name,
         today=today,
+        timezone=state.team.timezone,
         health=health(state, now),
         start=state.plan.start,
         forecast_finish=ahead.finish,
@@ -312,4 +317,5 @@ def status_report(state: ProjectState, now: datetime, k: int = 5) -> StatusRepor
         gates=gates,
         open_risks=sum(1 for r in state.risks if r.status == "open"),
         due_next=due_next(state, now, k),
+        warnings=calendar_warnings(state.calendar, state.plan.start, ahead.finish),
     )

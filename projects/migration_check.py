@@ -48,7 +48,15 @@ from email_validator import EmailNotValidError, validate_email
 from jinja2 import Environment
 from pydantic import BaseModel, Field, ValidationError, field_validator, model_validator
 
-from projects.models import Id, MigrationSummary, MigrationThresholds, Strict, migration_failures
+from projects.models import (
+    Id,
+    MigrationPolicy,
+    MigrationSummary,
+    MigrationThresholds,
+    Strict,
+    migration_failures,
+    policy_failures,
+)
 from rules.source import SourceError, SourceProblem, errors_from_validation, load_yaml
 
 Transform = Literal[
@@ -239,6 +247,7 @@ class MigrationReport(BaseModel):
     target_rows: int | None = None
     missing_columns: list[str] = Field(default_factory=list)
     rows: list[dict[str, Any]] = Field(default_factory=list, description="the rows that migrate")
+    source_sha256: str | None = Field(None, description="SHA-256 of the source file's bytes")
 
     def summary(self) -> MigrationSummary:
         return MigrationSummary(
@@ -253,7 +262,14 @@ class MigrationReport(BaseModel):
             amount_source=self.amount_source,
             amount_mapped=self.amount_mapped,
             amount_target=self.amount_target,
+            source_sha256=self.source_sha256,
         )
+
+    def passes(self, policy: MigrationPolicy) -> tuple[bool, list[str]]:
+        """Whether the check opens the template's migration gate, with the reasons it does
+        not: the thresholds, and the file the template names."""
+        failures = self.missing_reasons() + policy_failures(self.summary(), policy)
+        return not failures, failures
 
     def meets(self, thresholds: MigrationThresholds) -> tuple[bool, list[str]]:
         """Pass or fail against the template's thresholds, with the reasons it fails."""
@@ -453,6 +469,7 @@ def terminal_summary(
         "amount_mapped": str(report.amount_mapped) if report.amount_mapped is not None else None,
         "amount_target": str(report.amount_target) if report.amount_target is not None else None,
         "missing_columns": report.missing_columns,
+        "source_sha256": report.source_sha256,
     }
     if thresholds is not None:
         passed, reasons = report.meets(thresholds)
@@ -472,6 +489,7 @@ th, td { border: 1px solid #ccc; padding: 4px 8px; text-align: left; }
 </style></head><body>
 <h1>Migration check: {{ r.source }}</h1>
 <p>Checked {{ r.checked_at.strftime("%Y-%m-%d %H:%M") }} UTC.
+{% if r.source_sha256 %}Source SHA-256 <code>{{ r.source_sha256 }}</code>.{% endif %}
 {% if verdict is not none %}
 <strong class="{{ 'pass' if verdict else 'fail' }}">{{ 'PASS' if verdict else 'FAIL' }}</strong>
 {% endif %}</p>
@@ -511,7 +529,15 @@ row {{ e.row }}: {{ e.value }} ({{ e.reason }})<br>{% endfor %}</td></tr>{% endf
 _ENV = Environment(autoescape=True, keep_trailing_newline=True)
 
 
-def render_html(report: MigrationReport, thresholds: MigrationThresholds | None = None) -> str:
-    """The report as an HTML page (every value escaped)."""
+def render_html(
+    report: MigrationReport,
+    thresholds: MigrationThresholds | None = None,
+    outcome: tuple[bool, list[str]] | None = None,
+) -> str:
+    """The report as an HTML page (every value escaped); `outcome`, the verdict and reasons
+    when the caller judged more than the thresholds (the template's policy, the store)."""
+    verdict: bool | None
     verdict, reasons = report.meets(thresholds) if thresholds is not None else (None, [])
+    if outcome is not None:
+        verdict, reasons = outcome
     return _ENV.from_string(_HTML).render(r=report, verdict=verdict, reasons=reasons)

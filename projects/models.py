@@ -312,10 +312,20 @@ class MigrationThresholds(Strict):
     amount_tolerance: Decimal = Field(
         Decimal("0.01"), ge=0, description="largest allowed difference of amount sums"
     )
+    min_rows: int | None = Field(
+        None, ge=1, description="the fewest source rows a check may have (no hand-picked sample)"
+    )
 
 
 class MigrationPolicy(Strict):
     gate: Id = Field(description="the gate that waits for a passing migration check")
+    source: str | None = Field(
+        None,
+        min_length=1,
+        max_length=255,
+        description="the source file's name (e.g. legacy.csv): only a check of that file "
+        "opens the gate",
+    )
     thresholds: MigrationThresholds = Field(default_factory=MigrationThresholds)
 
 
@@ -431,6 +441,20 @@ class HolidayCalendar(Strict):
     workdays: list[Weekday] = Field(default_factory=_weekdays)
     holidays: list[Holiday] = Field(default_factory=list)
     extra_working_days: list[Holiday] = Field(default_factory=list)
+    until: date | None = Field(
+        None,
+        description="the last day whose days off the file knows (default: 31 December of the "
+        "last year it lists a day of)",
+    )
+
+    def known(self) -> tuple[date, date] | None:
+        """The days whose holidays the calendar knows: from 1 January of the first year it
+        lists to `until` (None for a calendar of weekdays alone)."""
+        days = [h.date for h in self.holidays] + [d.date for d in self.extra_working_days]
+        if not days:
+            return None
+        last = self.until or date(max(days).year, 12, 31)
+        return date(min(days).year, 1, 1), last
 
     @field_validator("workdays")
     @classmethod
@@ -466,6 +490,15 @@ class MigrationSummary(BaseModel):
     amount_source: Decimal | None = None
     amount_mapped: Decimal | None = None
     amount_target: Decimal | None = None
+    source_sha256: str | None = Field(None, description="SHA-256 of the source file's bytes")
+    target_rows: int | None = Field(
+        None, description="after an import: the migrated rows found in the store"
+    )
+
+    @property
+    def source_name(self) -> str:
+        """The file's name without its folder (a path may come from any machine)."""
+        return self.source.replace("\\", "/").rsplit("/", 1)[-1]
 
     @property
     def duplicate_rate(self) -> float:
@@ -505,6 +538,13 @@ def migration_failures(summary: MigrationSummary, t: MigrationThresholds) -> lis
                 f"amounts differ by {diff} (source {summary.amount_source}, migrated "
                 f"{summary.amount_mapped}), above the tolerance {t.amount_tolerance}"
             )
+    if t.min_rows is not None and summary.rows_in < t.min_rows:
+        out.append(
+            f"the source has {summary.rows_in} rows; the template needs a check of at least "
+            f"{t.min_rows}"
+        )
+    if summary.target_rows is not None and summary.target_rows != summary.rows_out:
+        out.append(f"the store holds {summary.target_rows} of the {summary.rows_out} migrated rows")
     if summary.amount_target is not None and summary.amount_mapped is not None:
         diff = abs(summary.amount_target - summary.amount_mapped)
         if diff > t.amount_tolerance:
@@ -513,6 +553,18 @@ def migration_failures(summary: MigrationSummary, t: MigrationThresholds) -> lis
                 f"tolerance {t.amount_tolerance}"
             )
     return out
+
+
+def policy_failures(summary: MigrationSummary, policy: MigrationPolicy) -> list[str]:
+    """Why a check does not open the migration gate: the thresholds, and the file it was of
+    when the template names one."""
+    out = []
+    if policy.source is not None and summary.source_name != policy.source:
+        out.append(
+            f"the check was of {summary.source_name!r}; the template's migration gate needs a "
+            f"check of {policy.source!r}"
+        )
+    return out + migration_failures(summary, policy.thresholds)
 
 
 # --------------------------------------------------------------------------- parameters

@@ -401,6 +401,33 @@ def compute_plan(
     )
 
 
+def calendar_warnings(calendar: HolidayCalendar | None, start: date, finish: date) -> list[str]:
+    """A plan that runs past (or starts before) the days the holiday calendar knows: there,
+    working days are counted on weekdays alone, so dates can be off by the holidays."""
+    known = calendar.known() if calendar is not None else None
+    if known is None:
+        return []
+    first, last = known
+    out = []
+    if finish > last:
+        out.append(
+            f"the plan runs to {finish}, past the holiday calendar, which knows the days off "
+            f"until {last}: after that only weekends are days off; add the holidays of "
+            + (
+                f"{last.year + 1}"
+                if finish.year == last.year + 1
+                else f"{last.year + 1} to {finish.year}"
+            )
+            + " to the holidays file"
+        )
+    if start < first:
+        out.append(
+            f"the plan starts on {start}, before the holiday calendar, which knows the days "
+            f"off from {first}"
+        )
+    return out
+
+
 def take_baseline(
     plan: Plan, baselines: list[Baseline], now: datetime, by: str | None, reason: str | None
 ) -> Baseline:

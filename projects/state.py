@@ -55,8 +55,8 @@ from projects.models import (
     Strict,
     Team,
     Template,
-    migration_failures,
     near,
+    policy_failures,
     resolve_params,
 )
 from projects.plan import (
@@ -499,7 +499,7 @@ def gate_blockers(state: ProjectState, gate_id: str) -> list[str]:
                 "source data first"
             )
         else:
-            failures = migration_failures(summary, policy.thresholds)
+            failures = policy_failures(summary, policy)
             if failures:
                 out.append(
                     f"the latest migration check ({_on(state, summary.checked_at)}, "
@@ -1075,7 +1075,7 @@ def record_migration_check(state: ProjectState, summary: MigrationSummary) -> li
     validate_record_migration_check(state, summary)
     state.migration_check = summary
     assert state.template.migration is not None
-    return migration_failures(summary, state.template.migration.thresholds)
+    return policy_failures(summary, state.template.migration)
 
 
 def mark_sent(state: ProjectState, keys: list[str], now: datetime) -> None:

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import asyncio
 import csv
+import hashlib
 import json
 import uuid
 from collections.abc import AsyncIterator
@@ -26,6 +27,7 @@ from activities.project_activities import ProjectActivities
 from crmflow.cli import app
 from store.models import CustomerRow
 from tests.conftest import REPO
+from tests.test_services_projects import clean_export
 from workflows.project import ProjectWorkflow
 
 pytestmark = pytest.mark.devserver
@@ -220,7 +222,7 @@ async def test_gantt_and_migrate_check(served: Path, engine: Engine) -> None:
     )
     assert "does not meet the thresholds" in text
 
-    # clean rows pass, are recorded and go in through the customer import
+    # three clean rows, hand-picked: not the file the template names, and too few
     clean = served / "clean.csv"
     with (ROLLOUT / "legacy.csv").open(encoding="utf-8") as fh:
         rows = list(csv.DictReader(fh))
@@ -228,25 +230,42 @@ async def test_gantt_and_migrate_check(served: Path, engine: Engine) -> None:
         w = csv.DictWriter(fh, fieldnames=list(rows[0]))
         w.writeheader()
         w.writerows([rows[0], rows[1], rows[3]])
+    result = await crmflow(
+        "project", "migrate-check", name, "--source", str(clean),
+        "--mapping", str(ROLLOUT / "mapping.yaml"), "--import", "--json",
+    )  # fmt: skip
+    assert result.exit_code == 1
+    data = json.loads(result.stdout)
+    assert data["passed"] is False and data["imported"] is None
+    assert data["reasons"] == [
+        "the check was of 'clean.csv'; the template's migration gate needs a check of 'legacy.csv'",
+        "the source has 3 rows; the template needs a check of at least 35",
+    ]
+
+    # the export itself, cleaned: checked with its hash, imported, reconciled with the store
+    export = clean_export(served / "exports-legacy" / "legacy.csv")
     result = ok(
         await crmflow(
-            "project", "migrate-check", name, "--source", str(clean),
+            "project", "migrate-check", name, "--source", str(export),
             "--mapping", str(ROLLOUT / "mapping.yaml"), "--import", "--json",
         )
     )  # fmt: skip
     data = json.loads(result.stdout)
     assert data["passed"] is True and data["recorded"] == {"passed": True, "failures": []}
-    assert data["rows_in"] == data["rows_out"] == 3
-    assert data["imported"]["stored"] == 3 and data["imported"]["rejected"] == 0
+    assert data["rows_in"] == data["rows_out"] == data["rows_in_store"] == 40
+    assert data["source_sha256"] == hashlib.sha256(export.read_bytes()).hexdigest()
+    assert data["imported"]["stored"] == 40 and data["imported"]["rejected"] == 0
+    assert data["reconciliation"]["matches"] is True
+    assert data["amount_in_store"] == data["amount_mapped"] == data["amount_source"]
     with engine.connect() as conn:
         stored = conn.execute(
             select(CustomerRow.customer_id, CustomerRow.phone, CustomerRow.attributes).order_by(
                 CustomerRow.customer_id
             )
         ).all()
-    assert [s.customer_id for s in stored] == ["M1001", "M1002", "M1004"]
-    assert stored[0].phone == "+8613912345678"
-    assert stored[0].attributes["lifetime_spend"] == "5230.50"
+    assert len(stored) == 40 and stored[0].customer_id == "M2000"
+    assert stored[0].phone == "+8613910000000"
+    assert stored[1].attributes["lifetime_spend"] == 101.01  # a number, not text
     assert stored[0].attributes["tier"] == "gold"
     # now the gate's only blocker is its open checklist items
     text = refused(

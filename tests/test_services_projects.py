@@ -186,7 +186,30 @@ async def test_no_worker_answer_is_unavailable(
         await ts_env.client.get_workflow_handle(made.workflow_id).terminate()
 
 
-async def test_migration_check_records_and_imports(rt: Runtime, engine: Engine) -> None:
+def clean_export(path: Path, n: int = 40) -> Path:
+    """A legacy export of `n` members with nothing wrong in it, under the name given."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with path.open("w", encoding="utf-8", newline="") as fh:
+        out = csv.writer(fh)
+        out.writerow(["member_no", "full_name", "mobile", "email", "joined", "total_spend", "tier"])
+        for i in range(n):
+            out.writerow(
+                [
+                    f"M2{i:03d}",
+                    f"Member {chr(65 + i % 26)}{chr(65 + i // 26)} Example",
+                    f"1391000{i:04d}",
+                    f"m{i}@example.com",
+                    "2020-01-15",
+                    f"{100 + i}.{i % 100:02d}",
+                    "Gold",
+                ]
+            )
+    return path
+
+
+async def test_migration_check_records_and_imports(
+    rt: Runtime, engine: Engine, tmp_path: Path
+) -> None:
     name = f"Migr {uuid.uuid4().hex[:6]}"
     await service.create(rt, spec(name, legacy_system="true"))
     rows, mapping = service.read_migration_input(ROLLOUT / "legacy.csv", ROLLOUT / "mapping.yaml")
@@ -195,23 +218,59 @@ async def test_migration_check_records_and_imports(rt: Runtime, engine: Engine) 
     assert failed.recorded.passed is False and failed.recorded.failures
     assert any("duplicate rate" in r for r in failed.reasons)
 
+    # three hand-picked rows under another name: clean, but not the file the template names
     with (ROLLOUT / "legacy.csv").open(encoding="utf-8") as fh:
         legacy = list(csv.DictReader(fh))
-    clean = [legacy[0], legacy[1], legacy[3]]
-    ok = await service.migration_check(rt, name, clean, mapping, "clean.csv", import_rows=True)
-    assert ok.passed and ok.recorded.passed and ok.summary["rows_out"] == 3
+    picked = [legacy[0], legacy[1], legacy[3]]
+    sample = await service.migration_check(rt, name, picked, mapping, "clean.csv", import_rows=True)
+    assert not sample.passed and sample.imported is None
+    assert sample.reasons == [
+        "the check was of 'clean.csv'; the template's migration gate needs a check of 'legacy.csv'",
+        "the source has 3 rows; the template needs a check of at least 35",
+    ]
+    assert sample.recorded.failures == sample.reasons
+
+    # the export itself, cleaned: checked with its hash, imported, reconciled with the store
+    export = clean_export(tmp_path / "legacy.csv")
+    rows, mapping = service.read_migration_input(export, ROLLOUT / "mapping.yaml")
+    digest = service.source_sha256(export)
+    ok = await service.migration_check(
+        rt, name, rows, mapping, str(export), import_rows=True, sha256=digest
+    )
+    assert ok.passed and ok.recorded.passed, ok.reasons
+    assert ok.summary["rows_out"] == 40 and ok.summary["source_sha256"] == digest
     assert ok.imported is not None
-    assert (ok.imported.stored, ok.imported.rejected, ok.imported.source) == (3, 0, "clean.csv")
+    assert (ok.imported.stored, ok.imported.rejected) == (40, 0)
+    rec = ok.reconciliation
+    assert rec is not None and rec.matches
+    assert (rec.rows_migrated, rec.rows_found, rec.numbers_as_text) == (40, 40, 0)
+    assert rec.amount_found == rec.amount_migrated == ok.report.amount_source
+    snap = await service.snapshot(rt, name)
+    kept = snap.state.migration_check
+    assert kept is not None
+    assert (kept.source_name, kept.source_sha256, kept.rows_in, kept.target_rows) == (
+        "legacy.csv",
+        digest,
+        40,
+        40,
+    )
+    assert kept.amount_target == kept.amount_mapped
     with engine.connect() as conn:
         stored = conn.execute(
             select(CustomerRow.customer_id, CustomerRow.lifecycle_stage, CustomerRow.attributes)
         ).all()
-    assert sorted(s.customer_id for s in stored) == ["M1001", "M1002", "M1004"]
-    assert {s.lifecycle_stage for s in stored} == {"member"}
-    assert all(s.attributes["migrated_from"] == "clean.csv" for s in stored)
-    # the same rows again change nothing
-    again = await service.migration_check(rt, name, clean, mapping, "clean.csv", import_rows=True)
-    assert again.imported is not None and again.imported.duplicates == 3
+    assert len(stored) == 40 and {s.lifecycle_stage for s in stored} == {"member"}
+    first = next(s for s in stored if s.customer_id == "M2001")
+    # numbers stay numbers
+    assert first.attributes["lifetime_spend"] == 101.01
+    assert isinstance(first.attributes["lifetime_spend"], float)
+    assert first.attributes["migrated_from"] == str(export)
+    # the same rows again change nothing, and still reconcile
+    again = await service.migration_check(
+        rt, name, rows, mapping, str(export), import_rows=True, sha256=digest
+    )
+    assert again.imported is not None and again.imported.duplicates == 40
+    assert again.reconciliation is not None and again.reconciliation.matches
     await service.close(rt, name, CloseInput(by="Peter Wang"))
 
 

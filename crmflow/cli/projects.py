@@ -20,6 +20,7 @@ from collections.abc import Callable, Coroutine
 from datetime import UTC, date, datetime
 from pathlib import Path
 from typing import Annotated, Any, NoReturn, TypeVar
+from zoneinfo import ZoneInfo
 
 import typer
 from pydantic import BaseModel, ValidationError
@@ -175,6 +176,7 @@ def create(
                 "project_id": created.project_id,
                 "name": created.name,
                 "plan": created.plan.model_dump(mode="json"),
+                "warnings": created.warnings,
             }
         )
         return
@@ -187,6 +189,8 @@ def create(
     )
     for table in _plan_tables(created):
         console.print(table)
+    for warning in created.warnings:
+        console.print(f"[yellow]warning:[/] {warning}", highlight=False)
 
 
 # --------------------------------------------------------------------------- status
@@ -194,6 +198,11 @@ def create(
 
 def _d(value: Any) -> str:
     return "" if value is None else str(value)
+
+
+def _day(at: datetime, tz: str) -> date:
+    """The date of an action on the team's clock."""
+    return at.astimezone(ZoneInfo(tz)).date()
 
 
 _COLOUR = {"green": "green", "amber": "yellow", "red": "red"}
@@ -212,9 +221,12 @@ def _print_status(report: ProjectStatus) -> None:
         highlight=False,
     )
     if report.closed_at:
-        console.print(f"closed on {report.closed_at.date()} by {report.closed_by}", highlight=False)
+        closed = _day(report.closed_at, report.timezone)
+        console.print(f"closed on {closed} by {report.closed_by}", highlight=False)
     for r in report.health.reasons:
         console.print(f"  [{_COLOUR[r.status]}]● {r.status}[/] {r.message}", highlight=False)
+    for warning in report.warnings:
+        console.print(f"  [yellow]warning:[/] {warning}", highlight=False)
     stages = Table(
         "stage", "status", "plan", "baseline", "actual", "items", "float", title="stages"
     )
@@ -231,7 +243,7 @@ def _print_status(report: ProjectStatus) -> None:
     console.print(stages)
     ms = Table("milestone", "due", "baseline", "done", "late", title="milestones")
     for m in report.milestones:
-        done = f"{m.done_at.date()} ({m.done_by})" if m.done_at else ""
+        done = f"{_day(m.done_at, report.timezone)} ({m.done_by})" if m.done_at else ""
         ms.add_row(m.name, str(m.due), _d(m.baseline_due), done, str(m.late_days or ""))
     console.print(ms)
     gates = Table("gate", "due", "passed", "signed by", "still needed", title="gates")
@@ -239,7 +251,7 @@ def _print_status(report: ProjectStatus) -> None:
         gates.add_row(
             g.name,
             str(g.due),
-            _d(g.passed_at.date() if g.passed_at else None),
+            _d(_day(g.passed_at, report.timezone) if g.passed_at else None),
             ", ".join(g.signed_by),
             ", ".join(f"{r} x{n}" for r, n in g.still_needed.items()),
         )
@@ -537,19 +549,28 @@ def migrate_check(
     in the project (the migration gate waits for a passing one); optionally import it."""
     try:
         rows, mapped = service.read_migration_input(source, mapping)
+        sha256 = service.source_sha256(source)
     except ServiceError as exc:
         _problems(exc)
     # the import writes customers: only then is the database opened (and migrated)
     engine = common.migrated_engine(common.load_settings()) if do_import else None
     outcome: MigrationOutcome = _run(
         lambda rt: service.migration_check(
-            rt, name, rows, mapped, str(source), import_rows=do_import, now=datetime.now(UTC)
+            rt,
+            name,
+            rows,
+            mapped,
+            str(source),
+            import_rows=do_import,
+            now=datetime.now(UTC),
+            sha256=sha256,
         ),
         engine,
     )
     summary = outcome.summary
     if html is not None:
-        html.write_text(render_html(outcome.report, outcome.thresholds), encoding="utf-8")
+        page = render_html(outcome.report, outcome.thresholds, (outcome.passed, outcome.reasons))
+        html.write_text(page, encoding="utf-8")
     imported = None
     if outcome.imported is not None:
         if not as_json:
@@ -558,11 +579,13 @@ def migrate_check(
     if as_json:
         summary["recorded"] = outcome.recorded.model_dump()
         summary["imported"] = imported
+        rec = outcome.reconciliation
+        summary["reconciliation"] = rec.model_dump(mode="json") if rec is not None else None
         common.emit_json(summary)
     else:
         _print_migration(summary, outcome.passed, outcome.reasons, html)
-    if do_import and not outcome.passed:
-        fail("not imported: the check does not meet the template's thresholds")
+    if do_import and outcome.imported is None:
+        fail("not imported: the check does not meet the template's migration policy")
     if not outcome.passed:
         raise typer.Exit(1)
 
@@ -579,7 +602,7 @@ def _print_migration(
         table.add_row(key, _d(shown))
     console.print(table)
     if passed:
-        console.print("[bold green]PASS[/]: the check meets the template's thresholds")
+        console.print("[bold green]PASS[/]: the check meets the template's migration policy")
     else:
         console.print("[bold red]FAIL[/]: " + "; ".join(reasons), highlight=False)
     if html is not None:

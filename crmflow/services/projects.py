@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import asyncio
 import csv
+import hashlib
 import time
 from collections.abc import Awaitable
 from datetime import UTC, date, datetime
@@ -24,6 +25,7 @@ from pathlib import Path
 from typing import Any, TypeVar
 
 from pydantic import BaseModel, Field, ValidationError
+from sqlalchemy import select
 from temporalio.api.enums.v1 import WorkflowExecutionStatus
 from temporalio.client import (
     Client,
@@ -89,9 +91,10 @@ from projects.models import (
     load_team,
     load_template,
 )
-from projects.plan import Plan
+from projects.plan import Plan, calendar_warnings
 from projects.state import ProjectRuleError, new_project
 from rules.source import SourceError, YamlDoc
+from store.models import CustomerRow
 from workflows.project import ProjectWorkflow
 
 ANSWER_SECONDS = 30.0  # how long a query or update may wait for a worker to answer
@@ -126,6 +129,9 @@ class CreatedProject(BaseModel):
     plan: Plan
     gate_needs: dict[str, str] = Field(
         default_factory=dict, description="gate id -> the sign-offs it needs"
+    )
+    warnings: list[str] = Field(
+        default_factory=list, description="e.g. a plan that runs past the holiday calendar"
     )
 
 
@@ -162,9 +168,22 @@ class Change(BaseModel):
     )
 
 
+class Reconciliation(BaseModel):
+    """The migrated rows against the store after an import: counts and amounts."""
+
+    rows_migrated: int = Field(description="rows the check mapped (and the import was given)")
+    rows_found: int = Field(description="of those, customers found in the store")
+    missing: list[str] = Field(default_factory=list, description="the first ids not found")
+    amount_field: str | None = None
+    amount_migrated: Decimal | None = None
+    amount_found: Decimal | None = Field(None, description="the field's sum in the store")
+    numbers_as_text: int = Field(0, description="amounts stored as text, not numbers")
+    matches: bool
+
+
 class MigrationOutcome(BaseModel):
     """A migration check: the report, its verdict, what the project recorded, and the
-    import when one was asked for and the check passed."""
+    import when one was asked for and the check passed, reconciled against the store."""
 
     report: MigrationReport
     thresholds: MigrationThresholds
@@ -173,6 +192,7 @@ class MigrationOutcome(BaseModel):
     summary: dict[str, Any]
     recorded: MigrationCheckResult
     imported: IngestReport | None = None
+    reconciliation: Reconciliation | None = None
 
 
 # --------------------------------------------------------------------------- errors
@@ -339,6 +359,7 @@ async def create(rt: Runtime, spec: ProjectSpec, now: datetime | None = None) ->
         name=spec.name,
         plan=state.plan,
         gate_needs={g.id: needs[g.id] for g in state.plan.gates},
+        warnings=calendar_warnings(state.calendar, state.plan.start, state.plan.finish),
     )
 
 
@@ -508,6 +529,24 @@ def read_migration_input(source: Path, mapping: Path) -> tuple[list[dict[str, st
     return rows, mapped
 
 
+def source_sha256(path: Path) -> str:
+    """SHA-256 of a file's bytes, read in blocks (the migration check records it)."""
+    digest = hashlib.sha256()
+    try:
+        with path.open("rb") as fh:
+            for block in iter(lambda: fh.read(1 << 20), b""):
+                digest.update(block)
+    except OSError as exc:
+        raise Invalid(f"{path}: cannot read the file ({exc})") from None
+    return digest.hexdigest()
+
+
+def _number(v: Decimal) -> int | float:
+    """A mapped number as a JSON number: whole numbers as int, the rest as float (the
+    shortest float that reads back as the same decimal for amounts of up to 15 digits)."""
+    return int(v) if v == v.to_integral_value() else float(v)
+
+
 _CUSTOMER_FIELDS = {"name", "email", "phone", "timezone", "locale", "owner", "lifecycle_stage"}
 
 
@@ -529,7 +568,7 @@ def customer_rows(report: MigrationReport) -> list[dict[str, Any]]:
             if is_key or v is None or v == "":
                 continue
             if isinstance(v, Decimal):
-                v = str(v)
+                v = _number(v)
             elif isinstance(v, date | datetime):
                 v = v.isoformat()
             if k in _CUSTOMER_FIELDS:
@@ -587,26 +626,94 @@ async def migration_check(
     *,
     import_rows: bool = False,
     now: datetime | None = None,
+    sha256: str | None = None,
 ) -> MigrationOutcome:
-    """Check legacy rows against the mapping and the template's thresholds, record the result
-    in the project and, when asked and the check passes, import the rows as customers."""
+    """Check legacy rows against the mapping and the template's migration policy (its
+    thresholds, and the file it names), record the result in the project and, when asked
+    and the check passes, import the rows as customers, reconcile them against the store and
+    record that too (the gate reads the latest record)."""
     snap = await snapshot(rt, name)
     policy = snap.state.template.migration
     if policy is None:
         raise Refused(f"project {name!r}: its template has no migration section")
     report = check_migration(rows, mapping, source, now or datetime.now(UTC))
+    report.source_sha256 = sha256
     recorded = await record_migration_check(rt, name, MigrationCheckInput(summary=report.summary()))
-    passed, reasons = report.meets(policy.thresholds)
-    imported = None
+    passed, reasons = report.passes(policy)
+    imported = reconciled = None
     if import_rows and passed:
         customers = customer_rows(report)
         imported = await asyncio.to_thread(import_customers, rt, customers, report.source)
+        reconciled = await asyncio.to_thread(reconcile, rt, report, customers)
+        summary = report.summary().model_copy(
+            update={"target_rows": reconciled.rows_found, "amount_target": reconciled.amount_found}
+        )
+        recorded = await record_migration_check(rt, name, MigrationCheckInput(summary=summary))
+        passed, reasons = recorded.passed, recorded.failures
+        if reconciled.numbers_as_text:
+            passed = False
+            reasons = [
+                *reasons,
+                f"{reconciled.numbers_as_text} {reconciled.amount_field} values are stored as "
+                "text, not numbers",
+            ]
+    figures = terminal_summary(report, policy.thresholds)
+    figures["passed"], figures["reasons"] = passed, reasons
+    if reconciled is not None:
+        figures["rows_in_store"] = reconciled.rows_found
+        figures["amount_in_store"] = (
+            str(reconciled.amount_found) if reconciled.amount_found is not None else None
+        )
     return MigrationOutcome(
         report=report,
         thresholds=policy.thresholds,
         passed=passed,
         reasons=reasons,
-        summary=terminal_summary(report, policy.thresholds),
+        summary=figures,
         recorded=recorded,
         imported=imported,
+        reconciliation=reconciled,
+    )
+
+
+def reconcile(
+    rt: Runtime, report: MigrationReport, customers: list[dict[str, Any]]
+) -> Reconciliation:
+    """Read the imported customers back: how many of the migrated rows the store holds, and
+    the sum of the amount field there against the mapped sum."""
+    ids = [str(c["customer_id"]) for c in customers]
+    field = report.amount_field
+    found: dict[str, Any] = {}
+    with rt.engine.connect() as conn:
+        for i in range(0, len(ids), 500):
+            chunk = ids[i : i + 500]
+            for cid, attributes in conn.execute(
+                select(CustomerRow.customer_id, CustomerRow.attributes).where(
+                    CustomerRow.customer_id.in_(chunk)
+                )
+            ):
+                found[cid] = attributes or {}
+    amount = None
+    as_text = 0
+    if field is not None:
+        amount = Decimal(0)
+        for attributes in found.values():
+            value = attributes.get(field)
+            if isinstance(value, str):
+                as_text += 1
+            if value not in (None, ""):
+                amount += Decimal(str(value))
+    missing = [i for i in ids if i not in found]
+    matches = not missing and len(found) == report.rows_out and as_text == 0
+    if field is not None and report.amount_mapped is not None and amount is not None:
+        matches = matches and abs(amount - report.amount_mapped) <= Decimal("0.005")
+    return Reconciliation(
+        rows_migrated=report.rows_out,
+        rows_found=len(found),
+        missing=missing[:20],
+        amount_field=field,
+        amount_migrated=report.amount_mapped,
+        amount_found=amount,
+        numbers_as_text=as_text,
+        matches=matches,
     )
