@@ -18,7 +18,7 @@ from pathlib import Path
 from typing import Any
 from zoneinfo import ZoneInfo
 
-from temporalio.api.enums.v1 import PendingActivityState
+from temporalio.api.enums.v1 import PendingActivityState, PendingWorkflowTaskState
 from temporalio.api.workflowservice.v1 import ListScheduleMatchingTimesRequest
 from temporalio.client import (
     Client,
@@ -302,6 +302,8 @@ class LiveRun:
     workflow_status: str  # running, completed, failed, terminated, timed_out, canceled, …
     retrying: dict[str, Any] | None = None
     failure: str | None = None
+    # a task of the run no worker has picked up for `WAITING_AFTER`: what, and since when
+    waiting: dict[str, Any] | None = None
 
 
 def failure_text(failure: Any) -> str:
@@ -348,6 +350,37 @@ def _retrying(pending: Any) -> dict[str, Any] | None:
     return None
 
 
+WAITING_AFTER = timedelta(seconds=10)
+
+
+def _waiting(raw: Any, now: datetime) -> dict[str, Any] | None:
+    """The run's task that no worker has started for `WAITING_AFTER` (none polls its task
+    queue, or all are busy): an activity's first attempt, or the workflow's own task."""
+    found: tuple[str, Any] | None = None
+    for p in raw.pending_activities:
+        if (
+            p.state == PendingActivityState.PENDING_ACTIVITY_STATE_SCHEDULED
+            and p.attempt <= 1
+            and not p.HasField("last_failure")
+        ):
+            found = (p.activity_type.name, p.scheduled_time)
+            break
+    task = raw.pending_workflow_task
+    if (
+        found is None
+        and raw.HasField("pending_workflow_task")
+        and task.state == PendingWorkflowTaskState.PENDING_WORKFLOW_TASK_STATE_SCHEDULED
+    ):
+        first = "original_scheduled_time" if task.HasField("original_scheduled_time") else ""
+        found = ("workflow task", getattr(task, first or "scheduled_time"))
+    if found is None:
+        return None
+    since = _time(found[1])
+    if since is None or now - datetime.fromisoformat(since) < WAITING_AFTER:
+        return None
+    return {"task": found[0], "since": since, "task_queue": raw.execution_config.task_queue.name}
+
+
 async def _close_reason(handle: WorkflowHandle[Any, Any], status: str) -> str:
     """Why a closed workflow did not complete, from its close event."""
     async for event in handle.fetch_history_events(
@@ -379,6 +412,8 @@ async def live_run(client: Client, workflow_id: str) -> LiveRun | None:
     out = LiveRun(workflow_status=status)
     if status == "running":
         out.retrying = _retrying(desc.raw_description.pending_activities)
+        if out.retrying is None:
+            out.waiting = _waiting(desc.raw_description, datetime.now(UTC))
     elif status in CLOSED_FAILED:
         out.failure = await _close_reason(handle, status)
     return out

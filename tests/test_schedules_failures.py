@@ -184,3 +184,54 @@ async def test_a_failing_run_is_seen_retrying_with_its_error_and_why_it_ended(
         for sid in await sched.crmflow_schedule_ids(dev_env.client):
             if sid.startswith(schedule_id(tag)):
                 await dev_env.client.get_schedule_handle(sid).delete()
+
+
+async def test_a_run_no_worker_picks_up_says_so(
+    dev_env: WorkflowEnvironment, engine: Engine, cli_env: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    tag = f"w{uuid.uuid4().hex[:6]}"
+    name = f"{tag}-tags"
+    nobody = f"nobody-polls-{tag}"
+    path = cli_env / "schedules.yaml"
+    path.write_text(
+        yaml.safe_dump(
+            {
+                "timezone": "UTC",
+                "schedules": [
+                    {"name": name, "cron": "0 3 * * *", "automation": "tag_expiry", "paused": True}
+                ],
+            }
+        )
+    )
+    monkeypatch.setenv("CRMFLOW_TEMPORAL_ADDRESS", dev_env.client.service_client.config.target_host)
+    monkeypatch.setenv("CRMFLOW_TASK_QUEUE", nobody)
+    monkeypatch.setattr(sched, "WAITING_AFTER", sched.timedelta(seconds=1))
+    runner = CliRunner()
+    f = str(path)
+    try:
+        out = await asyncio.to_thread(cli, runner, "schedules", "apply", "-f", f)
+        assert out.exit_code == 0, out.output
+        wid = await sched.trigger(dev_env.client, name)
+        assert wid is not None
+
+        def waiting() -> dict[str, Any] | None:
+            got = cli(runner, "schedules", "runs", name, "-f", f, "--json")
+            assert got.exit_code == 0, got.output
+            found = json.loads(got.output)
+            assert found["runs"] == []  # the store has not heard of it
+            flight = found["unrecorded"]
+            return dict(flight[0]) if flight and flight[0]["status"] == "waiting" else None
+
+        flight = await until(waiting, 30)
+        assert flight["workflow_id"] == wid
+        assert flight["waiting"]["task"] == "workflow task"
+        assert flight["waiting"]["task_queue"] == nobody
+        out = await asyncio.to_thread(cli, runner, "schedules", "runs", name, "-f", f)
+        text = " ".join(out.output.split())
+        assert f"not recorded yet: {wid}: waiting: no worker has started its workflow task" in text
+        assert f"is a worker polling task queue '{nobody}'?" in text
+        await dev_env.client.get_workflow_handle(wid).terminate(reason="test over")
+    finally:
+        for sid in await sched.crmflow_schedule_ids(dev_env.client):
+            if sid.startswith(schedule_id(tag)):
+                await dev_env.client.get_schedule_handle(sid).delete()

@@ -147,10 +147,25 @@ def _retry_text(r: service.Retrying) -> str:
     return f"retrying {r.activity} (attempt {r.attempt}{of}{nxt}): {r.last_error or '?'}"
 
 
-def _outcome(status: str, error: str | None, retrying: service.Retrying | None) -> str:
-    """A run's status with why it failed or what it is retrying."""
+def _wait_text(w: service.Waiting) -> str:
+    return (
+        f"waiting: no worker has started its {w.task} since "
+        f"{w.since.astimezone():%Y-%m-%d %H:%M:%S} (is a worker polling task queue "
+        f"{w.task_queue!r}?)"
+    )
+
+
+def _outcome(
+    status: str,
+    error: str | None,
+    retrying: service.Retrying | None,
+    waiting: service.Waiting | None = None,
+) -> str:
+    """A run's status with why it failed, what it is retrying or what it waits for."""
     if retrying is not None:
         return _retry_text(retrying)
+    if waiting is not None:
+        return _wait_text(waiting)
     return status + (f": {error}" if error else "")
 
 
@@ -285,10 +300,10 @@ def list_schedules(file: FileOpt = None, as_json: JsonFlag = False) -> None:
     # why a last run failed, or what it is retrying: below the table, whole
     for r in rows:
         last = r.last_run
-        if last is not None and (last.error or last.retrying):
+        if last is not None and (last.error or last.retrying or last.waiting):
             common.console.print(
                 f"{r.name} {last.run_date} #{last.attempt}: "
-                + _outcome(last.status, last.error, last.retrying),
+                + _outcome(last.status, last.error, last.retrying, last.waiting),
                 highlight=False,
                 soft_wrap=True,
             )
@@ -322,14 +337,14 @@ def runs(
         )
     common.console.print(table)
     for r in found.runs:
-        if r.error or r.retrying:
+        if r.error or r.retrying or r.waiting:
             common.console.print(
-                f"{r.run_date} #{r.attempt}: " + _outcome(r.status, r.error, r.retrying),
+                f"{r.run_date} #{r.attempt}: " + _outcome(r.status, r.error, r.retrying, r.waiting),
                 highlight=False,
                 soft_wrap=True,
             )
     for f in found.unrecorded:
-        what = _retry_text(f.retrying) if f.retrying else f.status
+        what = _outcome(f.status, None, f.retrying, f.waiting)
         common.console.print(
             f"not recorded yet: {f.workflow_id}: {what}", highlight=False, soft_wrap=True
         )

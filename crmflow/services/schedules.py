@@ -98,9 +98,19 @@ class Retrying(BaseModel):
     state: str = Field(description="scheduled (waiting for its next attempt) or started")
 
 
+class Waiting(BaseModel):
+    """A task of a running run that no worker has started for a while: no worker polls its
+    task queue, or every worker is busy."""
+
+    task: str = Field(description="the activity, or `workflow task`")
+    since: datetime
+    task_queue: str
+
+
 RUN_STATUS = (
     "running, completed or failed as the store recorded it; retrying when the server says "
-    "an activity of the running run failed and is tried again (see `retrying`); terminated, "
+    "an activity of the running run failed and is tried again (see `retrying`); waiting when "
+    "no worker has started its next task for a while (see `waiting`); terminated, "
     "timed_out or canceled when the workflow ended so before it could record its end"
 )
 
@@ -114,6 +124,7 @@ class LastRun(BaseModel):
     finished_at: datetime | None
     error: str | None = Field(None, description="why the run failed")
     retrying: Retrying | None = None
+    waiting: Waiting | None = None
     workflow_id: str | None = None
 
 
@@ -138,6 +149,7 @@ class RunRecord(BaseModel):
     error: str | None = Field(None, description="why the run failed")
     workflow_id: str | None
     retrying: Retrying | None = None
+    waiting: Waiting | None = None
 
 
 class InFlight(BaseModel):
@@ -145,8 +157,9 @@ class InFlight(BaseModel):
     its first activity could record it, say)."""
 
     workflow_id: str
-    status: str = Field(description="running or retrying")
+    status: str = Field(description="running, retrying or waiting")
     retrying: Retrying | None = None
+    waiting: Waiting | None = None
 
 
 class ScheduleRuns(BaseModel):
@@ -448,6 +461,9 @@ def _with_live(record: RunRecord | LastRun, live: sched.LiveRun | None) -> None:
     if live.retrying is not None:
         record.status = "retrying"
         record.retrying = Retrying.model_validate(live.retrying)
+    elif live.waiting is not None:
+        record.status = "waiting"
+        record.waiting = Waiting.model_validate(live.waiting)
     elif live.workflow_status in sched.CLOSED_FAILED:
         record.status = live.workflow_status
         record.error = record.error or live.failure
@@ -515,7 +531,9 @@ async def runs(rt: Runtime, path: Path, name: str, limit: int = 20) -> ScheduleR
             return recent_runs(conn, s.name, limit)
 
     found = await asyncio.to_thread(read)
-    out = ScheduleRuns(schedule=name, server=_server(server), runs=[run_record(r) for r in found])
+    out = ScheduleRuns(
+        schedule=name, server=_server(server), runs=[run_record(r) for r in found], unrecorded=[]
+    )
     async with _temporal_errors():
         await _live(client, out.runs)
         recorded = {r.workflow_id for r in out.runs}
@@ -525,12 +543,10 @@ async def runs(rt: Runtime, path: Path, name: str, limit: int = 20) -> ScheduleR
             live = await sched.live_run(client, wid)
             if live is not None and live.workflow_status == "running":
                 retrying = Retrying.model_validate(live.retrying) if live.retrying else None
+                waiting = Waiting.model_validate(live.waiting) if live.waiting else None
+                status = "retrying" if retrying else "waiting" if waiting else "running"
                 out.unrecorded.append(
-                    InFlight(
-                        workflow_id=wid,
-                        status="retrying" if retrying else "running",
-                        retrying=retrying,
-                    )
+                    InFlight(workflow_id=wid, status=status, retrying=retrying, waiting=waiting)
                 )
     return out
 
