@@ -27,12 +27,12 @@ from projects.state import ProjectState, forecast, still_needed
 
 Colour = Literal["green", "amber", "red"]
 _RANK = {"green": 0, "amber": 1, "red": 2}
-_KIND = {"milestone": 0, "gate": 1, "slip": 2, "risk": 3, "item": 4}
+_KIND = {"milestone": 0, "gate": 1, "slip": 2, "risk": 3, "stage": 4, "item": 5}
 
 
 class Reason(BaseModel):
     status: Literal["amber", "red"]
-    kind: Literal["milestone", "gate", "item", "risk", "slip"]
+    kind: Literal["milestone", "gate", "item", "risk", "slip", "stage"]
     ref: str = Field(description="the milestone, gate, item or risk id; the project for a slip")
     message: str
 
@@ -112,6 +112,24 @@ def health(state: ProjectState, now: datetime) -> Health:
                     kind="risk",
                     ref=r.id,
                     message=f"open {r.severity} risk {r.id} {r.title!r} (owner {r.owner})",
+                )
+            )
+    # a stage the project manager started before its dependencies finished: amber while
+    # they are still open (its float is negative: it overlaps work it depends on)
+    for s in state.plan.stages:
+        st = state.stages[s.id]
+        if st.override is None or st.actual_finish is not None:
+            continue
+        waiting = [d.stage for d in s.depends_on if state.stages[d.stage].actual_finish is None]
+        if waiting:
+            reasons.append(
+                Reason(
+                    status="amber",
+                    kind="stage",
+                    ref=s.id,
+                    message=f"stage {s.name!r} started on {st.actual_start} before "
+                    + ", ".join(repr(state.template.stage(w).name) for w in waiting)
+                    + f" finished (override: {st.override})",
                 )
             )
     baseline = state.baseline()

@@ -9,7 +9,7 @@ from datetime import UTC, date, datetime, timedelta
 from decimal import Decimal
 from pathlib import Path
 
-from projects.health import status_report
+from projects.health import health, status_report
 from projects.models import MigrationSummary, load_holidays, load_team, load_template
 from projects.plan import calendar_warnings
 from projects.reminders import due_notices, lateness, next_wakeup
@@ -20,6 +20,7 @@ from projects.state import (
     gate_blockers,
     new_project,
     record_migration_check,
+    start_stage,
 )
 
 ROLLOUT = Path(__file__).resolve().parents[1] / "examples" / "rollout"
@@ -181,3 +182,19 @@ def test_escalations_found_late_go_out_on_their_policy_days() -> None:
     ]
     assert [n.level for n in level2] == ["escalate-2"]
     assert level2[0].send_at == datetime(2025, 3, 31, 1, tzinfo=UTC)  # 09:00 Monday
+
+
+def test_a_stage_started_early_by_override_turns_health_amber() -> None:
+    s = example()
+    assert health(s, T0).status == "green"
+    start_stage(s, "vendor-selection", "Peter Wang", T0, override="RFP is urgent")
+    h = health(s, T0)
+    assert h.status == "amber"
+    assert [(r.kind, r.ref, r.message) for r in h.reasons] == [
+        (
+            "stage",
+            "vendor-selection",
+            "stage 'Vendor selection' started on 2025-03-03 before 'Requirements & SMART "
+            "goals' finished (override: RFP is urgent)",
+        )
+    ]
