@@ -26,10 +26,10 @@ class KpiSnapshot(BaseModel):
     consent: dict[str, int] = Field(description="customers who consented, per channel")
     events: int
     events_by_type: dict[str, int]
-    active_customers: int = Field(description="customers with any event in the window")
+    active_customers: int = Field(description="customers with a customer-made event in the window")
     buyers: int = Field(description="customers with a purchase in the window")
     repeat_buyers: int = Field(description="customers with two or more purchases in the window")
-    revenue: float = Field(description="sum of purchase `amount` in the window")
+    revenue: float = Field(description="purchase amounts less refund amounts in the window")
     tiers: dict[str, int] = Field(default_factory=dict, description="customers per tier")
     points_issued: float = Field(0.0, description="points earned in the window")
     points_outstanding: float = Field(0.0, description="points left in all lots")
