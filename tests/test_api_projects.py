@@ -142,6 +142,20 @@ async def test_projects_over_http(api: ApiServer) -> None:
     peter = "Peter Wang"
     r = await call(api, pm, "POST", f"/{name}/done", peter, json={"milestone": "kick-off"})
     assert said(r).startswith("milestone kick-off done")
+    # an item of another role: the project manager, with a reason, kept as an override
+    r = await call(api, pm, "POST", f"/{name}/check", peter, json={"item": "budget"})
+    assert said(r, 409).endswith("give the reason for the override")
+    r = await call(
+        api, pm, "POST", f"/{name}/check", peter,
+        json={"item": "budget", "override": "Grace approved it by e-mail"},
+    )  # fmt: skip
+    change = r.json()["change"]
+    assert (change["action"], change["ref"], change["by"], change["override"]) == (
+        "check",
+        "budget",
+        "Peter Wang",
+        "Grace approved it by e-mail",
+    )
     risk = {"title": "Data quality", "owner": ivan, "probability": "high", "impact": "high"}
     r = await call(api, pm, "POST", f"/{name}/risks", peter, json=risk)
     assert said(r) == "risk R1 added (critical)"
