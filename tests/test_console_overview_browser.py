@@ -16,11 +16,13 @@ from decimal import Decimal
 from pathlib import Path
 
 import pytest
+import yaml
 from playwright.sync_api import Browser, Page, expect
 from sqlalchemy import Engine, insert
 
 from crmflow.ingest import import_file
 from crmflow.services import schedules as schedules_service
+from store import kpi
 from store.models import (
     AutomationRunRow,
     EnrollmentRow,
@@ -39,6 +41,13 @@ from tests.test_console_automations import (  # noqa: F401  (console_on_dev: the
 from tests.test_console_overview import run_row
 
 NARROW = 390
+
+
+WELCOME_WITH_GOAL = {
+    **yaml.safe_load((REPO / "examples" / "journeys" / "winback.yaml").read_text()),
+    "journey": "welcome",
+    "goal": {"event": "purchase", "within_days": 30},
+}
 
 
 def seed_realistic(engine: Engine, tmp_path: Path) -> None:
@@ -94,9 +103,11 @@ def seed_realistic(engine: Engine, tmp_path: Path) -> None:
             conn.execute(
                 insert(JourneyRow), [{"name": name, "status": status, "active_version": "v1"}]
             )
+            # welcome's goal: a purchase within 30 days of entering (the others have none)
+            definition = WELCOME_WITH_GOAL if name == "welcome" else {}
             conn.execute(
                 insert(JourneyVersionRow),
-                [{"journey": name, "version": "v1", "definition": {}, "source": ""}],
+                [{"journey": name, "version": "v1", "definition": definition, "source": ""}],
             )
             rows = []
             for s, n in counts:
@@ -187,7 +198,12 @@ def test_an_admin_reads_the_overview_and_follows_a_panel(
     expect(page.locator("svg.chart")).to_have_count(2)
     expect(page.locator("svg.chart").last.locator("rect.bar")).to_have_count(30)
     journeys = page.get_by_role("table").filter(has_text="Converted")
-    expect(journeys.get_by_role("row", name="welcome")).to_contain_text("32.6%")  # 14 / 43
+    # a conversion is the goal event in time, whatever the enrollment's state (store.kpi)
+    with seeded.runtime.engine.connect() as conn:
+        welcome = kpi.journey_conversions(conn)["welcome"]
+    assert 0 < welcome.converted < welcome.enrolled == 43
+    rate = f"{100 * welcome.converted / welcome.enrolled:.1f}%"
+    expect(journeys.get_by_role("row", name="welcome")).to_contain_text(rate)
     expect(page.get_by_role("link", name="t-tags")).to_be_visible()
     expect(page.get_by_text("heartbeat lost")).to_be_visible()
     shoot(page, "overview")
