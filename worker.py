@@ -24,7 +24,7 @@ from temporalio.worker.workflow_sandbox import SandboxedWorkflowRunner, SandboxR
 from activities.registry import build_activities
 from crmflow.dispatch import dispatch_forever
 from crmflow.settings import Settings
-from crmflow.temporal import connect, exit_skipping_finalizers
+from crmflow.temporal import TemporalSetupError, connect, exit_skipping_finalizers
 from crmflow.worker_metrics import MetricsInterceptor, MetricsPortError, MetricsServer
 from store.db import make_engine
 from workflows.registry import WORKFLOWS
@@ -62,27 +62,33 @@ def build_worker(
 
 async def run_worker(client: Client, settings: Settings, stop: asyncio.Event) -> None:
     """Poll the task queue until `stop` is set, then drain and return."""
-    engine = make_engine(settings.db_url)
     metrics = None
     if settings.metrics_port is not None:
         metrics = MetricsServer(settings.metrics_host, settings.metrics_port).start()
+    engine = make_engine(settings.db_url)
     # async activities (sending) do their database work with asyncio.to_thread: give that
     # as many threads as the synchronous activities have (the loop's default is cores + 4)
     asyncio.get_running_loop().set_default_executor(ThreadPoolExecutor(ACTIVITY_THREADS))
-    with ThreadPoolExecutor(max_workers=ACTIVITY_THREADS) as executor:
-        worker = build_worker(client, settings, engine, executor)
-        async with worker:
-            # journey commands the events left in the outbox go to Temporal from here
-            dispatcher = asyncio.create_task(
-                dispatch_forever(
-                    client, engine, settings.task_queue, settings.dispatch_interval_seconds, stop
+    try:
+        with ThreadPoolExecutor(max_workers=ACTIVITY_THREADS) as executor:
+            worker = build_worker(client, settings, engine, executor)
+            async with worker:
+                # journey commands the events left in the outbox go to Temporal from here
+                dispatcher = asyncio.create_task(
+                    dispatch_forever(
+                        client,
+                        engine,
+                        settings.task_queue,
+                        settings.dispatch_interval_seconds,
+                        stop,
+                    )
                 )
-            )
-            await stop.wait()
-            await dispatcher
-    if metrics is not None:
-        metrics.stop()
-    engine.dispose()
+                await stop.wait()
+                await dispatcher
+    finally:
+        if metrics is not None:
+            metrics.stop()
+        engine.dispose()
 
 
 def install_stop_handlers(stop: asyncio.Event) -> None:
@@ -105,7 +111,7 @@ async def _main() -> None:
 def main() -> None:
     try:
         asyncio.run(_main())
-    except MetricsPortError as exc:
+    except (MetricsPortError, TemporalSetupError) as exc:  # said as itself, no traceback
         print(f"error: {exc}", file=sys.stderr)
         exit_skipping_finalizers(1)
 

@@ -9,6 +9,10 @@ before it."""
 from __future__ import annotations
 
 import asyncio
+import os
+import socket
+import subprocess
+import sys
 import uuid
 from datetime import UTC, datetime
 from pathlib import Path
@@ -24,6 +28,7 @@ from temporalio.testing import WorkflowEnvironment
 from crmflow.contracts.automations import AutomationInput, RunSummary
 from crmflow.metrics import record_send
 from crmflow.settings import Settings
+from crmflow.worker_metrics import MetricsPortError
 from tests.api_helpers import ApiServer
 from tests.conftest import free_port
 from tests.rules_helpers import REPO, deploy_dir, event
@@ -179,3 +184,36 @@ async def test_a_worker_serves_activity_and_automation_metrics(
     # the worker stopped: its port is closed again
     with pytest.raises(httpx.ConnectError):
         await _scrape(port)
+
+
+async def test_a_taken_metrics_port_stops_the_worker_naming_the_setting(
+    db_url: str, ts_env: WorkflowEnvironment, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("CRMFLOW_CONFIG", str(tmp_path / "none.toml"))
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        port = taken.getsockname()[1]
+        settings = Settings(home=tmp_path, database_url=db_url, metrics_port=port)
+        with pytest.raises(MetricsPortError, match="CRMFLOW_METRICS_PORT"):
+            await run_worker(ts_env.client, settings, asyncio.Event())
+
+
+def test_several_api_processes_add_up_in_multiprocess_mode(tmp_path: Path) -> None:
+    """With PROMETHEUS_MULTIPROC_DIR, what two processes counted is one scrape's sum."""
+    folder = tmp_path / "prom"
+    folder.mkdir()
+    env = {**os.environ, "PROMETHEUS_MULTIPROC_DIR": str(folder)}
+    count = "from crmflow.metrics import record_processed; record_processed(3, 5)"
+    for _ in range(2):
+        subprocess.run([sys.executable, "-c", count], env=env, check=True, cwd=REPO)
+    scrape = (
+        "from crmflow.metrics import exposition; import sys; "
+        "sys.stdout.write(exposition()[0].decode())"
+    )
+    out = subprocess.run(
+        [sys.executable, "-c", scrape], env=env, check=True, cwd=REPO, capture_output=True
+    )
+    samples = parse(out.stdout.decode())
+    assert value(samples, "crmflow_events_processed_total") == 6
+    assert value(samples, "crmflow_rules_fired_total") == 10
