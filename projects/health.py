@@ -120,15 +120,15 @@ def health(state: ProjectState, now: datetime) -> Health:
         st = state.stages[s.id]
         if st.override is None or st.actual_finish is not None:
             continue
-        waiting = [d.stage for d in s.depends_on if state.stages[d.stage].actual_finish is None]
-        if waiting:
+        open_deps = [d.stage for d in s.depends_on if state.stages[d.stage].actual_finish is None]
+        if open_deps:
             reasons.append(
                 Reason(
                     status="amber",
                     kind="stage",
                     ref=s.id,
                     message=f"stage {s.name!r} started on {st.actual_start} before "
-                    + ", ".join(repr(state.template.stage(w).name) for w in waiting)
+                    + ", ".join(repr(state.template.stage(w).name) for w in open_deps)
                     + f" finished (override: {st.override})",
                 )
             )

@@ -312,6 +312,11 @@ def test_project_pages_show_and_change_a_project(project_console: ProjectConsole
                 "ok: checked stakeholder-interviews (Peter Wang); override (item "
                 "'stakeholder-interviews' is checked by its business_owner): Lily is on leave"
             )
+            section = re.search(
+                r'<section class="card" id="overrides">.*?</section>', http.get(base).text, re.S
+            )
+            assert section and "Lily is on leave" in section.group(0)
+            assert "check stakeholder-interviews" in section.group(0)
             said = notice_of(
                 http, http.post(f"{base}/milestones/kick-off/done", data={"csrf_token": token})
             )

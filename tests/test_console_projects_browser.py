@@ -40,7 +40,8 @@ def seed(pc: ProjectConsole) -> tuple[str, str]:
     pc.create(fresh, start=today + timedelta(days=7 - today.weekday()))
     began = today - timedelta(weeks=5, days=today.weekday())
     run(service.start_stage(rt, late, StageInput(stage="requirements", by="Peter Wang", on=began)))
-    pc.check(late, "stakeholder-interviews", "process-map", "smart-goals", "kpi-baseline")
+    pc.check(late, "stakeholder-interviews", "smart-goals", "kpi-baseline")
+    pc.check(late, "process-map", by="Amy Xu")
     pc.check(late, "budget", by="Grace Chen")
     run(service.done(rt, late, DoneInput(milestone="kick-off", by="Peter Wang")))
     for who in ("Grace Chen", "Lily Zhao"):
@@ -102,8 +103,21 @@ def test_project_manager_signs_a_gate_in_the_browser(
         )
         page.locator("#stage-testing > summary").click()
         page.get_by_role("button", name="Check Test plan and UAT scripts").click()
-        expect(notice).to_have_text("checked test-plan (Peter Wang)")
-        pc.check(late, "sit-passed", "uat-passed", "training")
+        expect(notice).to_contain_text(
+            "checking 'Test plan and UAT scripts' would start stage 'Testing & UAT', which "
+            "waits for 'System configuration', 'Data migration' to finish; to start it anyway, "
+            "give the reason for the override"
+        )
+        page.locator("#stage-testing > summary").click()
+        page.get_by_label("Override reason for Test plan and UAT scripts").fill(
+            "the vendor's test window opens now"
+        )
+        page.get_by_role("button", name="Check Test plan and UAT scripts").click()
+        expect(notice).to_contain_text("checked test-plan (Peter Wang); override (stage 'testing'")
+        expect(notice).to_contain_text("the vendor's test window opens now")
+        pc.check(late, "sit-passed", by="Ivan Sun")
+        pc.check(late, "uat-passed")
+        pc.check(late, "training", by="Amy Xu")
         page.reload()
 
         gate = page.locator("tr#gate-go-live-approval")

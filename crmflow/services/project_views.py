@@ -29,7 +29,7 @@ from journeys.timing import zone
 from projects.gantt import project_svg
 from projects.health import DueItem, GateStatus, StageStatus, late_days, status_report
 from projects.models import Person
-from projects.state import ItemState, ProjectState, Risk, gate_blockers, still_needed
+from projects.state import ItemState, Override, ProjectState, Risk, gate_blockers, still_needed
 from workflows.project import ProjectWorkflow
 
 PAGE_SIZE = 25
@@ -105,6 +105,9 @@ class ProjectPage(BaseModel):
     stages: list[StageView]
     gates: list[GateView]
     risks: list[Risk]
+    overrides: list[Override] = Field(
+        default_factory=list, description="controls the project manager set aside, and why"
+    )
     team: list[Person]
     me: Person | None = Field(description="the viewing person, when on the project's team")
     open: bool = Field(description="changes are still accepted (not closed, not complete)")
@@ -243,6 +246,7 @@ def page_of(
         stages=stages,
         gates=gates,
         risks=sorted(state.risks, key=lambda r: (r.status != "open", r.id)),
+        overrides=[o.model_copy(update={"at": local(o.at)}) for o in state.overrides],
         team=list(state.team.people),
         me=me,
         open=carry.closed_at is None and not complete,
