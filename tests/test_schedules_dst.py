@@ -232,3 +232,19 @@ def test_list_without_the_server_shows_croniters_next_runs(
     out = cli("schedules", "list", "-f", str(path))
     assert out.exit_code == 0, out.output
     assert "next runs are croniter's, not the server's" in " ".join(out.output.split())
+
+
+def test_a_workflow_named_by_the_cli_links_to_the_web_ui(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from crmflow.cli.schedules import ui_link
+
+    monkeypatch.setenv("CRMFLOW_CONFIG", str(tmp_path / "none.toml"))
+    monkeypatch.delenv("CRMFLOW_TEMPORAL_ADDRESS", raising=False)
+    monkeypatch.setenv("CRMFLOW_EMBEDDED_UI_PORT", "18233")
+    assert ui_link("automation-nightly:2026-12-07T02:00:00Z") == (
+        "http://127.0.0.1:18233/namespaces/default/workflows/"
+        "automation-nightly%3A2026-12-07T02%3A00%3A00Z"
+    )
+    monkeypatch.setenv("CRMFLOW_TEMPORAL_ADDRESS", "temporal.internal:7233")
+    assert ui_link("automation-x") is None  # a cluster's UI address is not known here

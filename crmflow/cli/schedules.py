@@ -13,6 +13,7 @@ from contextlib import contextmanager
 from datetime import datetime
 from pathlib import Path
 from typing import Annotated, Any, TypeVar
+from urllib.parse import quote
 
 import typer
 from rich.table import Table
@@ -138,6 +139,25 @@ def _plain(data: Any) -> Any:
 
 def _counts_text(counts: dict[str, Any] | None) -> str:
     return ", ".join(f"{k} {v:g}" for k, v in (counts or {}).items()) or "-"
+
+
+def ui_link(workflow_id: str | None) -> str | None:
+    """The workflow's page in the embedded dev server's Web UI (None with a cluster of
+    one's own, whose UI address crmflow does not know)."""
+    settings = common.load_settings()
+    if workflow_id is None or not settings.embedded:
+        return None
+    ns = quote(settings.temporal_namespace, safe="")
+    return (
+        f"http://127.0.0.1:{settings.embedded_ui_port}/namespaces/{ns}/workflows/"
+        f"{quote(workflow_id, safe='')}"
+    )
+
+
+def _print_link(workflow_id: str | None) -> None:
+    link = ui_link(workflow_id)
+    if link:
+        common.console.print(f"  Web UI: {link}", highlight=False, soft_wrap=True)
 
 
 def _retry_text(r: service.Retrying) -> str:
@@ -348,6 +368,7 @@ def runs(
         common.console.print(
             f"not recorded yet: {f.workflow_id}: {what}", highlight=False, soft_wrap=True
         )
+        _print_link(f.workflow_id)
     nxt = ", ".join(t.isoformat() for t in found.server.next) or "-"
     common.console.print(f"next: {nxt}", highlight=False)
 
@@ -366,6 +387,7 @@ def trigger(
         common.emit_json(_plain(data.model_dump(exclude_unset=True)))
     else:
         common.console.print(f"{name}: started {data.workflow_id}", highlight=False)
+        _print_link(data.workflow_id)
         if data.run is not None:
             run = data.run
             common.console.print(
