@@ -247,6 +247,29 @@ async def test_points_expiry_expires_due_lots_and_warns_ahead(via: str, engine: 
     assert len(events_of(engine, "points_expiring")) == 2
 
 
+async def test_expiry_notices_skip_nobody_when_nights_are_missed(via: str, engine: Engine) -> None:
+    """Notices 3 days ahead; the runs of the 3 nights after AS_OF never happen. The next run
+    still warns about the lots the missed nights would have (one expires 4 days after
+    AS_OF, another 5), once each."""
+    customers(engine, {"customer_id": "g1"}, {"customer_id": "g2"}, {"customer_id": "g3"})
+    with engine.begin() as conn:
+        conn.execute(
+            insert(PointsLotRow),
+            [
+                lot(1, "g1", 10, 10, ago(-4)),
+                lot(2, "g2", 20, 20, ago(-5)),
+                lot(3, "g3", 30, 30, ago(-2, -1)),  # expires during the gap: expired later
+            ],
+        )
+    params = {"notice_days": 3}
+    first = await run(engine, "points_expiry", params, schedule="gap")
+    assert first.counts["expiring_notices"] == 1  # g3, within 3 days
+    later = await run(engine, "points_expiry", params, as_of=ago(-3), wf="d3", schedule="gap")
+    assert later.counts["expiring_notices"] == 2
+    assert later.counts["lots_expired"] == 1  # g3's, expired in the gap, now recorded
+    assert sorted(e[1] for e in events_of(engine, "points_expiring")) == ["g1", "g2", "g3"]
+
+
 async def test_an_attempt_that_died_resumes_after_its_last_committed_chunk(engine: Engine) -> None:
     customers(engine, *({"customer_id": f"c{i}"} for i in range(10)))
     with engine.begin() as conn:
