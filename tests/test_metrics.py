@@ -23,17 +23,20 @@ from prometheus_client import REGISTRY
 from prometheus_client.parser import text_string_to_metric_families
 from sqlalchemy import Engine
 from temporalio.client import WorkflowFailureError
+from temporalio.contrib.pydantic import pydantic_data_converter
 from temporalio.testing import WorkflowEnvironment
+from temporalio.worker import Replayer
 
 from crmflow.contracts.automations import AutomationInput, RunSummary
 from crmflow.metrics import record_send
 from crmflow.settings import Settings
-from crmflow.worker_metrics import MetricsPortError
+from crmflow.worker_metrics import MetricsInterceptor, MetricsPortError
 from tests.api_helpers import ApiServer
 from tests.conftest import free_port
 from tests.rules_helpers import REPO, deploy_dir, event
-from worker import run_worker
+from worker import run_worker, workflow_runner
 from workflows.automation import AutomationWorkflow
+from workflows.registry import WORKFLOWS
 
 Samples = dict[tuple[str, tuple[tuple[str, str], ...]], float]
 
@@ -147,13 +150,26 @@ async def test_a_worker_serves_activity_and_automation_metrics(
             pytest.fail("the worker's metrics port did not open")
 
         as_of = datetime(2026, 11, 20, 2, 0, tzinfo=UTC)
+        wid = f"automation-metrics-{uuid.uuid4().hex[:8]}"
         done: RunSummary = await ts_env.client.execute_workflow(
             AutomationWorkflow.run,
             AutomationInput(schedule="nightly-tags", automation="tag_expiry", as_of=as_of),
-            id=f"automation-metrics-{uuid.uuid4().hex[:8]}",
+            id=wid,
             task_queue=queue,
         )
         assert done.status == "completed"
+        # a worker replaying the run's history (to take it over) counts nothing again
+        history = await ts_env.client.get_workflow_handle(wid).fetch_history()
+        runs = {"automation": "tag_expiry", "status": "completed"}
+        counted = REGISTRY.get_sample_value("crmflow_automation_runs_total", runs)
+        replayer = Replayer(
+            workflows=WORKFLOWS,
+            interceptors=[MetricsInterceptor()],
+            workflow_runner=workflow_runner(),
+            data_converter=pydantic_data_converter,
+        )
+        await replayer.replay_workflow(history)
+        assert REGISTRY.get_sample_value("crmflow_automation_runs_total", runs) == counted
         with pytest.raises(WorkflowFailureError):  # refused at its first activity, for good
             await ts_env.client.execute_workflow(
                 AutomationWorkflow.run,
