@@ -51,7 +51,7 @@ from crmflow.contracts.kpi import KpiRequest, KpiSnapshot
 from journeys.models import HOLDOUT, Journey
 from rules.ledger import EARNED_KINDS, KIND_FIGURES
 from rules.models import Program
-from rules.pack import AUTOMATION_EVENTS
+from rules.pack import AUTOMATION_EVENTS  # the one list; re-exported for readers of figures
 from store.journey_stats import goal_conversions
 from store.models import (
     CustomerRow,
@@ -67,8 +67,6 @@ from store.models import (
     TierHistoryRow,
 )
 from store.points import live_lot
-
-__all__ = ["AUTOMATION_EVENTS"]
 
 MEMBER = "member"
 MEMBER_SINCE = "member_since"
