@@ -129,6 +129,24 @@ async def test_create_status_check_and_a_refused_signoff(served: Path, engine: E
         await crmflow("project", "check", name, "stakeholder-interviews", "--as", "Marco Liu")
     )
     assert "already checked by Lily Zhao" in text
+    # what issue 17 found accepted: go-live before testing, an it_lead on a business_owner
+    # item of a later stage, a later stage started beside the one it waits for
+    text = refused(await crmflow("project", "done", name, "go-live", "--as", "Peter Wang"))
+    assert "refused: milestone 'Go-live (pilot)' cannot be done yet" in text
+    assert "Testing & UAT" in text and "Go-live approval" in text
+    text = refused(await crmflow("project", "check", name, "demos", "--as", "Ivan Sun"))
+    assert "Ivan Sun holds it_lead; item 'Scripted demos scored' is checked by its" in text
+    text = refused(await crmflow("project", "check", name, "demos", "--as", "Lily Zhao"))
+    assert "would start stage 'Vendor selection', which waits for" in text
+    said = ok(
+        await crmflow(
+            "project", "start", name, "planning", "--as", "Peter Wang",
+            "--override", "the team is available now",
+        )
+    )  # fmt: skip
+    assert "override (dependencies still open): the team is available now" in " ".join(
+        said.output.split()
+    )
 
     ok(await crmflow("project", "done", name, "kick-off", "--as", "Peter Wang"))
     added = ok(
