@@ -20,7 +20,6 @@ import numpy as np
 import numpy.typing as npt
 from sqlalchemy import Connection, bindparam, delete, select, text, update
 
-from store.bulk import insert_rows
 from store.db import UTCDateTime
 from store.models import CustomerModelRow, CustomerRow, CustomerScoreRow
 from store.sql import table_of, where_in
@@ -102,20 +101,24 @@ def purchase_summaries(
     """Every customer's purchases up to and including `end_day` (UTC), one row each."""
     dialect = conn.dialect.name
     day, amount = _day_expr(dialect), _amount_expr(dialect)
+    # One pass: the purchase days (grouped per customer and day), each with its customer's
+    # first day beside it (a window over the same order), then one row per customer. No
+    # self-join: the first day's spend is summed where the day is the first.
     sql = f"""
-        WITH days AS (
-            SELECT customer_id, {day} AS day, SUM({amount}) AS spend
-            FROM events
-            WHERE type = :ptype AND occurred_at < :until
-            GROUP BY customer_id, {day}
-        ), per AS (
-            SELECT customer_id, MIN(day) AS first_day, MAX(day) AS last_day,
-                   COUNT(*) AS n, SUM(spend) AS total
-            FROM days GROUP BY customer_id
-        )
-        SELECT per.customer_id, per.first_day, per.last_day, per.n, per.total, d.spend
-        FROM per JOIN days d ON d.customer_id = per.customer_id AND d.day = per.first_day
-        ORDER BY per.customer_id
+        SELECT customer_id, MIN(day), MAX(day), COUNT(*), SUM(spend),
+               SUM(CASE WHEN day = first_day THEN spend ELSE 0 END)
+        FROM (
+            SELECT customer_id, day, spend,
+                   MIN(day) OVER (PARTITION BY customer_id) AS first_day
+            FROM (
+                SELECT customer_id, {day} AS day, SUM({amount}) AS spend
+                FROM events
+                WHERE type = :ptype AND occurred_at < :until
+                GROUP BY customer_id, {day}
+            ) days
+        ) w
+        GROUP BY customer_id
+        ORDER BY customer_id
     """
     until = datetime.combine(end_day + timedelta(days=1), time(0), tzinfo=UTC)
     params: dict[str, Any] = {"ptype": purchase_event, "until": until}
@@ -182,24 +185,14 @@ def write_scores(
     model_id: int,
     as_of: datetime,
     customer_ids: list[str],
-    columns: dict[str, npt.NDArray[np.float64]],
+    columns: dict[str, npt.NDArray[Any]],
     state_version: int,
 ) -> int:
     """Replace every customer's scores with these (arrays aligned with `customer_ids`; NaN
     is stored as NULL), mark the model scored, and bump the scored customers'
     `state_version`. Returns the number of rows written."""
     conn.execute(delete(CustomerScoreRow))
-    names = list(columns)
-    # tolist() turns numpy floats into Python floats in one call; NaN becomes None
-    values = {
-        name: [None if v != v else v for v in np.asarray(columns[name]).tolist()] for name in names
-    }
-    rows = [
-        {"customer_id": cid, "model_id": model_id, "as_of": as_of}
-        | {name: values[name][i] for name in names}
-        for i, cid in enumerate(customer_ids)
-    ]
-    written = insert_rows(conn, table_of(CustomerScoreRow), rows)
+    written = _insert_columns(conn, model_id, as_of, customer_ids, columns)
     conn.execute(
         update(CustomerRow)
         .where(CustomerRow.customer_id.in_(select(CustomerScoreRow.customer_id)))
@@ -211,6 +204,39 @@ def write_scores(
         .values(scored_at=as_of, scored_customers=written)
     )
     return written
+
+
+def _insert_columns(
+    conn: Connection,
+    model_id: int,
+    as_of: datetime,
+    customer_ids: list[str],
+    columns: dict[str, npt.NDArray[Any]],
+) -> int:
+    """The score rows straight from the arrays, as tuples through the driver: COPY on
+    PostgreSQL, one executemany on SQLite (NaN stored as NULL)."""
+    if not customer_ids:
+        return 0
+    names = ["customer_id", "model_id", "as_of", *columns]
+    # tolist() turns a whole array into Python numbers in one call
+    values: list[list[Any]] = [
+        [None if v != v else v for v in np.asarray(columns[name]).tolist()] for name in columns
+    ]
+    n = len(customer_ids)
+    if conn.dialect.name == "postgresql":
+        cursor = conn.connection.driver_connection.cursor()  # type: ignore[union-attr]
+        with cursor.copy(f"COPY customer_scores ({', '.join(names)}) FROM STDIN") as copy:
+            for row in zip(customer_ids, [model_id] * n, [as_of] * n, *values, strict=True):
+                copy.write_row(row)
+        return n
+    # SQLAlchemy's SQLite DATETIME text: UTC, six digits of microseconds, no offset
+    stamp = as_of.astimezone(UTC).isoformat(" ", "microseconds")[:26]
+    marks = ", ".join("?" for _ in names)
+    conn.exec_driver_sql(
+        f"INSERT INTO customer_scores ({', '.join(names)}) VALUES ({marks})",
+        list(zip(customer_ids, [model_id] * n, [stamp] * n, *values, strict=True)),
+    )
+    return n
 
 
 def scores_of(conn: Connection, customer_id: str) -> dict[str, Any] | None:

@@ -673,14 +673,17 @@ class CustomerModelRow(Base):
 
 class CustomerScoreRow(Base):
     """A customer's latest scores under a model version, as of `as_of` (one row per
-    customer, rewritten by every scoring): the summary the model read and what it says."""
+    customer, rewritten by every scoring): the summary the model read and what it says.
+
+    Derived data, rewritten whole: no foreign key to `customers` (every scored customer has
+    purchase events, which have one; customers are never deleted, only erased to a
+    tombstone) and no index besides the key — each would be checked or maintained for every
+    one of hundreds of thousands of rows at every scoring."""
 
     __tablename__ = "customer_scores"
 
-    customer_id: Mapped[str] = mapped_column(
-        ForeignKey("customers.customer_id", ondelete="CASCADE"), primary_key=True
-    )
-    model_id: Mapped[int] = mapped_column(BigId, index=True)
+    customer_id: Mapped[str] = mapped_column(String(200), primary_key=True)
+    model_id: Mapped[int] = mapped_column(BigId)
     as_of: Mapped[datetime] = mapped_column(UTCDateTime)
     frequency: Mapped[int] = mapped_column(Integer)  # repeat purchase days
     recency_days: Mapped[float] = mapped_column(Double)  # first to last purchase

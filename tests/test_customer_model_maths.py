@@ -21,6 +21,7 @@ from automations.customer_model import (
     _gg_neg_ll_and_grad,
     bgnbd_log_likelihood,
     calibration_by_frequency,
+    compress,
     customer_lifetime_value,
     expected_average_spend,
     expected_purchases,
@@ -208,3 +209,16 @@ def test_inputs_no_customer_could_have_are_refused() -> None:
         fit_bgnbd([1], [10.0], [5.0])
     with pytest.raises(ModelInputError, match="repeat buyers only"):
         fit_gamma_gamma([0, 1], [0.0, 5.0])
+
+
+def test_compress_folds_identical_rows_like_numpy_unique() -> None:
+    rng = np.random.default_rng(9)
+    x = rng.integers(0, 4, 500).astype(float)
+    T = rng.integers(30, 35, 500) / 7
+    t_x = np.where(x > 0, np.floor(T * rng.uniform(0, 1, 500) * 7) / 7, 0.0)
+    (ux, ut, uT), w, back = compress(x, t_x, T)
+    want, counts = np.unique(np.column_stack([x, t_x, T]), axis=0, return_counts=True)
+    assert np.array_equal(np.column_stack([ux, ut, uT]), want)
+    assert np.array_equal(w, counts)
+    assert np.array_equal(ux[back], x) and np.array_equal(ut[back], t_x)
+    assert np.array_equal(uT[back], T)

@@ -6,7 +6,9 @@ Create Date: 2026-12-03
 
 `customer_models` holds every fit (parameters, the data it came from, how it went; the
 newest `ok` one is active); `customer_scores` each customer's latest scores under a model
-(P(alive), expected purchases, expected spend, CLV), rewritten whole by every scoring.
+(P(alive), expected purchases, expected spend, CLV), rewritten whole by every scoring —
+derived data without a foreign key or a second index, which every scoring would otherwise
+check or maintain for each of its rows.
 """
 
 import sqlalchemy as sa
@@ -70,21 +72,11 @@ def upgrade() -> None:
         sa.Column("expected_purchases_365d", sa.Double(), nullable=False),
         sa.Column("expected_avg_spend", sa.Double(), nullable=True),
         sa.Column("clv_365d", sa.Double(), nullable=True),
-        sa.ForeignKeyConstraint(
-            ["customer_id"],
-            ["customers.customer_id"],
-            name=op.f("fk_customer_scores_customer_id_customers"),
-            ondelete="CASCADE",
-        ),
         sa.PrimaryKeyConstraint("customer_id", name=op.f("pk_customer_scores")),
-    )
-    op.create_index(
-        op.f("ix_customer_scores_model_id"), "customer_scores", ["model_id"], unique=False
     )
 
 
 def downgrade() -> None:
-    op.drop_index(op.f("ix_customer_scores_model_id"), table_name="customer_scores")
     op.drop_table("customer_scores")
     op.drop_index(op.f("ix_customer_models_fitted_at"), table_name="customer_models")
     op.drop_table("customer_models")
