@@ -286,8 +286,13 @@ def _pending(state: ProjectState, now: datetime) -> list[_Pending]:
         today = state.today(now)
         reminders = [lv for lv in levels if lv[1] <= 0]
         due_now = [lv for lv in reminders if lv[3] <= now]
-        if due_now and today <= thing.due:
-            lv = max(due_now, key=lambda x: x[3])
+        later = [lv for lv in reminders if lv[3] > now]
+        chosen = []
+        if due_now and today <= thing.due:  # only the latest reminder whose time has come
+            chosen.append(max(due_now, key=lambda x: x[3]))
+        if later:  # and the next one, to wake up for
+            chosen.append(min(later, key=lambda x: x[3]))
+        for lv in chosen:
             key = dedupe_key(state.project_id, thing.ref, lv[0], thing.due)
             if key not in state.sent:
                 out.append(
@@ -301,23 +306,6 @@ def _pending(state: ProjectState, now: datetime) -> list[_Pending]:
                         key=key,
                     )
                 )
-        else:
-            later = [lv for lv in reminders if lv[3] > now]
-            if later:
-                lv = min(later, key=lambda x: x[3])
-                key = dedupe_key(state.project_id, thing.ref, lv[0], thing.due)
-                if key not in state.sent:
-                    out.append(
-                        _Pending(
-                            thing=thing,
-                            level=lv[0],
-                            offset=lv[1],
-                            roles=lv[2],
-                            policy=lv[3],
-                            when=lv[3],
-                            key=key,
-                        )
-                    )
         previous: datetime | None = None
         for n, lv in enumerate([lv for lv in levels if lv[1] > 0]):
             key = dedupe_key(state.project_id, thing.ref, lv[0], thing.due)

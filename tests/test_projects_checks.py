@@ -198,3 +198,29 @@ def test_a_stage_started_early_by_override_turns_health_amber() -> None:
             "goals' finished (override: RFP is urgent)",
         )
     ]
+
+
+def test_the_next_reminder_is_woken_for_after_an_earlier_one_went_out() -> None:
+    s = example()
+    s.sent["acme:first"] = T0
+    # the budget is due 2025-03-14: reminders 5 and 1 working days before, at 09:00
+    at_remind5 = datetime(2025, 3, 7, 1, tzinfo=UTC)
+    [r5] = [n for n in due_notices(s, at_remind5, policy_days=True) if n.ref == "budget"]
+    assert r5.level == "remind-5"
+    s.sent[r5.key] = at_remind5
+    # send whatever else falls due before the 13th, as the workflow would
+    now, wakes = at_remind5, []
+    while True:
+        wake = next_wakeup(s, now, policy_days=True)
+        assert wake is not None
+        if wake >= datetime(2025, 3, 13, tzinfo=UTC):
+            break
+        s.sent.update(dict.fromkeys([n.key for n in due_notices(s, wake, policy_days=True)], wake))
+        now = wake
+        wakes.append(wake)
+    # the one working day reminder still wakes the project (it did not, once the five day
+    # one had gone out)
+    assert wake == datetime(2025, 3, 13, 1, tzinfo=UTC)
+    assert "acme:budget:remind-1:2025-03-14" in {
+        n.key for n in due_notices(s, wake, policy_days=True)
+    }
