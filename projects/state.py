@@ -845,10 +845,18 @@ def start_stage(
 
 
 def validate_finish_stage(
-    state: ProjectState, stage_id: str, by: str, now: datetime, on: date | None = None
-) -> date:
+    state: ProjectState,
+    stage_id: str,
+    by: str,
+    now: datetime,
+    on: date | None = None,
+    override: str | None = None,
+    strict: bool = True,
+) -> StartPlan:
+    """The finish day; a stage that had not started starts that day too, so the start's
+    control applies (its `override` the project manager's reason)."""
     stage = _stage(state, stage_id)
-    _manager(state, by, f"finishing stage {stage.name!r}", (stage.owner,))
+    person = _manager(state, by, f"finishing stage {stage.name!r}", (stage.owner,))
     st = state.stages[stage_id]
     if st.actual_finish is not None:
         raise ProjectRuleError(f"stage {stage.name!r} already finished on {st.actual_finish}")
@@ -869,14 +877,30 @@ def validate_finish_stage(
         raise ProjectRuleError(
             f"stage {stage.name!r} started on {st.actual_start}; it cannot finish on {day}"
         )
-    return day
+    reason = (
+        _may_start(state, stage_id, person, override, f"finishing {stage.name!r}")
+        if strict
+        else None
+    )
+    return StartPlan(day=day, person=person, override=reason)
 
 
 def finish_stage(
-    state: ProjectState, stage_id: str, by: str, now: datetime, on: date | None = None
+    state: ProjectState,
+    stage_id: str,
+    by: str,
+    now: datetime,
+    on: date | None = None,
+    override: str | None = None,
+    strict: bool = True,
 ) -> StageState:
     """Finish a stage (started the same day when it had not started)."""
-    day = validate_finish_stage(state, stage_id, by, now, on)
+    plan = validate_finish_stage(state, stage_id, by, now, on, override, strict)
+    if plan.override is not None:
+        _record_start_override(
+            state, stage_id, plan.person, now, f"finish {stage_id}", plan.override
+        )
+    day = plan.day
     st = state.stages[stage_id]
     st.actual_start = st.actual_start or day
     st.actual_finish = day

@@ -369,3 +369,16 @@ def test_state_round_trips_through_json() -> None:
     again = ProjectState.model_validate_json(s.model_dump_json())
     assert again == s
     assert again.work_calendar().add(START, 1) == date(2025, 3, 4)
+
+
+def test_finishing_a_stage_that_had_not_started_is_held_to_its_dependencies() -> None:
+    s = make()
+    assert refused(finish_stage, s, "golive", "Pat", at(2)) == (
+        "finishing 'Go-live' would start stage 'Go-live', which waits for 'Configuration', "
+        "'Data migration' to finish; to start it anyway, give the reason for the override"
+    )
+    finish_stage(s, "golive", "Pat", at(2), override="soft launch, recorded late")
+    assert s.stages["golive"].actual_start == s.stages["golive"].actual_finish == date(2025, 3, 5)
+    assert [(o.action, o.reason) for o in s.overrides] == [
+        ("finish golive", "soft launch, recorded late")
+    ]

@@ -432,14 +432,23 @@ class ProjectWorkflow:
 
     @workflow.update
     def finish_stage(self, inp: StageInput) -> ProjectChange:
-        st = self._apply(ops.finish_stage, inp.stage, inp.by, workflow.now(), inp.on)
-        return self._result(
-            "finish_stage", inp.stage, inp.by, f"stage {inp.stage} finished on {st.actual_finish}"
+        strict = self._strict()
+        before = len(self.state.overrides)
+        st = self._apply(
+            ops.finish_stage, inp.stage, inp.by, workflow.now(), inp.on, inp.override, strict
         )
+        text = f"stage {inp.stage} finished on {st.actual_finish}"
+        override = None
+        if len(self.state.overrides) > before:
+            override = self.state.overrides[-1].reason
+            text += f"; override (dependencies still open): {override}"
+        return self._result("finish_stage", inp.stage, inp.by, text, override)
 
     @finish_stage.validator
     def _finish_stage_ok(self, inp: StageInput) -> None:
-        self._check(ops.validate_finish_stage, inp.stage, inp.by, workflow.now(), inp.on)
+        self._check(
+            ops.validate_finish_stage, inp.stage, inp.by, workflow.now(), inp.on, inp.override
+        )
 
     @workflow.update
     def record_migration_check(self, inp: MigrationCheckInput) -> MigrationCheckResult:

@@ -405,9 +405,11 @@ def finish_stage(
     stage: Annotated[str, typer.Argument(help="Stage id")],
     by: AsOpt,
     on: OnOpt = None,
+    override: OverrideOpt = None,
 ) -> None:
-    """Record that a stage finished (stages with checklist items finish by themselves)."""
-    inp = StageInput(stage=stage, by=by, on=_on(on))
+    """Record that a stage finished (stages with checklist items finish by themselves); one
+    that had not started starts too, so before its dependencies only with --override."""
+    inp = StageInput(stage=stage, by=by, on=_on(on), override=override)
     _say(_update(name, service.finish_stage, inp))
 
 

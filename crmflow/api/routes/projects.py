@@ -198,7 +198,12 @@ async def finish_stage(
     name: Name, stage: Ident, who: Writer, rt: RuntimeDep, body: StageBody | None = None
 ) -> service.Change:
     """Record that a stage finished (stages with checklist items finish by themselves)."""
-    inp = StageInput(stage=stage, by=who.by, on=body.on if body else None)
+    inp = StageInput(
+        stage=stage,
+        by=who.by,
+        on=body.on if body else None,
+        override=body.override if body else None,
+    )
     return await service.finish_stage(rt, name, inp)
 
 
