@@ -268,7 +268,7 @@ class JourneyActivities:
         # A send was under way when its worker stopped: the SMTP server may have taken the
         # message. SMTP cannot ignore a repeated one, so it is not sent again.
         # It may have gone out: it keeps its place under the limits.
-        attempt = _AttemptLog("interrupted", INTERRUPTED, None, send_limits.USED)
+        attempt = _AttemptLog("interrupted", INTERRUPTED, None)
         self._close(req, at, "failed", {"error": INTERRUPTED}, attempt)
         return DeliverResult(status="failed", reason=INTERRUPTED)
 
@@ -276,7 +276,7 @@ class JourneyActivities:
         self, req: DeliverRequest, at: datetime, exc: PermanentSendError, ms: int
     ) -> DeliverResult:
         # abandoned: its place under the rate limit and the frequency cap is free again
-        attempt = _AttemptLog("permanent", str(exc), ms, send_limits.RELEASED)
+        attempt = _AttemptLog("permanent", str(exc), ms)
         self._close(req, at, "failed", {"error": str(exc)}, attempt)
         return DeliverResult(status="failed", reason=str(exc))
 
@@ -293,13 +293,13 @@ class JourneyActivities:
     ) -> DeliverResult:
         meta = {"provider_message_id": result.provider_message_id, "via": channel.name}
         answer = result.provider_message_id
-        self._close(req, at, "sent", meta, _AttemptLog("sent", answer, ms, send_limits.USED))
+        self._close(req, at, "sent", meta, _AttemptLog("sent", answer, ms))
         return DeliverResult(status="sent", sent_at=at)
 
     def _log_attempt(
         self, conn: Connection, req: DeliverRequest, at: datetime, attempt: _AttemptLog
     ) -> None:
-        send_limits.record_attempt(
+        number = send_limits.record_attempt(
             conn,
             dedupe_key=req.step_key,
             customer_id=req.customer_id,
@@ -309,8 +309,14 @@ class JourneyActivities:
             response=attempt.response,
             latency_ms=attempt.latency_ms,
         )
-        if attempt.settle is not None:
-            send_limits.settle(conn, req.step_key, attempt.settle, at)
+        # the attempt happened: its place under the rate limit is used, whatever its outcome;
+        # the message's place under the cap is used once it (may have) gone out, given back
+        # when it is abandoned, and kept meanwhile
+        send_limits.settle(conn, [_attempt_key(req.step_key, number)], send_limits.USED, at)
+        if attempt.outcome in ("sent", "interrupted"):
+            send_limits.settle(conn, [req.step_key], send_limits.USED, at)
+        elif attempt.outcome == "permanent":
+            send_limits.settle(conn, [req.step_key], send_limits.RELEASED, at)
 
     def _check_and_open(
         self, req: DeliverRequest, at: datetime
@@ -443,29 +449,32 @@ class JourneyActivities:
         local = send_at.astimezone(_zone(zone))
         return _Wait("quiet_hours", send_at, f"quiet hours end {local:%Y-%m-%d %H:%M} {zone}")
 
-    def _limits(self, req: DeliverRequest) -> list[send_limits.Limit]:
+    def _places(self, conn: Connection, req: DeliverRequest) -> list[tuple[send_limits.Limit, str]]:
+        """The places this attempt needs: the message's under the customer's frequency cap,
+        and the attempt's own under the journey's rate limit."""
         s = self.settings
-        limits = []
+        places = []
         if s.frequency_cap_messages > 0 and req.frequency_cap_policy != "exempt":
             window = timedelta(days=s.frequency_cap_days)
             scope = send_limits.cap_scope(req.customer_id)
-            limits.append(send_limits.Limit(scope, s.frequency_cap_messages, window))
+            cap = send_limits.Limit(scope, s.frequency_cap_messages, window)
+            places.append((cap, req.step_key))
         if req.rate_limit_per_minute:
             scope = send_limits.rate_scope(req.journey)
-            minute = timedelta(minutes=1)
-            limits.append(send_limits.Limit(scope, req.rate_limit_per_minute, minute))
-        return limits
+            rate = send_limits.Limit(scope, req.rate_limit_per_minute, timedelta(minutes=1))
+            number = send_limits.attempt_count(conn, req.step_key) + 1
+            places.append((rate, _attempt_key(req.step_key, number)))
+        return places
 
     def _reserve(
         self, conn: Connection, req: DeliverRequest, at: datetime, *, first: bool
     ) -> _Skip | _Wait | None:
         """Take the message's place under its limits; a skip (frequency cap, policy skip) or
         a wait when one is full; None when the place is taken."""
-        limits = self._limits(req)
-        if not limits:
+        places = self._places(conn, req)
+        if not places:
             return None
-        wid = req.workflow_id
-        full = send_limits.reserve(conn, limits, key=req.step_key, workflow_id=wid, at=at)
+        full = send_limits.reserve(conn, places, workflow_id=req.workflow_id, at=at)
         if full is None:
             return None
         limit, room_at = full
@@ -750,12 +759,16 @@ class _Wait:
 
 @dataclass(frozen=True)
 class _AttemptLog:
-    """One try of a send, for the attempt log, and what becomes of its reserved places."""
+    """One try of a send, for the attempt log: sent, transient, permanent, interrupted."""
 
     outcome: str
     response: str | None
     latency_ms: int | None
-    settle: str | None = None
+
+
+def _attempt_key(step_key: str, number: int) -> str:
+    """An attempt's place under the rate limit."""
+    return f"{step_key}#{number}"
 
 
 def _ms(started: float) -> int:

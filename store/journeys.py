@@ -391,47 +391,6 @@ def _update_delivery_stmt(conn: Connection) -> Executable:
     return update(d).where(d.c.dedupe_key == bindparam("key"))
 
 
-def sends_since(
-    conn: Connection,
-    *,
-    since: datetime,
-    customer_id: str | None = None,
-    key_prefix: str | None = None,
-) -> list[datetime]:
-    """Send times of messages sent since `since`, for one customer or one key prefix (a
-    journey's enrollments share `journey:<name>:`)."""
-    params: dict[str, Any] = {"since": since}
-    if customer_id is not None:
-        params["customer_id"] = customer_id
-    if key_prefix is not None:
-        params["pattern"] = _like_prefix(key_prefix)
-    name = f"sends_since:{customer_id is not None}:{key_prefix is not None}"
-    stmt = _prepared(
-        conn, name, lambda c: _sends_since_stmt(customer_id is not None, key_prefix is not None)
-    )
-    return sorted(t for (t,) in conn.execute(stmt, params) if t is not None)
-
-
-LIKE_ESCAPE = "/"
-
-
-def _like_prefix(prefix: str) -> str:
-    """A LIKE pattern matching the values that start with `prefix` (its %, _ escaped)."""
-    for ch in (LIKE_ESCAPE, "%", "_"):
-        prefix = prefix.replace(ch, LIKE_ESCAPE + ch)
-    return prefix + "%"
-
-
-def _sends_since_stmt(by_customer: bool, by_prefix: bool) -> Executable:
-    d = table_of(DeliveryRow)
-    stmt = select(d.c.sent_at).where(d.c.status == "sent", d.c.sent_at > bindparam("since"))
-    if by_customer:
-        stmt = stmt.where(d.c.customer_id == bindparam("customer_id"))
-    if by_prefix:
-        stmt = stmt.where(d.c.dedupe_key.like(bindparam("pattern"), escape=LIKE_ESCAPE))
-    return stmt
-
-
 # --------------------------------------------------------------------------- profiles
 
 

@@ -472,9 +472,10 @@ class SendScopeRow(Base):
 
 
 class SendReservationRow(Base):
-    """A message's place under a limit, taken before its send and kept through its retries
-    (`held`), then `used` when it went out or `released` when it was abandoned. `slot_at`
-    is the time of its latest attempt: a retry moves it, so attempts stay within the rate."""
+    """A place under a limit, taken before a send (`held`), then `used` once it happened or
+    `released` when it was abandoned. Under a frequency cap a message holds one place
+    (keyed by its delivery) through its retries; under a rate limit each attempt takes its
+    own (`<delivery>#<n>`) at its own time, `slot_at`."""
 
     __tablename__ = "send_reservations"
 

@@ -12,9 +12,10 @@ Atomic under many workers on both databases: a reservation first locks its scope
 from there, and on PostgreSQL other reservers of that scope wait on the row) and only then
 counts. Two workers can never both see room for the last place.
 
-A reservation's `slot_at` is the time of its latest attempt: a retry takes its place again
-at the retry's time (when the window has room), so the attempts a provider sees per minute
-stay within the rate too, not only the first ones.
+The frequency cap counts messages: a message holds one place (its key is its delivery's)
+from its first attempt to its end. The rate limit counts attempts, each a place of its own
+(`<delivery>#<n>`) taken at its own time: a retry waits for room like a first try, so the
+requests a provider sees per minute stay within the rate, retries included.
 """
 
 from __future__ import annotations
@@ -50,18 +51,23 @@ def cap_scope(customer_id: str) -> str:
 
 
 def reserve(
-    conn: Connection, limits: list[Limit], *, key: str, workflow_id: str | None, at: datetime
+    conn: Connection,
+    places: list[tuple[Limit, str]],
+    *,
+    workflow_id: str | None,
+    at: datetime,
 ) -> tuple[Limit, datetime] | None:
-    """Take `key`'s place at `at` under every limit, all or none. None: taken (or moved to
-    `at`, for a retry). Otherwise the first limit that is full and when it has room."""
-    limits = sorted(limits, key=lambda limit: limit.scope)  # one lock order: no deadlock
-    for limit in limits:
+    """Take a place at `at` under every limit, each under its key, all or none. None: taken
+    (a key that holds its place already keeps it, at `at`). Otherwise the first limit that
+    is full and when it has room."""
+    places = sorted(places, key=lambda place: place[0].scope)  # one lock order: no deadlock
+    for limit, _ in places:
         _lock(conn, limit.scope, at)
-    for limit in limits:
+    for limit, key in places:
         room_at = _room_at(conn, limit, key, at)
         if room_at is not None:
             return limit, room_at
-    for limit in limits:
+    for limit, key in places:
         _hold(conn, limit.scope, key, workflow_id, at)
     return None
 
@@ -100,12 +106,12 @@ def _hold(conn: Connection, scope: str, key: str, workflow_id: str | None, at: d
     conn.execute(stmt.on_conflict_do_update(index_elements=["scope", "key"], set_=values))
 
 
-def settle(conn: Connection, key: str, status: str, at: datetime) -> None:
-    """The message under `key` went out (`used`: it keeps its place in the windows) or was
-    abandoned (`released`: its place is free again)."""
+def settle(conn: Connection, keys: list[str], status: str, at: datetime) -> None:
+    """What was held under `keys` happened (`used`: it keeps its place in the windows) or
+    was abandoned (`released`: its place is free again)."""
     r = table_of(SendReservationRow)
     conn.execute(
-        update(r).where(r.c.key == key, r.c.status == HELD).values(status=status, updated_at=at)
+        update(r).where(r.c.key.in_(keys), r.c.status == HELD).values(status=status, updated_at=at)
     )
 
 
@@ -160,8 +166,7 @@ def record_attempt(
 ) -> int:
     """Log one try of the send under `dedupe_key`; its number (1 for the first)."""
     a = table_of(DeliveryAttemptRow)
-    previous = conn.execute(select(func.count()).where(a.c.dedupe_key == dedupe_key)).scalar_one()
-    number = int(previous) + 1
+    number = attempt_count(conn, dedupe_key) + 1
     conn.execute(
         a.insert().values(
             dedupe_key=dedupe_key,
@@ -175,6 +180,12 @@ def record_attempt(
         )
     )
     return number
+
+
+def attempt_count(conn: Connection, dedupe_key: str) -> int:
+    """How many tries of the send under `dedupe_key` are logged."""
+    a = table_of(DeliveryAttemptRow)
+    return int(conn.execute(select(func.count()).where(a.c.dedupe_key == dedupe_key)).scalar_one())
 
 
 def attempts(conn: Connection, dedupe_keys: list[str]) -> dict[str, list[Attempt]]:

