@@ -340,7 +340,7 @@ def main() -> None:
     with tempfile.TemporaryDirectory(prefix="bench-model-") as tmp:
         work = Path(tmp)
         npz = work / "arrays.npz"
-        np.savez(npz, **summary)
+        np.savez(npz, x=summary["x"], t_x=summary["t_x"], T=summary["T"], m_x=summary["m_x"])
         dbs = Databases(work, args.pg_url, "model")
         try:
             for kind in kinds:
