@@ -8,8 +8,10 @@ the data they came from as a model version; the newest successful fit is the act
 writes P(alive), expected purchases over 30/90/365 days, the expected spend per purchase and
 the discounted value of the next 365 days — the facts rules, segments and journeys read.
 
-Both are set-based: a few SQL statements and numpy over arrays, whatever the number of
-customers. Customers sharing a summary (x, t_x, T) are scored once.
+The work itself is `crmflow.customer_model`, shared with the scheduled `model_fit`
+automation: a few SQL statements and numpy over arrays, whatever the number of customers.
+Here each call is one transaction (a fit and its scoring commit together) with pydantic
+results.
 """
 
 from __future__ import annotations
