@@ -46,7 +46,7 @@ from activities.channels.base import (
     TransientSendError,
 )
 from activities.channels.unsubscribe import make_unsubscribe_token, unsubscribe_url
-from crmflow import segments
+from crmflow import metrics, segments
 from crmflow.contracts.journeys import (
     JOURNEY_CONDITIONS,
     JOURNEY_DELAY,
@@ -287,6 +287,7 @@ class JourneyActivities:
         with self.engine.begin() as conn:
             jstore.set_delivery_status(conn, req.step_key, "retrying")
             self._log_attempt(conn, req, at, _AttemptLog("transient", str(exc), ms))
+        metrics.record_send(req.channel, "retried")
 
     def _sent(
         self, req: DeliverRequest, at: datetime, channel: Channel, result: SendResult, ms: int
@@ -507,6 +508,7 @@ class JourneyActivities:
                 meta={"journey": req.journey, "node": req.node, "variant": req.variant},
             )
         self._after(conn, req, at, status, why)
+        metrics.record_send(req.channel, status)
         return DeliverResult(status=status, reason=why)
 
     def _close(
@@ -522,6 +524,7 @@ class JourneyActivities:
             jstore.close_delivery(conn, req.step_key, status, at, meta)
             self._log_attempt(conn, req, at, attempt)
             self._record_outcome(conn, req, at, steps)
+        metrics.record_send(req.channel, status)
 
     def _after(self, conn: Any, req: DeliverRequest, at: datetime, kind: str, why: Any) -> None:
         self._record_outcome(conn, req, at, self._steps(req, at, kind, why))
@@ -531,7 +534,7 @@ class JourneyActivities:
     ) -> None:
         """Log the steps (one statement) and move the enrollment on."""
         jstore.record_steps(conn, steps)
-        jstore.move_enrollment(
+        ended = jstore.move_enrollment(
             conn,
             req.workflow_id,
             node=req.next_node,
@@ -539,6 +542,8 @@ class JourneyActivities:
             finish="completed" if req.finish else None,
             wait=_wait(req.next_wait, at),
         )
+        if ended:
+            metrics.record_enrollment_finished(req.journey, "completed")
 
     @staticmethod
     def _steps(req: DeliverRequest, at: datetime, kind: str, why: Any) -> list[dict[str, Any]]:
@@ -637,7 +642,7 @@ class JourneyActivities:
                     req, req.step_key, req.node, req.kind, req.at, req.reason, req.variant
                 )
                 jstore.record_step(conn, row)
-            jstore.move_enrollment(
+            ended = jstore.move_enrollment(
                 conn,
                 req.workflow_id,
                 node=req.node,
@@ -649,6 +654,8 @@ class JourneyActivities:
             )
             if req.finish:  # a send it waited for or retried is abandoned: free its places
                 send_limits.release_enrollment(conn, req.workflow_id, req.at)
+        if ended and req.finish:
+            metrics.record_enrollment_finished(req.journey, req.finish)
 
     @activity.defn(name=JOURNEY_UPDATE)
     @_failures_by_kind

@@ -35,6 +35,7 @@ from temporalio.common import WorkflowIDReusePolicy
 from temporalio.exceptions import WorkflowAlreadyStartedError
 from temporalio.service import RPCError, RPCStatusCode
 
+from crmflow import metrics
 from crmflow.contracts.journeys import (
     JOURNEY_EVENT_SIGNAL,
     EnrollmentInput,
@@ -235,6 +236,7 @@ async def _enroll(
             start_signal_args=[start_event] if start_event else [],
         )
         report.started += 1
+        metrics.record_enrollment_started(d.name)
     except WorkflowAlreadyStartedError:
         report.skip("already started")
 

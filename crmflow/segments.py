@@ -11,14 +11,15 @@ other enrollment.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 
 from sqlalchemy import Connection, Engine, select
 
+from crmflow.dispatch import may_enter
 from crmflow.processing import HISTORY_DAYS, active_pack
 from journeys.conditions import evaluate
-from journeys.models import Journey, SegmentEntry
+from journeys.models import Journey, ReentryPolicy, SegmentEntry
 from rules.facts import EventFacts, build_facts
 from rules.models import Condition, Program
 from store import journeys as jstore
@@ -41,6 +42,12 @@ class SegmentRun:
     customers: int = 0
     matched: int = 0
     queued: int = 0
+    # matched but not queued, by why (re-entry policy, already enrolled, queued before in
+    # this run, the journey paused): the dispatcher would refuse them
+    refused: dict[str, int] = field(default_factory=dict)
+
+    def refuse(self, why: str, n: int = 1) -> None:
+        self.refused[why] = self.refused.get(why, 0) + n
 
 
 @dataclass(frozen=True)
@@ -49,6 +56,8 @@ class _Plan:
     version: str
     segment: Condition  # the entry's condition
     program: Program  # the active rules' programme
+    reentry: str | ReentryPolicy
+    status: str  # active, paused, archived
 
 
 def _plan(conn: Connection, name: str) -> _Plan:
@@ -57,12 +66,13 @@ def _plan(conn: Connection, name: str) -> _Plan:
     if not found:
         raise SegmentError(f"no journey {name!r} is deployed")
     d = found[0]
-    entry = Journey.model_validate(d.definition).entry
+    journey = Journey.model_validate(d.definition)
+    entry = journey.entry
     if not isinstance(entry, SegmentEntry):
         raise SegmentError(f"journey {name!r} is not entered by a segment")
     if pack is None:
         raise SegmentError("a segment is tested on the rules' facts: deploy a rules version first")
-    return _Plan(name, d.version, entry.segment, pack.program)
+    return _Plan(name, d.version, entry.segment, pack.program, journey.reentry, d.status)
 
 
 def enter_segment(engine: Engine, name: str, run: str, at: datetime | None = None) -> SegmentRun:
@@ -146,6 +156,7 @@ def _page(
         return None
     report.customers += len(ids)
     report.matched += len(matched)
+    matched = _may_enter(conn, plan, matched, at, report)
     if matched:
         t = table_of(JourneyCommandRow)
         result = conn.execute(
@@ -167,5 +178,28 @@ def _page(
                 for cid in matched
             ],
         )
-        report.queued += len(result.all())
+        queued = len(result.all())
+        report.queued += queued
+        if queued < len(matched):
+            report.refuse("already queued in this run", len(matched) - queued)
     return ids[-1]
+
+
+def _may_enter(
+    conn: Connection, plan: _Plan, matched: list[str], at: datetime, report: SegmentRun
+) -> list[str]:
+    """Those of `matched` the dispatcher would start (the others counted by why not): the
+    same re-entry checks, made now so that `journeys enter` can say who will start."""
+    if plan.status != "active":
+        report.refuse(f"journey {plan.status}", len(matched))
+        return []
+    past = jstore.past_enrollments_many(conn, plan.journey, matched)
+    allowed = []
+    for cid in matched:
+        before = past.get(cid)
+        why = may_enter(plan.reentry, before, at) if before is not None else None
+        if why is None:
+            allowed.append(cid)
+        else:
+            report.refuse(why)
+    return allowed

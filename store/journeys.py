@@ -168,6 +168,28 @@ def past_enrollments(conn: Connection, journey: str, customer_id: str) -> PastEn
     )
 
 
+def past_enrollments_many(
+    conn: Connection, journey: str, customer_ids: list[str]
+) -> dict[str, PastEnrollments]:
+    """`past_enrollments` for many customers in one query (those with none are left out)."""
+    e = EnrollmentRow
+    rows = conn.execute(
+        select(e.customer_id, e.workflow_id, e.status, e.entered_at, e.finished_at).where(
+            e.journey == journey, e.customer_id.in_(customer_ids)
+        )
+    ).all()
+    found: dict[str, PastEnrollments] = {}
+    for r in rows:
+        p = found.setdefault(r.customer_id, PastEnrollments(0, None, None, []))
+        finished = p.last_finished
+        if r.finished_at is not None and (finished is None or r.finished_at > finished):
+            finished = r.finished_at
+        entered = r.entered_at if p.last_entered is None else max(p.last_entered, r.entered_at)
+        active = [*p.active, r.workflow_id] if r.status == "active" else p.active
+        found[r.customer_id] = PastEnrollments(p.count + 1, entered, finished, active)
+    return found
+
+
 def ensure_enrollment(
     conn: Connection,
     *,
@@ -211,17 +233,21 @@ def move_enrollment(
     outcome: str | None = None,
     variant: str | None = None,
     wait: Wait | None = None,
-) -> None:
+) -> bool:
     """Move the enrollment to `node` at `at` (ending it with `finish`); what it waits for
-    there is `wait` (none: it does not wait, or has ended)."""
+    there is `wait` (none: it does not wait, or has ended). True when this call ended it
+    (a repeated call finds it ended: it changes nothing and says False)."""
     params: dict[str, Any] = {"wid": workflow_id, "node": node, "node_since": at}
     params.update(_wait_params(None if finish else wait))
     if variant is not None:
         params["variant"] = variant
     if finish is not None:
         params.update(status=finish, finished_at=at, outcome=outcome)
+        ended = conn.execute(_prepared(conn, "finish_enrollment", _finish_enrollment_stmt), params)
+        return bool(ended.rowcount)
     # the columns SET are the parameters' column names: one statement, four compiled forms
     conn.execute(_prepared(conn, "move_enrollment", _move_enrollment_stmt), params)
+    return False
 
 
 @dataclass(frozen=True)
@@ -246,6 +272,11 @@ def set_wait(conn: Connection, workflow_id: str, wait: Wait | None) -> None:
     """Record what the enrollment waits for now, where it is."""
     e = table_of(EnrollmentRow)
     conn.execute(update(e).where(e.c.workflow_id == workflow_id).values(**_wait_params(wait)))
+
+
+def _finish_enrollment_stmt(conn: Connection) -> Executable:
+    e = table_of(EnrollmentRow)
+    return update(e).where(e.c.workflow_id == bindparam("wid"), e.c.status == "active")
 
 
 def _move_enrollment_stmt(conn: Connection) -> Executable:

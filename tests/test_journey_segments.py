@@ -22,7 +22,8 @@ from crmflow.contracts.journeys import segment_schedule_id
 from crmflow.segment_schedules import sync_schedule
 from crmflow.segments import enter_segment
 from journeys.models import Journey
-from store.journeys import deploy_journey
+from store.db import utcnow
+from store.journeys import deploy_journey, ensure_enrollment, move_enrollment
 from store.models import JourneyCommandRow
 from tests.rules_helpers import REPO, deploy_dir, event, import_rows
 from tests.test_journey_workflow import settings
@@ -98,12 +99,32 @@ def test_deploying_a_once_segment_queues_everyone_in_it_once(
         "customers": 3,
         "matched": 1,
         "queued": 1,
+        "refused": {},
     }
     assert queued(engine) == ["big"]
     again = enter_segment(engine, "vip-once", "once")  # the same run: nobody twice
     assert (again.matched, again.queued) == (1, 0)
+    assert again.refused == {"already queued in this run": 1}
     later = runner.invoke(app, ["journeys", "enter", "vip-once", "--run", "r2", "--json"])
-    assert json.loads(later.stdout)["queued"] == 1  # a new run queues again (re-entry decides)
+    assert json.loads(later.stdout)["queued"] == 1  # a new run queues again
+
+    # once "big" is enrolled, entering again says who did not start, and why
+    with engine.begin() as conn:
+        ensure_enrollment(
+            conn, workflow_id="journey:vip-once:big:1", journey="vip-once", version="v",
+            customer_id="big", entry_no=1, entered_at=utcnow(), node="hi",
+        )  # fmt: skip
+    third = runner.invoke(app, ["journeys", "enter", "vip-once", "--run", "r3"])
+    assert third.exit_code == 0, third.output
+    assert "0 enrollment(s) queued to start, 1 not started (1 already enrolled)" in " ".join(
+        third.stdout.split()
+    )
+    with engine.begin() as conn:
+        move_enrollment(
+            conn, "journey:vip-once:big:1", node="done", at=utcnow(), finish="completed"
+        )
+    fourth = runner.invoke(app, ["journeys", "enter", "vip-once", "--run", "r4", "--json"])
+    assert json.loads(fourth.stdout)["refused"] == {"re-entry: never": 1}
 
 
 def test_a_bad_cron_expression_is_refused_with_the_reason() -> None:

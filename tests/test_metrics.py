@@ -193,9 +193,9 @@ async def test_a_worker_serves_activity_and_automation_metrics(
         == 1
     )
     assert moved("crmflow_activities_total", activity="automation_begin", outcome="failed") == 1
-    runs = "crmflow_automation_runs_total"
-    assert moved(runs, automation="tag_expiry", status="completed") == 1
-    assert moved(runs, automation="no_such_automation", status="failed") == 1
+    run_total = "crmflow_automation_runs_total"
+    assert moved(run_total, automation="tag_expiry", status="completed") == 1
+    assert moved(run_total, automation="no_such_automation", status="failed") == 1
     assert moved("crmflow_automation_run_seconds_count", automation="tag_expiry") == 1
     # the worker stopped: its port is closed again
     with pytest.raises(httpx.ConnectError):

@@ -174,9 +174,12 @@ def enter(
     if as_json:
         common.emit_json(data.model_dump(mode="json"))
         return
+    refused = sum(data.refused.values())
+    why = "; ".join(f"{n} {reason}" for reason, n in sorted(data.refused.items()))
     common.console.print(
         f"segment of {name!r} (run {data.run}): {data.matched} of {data.customers} "
-        f"customers match; {data.queued} enrollment(s) queued",
+        f"customers match; {data.queued} enrollment(s) queued to start"
+        + (f", {refused} not started ({why})" if refused else ""),
         highlight=False,
     )
 

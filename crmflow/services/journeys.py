@@ -225,6 +225,11 @@ class SegmentRunInfo(BaseModel):
     customers: int
     matched: int
     queued: int = Field(description="enrollments queued now (a worker's dispatcher starts them)")
+    refused: dict[str, int] = Field(
+        default_factory=dict,
+        description="matched but not queued, by why: re-entry policy, already enrolled, "
+        "queued before in this run, the journey paused",
+    )
 
 
 class DeployReport(BaseModel):
