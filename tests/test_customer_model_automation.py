@@ -17,6 +17,12 @@ from typing import Any
 import numpy as np
 from sqlalchemy import Engine, func, insert, select
 
+from crmflow.contracts.automations import (
+    AutomationInput,
+    BeginRequest,
+    FinishRequest,
+    StepRequest,
+)
 from crmflow.services.customer_model import customer_scores, show_model
 from store.models import CustomerModelRow, CustomerScoreRow, EventRow, TagRow
 from tests import test_automations_store as automations
@@ -95,3 +101,21 @@ async def test_model_fit_then_churn_scan_on_p_alive(via: str, programme: Engine)
     # the example pack's churn-risk rule: gone (a regular, long gone) is tagged
     assert "gone" in tagged and "steady" not in tagged
     assert summary.counts["churn_checks"] == len(flagged)
+
+
+async def test_a_retried_fit_step_fits_once(engine: Engine) -> None:
+    """A worker that dies after the fit committed: the retried step finds the run's cursor
+    and fits nothing more."""
+    histories(engine)
+    inp = AutomationInput(
+        schedule="test-model-fit", automation="model_fit", timezone="Asia/Shanghai"
+    )
+    a = automations.acts(engine)
+    start = a.begin(BeginRequest(input=inp, as_of=AS_OF, workflow_id="wf-retry"))
+    first = await a.step(StepRequest(run_id=start.run_id, step="fit", input=inp))
+    again = await a.step(StepRequest(run_id=start.run_id, step="fit", input=inp))
+    assert first.counts["customers_fitted"] == 42 and again.counts == {}
+    summary = a.finish(FinishRequest(run_id=start.run_id))
+    assert summary.counts["customers_scored"] == 42
+    with engine.connect() as conn:
+        assert conn.execute(select(func.count()).select_from(CustomerModelRow)).scalar() == 1
