@@ -92,10 +92,11 @@ def test_cdnow_fit_matches_the_papers(engine: Engine, cli_env: Path) -> None:
     assert gg["q"] == pytest.approx(3.74, abs=0.005)
     assert gg["gamma"] == pytest.approx(15.44, abs=0.005)
 
-    # The paper's worked example of the conditional expectation (Fader, Hardie & Lee 2005,
-    # section 4, after eq. 10): a customer who made x = 2 repeat purchases in the 38.86
-    # weeks since their first (T), the last one at t_x = 30.43, is expected to make 1.226
-    # purchases in the next 39 weeks (the length of the paper's holdout period).
+    # The paper's worked example of its conditional expectation (Fader, Hardie & Lee 2005,
+    # eq. 10, E[Y(t) | x, t_x, T], applied to the CDNOW fit in their empirical analysis): a
+    # customer who made x = 2 repeat purchases in the 38.86 weeks since their first (T),
+    # the last one at t_x = 30.43, is expected to make 1.226 purchases in the next 39 weeks
+    # (the length of the paper's holdout period). Computed here from the fitted parameters.
     params = BgNbdParams(r=bg["r"], alpha=bg["alpha"], a=bg["a"], b=bg["b"])
     conditional = expected_purchases(params, 39.0, [2], [30.43], [38.86])[0]
     assert conditional == pytest.approx(1.226, abs=0.0005)
