@@ -520,6 +520,8 @@ class JourneyActivities:
         attempt: _AttemptLog,
     ) -> None:
         steps = self._steps(req, at, status, meta.get("error"))
+        # the record keeps naming its journey and node (a re-send renders that node again)
+        meta = {"journey": req.journey, "node": req.node, "variant": req.variant, **meta}
         with self.engine.begin() as conn:
             jstore.close_delivery(conn, req.step_key, status, at, meta)
             self._log_attempt(conn, req, at, attempt)

@@ -170,6 +170,11 @@ class EnrollmentInfo(BaseModel):
     finished_at: datetime | None
     outcome: str | None
     workflow_id: str
+    waiting_for: str | None = Field(
+        None, description="delay, event, quiet_hours, rate_limit or frequency_cap"
+    )
+    wait_until: datetime | None = Field(None, description="when that wait ends, when known")
+    wait_detail: str | None = Field(None, description="the event waited for, or why")
 
 
 # --------------------------------------------------------------------------- stats
@@ -520,6 +525,9 @@ def enrollments(
         e.finished_at,
         e.outcome,
         e.workflow_id,
+        e.waiting_for,
+        e.wait_until,
+        e.wait_detail,
     ).where(e.journey == name)
     stmt = stmt.where(*_enrollment_filter(status, node))
     stmt = stmt.order_by(
@@ -542,6 +550,9 @@ def enrollments(
             finished_at=r.finished_at,
             outcome=r.outcome,
             workflow_id=r.workflow_id,
+            waiting_for=r.waiting_for if r.status == "active" else None,
+            wait_until=r.wait_until if r.status == "active" else None,
+            wait_detail=r.wait_detail if r.status == "active" else None,
         )
         for r in conn.execute(stmt)
     ]

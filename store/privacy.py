@@ -25,6 +25,7 @@ from store.models import (
     AuditRow,
     CouponRow,
     CustomerRow,
+    DeliveryAttemptRow,
     DeliveryRow,
     EnrollmentRow,
     EventRow,
@@ -59,6 +60,7 @@ _EXPORTED: dict[str, tuple[Any, str]] = {
     "tier_history": (TierHistoryRow, "id"),
     "audit_log": (AuditRow, "id"),
     "message_deliveries": (DeliveryRow, "id"),
+    "delivery_attempts": (DeliveryAttemptRow, "id"),
     "journey_outbox": (JourneyCommandRow, "id"),
     "follow_up_tasks": (FollowUpTaskRow, "id"),
     "coupons": (CouponRow, "id"),
@@ -303,6 +305,14 @@ def erase_customer(
             "reason": redaction.text(r["reason"]),
             "meta": {k: v for k, v in (r["meta"] or {}).items() if k in DELIVERY_META},
         },
+    )
+    # a provider's answer may quote the address or the message
+    counts["delivery_attempts"] = _update_changed(
+        conn,
+        _t(DeliveryAttemptRow),
+        "id",
+        rows["delivery_attempts"],
+        lambda r: {"response": REDACTED if r["response"] else None},
     )
     o = _t(OutboxMessageRow)
     counts[OUTBOX] = _update_changed(

@@ -106,6 +106,16 @@ def _hold(conn: Connection, scope: str, key: str, workflow_id: str | None, at: d
     conn.execute(stmt.on_conflict_do_update(index_elements=["scope", "key"], set_=values))
 
 
+def record_used(conn: Connection, scope: str, key: str, at: datetime) -> None:
+    """A place under `scope` taken by a message that went out without asking (an operator's
+    re-send): it counts in the window like any other."""
+    _lock(conn, scope, at)
+    r = table_of(SendReservationRow)
+    values = {"slot_at": at, "status": USED, "updated_at": at}
+    stmt = insert_for(conn, r).values(scope=scope, key=key, workflow_id=None, **values)
+    conn.execute(stmt.on_conflict_do_nothing(index_elements=["scope", "key"]))
+
+
 def settle(conn: Connection, keys: list[str], status: str, at: datetime) -> None:
     """What was held under `keys` happened (`used`: it keeps its place in the windows) or
     was abandoned (`released`: its place is free again)."""

@@ -234,7 +234,8 @@ def stats_renderables(stats: JourneyStats) -> list[RenderableType]:
 
 def enrollments_table(rows: list[EnrollmentInfo], title: str) -> Table:
     table = Table(title=title, title_justify="left")
-    for col in ("customer", "node", "since", "status", "variant", "version", "entered"):
+    columns = ("customer", "node", "since", "status", "waits for", "until", "variant", "version")
+    for col in (*columns, "entered"):
         table.add_column(col)
     for r in rows:
         table.add_row(
@@ -242,11 +243,33 @@ def enrollments_table(rows: list[EnrollmentInfo], title: str) -> Table:
             r.node or NONE,
             _when(r.since),
             r.status,
+            waits_for(r.waiting_for, r.wait_detail),
+            _when(r.wait_until) if r.wait_until else NONE,
             r.variant or NONE,
             r.version,
             _when(r.entered_at),
         )
     return table
+
+
+WAIT_WORDS = {
+    "delay": "a delay",
+    "event": "event",
+    "quiet_hours": "quiet hours",
+    "rate_limit": "the rate limit",
+    "frequency_cap": "the frequency cap",
+}
+
+
+def waits_for(kind: str | None, detail: str | None) -> str:
+    """What an enrollment waits for, in words: `event purchase`, `quiet hours end …`."""
+    if kind is None:
+        return NONE
+    if kind == "event":
+        return f"event {detail}" if detail else "an event"
+    if kind in ("quiet_hours", "rate_limit", "frequency_cap") and detail:
+        return detail
+    return WAIT_WORDS.get(kind, kind)
 
 
 # --------------------------------------------------------------------------- chart files

@@ -580,3 +580,83 @@ def test_send_cmd(
         markup=False,
         soft_wrap=True,
     )
+
+
+# --------------------------------------------------------------------------- deliveries
+
+
+@journeys_app.command("deliveries")
+def deliveries_cmd(
+    name: NameArg,
+    customer: Annotated[
+        str | None, typer.Option("--customer", help="Only this customer's messages")
+    ] = None,
+    status: Annotated[
+        str | None,
+        typer.Option("--status", help="Only these: sent, suppressed, failed, sending, retrying"),
+    ] = None,
+    limit: Annotated[int, typer.Option("--limit", help="At most this many messages")] = 50,
+    as_json: JsonFlag = False,
+) -> None:
+    """A journey's messages, newest first, with every attempt: when, how it ended, how long
+    it took and what the provider answered (the key of a failed one goes to `resend`)."""
+    from rich.markup import escape
+
+    from crmflow.services import journey_deliveries as deliveries
+
+    try:
+        query = deliveries.DeliveriesQuery.model_validate(
+            {"customer_id": customer, "status": status, "limit": limit}
+        )
+    except ValidationError as exc:
+        common.fail(escape(describe_errors(exc)))
+    with _runtime() as rt:
+        data = deliveries.deliveries(rt, name, query)
+    if as_json:
+        common.emit_json(data.model_dump(mode="json"))
+        return
+    out = common.console
+    if not data.deliveries:
+        out.print(f"journey {name}: no messages", highlight=False)
+    for d in data.deliveries:
+        why = f" ({d.reason})" if d.reason else ""
+        again = f", re-sends {d.resend_of}" if d.resend_of else ""
+        out.print(
+            f"{d.key}  {d.customer_id}  {d.node}  {d.channel}  {d.status}{why}{again}",
+            highlight=False,
+            markup=False,
+            soft_wrap=True,
+        )
+        for a in d.attempts:
+            took = f"{a.latency_ms} ms" if a.latency_ms is not None else "-"
+            out.print(
+                f"    #{a.attempt} {a.at:%Y-%m-%d %H:%M:%S} {a.outcome} {took}: {a.response or ''}",
+                highlight=False,
+                markup=False,
+                soft_wrap=True,
+            )
+
+
+@journeys_app.command("resend")
+def resend_cmd(
+    key: Annotated[str, typer.Argument(help="The failed delivery's key (`journeys deliveries`)")],
+    as_json: JsonFlag = False,
+) -> None:
+    """Send a message whose delivery failed again, once, on purpose: rendered for the
+    customer as the node is deployed now, checked for consent and an address, recorded as a
+    delivery of its own (with its attempt) that names the one it re-sends."""
+    from crmflow.cli.app import _cli_principal
+    from crmflow.services import journey_deliveries as deliveries
+
+    with _runtime() as rt:
+        sent = asyncio.run(deliveries.resend(rt, key, by=_cli_principal().actor))
+    if as_json:
+        common.emit_json(sent.model_dump(mode="json"))
+        return
+    common.console.print(
+        f"re-sent {sent.resend_of} to {sent.customer_id} via {sent.via} as {sent.key} "
+        f"({sent.provider_message_id})",
+        highlight=False,
+        markup=False,
+        soft_wrap=True,
+    )

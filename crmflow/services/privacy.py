@@ -175,6 +175,9 @@ class TiersPart(BaseModel):
 
 class MessagesPart(BaseModel):
     deliveries: list[Row] = Field(description="messages handed to a channel, with content")
+    attempts: list[Row] = Field(
+        default_factory=list, description="every try of those sends, with the provider's answer"
+    )
     outbox: list[Row] = Field(description="messages of the outbox channel, with content")
     journey_commands: list[Row]
 
@@ -290,6 +293,7 @@ async def export_customer(rt: Runtime, customer_id: str, *, who: Principal) -> C
         audit_trail=t["audit_log"],
         messages=MessagesPart(
             deliveries=t["message_deliveries"],
+            attempts=t["delivery_attempts"],
             outbox=t[store.OUTBOX],
             journey_commands=t["journey_outbox"],
         ),

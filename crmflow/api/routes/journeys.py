@@ -5,16 +5,18 @@ resume and archive, stats and the funnel chart, who is where, and a simulation
 from __future__ import annotations
 
 import asyncio
-from typing import Annotated
+from typing import Annotated, Literal
 
 from fastapi import APIRouter, Query, Response
 from fastapi import Path as PathParam
-from pydantic import Field
+from pydantic import BaseModel, Field
 from starlette.concurrency import run_in_threadpool
 
 from crmflow.api.security import RuntimeDep, permit
+from crmflow.services import journey_deliveries
 from crmflow.services import journeys as service
 from crmflow.services.journey_charts import funnel_svg
+from crmflow.services.journey_deliveries import DeliveryList
 from crmflow.services.keys import Principal
 from crmflow.simulate import SimulationReport
 from rules.source import NAME_PATTERN
@@ -147,3 +149,30 @@ async def simulate(name: Name, body: SimulateBody, who: Write, rt: RuntimeDep) -
     # its own event loop in a worker thread: a simulation runs a server and a worker for
     # seconds, and this server's loop keeps answering meanwhile
     return await run_in_threadpool(asyncio.run, service.simulate(rt, source, options, name=name))
+
+
+@router.get("/{name}/deliveries", response_model=DeliveryList)
+async def deliveries(
+    name: Name,
+    who: Read,
+    rt: RuntimeDep,
+    customer_id: Annotated[str | None, Query(max_length=200)] = None,
+    status: Annotated[
+        Literal["sent", "suppressed", "failed", "sending", "retrying"] | None, Query()
+    ] = None,
+    limit: Annotated[int, Query(ge=1, le=journey_deliveries.MAX_DELIVERIES)] = 50,
+) -> DeliveryList:
+    """A journey's messages, newest first, each with every attempt (time, outcome, latency,
+    the provider's answer)."""
+    query = journey_deliveries.DeliveriesQuery(customer_id=customer_id, status=status, limit=limit)
+    return await run_in_threadpool(journey_deliveries.deliveries, rt, name, query)
+
+
+class ResendBody(BaseModel):
+    key: str = Field(min_length=1, max_length=250, description="The failed delivery's key")
+
+
+@router.post("/deliveries/resend", response_model=journey_deliveries.ResendResult)
+async def resend(body: ResendBody, who: Write, rt: RuntimeDep) -> journey_deliveries.ResendResult:
+    """Send a failed message again, once, on purpose (`crmflow journeys resend`)."""
+    return await journey_deliveries.resend(rt, body.key, by=who.actor)
