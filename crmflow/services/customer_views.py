@@ -21,7 +21,7 @@ from pydantic import BaseModel, Field
 
 from crmflow.services.audit import PrivacyRecord, privacy_log
 from crmflow.services.customer_model import CustomerModelScores, customer_scores
-from crmflow.services.customers import Customer360, JourneyPlace, customer_360
+from crmflow.services.customers import Customer360, JourneyPlace, customer_360, enrollment_wait
 from crmflow.services.errors import Invalid
 from crmflow.services.points import PointsStatement, statement
 from crmflow.services.runtime import Runtime
@@ -126,6 +126,9 @@ def _why(line: JourneyLine, quiet: QuietHours | None) -> str | None:
     d = line.delivery
     if d is not None and d.node == line.node and d.status in ("sending", "retrying"):
         return f"a {d.channel} message is being sent ({d.status})"
+    waiting = _waiting(line)
+    if waiting is not None:
+        return waiting
     last = line.steps[0] if line.steps else None
     if last is not None and last.kind == "suppressed" and last.reason:
         return f"its last message was suppressed: {last.reason}"
@@ -135,6 +138,21 @@ def _why(line: JourneyLine, quiet: QuietHours | None) -> str | None:
             "waits until then"
         )
     return None  # at its node (a delay, a wait for an event): the table says where
+
+
+def _waiting(line: JourneyLine) -> str | None:
+    """What the enrollment records it waits for, in words."""
+    kind, until, detail = line.waiting_for, line.wait_until, line.wait_detail
+    if kind is None:
+        return None
+    when = f" until {until:%Y-%m-%d %H:%M} UTC" if until else ""
+    if kind == "event":
+        return f"waits for event {detail or '?'}{when} (then it times out)"
+    if kind == "delay":
+        return f"waits for a delay ({detail}){when}" if detail else f"waits for a delay{when}"
+    if kind == "quiet_hours":
+        return f"a message waits: {detail}" if detail else f"a message waits for quiet hours{when}"
+    return f"a message waits for the {detail or kind.replace('_', ' ')}{when}"
 
 
 def quiet_hours(rt: Runtime, timezone: str, at: datetime) -> QuietHours:
@@ -216,6 +234,7 @@ def customer_page(
             entered_at=r.entered_at,
             finished_at=r.finished_at,
             outcome=r.outcome,
+            **enrollment_wait(r),
             steps=[
                 StepLine(node=s.node, kind=s.kind, reason=s.reason, at=s.at)
                 for s in steps.get(r.workflow_id, [])[:STEPS_SHOWN]

@@ -166,6 +166,18 @@ class JourneyPlace(BaseModel):
     entered_at: datetime
     finished_at: datetime | None
     outcome: str | None
+    waiting_for: str | None = Field(
+        None, description="what it waits for: delay, event, quiet_hours, rate_limit, frequency_cap"
+    )
+    wait_until: datetime | None = Field(None, description="until when, when known")
+    wait_detail: str | None = Field(None, description="the event waited for, or why it waits")
+
+
+def enrollment_wait(r: Any) -> dict[str, Any]:
+    """An enrollment's wait, as the store records it (none once it has ended)."""
+    if r.status != "active":
+        return {}
+    return {"waiting_for": r.waiting_for, "wait_until": r.wait_until, "wait_detail": r.wait_detail}
 
 
 class OpenTask(BaseModel):
@@ -243,6 +255,7 @@ def customer_360(rt: Runtime, customer_id: str, *, mask: bool, events: int = 20)
                 entered_at=r.entered_at,
                 finished_at=r.finished_at,
                 outcome=r.outcome,
+                **enrollment_wait(r),
             )
             for r in conn.execute(
                 select(EnrollmentRow.__table__)
