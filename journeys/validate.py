@@ -71,7 +71,7 @@ from journeys.templates import (
     template_context,
 )
 from rules.compiler import condition_facts
-from rules.models import EnrollJourney, Name, Program, Rule
+from rules.models import EnrollJourney, Name, Program, RetentionAction, Rule
 from rules.models import JourneyEvent as JourneyEventEffect
 from rules.pack import Checker, find_program, load_program
 from rules.source import (
@@ -259,15 +259,30 @@ def handed_over(rules: Iterable[Rule], journey: str, event: str | None) -> dict[
     `enroll_journey` data (event None) or their `journey_event` data for `event`."""
     out: dict[str, Any] = {}
     for rule in rules:
+        coupon = _coupon_sample(rule)
         for eff in rule.then:
             if event is None and isinstance(eff, EnrollJourney):
                 if eff.enroll_journey.journey == journey:
-                    out.update(eff.enroll_journey.data)
+                    out.update({**coupon, **eff.enroll_journey.data})
             elif event is not None and isinstance(eff, JourneyEventEffect):
                 args = eff.journey_event
                 if args.journey == journey and args.event == event:
-                    out.update(args.data)
+                    out.update({**coupon, **args.data})
     return out
+
+
+def _coupon_sample(rule: Rule) -> dict[str, Any]:
+    """What a rule whose retention action issues a coupon hands its journeys besides their
+    data (`rules.effects`): sample values of the coupon's code, value and expiry date."""
+    for eff in rule.then:
+        if isinstance(eff, RetentionAction) and eff.retention_action.coupon is not None:
+            c = eff.retention_action.coupon
+            return {
+                "coupon_code": f"{c.code_prefix}-1A2B3C4D",
+                "coupon_value": c.value,
+                "coupon_expires_at": "2026-03-31",
+            }
+    return {}
 
 
 class _Check:

@@ -30,6 +30,7 @@ from rules.models import (
     AddTag,
     AssignOwner,
     AwardPoints,
+    CouponArgs,
     DeductPoints,
     DowngradeTier,
     EnrollJourney,
@@ -40,6 +41,7 @@ from rules.models import (
     RemoveTag,
     RetentionAction,
     ReturnToPool,
+    Rule,
     SetStage,
     SetTier,
     UpgradeTier,
@@ -295,18 +297,32 @@ class _Planner:
                 due_at=self.at + timedelta(days=args.due_days),
             )
         if args.coupon:
-            c = args.coupon
-            code = f"{c.code_prefix}-{_key(self.event.event_id, rule, index)[:8].upper()}"
-            self.change(
-                rule,
-                "coupon",
-                code=code,
-                value=c.value,
-                expires_at=self.at + timedelta(days=c.valid_days),
-            )
+            code, value, expires_at = self._coupon(rule, index, args.coupon)
+            self.change(rule, "coupon", code=code, value=value, expires_at=expires_at)
+
+    def _coupon(self, rule: str, index: int, c: CouponArgs) -> tuple[str, float, datetime]:
+        """The coupon a retention action issues: its code (stable for the event, rule and
+        effect), value and expiry."""
+        code = f"{c.code_prefix}-{_key(self.event.event_id, rule, index)[:8].upper()}"
+        return code, c.value, self.at + timedelta(days=c.valid_days)
+
+    def _handover(self, rule: Rule) -> dict[str, Any]:
+        """What a rule's journey effects hand to the journey besides their own data: the
+        coupon its retention action issues (`data.coupon_code`, `coupon_value`,
+        `coupon_expires_at`), so the message that should carry it can."""
+        for i, eff in enumerate(rule.then):
+            if isinstance(eff, RetentionAction) and eff.retention_action.coupon:
+                code, value, expires_at = self._coupon(rule.name, i, eff.retention_action.coupon)
+                return {
+                    "coupon_code": code,
+                    "coupon_value": value,
+                    "coupon_expires_at": expires_at.date().isoformat(),
+                }
+        return {}
 
     def apply(self, compiled: CompiledRule) -> None:
         rule = compiled.rule.name
+        handover = self._handover(compiled.rule)
         for i, eff in enumerate(compiled.rule.then):
             if isinstance(eff, AddTag):
                 self.add_tag(rule, eff.add_tag.tag, eff.add_tag.ttl_days)
@@ -324,11 +340,13 @@ class _Planner:
                 self.move_tier(rule, -1, eff.downgrade_tier)
             elif isinstance(eff, EnrollJourney):
                 a = eff.enroll_journey
-                self.change(rule, "journey", command="enroll", journey=a.journey, data=a.data)
+                data = {**handover, **a.data}
+                self.change(rule, "journey", command="enroll", journey=a.journey, data=data)
             elif isinstance(eff, JourneyEvent):
                 b = eff.journey_event
+                data = {**handover, **b.data}
                 self.change(
-                    rule, "journey", command="event", journey=b.journey, event=b.event, data=b.data
+                    rule, "journey", command="event", journey=b.journey, event=b.event, data=data
                 )
             elif isinstance(eff, RetentionAction):
                 self.retention(rule, i, eff)

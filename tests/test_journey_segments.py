@@ -172,3 +172,22 @@ async def test_a_scheduled_segment_gets_a_schedule_that_follows_the_journey(
     assert (result["matched"], result["queued"]) == (1, 1)
     assert queued(engine) == ["big"]
     assert await sync_schedule(client, queue, j, "archived") == "schedule deleted"
+
+
+def test_validation_knows_the_data_the_rules_hand_over(tmp_path: Path) -> None:
+    """`journeys validate` reads the rules beside the programme: the coupon the churn rule's
+    retention action issues is `data.coupon_code` for winback; a misspelt name is refused."""
+    import shutil
+
+    shutil.copy(REPO / "examples/program.yaml", tmp_path / "program.yaml")
+    shutil.copytree(REPO / "examples/rules", tmp_path / "rules")
+    (tmp_path / "journeys").mkdir()
+    good = (REPO / "examples/journeys/winback.yaml").read_text()
+    assert "data.coupon_code" in good
+    (tmp_path / "journeys/winback.yaml").write_text(good)
+    ok = runner.invoke(app, ["journeys", "validate", str(tmp_path / "journeys/winback.yaml")])
+    assert ok.exit_code == 0, ok.output
+    (tmp_path / "journeys/winback.yaml").write_text(good.replace("coupon_code", "coupon_kode"))
+    bad = runner.invoke(app, ["journeys", "validate", str(tmp_path / "journeys/winback.yaml")])
+    assert bad.exit_code == 1
+    assert "data has no 'coupon_kode' (it has: coupon_code" in " ".join(bad.output.split())

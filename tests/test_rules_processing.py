@@ -15,6 +15,9 @@ from sqlalchemy import Engine, func, select
 import crmflow.processing as processing
 from crmflow.ingest import import_file
 from crmflow.processing import ConcurrentProcessing, process_chunk, process_pending
+from journeys.models import MessageNode
+from journeys.templates import render_message
+from journeys.validate import load_journey
 from rules.pack import load_pack
 from store.models import (
     AuditRow,
@@ -241,14 +244,28 @@ def test_churn_risk_starts_a_retention_action_and_a_lapsed_lead_returns_to_the_p
         task = conn.execute(select(FollowUpTaskRow.owner, FollowUpTaskRow.title)).one()
         coupon = conn.execute(select(CouponRow.code, CouponRow.value)).one()
         outbox = conn.execute(
-            select(JourneyCommandRow.journey, JourneyCommandRow.event).where(
-                JourneyCommandRow.customer_id == "M"
-            )
+            select(
+                JourneyCommandRow.journey, JourneyCommandRow.event, JourneyCommandRow.data
+            ).where(JourneyCommandRow.customer_id == "M")
         ).all()
         lead = conn.execute(select(CustomerRow.owner).where(CustomerRow.customer_id == "L")).one()
     assert task.owner == "sales.bo"
     assert coupon.code.startswith("BACK-") and float(coupon.value) == 50.0
-    assert ("winback", "churn_risk") in outbox
+    handed = {(o.journey, o.event): o.data for o in outbox}
+    # the coupon the retention action issued reaches the journey that should carry it
+    assert handed[("winback", "churn_risk")] == {
+        "coupon_code": coupon.code,
+        "coupon_value": 50.0,
+        "coupon_expires_at": "2026-08-31",
+    }
+    winback = load_journey(REPO / "examples/journeys/winback.yaml").journey
+    node = winback.nodes["discount_email"]
+    assert isinstance(node, MessageNode)
+    profile = {"customer_id": "M", "name": "Mei", "attributes": {}, "consent": {}}
+    shown = render_message(node, profile, data=handed[("winback", "churn_risk")])
+    assert f"50 CNY off your next order with code {coupon.code}, valid until 2026-08-31." in (
+        shown.text or ""
+    )
     assert lead.owner is None
     assert "sla-missed" in tags_of(engine, "L")
 

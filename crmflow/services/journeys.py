@@ -28,11 +28,13 @@ from pydantic import BaseModel, ConfigDict, Field
 from sqlalchemy import Connection, Engine, func, select
 
 from crmflow.domain import Event
+from crmflow.processing import active_pack
 from crmflow.services.errors import FieldProblem, Invalid, NotFound, Refused, Unavailable
 from crmflow.services.runtime import Runtime
 from journeys import validate as jv
 from journeys.models import EventEntry, Journey, MessageNode, SegmentEntry, edges
-from rules.pack import load_program
+from rules.models import Rule
+from rules.pack import find_program, load_pack, load_program
 from rules.source import SourceError, SourceProblem, parse_yaml
 from store import journey_stats as jstats
 from store import journeys as jstore
@@ -60,6 +62,11 @@ class JourneyFile(BaseModel):
 
     path: Path
     program: Path | None = None
+    rules: Path | None = Field(
+        None,
+        description="the rules folder whose data the journey's messages may show (default: "
+        "`rules/` beside the programme, when there is one)",
+    )
 
 
 class JourneyText(BaseModel):
@@ -174,6 +181,31 @@ def _active_program(rt: Runtime) -> tuple[Any, str, str]:
     return program, source.program_path, version
 
 
+def _file_rules(source: JourneyFile) -> list[Rule] | None:
+    """The rules a journey file is checked with (what their journey effects hand over is the
+    `data` its messages may show): `source.rules`, or `rules/` beside the programme; None
+    when there is no such folder (any `data.<name>` is accepted then)."""
+    folder = source.rules
+    program = source.program
+    if folder is None:
+        try:
+            program = find_program(source.path.parent, source.program)
+        except SourceError:
+            return None
+        folder = program.parent / "rules"
+        if not folder.is_dir():
+            return None
+    pack, _ = load_pack(folder, program)
+    return [c.rule for c in pack.rules]
+
+
+def _active_rules(rt: Runtime) -> list[Rule] | None:
+    """The active rules version's rules (None: none is deployed)."""
+    with rt.engine.connect() as conn:
+        pack = active_pack(conn)
+    return [c.rule for c in pack.rules] if pack is not None else None
+
+
 def load(
     rt: Runtime | None,
     source: JourneySource,
@@ -183,7 +215,8 @@ def load(
     needed for text only (the active rules version's programme)."""
     if isinstance(source, JourneyFile):
         try:
-            loaded = jv.load_journey(source.path, source.program, known_events)
+            rules = _file_rules(source)
+            loaded = jv.load_journey(source.path, source.program, known_events, rules)
         except SourceError as exc:
             raise InvalidJourney(exc.errors) from exc
         try:
@@ -195,7 +228,7 @@ def load(
         raise ValueError("a journey sent as text is checked against the database's rules")
     program, program_path, _ = _active_program(rt)
     try:
-        journey = jv.validate_text(source.yaml, TEXT_PATH, program, known_events)
+        journey = jv.validate_text(source.yaml, TEXT_PATH, program, known_events, _active_rules(rt))
     except SourceError as exc:
         raise InvalidJourney(exc.errors) from exc
     except RecursionError as exc:  # the YAML composer recurses once per nesting level
