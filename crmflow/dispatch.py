@@ -84,6 +84,66 @@ def may_enter(
 
 
 CONCURRENCY = 20  # customers handed over at once
+# New enrollments are started only while fewer workflow tasks than this wait for a worker on
+# the task queue: starting faster than the workers take them only lengthens the queue, and
+# with thousands in flight the workers' caches evict enrollments they must then replay.
+BACKLOG_LIMIT = 40
+BACKLOG_CHECK_S = 0.25  # how often the backlog is asked for while starting
+MAX_HOLD_S = 10.0  # a start waits at most this long for room (then goes anyway)
+
+
+class Pacer:
+    """Paces starts to what the workers take: before a start, the task queue's backlog of
+    workflow tasks (the server's approximate count, asked for at most every
+    `BACKLOG_CHECK_S`) must be under `BACKLOG_LIMIT`. A server that does not report it is
+    not paced."""
+
+    def __init__(self, client: Client, task_queue: str, limit: int = BACKLOG_LIMIT) -> None:
+        self.client = client
+        self.task_queue = task_queue
+        self.limit = limit
+        self.backlog = 0
+        self.checked = -BACKLOG_CHECK_S
+        self.enabled = limit > 0
+        self.held_s = 0.0  # time starts waited for room, for reports
+        self._lock = asyncio.Lock()
+
+    async def room(self) -> None:
+        if not self.enabled:
+            return
+        loop = asyncio.get_running_loop()
+        async with self._lock:  # one waiter at a time: the others queue behind it
+            start = loop.time()
+            while True:
+                now = loop.time()
+                if now - self.checked >= BACKLOG_CHECK_S:
+                    self.backlog = await self._backlog()
+                    self.checked = loop.time()
+                if self.backlog < self.limit or now - start >= MAX_HOLD_S or not self.enabled:
+                    self.held_s += loop.time() - start
+                    self.backlog += 1  # this start adds one until the next count
+                    return
+                await asyncio.sleep(BACKLOG_CHECK_S)
+
+    async def _backlog(self) -> int:
+        from temporalio.api.enums.v1 import TaskQueueType
+        from temporalio.api.taskqueue.v1 import TaskQueue
+        from temporalio.api.workflowservice.v1 import DescribeTaskQueueRequest
+
+        try:
+            answer = await self.client.workflow_service.describe_task_queue(
+                DescribeTaskQueueRequest(
+                    namespace=self.client.namespace,
+                    task_queue=TaskQueue(name=self.task_queue),
+                    task_queue_type=TaskQueueType.TASK_QUEUE_TYPE_WORKFLOW,
+                    report_stats=True,
+                )
+            )
+        except RPCError as exc:  # a server without the statistics: start unpaced
+            log.info("task queue backlog not available (%s): enrollments are not paced", exc)
+            self.enabled = False
+            return 0
+        return int(answer.stats.approximate_backlog_count) if answer.HasField("stats") else 0
 
 
 async def dispatch_once(
@@ -113,6 +173,7 @@ async def dispatch_once(
     for row in rows:
         by_customer.setdefault(row.customer_id, []).append(row)
     gate = asyncio.Semaphore(CONCURRENCY)
+    pacer = Pacer(client, task_queue)
 
     async def one(row: Any) -> None:
         report.commands += 1
@@ -122,7 +183,7 @@ async def dispatch_once(
         elif row.command == "enroll":
             await _enroll(
                 client, engine, task_queue, d, journeys[d.name], row.customer_id,
-                row.data or {}, None, report,
+                row.data or {}, None, report, pacer,
             )  # fmt: skip
         else:
             data = row.data or {}
@@ -141,7 +202,7 @@ async def dispatch_once(
                 if await asyncio.to_thread(_entry_holds, engine, entry, row.customer_id, ev):
                     await _enroll(
                         client, engine, task_queue, d, journeys[d.name], row.customer_id,
-                        {}, signalled, report,
+                        {}, signalled, report, pacer,
                     )  # fmt: skip
                 else:
                     report.skip("entry condition does not hold")
@@ -199,6 +260,7 @@ async def _enroll(
     data: dict[str, Any],
     start_event: JourneyEvent | None,
     report: DispatchReport,
+    pacer: Pacer | None = None,
 ) -> None:
     if d.status != "active":
         report.skip(f"journey {d.status}")
@@ -224,6 +286,8 @@ async def _enroll(
         entry_no=entry_no,
         data=data,
     )
+    if pacer is not None:
+        await pacer.room()
     try:
         await client.start_workflow(
             "JourneyWorkflow",
