@@ -83,7 +83,9 @@ from temporalio.contrib.pydantic import pydantic_data_converter  # noqa: E402
 from temporalio.testing import WorkflowEnvironment  # noqa: E402
 from temporalio.worker import Worker  # noqa: E402
 
+from activities.channels.base import Channel  # noqa: E402
 from activities.channels.outbox import OutboxChannel  # noqa: E402
+from activities.channels.webhook import IDEMPOTENCY_HEADER, WebhookChannel  # noqa: E402
 from activities.journey_activities import JourneyActivities  # noqa: E402
 from bench.support import bare_journey  # noqa: E402
 from bench.support.bare_journey import BareJourneyWorkflow, BareSender  # noqa: E402
@@ -100,7 +102,22 @@ from store.models import EnrollmentRow, JourneyCommandRow, OutboxMessageRow  # n
 from worker import ACTIVITY_THREADS, workflow_runner  # noqa: E402
 from workflows.journey import JourneyWorkflow  # noqa: E402
 
-TARGET = 0.7
+TARGET = 0.85
+RATE_LIMIT = 100  # per minute, the rate-limited journey's
+LIMITED_JOURNEY = f"""
+journey: bench-limited
+entry: rule
+channels: [webhook]
+rate_limit_per_minute: {RATE_LIMIT}
+start: ping
+nodes:
+  ping:
+    type: message
+    channel: webhook
+    template: {{text: "Your order has shipped, {{{{ customer.name }}}}."}}
+    next: done
+  done: {{type: exit}}
+"""
 MEMORY_LIMIT_MB = 1024.0
 TIMEOUT_S = 900.0
 SAMPLE = 50  # workflow histories looked at per side
@@ -141,6 +158,13 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
         "for 10000, which takes ~13 minutes on 2 cores",
     )
     parser.add_argument("--delay", type=int, default=5, help="seconds between the two messages")
+    parser.add_argument(
+        "--limited",
+        type=int,
+        default=200,
+        help=f"customers through the journey limited to {RATE_LIMIT}/min whose receiver "
+        "refuses a third of first attempts (0: skip)",
+    )
     parser.add_argument("--seed", type=int, default=20261123, help="names and enrollment order")
     parser.add_argument(
         "--profile",
@@ -182,7 +206,12 @@ def people(count: int, seed: int, offset: int = 0) -> list[tuple[str, str, str]]
 
 
 def prepare_store(
-    path: Path, who: list[tuple[str, str, str]], journey: str, delay: str, seed: int
+    path: Path,
+    who: list[tuple[str, str, str]],
+    journey: str,
+    delay: str,
+    seed: int,
+    text: str | None = None,
 ) -> Engine:
     """Migrated SQLite store, customers imported, the journey deployed and one `enroll` row
     per customer in the journey outbox (in a seeded random order). Not timed."""
@@ -196,14 +225,14 @@ def prepare_store(
                 "name": name,
                 "email": email,
                 "timezone": "Asia/Shanghai",
-                "consent": {"email": True},
+                "consent": {"email": True, "webhook": True},
                 "lifecycle_stage": "member",
             }
             fh.write(json.dumps(row) + "\n")
     report = import_file(engine, lines, "customers")
     if report.rejected or report.stored != len(who):
         raise SystemExit(f"customer import went wrong: {report.as_dict()}")
-    text = JOURNEY.format(name=journey, delay=delay)
+    text = text or JOURNEY.format(name=journey, delay=delay)
     j = Journey.model_validate(yaml.safe_load(text))
     order = [cid for cid, _, _ in who]
     random.Random(seed + 1).shuffle(order)
@@ -341,6 +370,112 @@ async def crmflow_side(client: Client, workdir: Path, args: argparse.Namespace) 
         "complete_s": finished - started,
         "batches": batches,
         "messages": messages,
+    }
+
+
+class FlakyReceiver:
+    """A webhook receiver (a real HTTP server in a thread) that refuses a third of the
+    messages' first attempts with 503 (by the message's Idempotency-Key: its first attempt
+    only, so every message eventually arrives) and notes when each request came."""
+
+    def __init__(self) -> None:
+        from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+        from threading import Lock, Thread
+
+        receiver = self
+        self.seen: set[str] = set()
+        self.requests: list[tuple[float, bool]] = []  # (monotonic time, accepted)
+        self.lock = Lock()
+
+        class Handler(BaseHTTPRequestHandler):
+            def do_POST(self) -> None:
+                self.rfile.read(int(self.headers.get("Content-Length") or 0))
+                key = self.headers.get(IDEMPOTENCY_HEADER) or ""
+                with receiver.lock:
+                    first = key not in receiver.seen
+                    receiver.seen.add(key)
+                    refuse = first and len(receiver.seen) % 3 == 0
+                    receiver.requests.append((time.monotonic(), not refuse))
+                self.send_response(503 if refuse else 200)
+                self.send_header("Content-Type", "application/json")
+                self.end_headers()
+                self.wfile.write(b'{"ok": false}' if refuse else b'{"ok": true}')
+
+            def log_message(self, *args: Any) -> None:
+                pass
+
+        self.server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        self.server.daemon_threads = True
+        self.thread = Thread(target=self.server.serve_forever, daemon=True)
+        self.thread.start()
+
+    @property
+    def url(self) -> str:
+        host, port = self.server.server_address[:2]
+        return f"http://{host!s}:{port}/hook"
+
+    def close(self) -> None:
+        self.server.shutdown()
+        self.server.server_close()
+
+
+def most_in_a_minute(times: list[float]) -> int:
+    """The most of `times` (seconds) inside any 60-second window (sliding)."""
+    times = sorted(times)
+    most, lo = 0, 0
+    for hi, t in enumerate(times):
+        while times[lo] <= t - 60.0:
+            lo += 1
+        most = max(most, hi - lo + 1)
+    return most
+
+
+async def limited_side(client: Client, workdir: Path, args: argparse.Namespace) -> dict[str, Any]:
+    """`--limited` customers through a webhook journey limited to RATE_LIMIT a minute whose
+    receiver refuses a third of first attempts; counts what the receiver saw per minute."""
+    journey = "bench-limited"
+    who = people(args.limited, args.seed, offset=10_000_000)
+    engine = prepare_store(workdir / "limited.db", who, journey, "1s", args.seed, LIMITED_JOURNEY)
+    queue = "bench-journeys-limited"
+    receiver = FlakyReceiver()
+    channels: dict[str, Channel] = {
+        "outbox": OutboxChannel(engine),
+        # one request per activity attempt: every retry is Temporal's, through the limit
+        "webhook": WebhookChannel(receiver.url, "whsec-bench", attempts=1, base_delay=0),
+    }
+    acts = JourneyActivities(engine, settings(), channels)
+    try:
+        with ThreadPoolExecutor(ACTIVITY_THREADS) as pool:
+            async with Worker(
+                client,
+                task_queue=queue,
+                workflows=[JourneyWorkflow],
+                activities=acts.all(),
+                activity_executor=pool,
+                **worker_options(),
+            ):
+                started = time.perf_counter()
+                done = asyncio.create_task(
+                    wait_until(completed(client, queue), args.limited, "limited journeys")
+                )
+                while (await dispatch_once(client, engine, queue)).commands:
+                    pass
+                await done
+                elapsed = time.perf_counter() - started
+    finally:
+        receiver.close()
+    engine.dispose()
+    accepted = [t for t, ok in receiver.requests if ok]
+    refused = [t for t, ok in receiver.requests if not ok]
+    if len(accepted) != args.limited:
+        raise SystemExit(f"limited: {len(accepted)} of {args.limited} messages arrived")
+    return {
+        "messages": len(accepted),
+        "refused": len(refused),
+        "requests": len(receiver.requests),
+        "most_sent_per_minute": most_in_a_minute(accepted),
+        "most_requests_per_minute": most_in_a_minute([t for t, _ in receiver.requests]),
+        "elapsed_s": elapsed,
     }
 
 
@@ -726,13 +861,21 @@ async def run(args: argparse.Namespace) -> int:
                 stats[side] = await history_stats(client, ids)
             print("the activities alone, one call at a time ...", flush=True)
             costs = await activity_costs(work, CALLS, args.seed)
+            limited = None
+            if args.limited > 0:
+                print(
+                    f"rate limit: {args.limited} customers, {RATE_LIMIT}/min, a third of first "
+                    "attempts refused ...",
+                    flush=True,
+                )
+                limited = await limited_side(client, work, args)
             mem = None
             if args.waiting > 0:
                 print(f"memory: {args.waiting:,} enrollments parked on a 30-day delay ...")
                 mem = await memory_side(f"127.0.0.1:{port}", work, args)
     finally:
         await env.shutdown()
-    return report(args, base, crm, stats, costs, mem)
+    return report(args, base, crm, stats, costs, mem, limited)
 
 
 def report(
@@ -742,6 +885,7 @@ def report(
     stats: dict[str, dict[str, Any]],
     costs: dict[str, dict[str, float]],
     mem: dict[str, Any] | None,
+    limited: dict[str, Any] | None = None,
 ) -> int:
     n = args.customers
     print()
@@ -802,6 +946,15 @@ def report(
             f"parked after {mem['parked_s']:.0f} s)  target < {MEMORY_LIMIT_MB:.0f} MB: "
             f"{'met' if peak < MEMORY_LIMIT_MB else 'NOT met'}"
         )
+    if limited is not None:
+        kept = limited["most_requests_per_minute"] <= RATE_LIMIT
+        print(
+            f"rate-limited journey ({RATE_LIMIT}/min): {limited['messages']} messages arrived "
+            f"in {limited['elapsed_s']:.0f} s after {limited['refused']} refused first attempts "
+            f"({limited['requests']} requests); most in any minute: "
+            f"{limited['most_sent_per_minute']} sent, {limited['most_requests_per_minute']} "
+            f"requests  limit kept: {'yes' if kept else 'NO'}"
+        )
     print(f"RESULT bench=journeys ratio={ratio:.3f} target=>={TARGET}")
     return 0
 
@@ -811,8 +964,10 @@ def main(argv: list[str] | None = None) -> int:
     if args.child == "memory":
         print(json.dumps(asyncio.run(_child_memory(args))), flush=True)
         return 0
-    if args.customers < 1 or args.waiting < 0 or args.delay < 1:
-        raise SystemExit("--customers and --delay must be positive, --waiting at least 0")
+    if args.customers < 1 or args.waiting < 0 or args.delay < 1 or args.limited < 0:
+        raise SystemExit(
+            "--customers and --delay must be positive, --waiting and --limited at least 0"
+        )
     return asyncio.run(run(args))
 
 
