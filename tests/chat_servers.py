@@ -22,60 +22,37 @@ import base64
 import hashlib
 import hmac
 import json
-import threading
 import time
-from abc import ABC, abstractmethod
-from dataclasses import dataclass
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
-from typing import Any, Self
-from urllib.parse import parse_qs, urlsplit
+from abc import abstractmethod
+from typing import Any
+
+from tests.provider_servers import ProviderRequest, StandIn
 
 Reply = tuple[int, str, dict[str, str]]  # status, body (JSON or text), extra headers
 
 
-@dataclass
-class ChatRequest:
-    method: str
-    path: str
-    raw_query: str
-    query: dict[str, str]
-    headers: dict[str, str]
-    body: bytes
-
-    def json(self) -> Any:
-        return json.loads(self.body)
+ChatRequest = ProviderRequest
 
 
 def errcode(code: int, message: str) -> Reply:
     return 200, json.dumps({"errcode": code, "errmsg": message}), {}
 
 
-class ChatServer(ABC):
-    """A threaded HTTP server calling `handle` for each request and recording it."""
+class ChatServer(StandIn):
+    """A chat robot's stand-in: `handle` checks a POST as the provider would; its own limit
+    of `per_minute` messages accepted."""
 
     content_type = "application/json; charset=utf-8"
     per_minute = 20
+    script: list[Reply]
 
     def __init__(self) -> None:
-        self.script: list[Reply] = []
-        self.requests: list[ChatRequest] = []
-        self.delivered: list[dict[str, Any]] = []
-        self.lock = threading.Lock()
+        super().__init__()
         self._accepted_at: list[float] = []
-        self._server = ThreadingHTTPServer(("127.0.0.1", 0), self._handler_class())
-        self._server.daemon_threads = True
-        self._thread = threading.Thread(
-            target=self._server.serve_forever, kwargs={"poll_interval": 0.02}, daemon=True
-        )
-
-    @property
-    def base(self) -> str:
-        host, port = self._server.server_address[:2]
-        return f"http://{host!s}:{port}"
 
     def scripted(self) -> Reply | None:
-        with self.lock:
-            return self.script.pop(0) if self.script else None
+        reply: Reply | None = super().scripted()
+        return reply
 
     def over_rate(self) -> bool:
         """More than `per_minute` messages accepted in the last minute (the robots' limit)."""
@@ -102,57 +79,11 @@ class ChatServer(ABC):
     @abstractmethod
     def handle(self, req: ChatRequest) -> Reply: ...
 
-    def _handler_class(self) -> type[BaseHTTPRequestHandler]:
-        server = self
-
-        class Handler(BaseHTTPRequestHandler):
-            protocol_version = "HTTP/1.1"
-
-            def _serve(self) -> None:
-                length = int(self.headers.get("Content-Length") or 0)
-                body = self.rfile.read(length) if length else b""
-                parts = urlsplit(self.path)
-                req = ChatRequest(
-                    method=self.command,
-                    path=parts.path,
-                    raw_query=parts.query,
-                    query={
-                        k: v[0] for k, v in parse_qs(parts.query, keep_blank_values=True).items()
-                    },
-                    headers={k.lower(): v for k, v in self.headers.items()},
-                    body=body,
-                )
-                with server.lock:
-                    server.requests.append(req)
-                reply: Reply = (405, "method not allowed", {})
-                if req.method == "POST":
-                    reply = server.handle(req)
-                status, text, headers = reply
-                out = text.encode("utf-8")
-                self.send_response(status)
-                self.send_header("Content-Type", server.content_type)
-                self.send_header("Content-Length", str(len(out)))
-                for name, value in headers.items():
-                    self.send_header(name, value)
-                self.end_headers()
-                self.wfile.write(out)
-
-            do_GET = _serve
-            do_POST = _serve
-
-            def log_message(self, format: str, *args: Any) -> None:
-                pass
-
-        return Handler
-
-    def __enter__(self) -> Self:
-        self._thread.start()
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        self._server.shutdown()
-        self._server.server_close()
-        self._thread.join(timeout=5)
+    def reply(self, req: ChatRequest) -> tuple[int, bytes, str, dict[str, str]]:
+        status, text, headers = (
+            self.handle(req) if req.method == "POST" else (405, "method not allowed", {})
+        )
+        return status, text.encode("utf-8"), self.content_type, headers
 
 
 class WecomRobotServer(ChatServer):

@@ -41,6 +41,7 @@ class ProviderRequest:
     query: dict[str, str]
     headers: dict[str, str]
     body: bytes
+    raw_query: str = ""
 
     def form(self) -> dict[str, str]:
         return _single(parse_qs(self.body.decode("utf-8"), keep_blank_values=True))
@@ -54,12 +55,13 @@ def _single(values: dict[str, list[str]]) -> dict[str, str]:
     return {k: v[0] for k, v in values.items()}
 
 
-class ProviderServer(ABC):
-    """A threaded HTTP server calling `handle` for each request and recording it."""
+class StandIn(ABC):
+    """A threaded HTTP server on 127.0.0.1 that records each request and answers it with
+    `reply` (after `delay` seconds); `script` holds answers a subclass gives first."""
 
     def __init__(self, *, delay: float = 0.0) -> None:
         self.delay = delay
-        self.script: list[Answer] = []
+        self.script: list[Any] = []
         self.requests: list[ProviderRequest] = []
         self.delivered: list[dict[str, Any]] = []
         self.lock = threading.Lock()
@@ -70,18 +72,18 @@ class ProviderServer(ABC):
         )
 
     @property
-    def url(self) -> str:
+    def base(self) -> str:
         host, port = self._server.server_address[:2]
         return f"http://{host!s}:{port}"
 
-    def scripted(self) -> Answer | None:
+    def scripted(self) -> Any | None:
         """The next scripted answer, if any (taken under the lock)."""
         with self.lock:
             return self.script.pop(0) if self.script else None
 
     @abstractmethod
-    def handle(self, req: ProviderRequest) -> tuple[int, dict[str, Any], dict[str, str]]:
-        """Status, JSON answer and headers for one request, checked as the provider would."""
+    def reply(self, req: ProviderRequest) -> tuple[int, bytes, str, dict[str, str]]:
+        """Status, body, content type and headers for one request."""
 
     def _handler_class(self) -> type[BaseHTTPRequestHandler]:
         server = self
@@ -99,16 +101,16 @@ class ProviderServer(ABC):
                     query=_single(parse_qs(parts.query, keep_blank_values=True)),
                     headers={k.lower(): v for k, v in self.headers.items()},
                     body=body,
+                    raw_query=parts.query,
                 )
                 with server.lock:
                     server.requests.append(req)
-                status, answer, headers = server.handle(req)
+                status, out, content_type, headers = server.reply(req)
                 if server.delay:
                     time.sleep(server.delay)
-                out = json.dumps(answer, ensure_ascii=False).encode("utf-8")
                 try:
                     self.send_response(status)
-                    self.send_header("Content-Type", "application/json; charset=utf-8")
+                    self.send_header("Content-Type", content_type)
                     self.send_header("Content-Length", str(len(out)))
                     for name, value in headers.items():
                         self.send_header(name, value)
@@ -133,6 +135,30 @@ class ProviderServer(ABC):
         self._server.shutdown()
         self._server.server_close()
         self._thread.join(timeout=5)
+
+
+class ProviderServer(StandIn):
+    """A provider's stand-in: `handle` checks a request as the provider would and gives its
+    JSON answer."""
+
+    script: list[Answer]
+
+    @property
+    def url(self) -> str:
+        return self.base
+
+    def scripted(self) -> Answer | None:
+        answer: Answer | None = super().scripted()
+        return answer
+
+    @abstractmethod
+    def handle(self, req: ProviderRequest) -> tuple[int, dict[str, Any], dict[str, str]]:
+        """Status, JSON answer and headers for one request, checked as the provider would."""
+
+    def reply(self, req: ProviderRequest) -> tuple[int, bytes, str, dict[str, str]]:
+        status, answer, headers = self.handle(req)
+        out = json.dumps(answer, ensure_ascii=False).encode("utf-8")
+        return status, out, "application/json; charset=utf-8", headers
 
 
 # --- Twilio ---------------------------------------------------------------------------

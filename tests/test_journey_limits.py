@@ -17,18 +17,14 @@ from typing import Any
 from prometheus_client import REGISTRY
 from sqlalchemy import Engine, select
 from temporalio.testing import WorkflowEnvironment
-from temporalio.worker import Worker
 
-from activities.channels.base import Channel
-from activities.channels.outbox import OutboxChannel
 from activities.channels.webhook import WebhookChannel
-from activities.journey_activities import JourneyActivities
 from crmflow.contracts.journeys import EnrollmentPosition
 from crmflow.settings import Settings
 from store import send_limits
 from store.models import DeliveryAttemptRow, DeliveryRow, EnrollmentRow
 from tests.channel_servers import RecordingHTTPServer
-from tests.test_journey_workflow import customers, journey, settings, start
+from tests.test_journey_workflow import customers, journey, settings, start, worker
 from workflows.journey import JourneyWorkflow
 
 AT = datetime(2026, 12, 3, 10, 0, tzinfo=UTC)
@@ -57,22 +53,10 @@ nodes:
 async def hook_worker(
     env: WorkflowEnvironment, engine: Engine, url: str, conf: Settings | None = None
 ) -> AsyncIterator[str]:
-    queue = f"limits-{uuid.uuid4()}"
-    channels: dict[str, Channel] = {
-        "outbox": OutboxChannel(engine),
-        # one request per activity attempt: every retry is Temporal's, and counted
-        "webhook": WebhookChannel(url, "whsec-limits", attempts=1, base_delay=0),
-    }
-    acts = JourneyActivities(engine, conf or settings(), channels)
-    with ThreadPoolExecutor(8) as pool:
-        async with Worker(
-            env.client,
-            task_queue=queue,
-            workflows=[JourneyWorkflow],
-            activities=acts.all(),
-            activity_executor=pool,
-        ):
-            yield queue
+    # one request per activity attempt: every retry is Temporal's, and counted
+    hook = WebhookChannel(url, "whsec-limits", attempts=1, base_delay=0)
+    async with worker(env, engine, conf, {"webhook": hook}) as queue:
+        yield queue
 
 
 def people(engine: Engine, tmp_path: Path, prefix: str, n: int) -> list[str]:
@@ -281,32 +265,21 @@ async def test_an_enrollment_says_what_it_waits_for_and_until_when(
 ) -> None:
     cid = f"W{uuid.uuid4().hex[:6]}"
     customers(engine, tmp_path, {"customer_id": cid})
-    queue = f"waits-{uuid.uuid4()}"
-    acts = JourneyActivities(engine, settings(), {"outbox": OutboxChannel(engine)})
-    with ThreadPoolExecutor(4) as pool:
-        async with Worker(
-            ts_env.client,
-            task_queue=queue,
-            workflows=[JourneyWorkflow],
-            activities=acts.all(),
-            activity_executor=pool,
-        ):
-            handle = await start(ts_env, queue, journey(WAITS), cid)
-            # the time-skipping server runs in real time while nobody awaits a result
-            row = await _until(
-                lambda: (r := enrollment(engine, cid)) is not None and r.waiting_for and r
-            )
-            assert (row.node, row.waiting_for, row.wait_detail) == ("pause", "delay", "delay pause")
-            assert row.wait_until - row.node_since == timedelta(days=3)
-            position = EnrollmentPosition.model_validate(
-                await handle.query(JourneyWorkflow.position)
-            )
-            assert position.node == "pause" and position.waiting is not None
-            assert position.waiting.waiting_for == "delay"
-            # the store's end is counted from the send, the workflow's from just after it
-            assert position.waiting.until is not None
-            assert abs(position.waiting.until - row.wait_until) < timedelta(seconds=5)
-            await handle.result()
+    async with worker(ts_env, engine) as queue:
+        handle = await start(ts_env, queue, journey(WAITS), cid)
+        # the time-skipping server runs in real time while nobody awaits a result
+        row = await _until(
+            lambda: (r := enrollment(engine, cid)) is not None and r.waiting_for and r
+        )
+        assert (row.node, row.waiting_for, row.wait_detail) == ("pause", "delay", "delay pause")
+        assert row.wait_until - row.node_since == timedelta(days=3)
+        position = EnrollmentPosition.model_validate(await handle.query(JourneyWorkflow.position))
+        assert position.node == "pause" and position.waiting is not None
+        assert position.waiting.waiting_for == "delay"
+        # the store's end is counted from the send, the workflow's from just after it
+        assert position.waiting.until is not None
+        assert abs(position.waiting.until - row.wait_until) < timedelta(seconds=5)
+        await handle.result()
     row = enrollment(engine, cid)
     assert row.status == "completed" and row.waiting_for is None and row.wait_until is None
 

@@ -18,6 +18,7 @@ from temporalio.client import WorkflowHandle
 from temporalio.testing import WorkflowEnvironment
 from temporalio.worker import Worker
 
+from activities.channels.base import Channel
 from activities.channels.outbox import OutboxChannel
 from activities.journey_activities import JourneyActivities
 from crmflow.contracts.journeys import (
@@ -71,10 +72,17 @@ def pool() -> Iterator[ThreadPoolExecutor]:
 
 @asynccontextmanager
 async def worker(
-    env: WorkflowEnvironment, engine: Engine, conf: Settings | None = None
+    env: WorkflowEnvironment,
+    engine: Engine,
+    conf: Settings | None = None,
+    channels: dict[str, Channel] | None = None,
 ) -> AsyncIterator[str]:
+    """A worker of JourneyWorkflow and its activities on a queue of its own (the outbox
+    channel, and `channels`)."""
     queue = f"journeys-{uuid.uuid4()}"
-    acts = JourneyActivities(engine, conf or settings(), {"outbox": OutboxChannel(engine)})
+    acts = JourneyActivities(
+        engine, conf or settings(), {"outbox": OutboxChannel(engine), **(channels or {})}
+    )
     with pool() as executor:
         async with Worker(
             env.client,
