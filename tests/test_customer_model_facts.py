@@ -14,6 +14,9 @@ import pytest
 from sqlalchemy import Engine, select
 
 from crmflow.services.customer_model import ModelFitInput, customer_scores, fit_model
+from crmflow.services.customers import customer_360
+from crmflow.services.runtime import Runtime
+from crmflow.settings import Settings
 from store.models import TagRow
 from tests.rules_helpers import deploy_dir, event, import_rows, rules_dir
 
@@ -81,6 +84,13 @@ def test_rules_read_the_model_scores(engine: Engine, tmp_path: Path) -> None:
     assert outcome.model.spend_model is not None and outcome.model.spend_model.converged
     assert loyal.clv_365d is not None and loyal.clv_365d > 0
     assert customer_scores(engine, "NEW") is None  # no purchase: no score
+    # the API's 360 view carries them
+    rt = Runtime(Settings(), engine)
+    try:
+        view = customer_360(rt, "LOYAL", mask=True)
+    finally:
+        rt.close()
+    assert view.model is not None and view.model.p_alive == loyal.p_alive
 
     later = (now - timedelta(minutes=1)).isoformat()
     import_rows(

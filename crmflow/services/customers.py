@@ -17,6 +17,7 @@ from crmflow.domain import Customer, CustomerProfile, Name, describe_errors
 from crmflow.ingest import ChunkLoop
 from crmflow.ingest_report import IngestReport
 from crmflow.processing import active_pack
+from crmflow.services.customer_model import CustomerModelScores, customer_scores
 from crmflow.services.errors import FieldProblem, Invalid, NotFound, TooLarge
 from crmflow.services.operations import mask_address
 from crmflow.services.points import PointsTotals, points_totals
@@ -199,6 +200,11 @@ class Customer360(CustomerProfile):
     recent_events: list[RecentEvent]
     journeys: list[JourneyPlace]
     open_tasks: list[OpenTask]
+    model: CustomerModelScores | None = Field(
+        None,
+        description="the customer model's latest scores: p_alive, expected purchases, "
+        "expected spend, CLV (none before a model is fitted, or without a purchase)",
+    )
 
 
 def _tier_progress(conn: Connection, customer_id: str, tier: str | None) -> TierProgress | None:
@@ -284,6 +290,7 @@ def customer_360(rt: Runtime, customer_id: str, *, mask: bool, events: int = 20)
         recent_events=recent,
         journeys=journeys,
         open_tasks=tasks,
+        model=customer_scores(rt.engine, customer_id),
     )
 
 
