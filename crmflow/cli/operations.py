@@ -16,7 +16,6 @@ from crmflow.services import operations as service
 from crmflow.services.runtime import Runtime
 
 tasks_app = typer.Typer(help="Follow-up tasks: list, close.", no_args_is_help=True)
-outbox_app = typer.Typer(help="The message outbox: list.", no_args_is_help=True)
 
 JsonFlag = Annotated[bool, typer.Option("--json", help="Print JSON instead of a table.")]
 Q = TypeVar("Q", bound=BaseModel)
@@ -88,31 +87,3 @@ def close_task(
         common.emit_json(task.model_dump(mode="json"))
         return
     common.console.print(f"task {task.id}: {task.status} ({task.title})", highlight=False)
-
-
-@outbox_app.command("list")
-def list_outbox(
-    channel: Annotated[str | None, typer.Option(help="Only this channel's messages")] = None,
-    customer: Annotated[str | None, typer.Option(help="Only this customer's messages")] = None,
-    limit: Annotated[int, typer.Option(min=1, max=service.MAX_LIMIT)] = 20,
-    mask: Annotated[bool, typer.Option("--mask", help="Mask the addresses")] = False,
-    as_json: JsonFlag = False,
-) -> None:
-    """Messages in the outbox, newest first."""
-    query = _query(service.OutboxQuery, channel=channel, customer_id=customer, limit=limit)
-    with _runtime() as rt:
-        page = service.list_outbox(rt, query, mask=mask)
-    if as_json:
-        common.emit_json(page.model_dump(mode="json"))
-        return
-    table = Table("id", "created", "channel", "customer", "address", "subject")
-    for m in page.messages:
-        table.add_row(
-            str(m.id),
-            f"{m.created_at:%Y-%m-%d %H:%M:%S}",
-            m.channel,
-            m.customer_id or "-",
-            m.address or "-",
-            m.subject or (m.body_text or "")[:60] or "-",
-        )
-    common.console.print(table)

@@ -143,13 +143,6 @@ class OutboxMessage(BaseModel):
     created_at: datetime
 
 
-class OutboxQuery(BaseModel):
-    channel: Channel | None = None
-    customer_id: CustomerId | None = None
-    limit: int = Field(50, ge=1, le=MAX_LIMIT)
-    before_id: int | None = Field(None, ge=1, le=2**62, description="Older than this id")
-
-
 class OutboxPage(BaseModel):
     messages: list[OutboxMessage]
     next_before_id: int | None = Field(description="Give it as `before_id` for older ones")
@@ -172,29 +165,3 @@ def mask_address(address: str | None) -> str | None:
     if len(address) <= 6:
         return "***"
     return f"{address[:2]}***{address[-2:]}"
-
-
-def _message(row: Any, mask: bool) -> OutboxMessage:
-    m = OutboxMessage.model_validate(dict(row._mapping))
-    if mask:
-        m.address = mask_address(m.address)
-        m.headers = {k: v for k, v in m.headers.items() if k.lower() != "list-unsubscribe"}
-    return m
-
-
-def list_outbox(rt: Runtime, query: OutboxQuery | None = None, *, mask: bool) -> OutboxPage:
-    """Outbox messages, newest first, filtered by channel and customer."""
-    q = query or OutboxQuery()
-    c = OUTBOX.c
-    stmt = select(OUTBOX).order_by(c.id.desc()).limit(q.limit + 1)
-    if q.channel is not None:
-        stmt = stmt.where(c.channel == q.channel)
-    if q.customer_id is not None:
-        stmt = stmt.where(c.customer_id == q.customer_id)
-    if q.before_id is not None:
-        stmt = stmt.where(c.id < q.before_id)
-    with rt.engine.connect() as conn:
-        rows = conn.execute(stmt).all()
-    messages = [_message(r, mask) for r in rows[: q.limit]]
-    more = len(rows) > q.limit
-    return OutboxPage(messages=messages, next_before_id=messages[-1].id if more else None)

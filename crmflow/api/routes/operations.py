@@ -10,6 +10,7 @@ from starlette.concurrency import run_in_threadpool
 
 from crmflow.api.security import RuntimeDep, may, permit
 from crmflow.services import operations as service
+from crmflow.services import outbox
 from crmflow.services.keys import Principal
 
 router = APIRouter(prefix="", tags=["operations"])
@@ -41,9 +42,9 @@ async def close_task(
 async def list_outbox(
     who: Annotated[Principal, permit("outbox.read")],
     rt: RuntimeDep,
-    query: Annotated[service.OutboxQuery, Query()],
+    query: Annotated[outbox.OutboxFilter, Query()],
 ) -> service.OutboxPage:
-    """Messages in the outbox, newest first (`before_id` pages back). The address is masked
-    unless the caller may see personal data."""
+    """Messages in the outbox, newest first (`before_id` pages back), unsubscribe tokens
+    hidden. The address is masked unless the caller may see personal data."""
     mask = not may(who, "customers.pii")
-    return await run_in_threadpool(service.list_outbox, rt, query, mask=mask)
+    return await run_in_threadpool(outbox.list_messages, rt, query, mask=mask, bodies=True)
