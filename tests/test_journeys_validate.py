@@ -494,7 +494,9 @@ def test_conditions_are_checked_like_rules() -> None:
         "spend_90d, spend_365d, purchases_30d, purchases_90d, purchases_365d, "
         "points_earned_365d, days_since_last_purchase, avg_days_between_purchases, "
         "purchase_gap_ratio, days_since_last_follow_up, hours_since_last_follow_up, "
-        "days_since_created, birthday_month, event.amount, event.currency, event.channel, "
+        "days_since_created, birthday_month, p_alive, expected_purchases_30d, "
+        "expected_purchases_90d, expected_purchases_365d, expected_avg_spend, clv_365d, "
+        "event.amount, event.currency, event.channel, "
         "event.order_id, event.by, consent.<channel>, attributes.<name>",
     ) in got
     assert (
