@@ -89,7 +89,9 @@ CONCURRENCY = 20  # customers handed over at once
 # with thousands in flight the workers' caches evict enrollments they must then replay.
 BACKLOG_LIMIT = 40
 BACKLOG_CHECK_S = 0.25  # how often the backlog is asked for while starting
-MAX_HOLD_S = 10.0  # a start waits at most this long for room (then goes anyway)
+# a start waits at most this long for room; then the workers are not taking tasks (none is
+# running, or all are stuck) and holding back helps nobody: the rest of the pass is unpaced
+MAX_HOLD_S = 5.0
 
 
 class Pacer:
@@ -119,7 +121,16 @@ class Pacer:
                 if now - self.checked >= BACKLOG_CHECK_S:
                     self.backlog = await self._backlog()
                     self.checked = loop.time()
-                if self.backlog < self.limit or now - start >= MAX_HOLD_S or not self.enabled:
+                if now - start >= MAX_HOLD_S:
+                    log.info(
+                        "task queue %s: %d workflow tasks wait and none was taken in %.0f s; "
+                        "the rest of this pass is not paced",
+                        self.task_queue,
+                        self.backlog,
+                        MAX_HOLD_S,
+                    )
+                    self.enabled = False
+                if self.backlog < self.limit or not self.enabled:
                     self.held_s += loop.time() - start
                     self.backlog += 1  # this start adds one until the next count
                     return
