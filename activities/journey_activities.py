@@ -83,10 +83,14 @@ from journeys.timing import next_send_time, parse_duration
 from rules.models import Rule
 from store import journeys as jstore
 from store import send_limits
+from store.db import utcnow
 from store.models import EventRow
 
 log = logging.getLogger(__name__)
 
+# A rate limit's window: a minute, and a little more for the time between taking a place and
+# the request reaching the provider, so that no 60 seconds of requests hold more than the rate.
+RATE_WINDOW = timedelta(minutes=1, seconds=2)
 ADDRESS_FIELD = {"email": "email", "sms": "phone", "wechat": "wechat_openid"}
 NOT_STORED = "the customer is not in the store"
 INTERRUPTED = "the send was interrupted (its worker stopped); not repeated over SMTP"
@@ -205,11 +209,19 @@ class JourneyActivities:
     @activity.defn(name=JOURNEY_DELIVER)
     @_failures_by_kind
     async def deliver(self, req: DeliverRequest) -> DeliverResult:
-        info = activity.info() if activity.in_activity() else None
-        if info and info.attempt > 1 and info.current_attempt_scheduled_time > req.at:
-            # a retry: its checks and its place under the limits are at the retry's time
-            # (the server's, simulated on a time-skipping server), not the first attempt's
-            req = req.model_copy(update={"at": info.current_attempt_scheduled_time})
+        # The checks and the places under the limits are at the time this attempt runs: the
+        # workflow's time when it asked (simulated on a time-skipping server, ahead of the
+        # clock), a retry's scheduled time, or the clock when the worker is late to run it
+        # (queued behind others): a place taken at a stale time would let the requests a
+        # provider sees in a minute exceed the rate.
+        at = req.at
+        if activity.in_activity():
+            at = max(at, utcnow())
+            info = activity.info()
+            if info.attempt > 1:
+                at = max(at, info.current_attempt_scheduled_time)
+        if at > req.at:
+            req = req.model_copy(update={"at": at})
         return _public(await self._deliver(req))
 
     async def _deliver(self, req: DeliverRequest) -> DeliverResult:
@@ -300,7 +312,7 @@ class JourneyActivities:
     def _log_attempt(
         self, conn: Connection, req: DeliverRequest, at: datetime, attempt: _AttemptLog
     ) -> None:
-        number = send_limits.record_attempt(
+        send_limits.record_attempt(
             conn,
             dedupe_key=req.step_key,
             customer_id=req.customer_id,
@@ -313,11 +325,13 @@ class JourneyActivities:
         # the attempt happened: its place under the rate limit is used, whatever its outcome;
         # the message's place under the cap is used once it (may have) gone out, given back
         # when it is abandoned, and kept meanwhile
-        send_limits.settle(conn, [_attempt_key(req.step_key, number)], send_limits.USED, at)
-        if attempt.outcome in ("sent", "interrupted"):
-            send_limits.settle(conn, [req.step_key], send_limits.USED, at)
-        elif attempt.outcome == "permanent":
-            send_limits.settle(conn, [req.step_key], send_limits.RELEASED, at)
+        if req.rate_limit_per_minute:
+            send_limits.settle_attempt(conn, req.step_key, at)
+        if self._capped(req):
+            if attempt.outcome in ("sent", "interrupted"):
+                send_limits.settle(conn, [req.step_key], send_limits.USED, at)
+            elif attempt.outcome == "permanent":
+                send_limits.settle(conn, [req.step_key], send_limits.RELEASED, at)
 
     def _check_and_open(
         self, req: DeliverRequest, at: datetime
@@ -450,19 +464,23 @@ class JourneyActivities:
         local = send_at.astimezone(_zone(zone))
         return _Wait("quiet_hours", send_at, f"quiet hours end {local:%Y-%m-%d %H:%M} {zone}")
 
+    def _capped(self, req: DeliverRequest) -> bool:
+        """The message counts under the customer's frequency cap."""
+        return self.settings.frequency_cap_messages > 0 and req.frequency_cap_policy != "exempt"
+
     def _places(self, conn: Connection, req: DeliverRequest) -> list[tuple[send_limits.Limit, str]]:
         """The places this attempt needs: the message's under the customer's frequency cap,
         and the attempt's own under the journey's rate limit."""
         s = self.settings
         places = []
-        if s.frequency_cap_messages > 0 and req.frequency_cap_policy != "exempt":
+        if self._capped(req):
             window = timedelta(days=s.frequency_cap_days)
             scope = send_limits.cap_scope(req.customer_id)
             cap = send_limits.Limit(scope, s.frequency_cap_messages, window)
             places.append((cap, req.step_key))
         if req.rate_limit_per_minute:
             scope = send_limits.rate_scope(req.journey)
-            rate = send_limits.Limit(scope, req.rate_limit_per_minute, timedelta(minutes=1))
+            rate = send_limits.Limit(scope, req.rate_limit_per_minute, RATE_WINDOW)
             number = send_limits.attempt_count(conn, req.step_key) + 1
             places.append((rate, _attempt_key(req.step_key, number)))
         return places

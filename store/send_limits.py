@@ -23,8 +23,10 @@ from __future__ import annotations
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 
-from sqlalchemy import Connection, and_, func, select, update
+from sqlalchemy import Connection, and_, bindparam, func, insert, select, update
+from sqlalchemy.sql.expression import Executable
 
+from store.journeys import _prepared
 from store.models import DeliveryAttemptRow, SendReservationRow, SendScopeRow
 from store.sql import insert_for, table_of
 
@@ -163,6 +165,12 @@ class Attempt:
     latency_ms: int | None
 
 
+def attempt_count(conn: Connection, dedupe_key: str) -> int:
+    """How many tries of the send under `dedupe_key` are logged."""
+    a = table_of(DeliveryAttemptRow)
+    return int(conn.execute(select(func.count()).where(a.c.dedupe_key == dedupe_key)).scalar_one())
+
+
 def record_attempt(
     conn: Connection,
     *,
@@ -173,29 +181,52 @@ def record_attempt(
     outcome: str,
     response: str | None,
     latency_ms: int | None,
-) -> int:
-    """Log one try of the send under `dedupe_key`; its number (1 for the first)."""
-    a = table_of(DeliveryAttemptRow)
-    number = attempt_count(conn, dedupe_key) + 1
+) -> None:
+    """Log one try of the send under `dedupe_key`, numbered after the ones before it (one
+    statement, built once: it is on every send's path)."""
     conn.execute(
-        a.insert().values(
-            dedupe_key=dedupe_key,
-            customer_id=customer_id,
-            attempt=number,
-            at=at,
-            channel=channel,
-            outcome=outcome,
-            response=response[:RESPONSE_CHARS] if response else None,
-            latency_ms=latency_ms,
-        )
+        _prepared(conn, "record_attempt", _record_attempt_stmt),
+        {
+            "dedupe_key": dedupe_key,
+            "customer_id": customer_id,
+            "at": at,
+            "channel": channel,
+            "outcome": outcome,
+            "response": response[:RESPONSE_CHARS] if response else None,
+            "latency_ms": latency_ms,
+        },
     )
-    return number
 
 
-def attempt_count(conn: Connection, dedupe_key: str) -> int:
-    """How many tries of the send under `dedupe_key` are logged."""
+def _record_attempt_stmt(conn: Connection) -> Executable:
     a = table_of(DeliveryAttemptRow)
-    return int(conn.execute(select(func.count()).where(a.c.dedupe_key == dedupe_key)).scalar_one())
+    before = (
+        select(func.coalesce(func.max(a.c.attempt), 0) + 1)
+        .where(a.c.dedupe_key == bindparam("dedupe_key"))
+        .scalar_subquery()
+    )
+    values = {
+        "dedupe_key": bindparam("dedupe_key"),
+        "customer_id": bindparam("customer_id"),
+        "attempt": before,
+        "at": bindparam("at", type_=a.c.at.type),
+        "channel": bindparam("channel"),
+        "outcome": bindparam("outcome"),
+        "response": bindparam("response"),
+        "latency_ms": bindparam("latency_ms"),
+    }
+    return insert(a).values(values)
+
+
+def settle_attempt(conn: Connection, dedupe_key: str, at: datetime) -> None:
+    """The attempt of the send under `dedupe_key` that held a place under a rate limit
+    happened: the place is used."""
+    r = table_of(SendReservationRow)
+    conn.execute(
+        update(r)
+        .where(r.c.key.startswith(f"{dedupe_key}#", autoescape=True), r.c.status == HELD)
+        .values(status=USED, updated_at=at)
+    )
 
 
 def attempts(conn: Connection, dedupe_keys: list[str]) -> dict[str, list[Attempt]]:
