@@ -30,7 +30,12 @@ resident memory (VmHWM). The default is 1,000 (the worker's workflow cache holds
 1,000); the issue's 10,000 takes about 13 minutes on 2 cores: `--waiting 10000`. `--waiting 0`
 skips it.
 
-The last line printed is `RESULT bench=journeys ratio=<r> target=>=0.7`, where r is crmflow's
+Rate limit: `--limited` customers (default 200; 0 skips it) through a webhook journey limited
+to 100 a minute, against a receiver in this script that refuses a third of the messages' first
+attempts with 503; it prints the most requests and sends the receiver saw in any 60 seconds
+and whether the limit was kept.
+
+The last line printed is `RESULT bench=journeys ratio=<r> target=>=0.85`, where r is crmflow's
 completed journeys/s ÷ the baseline's, each counted from the first start to the last
 completion.
 
