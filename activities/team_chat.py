@@ -37,6 +37,7 @@ import base64
 import hashlib
 import hmac
 import time
+from abc import abstractmethod
 from typing import Any
 from urllib.parse import quote_plus, urlsplit
 
@@ -99,8 +100,9 @@ class ChatRobot(ProviderChannel):
     def url(self) -> str:
         return self._url
 
+    @abstractmethod
     def body(self, msg: OutgoingMessage) -> dict[str, Any]:
-        raise NotImplementedError
+        """The robot's JSON message for a notice."""
 
     async def attempt(self, client: httpx.AsyncClient, msg: OutgoingMessage) -> SendResult:
         try:

@@ -178,7 +178,7 @@ class SlackWebhookServer(ChatServer):
     content_type = "text/plain; charset=utf-8"
     per_minute = 60
 
-    def __init__(self, path: str = "/services/T0001/B0001/XXXXXXXXXXXXXXXXXXXXXXXX") -> None:
+    def __init__(self, path: str = "/services/T0001/B0001/slack-test-token-000000000001") -> None:
         super().__init__()
         self.path = path
 
